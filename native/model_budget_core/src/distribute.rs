@@ -1,0 +1,390 @@
+//! Spreading a model's footprint over RAM and GPUs, the way llama.cpp's load
+//! options would place it.
+//!
+//! This is the byte-count path: only the file size is known, not the layer
+//! layout, so it is deliberately conservative (any offload is charged as a
+//! full offload, and the KV cache is a coarse per-token estimate).
+
+use crate::error::{invalid, Result};
+use crate::placement::Placement;
+use crate::split::{apportion, integer_weights};
+
+/// The most GPUs a placement may span. CUDA builds of llama.cpp cap devices
+/// at 16; this leaves room while keeping allocations bounded.
+pub const MAX_GPUS: u32 = 1024;
+
+/// Coarse KV-cache bytes per token when the caller gives none.
+pub const DEFAULT_KV_BYTES_PER_TOKEN: u64 = 2048;
+
+/// Whether the load runs a server with a KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Adds a KV-cache estimate.
+    Server,
+    /// Weights only.
+    Direct,
+}
+
+/// How offloaded layers are spread over GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitMode {
+    /// Everything on `main_gpu`.
+    None,
+    /// Whole layers per GPU, by `tensor_split`.
+    Layer,
+    /// Each layer's matrices spread over GPUs, by `tensor_split`.
+    Row,
+}
+
+/// llama.cpp-style load options. Defaults match the Elixir documentation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DistributeOptions {
+    pub mode: Mode,
+    /// `0` keeps everything in RAM; any other value offloads (negative means all).
+    pub n_gpu_layers: i64,
+    pub split_mode: SplitMode,
+    /// Non-negative weights per GPU; empty means an equal split.
+    pub tensor_split: Vec<f64>,
+    pub main_gpu: u32,
+    /// Whether the KV cache sits on the GPU(s).
+    pub offload_kqv: bool,
+    pub n_ctx: u64,
+    pub n_parallel: u64,
+    pub kv_bytes_per_token: Option<u64>,
+}
+
+impl Default for DistributeOptions {
+    fn default() -> Self {
+        DistributeOptions {
+            mode: Mode::Server,
+            n_gpu_layers: 99,
+            split_mode: SplitMode::None,
+            tensor_split: Vec::new(),
+            main_gpu: 0,
+            offload_kqv: true,
+            n_ctx: 8192,
+            n_parallel: 4,
+            kv_bytes_per_token: None,
+        }
+    }
+}
+
+impl DistributeOptions {
+    /// Checks the options against the GPU count; returns the integer weight of
+    /// each of the `n_gpus` GPUs for a split.
+    pub fn gpu_weights(&self, n_gpus: u32) -> Result<Vec<u128>> {
+        if n_gpus > MAX_GPUS {
+            return Err(invalid(
+                "n_gpus",
+                format!("expected an integer in 0..{MAX_GPUS}, got: {n_gpus}"),
+            ));
+        }
+        let split = &self.tensor_split;
+        if split.len() > n_gpus as usize {
+            return Err(invalid(
+                "option :tensor_split",
+                format!(
+                    "has {} entries for {n_gpus} GPU(s), got: {split:?}",
+                    split.len()
+                ),
+            ));
+        }
+        if let Some(bad) = split.iter().find(|w| !(w.is_finite() && **w >= 0.0)) {
+            return Err(invalid(
+                "option :tensor_split",
+                format!("weights must be finite and non-negative, got: {bad:?}"),
+            ));
+        }
+        if !split.is_empty() && split.iter().all(|w| *w == 0.0) {
+            return Err(invalid(
+                "option :tensor_split",
+                format!("needs at least one positive weight, got: {split:?}"),
+            ));
+        }
+        if n_gpus > 0 && self.main_gpu >= n_gpus {
+            return Err(invalid(
+                "option :main_gpu",
+                format!("must be below the GPU count {n_gpus}, got: {}", self.main_gpu),
+            ));
+        }
+        if self.n_ctx == 0 || self.n_parallel == 0 {
+            let (name, value) = if self.n_ctx == 0 {
+                ("option :n_ctx", self.n_ctx)
+            } else {
+                ("option :n_parallel", self.n_parallel)
+            };
+            return Err(invalid(name, format!("expected a positive integer, got: {value}")));
+        }
+        let mut weights = if split.is_empty() {
+            vec![1; n_gpus as usize]
+        } else {
+            integer_weights(split)
+        };
+        // Missing entries mean zero, as in llama.cpp.
+        weights.resize(n_gpus as usize, 0);
+        Ok(weights)
+    }
+
+    /// The coarse KV-cache estimate in bytes (0 in `:direct` mode).
+    pub fn kv_bytes(&self) -> Result<u64> {
+        if self.mode == Mode::Direct {
+            return Ok(0);
+        }
+        let per_token = self
+            .kv_bytes_per_token
+            .unwrap_or(DEFAULT_KV_BYTES_PER_TOKEN);
+        self.n_ctx
+            .checked_mul(self.n_parallel)
+            .and_then(|t| t.checked_mul(per_token))
+            .ok_or_else(|| {
+                invalid(
+                    "opts",
+                    format!(
+                        "the KV cache of n_ctx {} x n_parallel {} x {per_token} bytes per token exceeds 2^64 bytes",
+                        self.n_ctx, self.n_parallel
+                    ),
+                )
+            })
+    }
+
+    /// The GPUs the split puts bytes on, and their weights.
+    fn spread(&self, bytes: u64, weights: &[u128]) -> Placement {
+        let mut placement = Placement::empty();
+        match self.split_mode {
+            SplitMode::None => {
+                placement.vram.insert(self.main_gpu, bytes);
+            }
+            SplitMode::Layer | SplitMode::Row => {
+                for (gpu, share) in apportion(bytes, weights).into_iter().enumerate() {
+                    // gpu < n_gpus <= MAX_GPUS, so it fits in u32.
+                    placement.vram.insert(gpu as u32, share);
+                }
+            }
+        }
+        placement.canonical()
+    }
+}
+
+/// Places a model of `file_bytes` under `opts` on a machine with `n_gpus`.
+pub fn distribute(file_bytes: u64, opts: &DistributeOptions, n_gpus: u32) -> Result<Placement> {
+    let weights = opts.gpu_weights(n_gpus)?;
+    let kv = opts.kv_bytes()?;
+    let total = file_bytes.checked_add(kv).ok_or_else(|| {
+        invalid(
+            "file_bytes",
+            format!("{file_bytes} plus a KV cache of {kv} exceeds 2^64 bytes"),
+        )
+    })?;
+    if n_gpus == 0 || opts.n_gpu_layers == 0 {
+        return Ok(Placement::in_ram(total));
+    }
+    // Without a layer count, a partial offload is charged as a full one:
+    // refusing a load that would fit is better than admitting one that won't.
+    let (on_gpus, in_ram) = if opts.offload_kqv {
+        (total, 0)
+    } else {
+        (file_bytes, kv)
+    };
+    let mut placement = opts.spread(on_gpus, &weights);
+    placement.ram = in_ram;
+    Ok(placement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const GIB: u64 = 1 << 30;
+
+    fn opts() -> DistributeOptions {
+        DistributeOptions::default()
+    }
+
+    fn p(ram: u64, vram: &[(u32, u64)]) -> Placement {
+        Placement {
+            ram,
+            vram: vram.iter().copied().collect(),
+        }
+    }
+
+    #[test]
+    fn default_server_mode_adds_the_coarse_kv_estimate_on_the_main_gpu() {
+        // 8192 tokens x 4 slots x 2048 bytes = 64 MiB.
+        let got = distribute(GIB, &opts(), 1).unwrap();
+        assert_eq!(got, p(0, &[(0, GIB + 64 * 1024 * 1024)]));
+    }
+
+    #[test]
+    fn direct_mode_adds_nothing() {
+        let o = DistributeOptions {
+            mode: Mode::Direct,
+            ..opts()
+        };
+        assert_eq!(distribute(GIB, &o, 2).unwrap(), p(0, &[(0, GIB)]));
+    }
+
+    #[test]
+    fn kv_bytes_per_token_sizes_the_cache() {
+        let o = DistributeOptions {
+            n_ctx: 100,
+            n_parallel: 2,
+            kv_bytes_per_token: Some(10),
+            ..opts()
+        };
+        assert_eq!(distribute(0, &o, 0).unwrap(), p(2000, &[]));
+    }
+
+    #[test]
+    fn no_gpus_or_zero_layers_keep_everything_in_ram() {
+        let o = DistributeOptions {
+            mode: Mode::Direct,
+            n_gpu_layers: 0,
+            ..opts()
+        };
+        assert_eq!(distribute(7, &o, 4).unwrap(), p(7, &[]));
+        let o = DistributeOptions {
+            mode: Mode::Direct,
+            ..opts()
+        };
+        assert_eq!(distribute(7, &o, 0).unwrap(), p(7, &[]));
+    }
+
+    #[test]
+    fn partial_and_negative_offloads_are_charged_as_full() {
+        for n_gpu_layers in [1, -1, 10_000] {
+            let o = DistributeOptions {
+                mode: Mode::Direct,
+                n_gpu_layers,
+                ..opts()
+            };
+            assert_eq!(distribute(7, &o, 1).unwrap(), p(0, &[(0, 7)]));
+        }
+    }
+
+    #[test]
+    fn kv_stays_in_ram_without_offload_kqv() {
+        let o = DistributeOptions {
+            offload_kqv: false,
+            kv_bytes_per_token: Some(1),
+            n_ctx: 10,
+            n_parallel: 1,
+            ..opts()
+        };
+        assert_eq!(distribute(100, &o, 1).unwrap(), p(10, &[(0, 100)]));
+    }
+
+    #[test]
+    fn main_gpu_takes_everything_without_a_split() {
+        let o = DistributeOptions {
+            mode: Mode::Direct,
+            main_gpu: 2,
+            ..opts()
+        };
+        assert_eq!(distribute(9, &o, 3).unwrap(), p(0, &[(2, 9)]));
+    }
+
+    #[test]
+    fn layer_and_row_splits_follow_tensor_split() {
+        for split_mode in [SplitMode::Layer, SplitMode::Row] {
+            let o = DistributeOptions {
+                mode: Mode::Direct,
+                split_mode,
+                tensor_split: vec![3.0, 1.0],
+                ..opts()
+            };
+            assert_eq!(distribute(10, &o, 2).unwrap(), p(0, &[(0, 8), (1, 2)]));
+            let equal = DistributeOptions {
+                tensor_split: vec![],
+                ..o.clone()
+            };
+            assert_eq!(distribute(10, &equal, 3).unwrap(), p(0, &[(0, 4), (1, 3), (2, 3)]));
+            // Missing entries are zero; zero weights exclude a GPU.
+            let short = DistributeOptions {
+                tensor_split: vec![0.0, 1.0],
+                ..o
+            };
+            assert_eq!(distribute(10, &short, 4).unwrap(), p(0, &[(1, 10)]));
+        }
+    }
+
+    #[test]
+    fn bad_splits_are_refused() {
+        let split = |tensor_split: Vec<f64>| DistributeOptions {
+            split_mode: SplitMode::Layer,
+            tensor_split,
+            ..opts()
+        };
+        let err = distribute(1, &split(vec![1.0, 1.0, 1.0]), 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid option :tensor_split: has 3 entries for 2 GPU(s), got: [1.0, 1.0, 1.0]"
+        );
+        let err = distribute(1, &split(vec![0.0, 0.0]), 2).unwrap_err();
+        assert!(err.to_string().contains("positive weight"), "{err}");
+        assert!(distribute(1, &split(vec![f64::NAN]), 2).is_err());
+        assert!(distribute(1, &split(vec![-1.0]), 2).is_err());
+    }
+
+    #[test]
+    fn main_gpu_must_exist() {
+        let o = DistributeOptions {
+            main_gpu: 2,
+            ..opts()
+        };
+        let err = distribute(1, &o, 2).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid option :main_gpu: must be below the GPU count 2, got: 2"
+        );
+        assert!(distribute(1, &o, 0).is_ok());
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_wrap() {
+        assert!(distribute(u64::MAX, &opts(), 1).is_err());
+        let o = DistributeOptions {
+            n_ctx: u64::MAX,
+            ..opts()
+        };
+        assert!(distribute(0, &o, 1).is_err());
+        assert!(distribute(0, &opts(), MAX_GPUS + 1).is_err());
+    }
+
+    fn options() -> impl Strategy<Value = DistributeOptions> {
+        (
+            prop_oneof![Just(Mode::Server), Just(Mode::Direct)],
+            -2i64..100,
+            prop_oneof![Just(SplitMode::None), Just(SplitMode::Layer), Just(SplitMode::Row)],
+            proptest::collection::vec(0.0f64..10.0, 0..4),
+            any::<bool>(),
+            1u64..100_000,
+            1u64..64,
+        )
+            .prop_map(|(mode, ngl, split_mode, tensor_split, offload_kqv, n_ctx, n_parallel)| {
+                DistributeOptions {
+                    mode,
+                    n_gpu_layers: ngl,
+                    split_mode,
+                    tensor_split,
+                    offload_kqv,
+                    n_ctx,
+                    n_parallel,
+                    ..DistributeOptions::default()
+                }
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn distribute_never_loses_or_invents_bytes(
+            bytes in 0u64..1 << 50, o in options(), n_gpus in 0u32..6
+        ) {
+            if let Ok(placement) = distribute(bytes, &o, n_gpus) {
+                prop_assert_eq!(placement.total(), u128::from(bytes + o.kv_bytes().unwrap()));
+                prop_assert!(placement.vram.keys().all(|g| *g < n_gpus.max(1)));
+                prop_assert!(placement.vram.values().all(|b| *b > 0));
+            }
+        }
+    }
+}

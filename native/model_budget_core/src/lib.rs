@@ -1,0 +1,19 @@
+//! ModelBudget core: decides whether ML models fit in a machine's memory and
+//! where they go. Pure Rust with no Erlang dependency; the NIF crate only
+//! converts terms.
+//!
+//! Every byte count is a `u64`; sums are checked so that nothing wraps.
+
+pub mod budget;
+pub mod check;
+pub mod distribute;
+pub mod error;
+pub mod placement;
+pub mod split;
+pub mod system;
+
+pub use budget::{Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec};
+pub use check::{check, Device, Insufficient};
+pub use distribute::{distribute, DistributeOptions, Mode, SplitMode};
+pub use error::{Error, Result};
+pub use placement::Placement;

@@ -24,11 +24,7 @@ pub struct Insufficient {
 
 /// Checks `placement` against `budget` given `used`. A fit exactly at the
 /// limit is accepted. RAM is checked before GPUs, GPUs in index order.
-pub fn check(
-    budget: &Budget,
-    placement: &Placement,
-    used: &Placement,
-) -> Result<(), Insufficient> {
+pub fn check(budget: &Budget, placement: &Placement, used: &Placement) -> Result<(), Insufficient> {
     match budget {
         Budget::Unlimited => Ok(()),
         Budget::Combined { limit } => {
@@ -90,13 +86,19 @@ mod tests {
 
     #[test]
     fn unlimited_admits_anything() {
-        assert_eq!(check(&Budget::Unlimited, &p(u64::MAX, &[]), &p(u64::MAX, &[])), Ok(()));
+        assert_eq!(
+            check(&Budget::Unlimited, &p(u64::MAX, &[]), &p(u64::MAX, &[])),
+            Ok(())
+        );
     }
 
     #[test]
     fn combined_counts_ram_and_vram_together() {
         let budget = Budget::Combined { limit: 100 };
-        assert_eq!(check(&budget, &p(30, &[(0, 20)]), &p(40, &[(1, 10)])), Ok(()));
+        assert_eq!(
+            check(&budget, &p(30, &[(0, 20)]), &p(40, &[(1, 10)])),
+            Ok(())
+        );
         assert_eq!(
             check(&budget, &p(30, &[(0, 21)]), &p(40, &[(1, 10)])),
             Err(Insufficient {
@@ -151,7 +153,10 @@ mod tests {
     #[test]
     fn gpus_absent_from_the_budget_are_unbounded() {
         let budget = per_device(Limit::Infinity, &[(0, Limit::Bytes(1))]);
-        assert_eq!(check(&budget, &p(u64::MAX, &[(3, u64::MAX)]), &p(0, &[])), Ok(()));
+        assert_eq!(
+            check(&budget, &p(u64::MAX, &[(3, u64::MAX)]), &p(0, &[])),
+            Ok(())
+        );
         let all = Budget::PerDevice {
             ram: Limit::Bytes(0),
             vram: VramLimits::Infinity,
@@ -161,7 +166,10 @@ mod tests {
     }
 
     fn limit() -> impl Strategy<Value = Limit> {
-        prop_oneof![Just(Limit::Infinity), (0..1u64 << 40).prop_map(Limit::Bytes)]
+        prop_oneof![
+            Just(Limit::Infinity),
+            (0..1u64 << 40).prop_map(Limit::Bytes)
+        ]
     }
 
     fn small_placement() -> impl Strategy<Value = Placement> {
@@ -176,12 +184,16 @@ mod tests {
         prop_oneof![
             Just(Budget::Unlimited),
             (1..1u64 << 42).prop_map(|limit| Budget::Combined { limit }),
-            (limit(), proptest::collection::btree_map(0u32..4, limit(), 0..4)).prop_map(
-                |(ram, vram): (Limit, BTreeMap<u32, Limit>)| Budget::PerDevice {
-                    ram,
-                    vram: VramLimits::PerGpu(vram)
-                }
-            ),
+            (
+                limit(),
+                proptest::collection::btree_map(0u32..4, limit(), 0..4)
+            )
+                .prop_map(|(ram, vram): (Limit, BTreeMap<u32, Limit>)| {
+                    Budget::PerDevice {
+                        ram,
+                        vram: VramLimits::PerGpu(vram),
+                    }
+                }),
         ]
     }
 
@@ -205,7 +217,11 @@ mod tests {
             Budget::Unlimited => vec![],
             Budget::Combined { .. } => vec![(Device::Total, q.total())],
             Budget::PerDevice { .. } => std::iter::once((Device::Ram, u128::from(q.ram)))
-                .chain(q.vram.iter().map(|(g, b)| (Device::Gpu(*g), u128::from(*b))))
+                .chain(
+                    q.vram
+                        .iter()
+                        .map(|(g, b)| (Device::Gpu(*g), u128::from(*b))),
+                )
                 .collect(),
         }
     }

@@ -104,7 +104,10 @@ impl DistributeOptions {
         if n_gpus > 0 && self.main_gpu >= n_gpus {
             return Err(invalid(
                 "option :main_gpu",
-                format!("must be below the GPU count {n_gpus}, got: {}", self.main_gpu),
+                format!(
+                    "must be below the GPU count {n_gpus}, got: {}",
+                    self.main_gpu
+                ),
             ));
         }
         if self.n_ctx == 0 || self.n_parallel == 0 {
@@ -113,7 +116,10 @@ impl DistributeOptions {
             } else {
                 ("option :n_parallel", self.n_parallel)
             };
-            return Err(invalid(name, format!("expected a positive integer, got: {value}")));
+            return Err(invalid(
+                name,
+                format!("expected a positive integer, got: {value}"),
+            ));
         }
         let mut weights = if split.is_empty() {
             vec![1; n_gpus as usize]
@@ -298,7 +304,10 @@ mod tests {
                 tensor_split: vec![],
                 ..o.clone()
             };
-            assert_eq!(distribute(10, &equal, 3).unwrap(), p(0, &[(0, 4), (1, 3), (2, 3)]));
+            assert_eq!(
+                distribute(10, &equal, 3).unwrap(),
+                p(0, &[(0, 4), (1, 3), (2, 3)])
+            );
             // Missing entries are zero; zero weights exclude a GPU.
             let short = DistributeOptions {
                 tensor_split: vec![0.0, 1.0],
@@ -355,24 +364,30 @@ mod tests {
         (
             prop_oneof![Just(Mode::Server), Just(Mode::Direct)],
             -2i64..100,
-            prop_oneof![Just(SplitMode::None), Just(SplitMode::Layer), Just(SplitMode::Row)],
+            prop_oneof![
+                Just(SplitMode::None),
+                Just(SplitMode::Layer),
+                Just(SplitMode::Row)
+            ],
             proptest::collection::vec(0.0f64..10.0, 0..4),
             any::<bool>(),
             1u64..100_000,
             1u64..64,
         )
-            .prop_map(|(mode, ngl, split_mode, tensor_split, offload_kqv, n_ctx, n_parallel)| {
-                DistributeOptions {
-                    mode,
-                    n_gpu_layers: ngl,
-                    split_mode,
-                    tensor_split,
-                    offload_kqv,
-                    n_ctx,
-                    n_parallel,
-                    ..DistributeOptions::default()
-                }
-            })
+            .prop_map(
+                |(mode, ngl, split_mode, tensor_split, offload_kqv, n_ctx, n_parallel)| {
+                    DistributeOptions {
+                        mode,
+                        n_gpu_layers: ngl,
+                        split_mode,
+                        tensor_split,
+                        offload_kqv,
+                        n_ctx,
+                        n_parallel,
+                        ..DistributeOptions::default()
+                    }
+                },
+            )
     }
 
     proptest! {

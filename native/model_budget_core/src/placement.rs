@@ -123,10 +123,7 @@ mod tests {
     #[test]
     fn release_removes_gpus_that_reach_zero() {
         let used = p(10, &[(0, 5), (1, 4)]);
-        assert_eq!(
-            used.release(&p(10, &[(1, 4)])).unwrap(),
-            p(0, &[(0, 5)])
-        );
+        assert_eq!(used.release(&p(10, &[(1, 4)])).unwrap(), p(0, &[(0, 5)]));
     }
 
     #[test]
@@ -144,7 +141,10 @@ mod tests {
     #[test]
     fn zero_entries_are_dropped() {
         assert_eq!(p(0, &[(0, 0)]).vram.len(), 0);
-        assert_eq!(p(0, &[]).fold(&p(0, &[(2, 0)])).unwrap(), Placement::empty());
+        assert_eq!(
+            p(0, &[]).fold(&p(0, &[(2, 0)])).unwrap(),
+            Placement::empty()
+        );
     }
 
     pub(crate) fn placement() -> impl Strategy<Value = Placement> {

@@ -1,1 +1,14 @@
+//! The Erlang NIF boundary of ModelBudget: decode terms, call the core,
+//! encode results. No budgeting logic lives here.
 
+mod atoms;
+mod badarg;
+mod budget;
+mod check;
+mod decode;
+mod distribute;
+mod floor;
+mod placement;
+mod system;
+
+rustler::init!("Elixir.ModelBudget.Native");

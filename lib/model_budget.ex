@@ -1,0 +1,272 @@
+defmodule ModelBudget do
+  @moduledoc """
+  Decides whether ML models fit in this machine's memory, where they go
+  (RAM and each GPU), and whether a new placement fits next to what is
+  already loaded.
+
+  The arithmetic runs in Rust (a NIF); every function here is a plain
+  function call. Byte counts are always integers.
+
+  A typical flow: resolve the `:memory_budget` option once, place each model
+  with `distribute/3`, admit it with `check/3`, and keep the running total
+  with `fold/2` and `release/2`:
+
+      iex> budget = ModelBudget.resolve(%{ram: 64 * 2**30, vram: [24 * 2**30]})
+      iex> placement = ModelBudget.distribute(20 * 2**30, [mode: :direct], 1)
+      iex> ModelBudget.check(budget, placement, ModelBudget.empty_usage())
+      :ok
+      iex> used = ModelBudget.fold(ModelBudget.empty_usage(), placement)
+      iex> ModelBudget.check(budget, placement, used)
+      {:error, {:insufficient_memory, [device: {:gpu, 0}, required: 21474836480, available: 4294967296]}}
+
+  Bad input raises `ArgumentError` naming the argument and the value.
+  """
+
+  alias ModelBudget.Native
+  require ModelBudget.Native.Errors, as: Errors
+
+  @typedoc "A byte ceiling on one device."
+  @type limit :: non_neg_integer() | :infinity
+
+  @typedoc "Bytes in RAM and on each GPU, by CUDA index. GPUs holding nothing are absent."
+  @type placement :: %{ram: non_neg_integer(), vram: %{non_neg_integer() => non_neg_integer()}}
+
+  @typedoc "A resolved memory budget."
+  @type budget ::
+          %{mode: :unlimited}
+          | %{mode: :combined, limit: pos_integer()}
+          | %{
+              mode: :per_device,
+              ram: limit(),
+              vram: :infinity | %{non_neg_integer() => limit()}
+            }
+
+  @typedoc "The device a failed check names: the combined pool, RAM, or one GPU."
+  @type device :: :total | :ram | {:gpu, non_neg_integer()}
+
+  @typedoc "Why a placement does not fit."
+  @type insufficient ::
+          {:insufficient_memory,
+           [device: device(), required: non_neg_integer(), available: non_neg_integer()]}
+
+  @typedoc """
+  The `:memory_budget` option as a user writes it: `:infinity` or `nil`
+  (no limit), a positive byte count (one pool of RAM plus all VRAM), `:auto`,
+  or a map `%{ram: ram, vram: vram}` with a limit per device.
+  """
+  @type budget_option ::
+          nil
+          | :infinity
+          | :auto
+          | pos_integer()
+          | %{
+              ram: non_neg_integer() | :infinity | nil | :auto,
+              vram:
+                :infinity
+                | nil
+                | :auto
+                | [limit()]
+                | %{non_neg_integer() => limit()}
+            }
+
+  @typedoc "A GPU as a device probe reports it; other keys are ignored."
+  @type gpu_device :: %{
+          required(:gpu_index) => non_neg_integer(),
+          required(:memory_free) => non_neg_integer(),
+          optional(atom()) => term()
+        }
+
+  @doc """
+  Resolves a `:memory_budget` option into a `t:budget/0`, probing this
+  machine for whatever the option leaves to `:auto`.
+
+  Same as `resolve/2` with the GPUs this machine reports (none until the
+  NVML probe lands, so `:auto` VRAM is an empty map for now).
+
+  ## Examples
+
+      iex> ModelBudget.resolve(:infinity)
+      %{mode: :unlimited}
+
+      iex> ModelBudget.resolve(32 * 2**30)
+      %{mode: :combined, limit: 34359738368}
+
+      iex> %{mode: :per_device, ram: ram} = ModelBudget.resolve(:auto)
+      iex> ram > 0
+      true
+  """
+  @spec resolve(budget_option()) :: budget()
+  def resolve(option), do: resolve_with(option, nil, nil)
+
+  @doc """
+  Resolves a `:memory_budget` option against `gpu_devices`, a list of maps
+  with at least `:gpu_index` and `:memory_free` (the shape of
+  `LlamaCppEx.devices/0`'s GPU entries), used for `:auto` VRAM.
+
+    * `:infinity` or `nil` - `%{mode: :unlimited}`.
+    * a positive integer `n` - `%{mode: :combined, limit: n}`: one pool for
+      RAM and all VRAM together.
+    * `:auto` - 80% of the memory this process may use for RAM, and each
+      GPU's free memory for VRAM.
+    * `%{ram: ram, vram: vram}` - a limit per device. `ram` is a byte count,
+      `:infinity`, `nil` or `:auto`; `vram` is `:infinity`, `nil`, `:auto`, a
+      list of limits indexed by GPU, or a map of GPU index to limit. GPUs the
+      map does not name are unbounded.
+
+  ## Examples
+
+      iex> gpus = [%{gpu_index: 0, memory_free: 20_000}, %{gpu_index: 1, memory_free: 10_000}]
+      iex> ModelBudget.resolve(%{ram: 1_000_000, vram: :auto}, gpus)
+      %{mode: :per_device, ram: 1000000, vram: %{0 => 20000, 1 => 10000}}
+
+      iex> ModelBudget.resolve(%{ram: nil, vram: [100, :infinity]}, [])
+      %{mode: :per_device, ram: :infinity, vram: %{0 => 100, 1 => :infinity}}
+
+      iex> ModelBudget.resolve("8GB", [])
+      ** (ArgumentError) invalid memory budget: expected :infinity, nil, :auto, a positive integer, or a map with :ram and :vram keys, got: "8GB"
+  """
+  @spec resolve(budget_option(), [gpu_device()]) :: budget()
+  def resolve(option, gpu_devices), do: resolve_with(option, gpu_devices, nil)
+
+  # The NIF answers {:probe, what} when the option needs a probe the caller
+  # did not supply; probes run on dirty schedulers, the resolve itself not.
+  defp resolve_with(option, gpus, ram_limit) do
+    case Errors.call(Native.resolve(option, gpus, ram_limit)) do
+      {:probe, :gpus} -> resolve_with(option, probed_gpus(), ram_limit)
+      {:probe, :ram} -> resolve_with(option, gpus, system_memory().limit)
+      budget -> budget
+    end
+  end
+
+  # The NVML probe is its own piece of work; until then no GPUs are seen.
+  defp probed_gpus, do: []
+
+  @doc """
+  This machine's RAM in bytes: `:total` physical memory, `:available` for new
+  allocations, and `:limit`, the smaller of physical memory and the cgroup
+  (v1 or v2) memory limit when the process runs in a container with one.
+
+  ## Examples
+
+      iex> %{total: total, available: available, limit: limit} = ModelBudget.system_memory()
+      iex> limit <= total and available <= total
+      true
+  """
+  @spec system_memory() :: %{
+          total: non_neg_integer(),
+          available: non_neg_integer(),
+          limit: non_neg_integer()
+        }
+  def system_memory, do: Native.system_memory()
+
+  @doc """
+  Spreads a model of `file_bytes` over RAM and `n_gpus` GPUs the way
+  llama.cpp's load options would place it, returning a `t:placement/0`.
+
+  Only the file size is known here, so the estimate is conservative: any
+  offload is charged as a full offload (it may refuse a load that would fit,
+  never the reverse), and the KV cache is a per-token estimate. Splits are
+  exact: the per-GPU bytes always sum to the total (largest remainder).
+
+  `opts` may be a caller's whole load options: unknown keys are ignored,
+  known keys with bad values raise `ArgumentError`.
+
+  ## Options
+
+    * `:mode` - `:server` adds a KV-cache estimate, `:direct` adds none.
+      Defaults to `:server`.
+    * `:n_gpu_layers` - `0` keeps everything in RAM; any other value
+      (including `-1`) offloads. Defaults to `99`.
+    * `:split_mode` - `:none` puts everything on `:main_gpu`; `:layer` and
+      `:row` split by `:tensor_split`. Defaults to `:none`.
+    * `:tensor_split` - non-negative weights per GPU (integers or floats);
+      zeros and missing entries exclude a GPU; empty means an equal split.
+      More entries than GPUs, or all zeros, is an error. Defaults to `[]`.
+    * `:main_gpu` - the GPU for `split_mode: :none`; must be below `n_gpus`.
+      Defaults to `0`.
+    * `:offload_kqv` - whether the KV cache sits on the GPU(s); when `false`
+      it is charged to RAM. Defaults to `true`.
+    * `:n_ctx` - context tokens per slot for the KV estimate. Defaults to `8192`.
+    * `:n_parallel` - slots for the KV estimate. Defaults to `4`.
+    * `:kv_bytes_per_token` - KV bytes per token. Defaults to `2048`.
+
+  With `n_gpus` of `0` everything is charged to RAM.
+
+  ## Examples
+
+      iex> ModelBudget.distribute(1_000, [mode: :direct], 0)
+      %{ram: 1000, vram: %{}}
+
+      iex> ModelBudget.distribute(1_000, [mode: :direct, split_mode: :layer, tensor_split: [3, 1]], 2)
+      %{ram: 0, vram: %{0 => 750, 1 => 250}}
+
+      iex> ModelBudget.distribute(1_000, [n_ctx: 10, n_parallel: 1, kv_bytes_per_token: 5, offload_kqv: false], 1)
+      %{ram: 50, vram: %{0 => 1000}}
+
+      iex> ModelBudget.distribute(1_000, [split_mode: :sideways], 1)
+      ** (ArgumentError) invalid option :split_mode: expected :none, :layer or :row, got: :sideways
+  """
+  @spec distribute(non_neg_integer(), keyword(), non_neg_integer()) :: placement()
+  def distribute(file_bytes, opts, n_gpus),
+    do: Errors.call(Native.distribute(file_bytes, opts, n_gpus))
+
+  @doc """
+  Checks whether `placement` fits `budget` on top of `used`.
+
+  Returns `:ok`, or `{:error, {:insufficient_memory, [device: d, required: r,
+  available: a]}}` for the first device that is short: `d` is `:total` for a
+  combined budget, else `:ram` or `{:gpu, index}`; `available` is
+  `max(limit - used, 0)`. A fit exactly at the limit is `:ok`. RAM is
+  checked before GPUs, GPUs in index order; GPUs a per-device budget does not
+  name are unbounded.
+
+  ## Examples
+
+      iex> ModelBudget.check(%{mode: :combined, limit: 100}, %{ram: 60, vram: %{0 => 40}}, ModelBudget.empty_usage())
+      :ok
+
+      iex> ModelBudget.check(%{mode: :combined, limit: 100}, %{ram: 60, vram: %{}}, %{ram: 50, vram: %{}})
+      {:error, {:insufficient_memory, [device: :total, required: 60, available: 50]}}
+  """
+  @spec check(budget(), placement(), placement()) :: :ok | {:error, insufficient()}
+  def check(budget, placement, used), do: Errors.call(Native.check(budget, placement, used))
+
+  @doc """
+  Adds `placement` into the usage accumulator `used`: RAM summed, VRAM
+  merged per GPU.
+
+  ## Examples
+
+      iex> ModelBudget.fold(%{ram: 1, vram: %{0 => 2}}, %{ram: 10, vram: %{0 => 3, 1 => 4}})
+      %{ram: 11, vram: %{0 => 5, 1 => 4}}
+  """
+  @spec fold(placement(), placement()) :: placement()
+  def fold(used, placement), do: Errors.call(Native.fold(used, placement))
+
+  @doc """
+  Takes `placement` back out of `used`, the inverse of `fold/2`, for unloads.
+  Releasing more than is held on any device raises `ArgumentError`; GPUs that
+  reach zero are removed.
+
+  ## Examples
+
+      iex> ModelBudget.release(%{ram: 11, vram: %{0 => 5, 1 => 4}}, %{ram: 10, vram: %{0 => 3, 1 => 4}})
+      %{ram: 1, vram: %{0 => 2}}
+
+      iex> ModelBudget.release(%{ram: 1, vram: %{}}, %{ram: 2, vram: %{}})
+      ** (ArgumentError) invalid placement: releases 2 bytes of RAM but only 1 are held
+  """
+  @spec release(placement(), placement()) :: placement()
+  def release(used, placement), do: Errors.call(Native.release(used, placement))
+
+  @doc """
+  The usage of nothing: `%{ram: 0, vram: %{}}`.
+
+  ## Examples
+
+      iex> ModelBudget.empty_usage()
+      %{ram: 0, vram: %{}}
+  """
+  @spec empty_usage() :: placement()
+  def empty_usage, do: Native.empty_usage()
+end

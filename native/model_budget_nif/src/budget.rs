@@ -1,0 +1,256 @@
+//! Budget terms: the `:memory_budget` option as written (decoded into a
+//! `BudgetSpec`), and resolved budgets in and out (`budget()`).
+
+use std::collections::BTreeMap;
+
+use model_budget_core::budget::{
+    self, Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec,
+};
+use rustler::types::map::MapIterator;
+use rustler::{Encoder, Env, ListIterator, Term};
+
+use crate::atoms;
+use crate::badarg::{bad, reply, Decoded};
+use crate::decode::{atom, bytes, exact_map, index, is_unbounded};
+
+const SPEC: &str = ":infinity, nil, :auto, a positive integer, or a map with :ram and :vram keys";
+const RAM: &str = "a byte count, :infinity, nil or :auto";
+const VRAM: &str =
+    ":infinity, nil, :auto, a list of byte counts, or a map of GPU index => byte count or :infinity";
+const BUDGET: &str = "a budget: %{mode: :unlimited}, %{mode: :combined, limit: pos_integer}, or %{mode: :per_device, ram: limit, vram: :infinity | %{gpu_index => limit}}";
+
+/// Decodes the `:memory_budget` option as a user writes it.
+fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
+    const ARG: &str = "memory budget";
+    if is_unbounded(term) {
+        return Ok(BudgetSpec::Unlimited);
+    }
+    if atom(term) == Some(atoms::auto()) {
+        return Ok(BudgetSpec::Auto);
+    }
+    if let Ok(limit) = term.decode::<u64>() {
+        return if limit > 0 {
+            Ok(BudgetSpec::Combined(limit))
+        } else {
+            bad(ARG, SPEC, term)
+        };
+    }
+    let Some(entries) = MapIterator::new(term) else {
+        return bad(ARG, SPEC, term);
+    };
+    for (key, _) in entries {
+        if atom(key) != Some(atoms::ram()) && atom(key) != Some(atoms::vram()) {
+            return bad(ARG, "a map with only :ram and :vram keys", term);
+        }
+    }
+    let [ram, vram] = exact_map(term, [atoms::ram(), atoms::vram()], ARG, SPEC)?;
+    Ok(BudgetSpec::PerDevice {
+        ram: decode_ram_spec(ram)?,
+        vram: decode_vram_spec(vram)?,
+    })
+}
+
+fn decode_ram_spec(term: Term) -> Decoded<RamSpec> {
+    if is_unbounded(term) {
+        Ok(RamSpec::Infinity)
+    } else if atom(term) == Some(atoms::auto()) {
+        Ok(RamSpec::Auto)
+    } else {
+        term.decode::<u64>()
+            .map(RamSpec::Bytes)
+            .or_else(|_| bad("memory budget :ram", RAM, term))
+    }
+}
+
+fn decode_vram_spec(term: Term) -> Decoded<VramSpec> {
+    const ARG: &str = "memory budget :vram";
+    if is_unbounded(term) {
+        return Ok(VramSpec::Infinity);
+    }
+    if atom(term) == Some(atoms::auto()) {
+        return Ok(VramSpec::Auto);
+    }
+    let mut map = BTreeMap::new();
+    if let Ok(list) = term.decode::<ListIterator>() {
+        for (gpu, limit) in list.enumerate() {
+            let Ok(gpu) = u32::try_from(gpu) else {
+                return bad(ARG, VRAM, term);
+            };
+            map.insert(gpu, decode_limit(limit, ARG, VRAM, term)?);
+        }
+        return Ok(VramSpec::PerGpu(map));
+    }
+    let Some(entries) = MapIterator::new(term) else {
+        return bad(ARG, VRAM, term);
+    };
+    for (gpu, limit) in entries {
+        let Ok(gpu) = gpu.decode::<u32>() else {
+            return bad(ARG, VRAM, term);
+        };
+        map.insert(gpu, decode_limit(limit, ARG, VRAM, term)?);
+    }
+    Ok(VramSpec::PerGpu(map))
+}
+
+/// A byte count or `:infinity`; errors show `whole`, the term it sits in.
+fn decode_limit<'a>(
+    term: Term<'a>,
+    arg: &str,
+    expected: &str,
+    whole: Term<'a>,
+) -> Decoded<'a, Limit> {
+    if atom(term) == Some(atoms::infinity()) {
+        return Ok(Limit::Infinity);
+    }
+    term.decode::<u64>()
+        .map(Limit::Bytes)
+        .or_else(|_| bad(arg, expected, whole))
+}
+
+/// Decodes a resolved `budget()`, as `check/3` receives it.
+pub fn decode(term: Term) -> Decoded<Budget> {
+    const ARG: &str = "budget";
+    let mode = match term.map_get(atoms::mode()) {
+        Ok(mode) => atom(mode),
+        Err(_) => return bad(ARG, BUDGET, term),
+    };
+    match mode {
+        Some(m) if m == atoms::unlimited() => {
+            exact_map(term, [atoms::mode()], ARG, BUDGET)?;
+            Ok(Budget::Unlimited)
+        }
+        Some(m) if m == atoms::combined() => {
+            let [_, limit] = exact_map(term, [atoms::mode(), atoms::limit()], ARG, BUDGET)?;
+            match limit.decode::<u64>() {
+                Ok(limit) if limit > 0 => Ok(Budget::Combined { limit }),
+                _ => bad(ARG, BUDGET, term),
+            }
+        }
+        Some(m) if m == atoms::per_device() => {
+            let [_, ram, vram] = exact_map(
+                term,
+                [atoms::mode(), atoms::ram(), atoms::vram()],
+                ARG,
+                BUDGET,
+            )?;
+            let ram = decode_limit(ram, ARG, BUDGET, term)?;
+            let vram = if atom(vram) == Some(atoms::infinity()) {
+                VramLimits::Infinity
+            } else {
+                let Some(entries) = MapIterator::new(vram) else {
+                    return bad(ARG, BUDGET, term);
+                };
+                let mut map = BTreeMap::new();
+                for (gpu, limit) in entries {
+                    let Ok(gpu) = gpu.decode::<u32>() else {
+                        return bad(ARG, BUDGET, term);
+                    };
+                    map.insert(gpu, decode_limit(limit, ARG, BUDGET, term)?);
+                }
+                VramLimits::PerGpu(map)
+            };
+            Ok(Budget::PerDevice { ram, vram })
+        }
+        _ => bad(ARG, BUDGET, term),
+    }
+}
+
+struct LimitTerm(Limit);
+
+impl Encoder for LimitTerm {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self.0 {
+            Limit::Bytes(b) => b.encode(env),
+            Limit::Infinity => atoms::infinity().encode(env),
+        }
+    }
+}
+
+/// Encoder for a resolved budget.
+pub struct Encoded(pub Budget);
+
+impl Encoder for Encoded {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let pairs: Vec<(Term, Term)> = match &self.0 {
+            Budget::Unlimited => vec![(atoms::mode().encode(env), atoms::unlimited().encode(env))],
+            Budget::Combined { limit } => vec![
+                (atoms::mode().encode(env), atoms::combined().encode(env)),
+                (atoms::limit().encode(env), limit.encode(env)),
+            ],
+            Budget::PerDevice { ram, vram } => {
+                let vram = match vram {
+                    VramLimits::Infinity => atoms::infinity().encode(env),
+                    VramLimits::PerGpu(map) => {
+                        let keys: Vec<Term> = map.keys().map(|k| k.encode(env)).collect();
+                        let values: Vec<Term> =
+                            map.values().map(|v| LimitTerm(*v).encode(env)).collect();
+                        Term::map_from_term_arrays(env, &keys, &values)
+                            .expect("distinct GPU indices make a valid map")
+                    }
+                };
+                vec![
+                    (atoms::mode().encode(env), atoms::per_device().encode(env)),
+                    (atoms::ram().encode(env), LimitTerm(*ram).encode(env)),
+                    (atoms::vram().encode(env), vram),
+                ]
+            }
+        };
+        Term::map_from_pairs(env, &pairs).expect("distinct keys make a valid map")
+    }
+}
+
+/// GPU entries as `LlamaCppEx.devices/0` and `ModelBudget.devices/0` give
+/// them: maps with at least `:gpu_index` and `:memory_free`.
+fn decode_gpus(term: Term) -> Decoded<Vec<GpuFree>> {
+    const ARG: &str = "gpu_devices";
+    const EXPECTED: &str = "a list of maps with :gpu_index and :memory_free";
+    let Ok(list) = term.decode::<ListIterator>() else {
+        return bad(ARG, EXPECTED, term);
+    };
+    list.map(|gpu| {
+        let (Ok(gpu_index), Ok(memory_free)) = (
+            gpu.map_get(atoms::gpu_index()),
+            gpu.map_get(atoms::memory_free()),
+        ) else {
+            return bad(ARG, EXPECTED, gpu);
+        };
+        Ok(GpuFree {
+            gpu_index: index(gpu_index, "gpu_devices :gpu_index")?,
+            memory_free: bytes(memory_free, "gpu_devices :memory_free")?,
+        })
+    })
+    .collect()
+}
+
+/// Resolves a `:memory_budget`. `gpus` and `ram_limit` may be `nil`: when the
+/// spec needs one that is missing, the answer is `{:probe, :gpus | :ram}` and
+/// the Elixir side probes (on a dirty scheduler) and calls again.
+#[rustler::nif]
+fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>) -> Term<'a> {
+    let result = (|| {
+        let spec = decode_spec(spec)?;
+        let gpus = if atom(gpus) == Some(atoms::nil()) {
+            None
+        } else {
+            Some(decode_gpus(gpus)?)
+        };
+        let ram_limit = if atom(ram_limit) == Some(atoms::nil()) {
+            None
+        } else {
+            Some(bytes(ram_limit, "ram_limit")?)
+        };
+        if spec.needs_gpus() && gpus.is_none() {
+            return Ok((atoms::probe(), atoms::gpus()).encode(env));
+        }
+        if spec.needs_system_memory() && ram_limit.is_none() {
+            return Ok((atoms::probe(), atoms::ram()).encode(env));
+        }
+        let resolved = budget::resolve(
+            &spec,
+            ram_limit.unwrap_or(0),
+            gpus.as_deref().unwrap_or(&[]),
+        )?;
+        Ok(Encoded(resolved).encode(env))
+    })();
+    reply(env, result)
+}

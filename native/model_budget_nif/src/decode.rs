@@ -1,0 +1,48 @@
+//! Decoding helpers that name the argument and keep the offending term.
+
+use rustler::{Atom, Term, TermType};
+
+use crate::atoms;
+use crate::badarg::{bad, Decoded};
+
+/// A non-negative integer that fits in u64.
+pub fn bytes<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, u64> {
+    term.decode::<u64>()
+        .or_else(|_| bad(arg, "a non-negative integer below 2^64", term))
+}
+
+/// A non-negative integer that fits in u32 (GPU indices, counts).
+pub fn index<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, u32> {
+    term.decode::<u32>()
+        .or_else(|_| bad(arg, "a non-negative integer below 2^32", term))
+}
+
+/// An atom, if the term is one.
+pub fn atom(term: Term) -> Option<Atom> {
+    term.decode::<Atom>().ok()
+}
+
+/// Whether the term is `nil` or `:infinity`, both of which mean "no limit".
+pub fn is_unbounded(term: Term) -> bool {
+    atom(term).is_some_and(|a| a == atoms::infinity() || a == atoms::nil())
+}
+
+/// Fetches required `keys` of a map that may hold nothing else.
+pub fn exact_map<'a, const N: usize>(
+    term: Term<'a>,
+    keys: [Atom; N],
+    arg: &str,
+    expected: &str,
+) -> Decoded<'a, [Term<'a>; N]> {
+    if term.get_type() != TermType::Map || term.map_size().ok() != Some(N) {
+        return bad(arg, expected, term);
+    }
+    let mut values = [term; N];
+    for (slot, key) in values.iter_mut().zip(keys) {
+        *slot = match term.map_get(key) {
+            Ok(value) => value,
+            Err(_) => return bad(arg, expected, term),
+        };
+    }
+    Ok(values)
+}

@@ -1,0 +1,118 @@
+//! `distribute/3`: load options in, `placement()` out.
+
+use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, Mode, SplitMode};
+use rustler::{Atom, Encoder, Env, ListIterator, Term};
+
+use crate::atoms;
+use crate::badarg::{bad, reply, Decoded};
+use crate::decode::{atom, bytes, index};
+use crate::placement::Encoded;
+
+/// Reads the known keys of a load-option keyword list; unknown keys are
+/// ignored (callers pass their whole load options), and the first occurrence
+/// of a key wins, as with `Keyword.get/2`.
+fn decode_options(term: Term) -> Decoded<DistributeOptions> {
+    let Ok(list) = term.decode::<ListIterator>() else {
+        return bad("opts", "a keyword list", term);
+    };
+    let mut opts = DistributeOptions::default();
+    let mut seen: Vec<Atom> = Vec::new();
+    for item in list {
+        let Ok((key, value)) = item.decode::<(Atom, Term)>() else {
+            return bad("opts", "a keyword list", term);
+        };
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        set_option(&mut opts, key, value)?;
+    }
+    Ok(opts)
+}
+
+fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> Decoded<'a, ()> {
+    let choice = |choices: &[Atom]| atom(value).filter(|a| choices.contains(a));
+    if key == atoms::mode() {
+        opts.mode = match choice(&[atoms::server(), atoms::direct()]) {
+            Some(a) if a == atoms::server() => Mode::Server,
+            Some(_) => Mode::Direct,
+            None => return bad("option :mode", ":server or :direct", value),
+        };
+    } else if key == atoms::n_gpu_layers() {
+        opts.n_gpu_layers = value
+            .decode::<i64>()
+            .or_else(|_| bad("option :n_gpu_layers", "an integer", value))?;
+    } else if key == atoms::split_mode() {
+        opts.split_mode = match choice(&[atoms::none(), atoms::layer(), atoms::row()]) {
+            Some(a) if a == atoms::none() => SplitMode::None,
+            Some(a) if a == atoms::layer() => SplitMode::Layer,
+            Some(_) => SplitMode::Row,
+            None => return bad("option :split_mode", ":none, :layer or :row", value),
+        };
+    } else if key == atoms::tensor_split() {
+        opts.tensor_split = decode_weights(value)?;
+    } else if key == atoms::main_gpu() {
+        opts.main_gpu = index(value, "option :main_gpu")?;
+    } else if key == atoms::offload_kqv() {
+        opts.offload_kqv = value
+            .decode::<bool>()
+            .or_else(|_| bad("option :offload_kqv", "a boolean", value))?;
+    } else if key == atoms::n_ctx() {
+        opts.n_ctx = positive(value, "option :n_ctx")?;
+    } else if key == atoms::n_parallel() {
+        opts.n_parallel = positive(value, "option :n_parallel")?;
+    } else if key == atoms::kv_bytes_per_token() {
+        opts.kv_bytes_per_token = if atom(value) == Some(atoms::nil()) {
+            None
+        } else {
+            Some(bytes(value, "option :kv_bytes_per_token")?)
+        };
+    }
+    Ok(())
+}
+
+fn positive<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, u64> {
+    match term.decode::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => bad(arg, "a positive integer below 2^64", term),
+    }
+}
+
+/// `:tensor_split`: a list of finite, non-negative numbers.
+fn decode_weights(term: Term) -> Decoded<Vec<f64>> {
+    const ARG: &str = "option :tensor_split";
+    const EXPECTED: &str = "a list of non-negative numbers";
+    let Ok(list) = term.decode::<ListIterator>() else {
+        return bad(ARG, EXPECTED, term);
+    };
+    list.map(|w| {
+        let weight = w
+            .decode::<f64>()
+            .ok()
+            .or_else(|| w.decode::<u64>().ok().map(|n| n as f64));
+        match weight {
+            Some(x) if x.is_finite() && x >= 0.0 => Ok(x),
+            _ => bad(ARG, EXPECTED, term),
+        }
+    })
+    .collect()
+}
+
+#[rustler::nif]
+fn distribute<'a>(
+    env: Env<'a>,
+    file_bytes: Term<'a>,
+    opts: Term<'a>,
+    n_gpus: Term<'a>,
+) -> Term<'a> {
+    let result = (|| {
+        let file_bytes = bytes(file_bytes, "file_bytes")?;
+        let opts = decode_options(opts)?;
+        let n_gpus = match n_gpus.decode::<u32>() {
+            Ok(n) if n <= MAX_GPUS => n,
+            _ => return bad("n_gpus", &format!("an integer in 0..{MAX_GPUS}"), n_gpus),
+        };
+        Ok(Encoded(model_budget_core::distribute(file_bytes, &opts, n_gpus)?).encode(env))
+    })();
+    reply(env, result)
+}

@@ -1,0 +1,20 @@
+//! This machine's memory, probed on a dirty I/O scheduler.
+
+use rustler::NifMap;
+
+#[derive(NifMap)]
+struct SystemMemory {
+    total: u64,
+    available: u64,
+    limit: u64,
+}
+
+#[rustler::nif(schedule = "DirtyIo")]
+fn system_memory() -> SystemMemory {
+    let m = model_budget_core::system::memory();
+    SystemMemory {
+        total: m.total,
+        available: m.available,
+        limit: m.limit,
+    }
+}

@@ -1,0 +1,4 @@
+defmodule ModelBudgetDoctestTest do
+  use ExUnit.Case, async: true
+  doctest ModelBudget
+end

@@ -1,1 +1,2 @@
-ExUnit.start()
+# GPU tests run only where a GPU is visible.
+ExUnit.start(exclude: [:gpu])

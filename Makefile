@@ -1,0 +1,42 @@
+# Two commands do everything: `make run` (the main job) and `make test`.
+# Both install what is missing first (scripts/setup.sh).
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+# One cargo target directory for the Mix build, cargo test and benchmarks.
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+
+.PHONY: setup run test test-rust test-elixir bench lint
+
+setup:
+	@bash scripts/setup.sh
+
+## What can this machine serve? Prints the resolved :auto budget and placements.
+run: setup
+	@echo "==> mix model_budget.plan"
+	@mix model_budget.plan
+
+## Every test: the Rust core (unit + proptest) and ExUnit (doctests included).
+test: setup test-rust test-elixir
+
+test-rust:
+	@echo "==> cargo test -p model_budget_core (release profile, overflow checks on)"
+	@cargo test --release -p model_budget_core
+
+test-elixir:
+	@echo "==> mix test"
+	@MIX_ENV=test mix test
+
+## Benchmarks: every bench/*.exs, results to paste into bench/RESULTS.md.
+bench: setup
+	@for f in bench/*.exs; do echo "==> mix run $$f"; mix run "$$f" || exit 1; done
+
+## The lint gates CI runs after the tests.
+lint: setup
+	@echo "==> cargo fmt --check"
+	@cargo fmt --all --check
+	@echo "==> cargo clippy -D warnings"
+	@cargo clippy --workspace --all-targets --release -- -D warnings
+	@echo "==> mix format --check-formatted"
+	@mix format --check-formatted
+	@echo "==> mix compile --warnings-as-errors"
+	@MIX_ENV=test mix compile --force --warnings-as-errors

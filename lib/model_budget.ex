@@ -132,14 +132,25 @@ defmodule ModelBudget do
   # did not supply; probes run on dirty schedulers, the resolve itself not.
   defp resolve_with(option, gpus, ram_limit) do
     case Errors.call(Native.resolve(option, gpus, ram_limit)) do
-      {:probe, :gpus} -> resolve_with(option, probed_gpus(), ram_limit)
+      {:probe, :gpus} -> resolve_with(option, devices(), ram_limit)
       {:probe, :ram} -> resolve_with(option, gpus, system_memory().limit)
       budget -> budget
     end
   end
 
-  # The NVML probe is its own piece of work; until then no GPUs are seen.
-  defp probed_gpus, do: []
+  @doc """
+  The GPUs this machine exposes, as maps with at least `:gpu_index` and
+  `:memory_free`, suitable for `resolve/2`.
+
+  The NVML probe is not built yet: for now this returns `[]`.
+
+  ## Examples
+
+      iex> is_list(ModelBudget.devices())
+      true
+  """
+  @spec devices() :: [gpu_device()]
+  def devices, do: []
 
   @doc """
   This machine's RAM in bytes: `:total` physical memory, `:available` for new

@@ -1,0 +1,65 @@
+defmodule ModelBudget.RobustnessTest do
+  # Throws generated terms at every function: each call must return a result
+  # or raise ArgumentError, never another exception, and never crash the VM.
+  use ExUnit.Case, async: true
+
+  alias ModelBudget.Test.RandomTerm
+
+  @runs 100_000
+
+  @calls [
+    resolve_1: {&ModelBudget.resolve/1, 1},
+    resolve_2: {&ModelBudget.resolve/2, 2},
+    distribute: {&ModelBudget.distribute/3, 3},
+    check: {&ModelBudget.check/3, 3},
+    fold: {&ModelBudget.fold/2, 2},
+    release: {&ModelBudget.release/2, 2}
+  ]
+
+  for {name, {fun, arity}} <- @calls do
+    @tag timeout: 120_000
+    test "#{name} answers #{@runs} random inputs with a result or ArgumentError" do
+      fun = unquote(fun)
+      arity = unquote(arity)
+
+      {results, errors} =
+        Enum.reduce(1..@runs, {0, 0}, fn _, {ok, err} ->
+          args = Enum.map(1..arity, fn _ -> RandomTerm.term() end)
+
+          try do
+            apply(fun, args)
+            {ok + 1, err}
+          rescue
+            ArgumentError -> {ok, err + 1}
+          end
+        end)
+
+      assert results + errors == @runs
+      # Errors must occur, or the generator is not reaching the decoders.
+      assert errors > 0
+    end
+  end
+
+  test "structured near-misses reach results as well as errors" do
+    # Random terms rarely form valid budgets; these mostly do.
+    outcomes =
+      for _ <- 1..20_000 do
+        budget = Enum.random([%{mode: :unlimited}, %{mode: :combined, limit: :rand.uniform(100)}])
+
+        placement = %{
+          ram: :rand.uniform(60) - 2,
+          vram: %{Enum.random([0, 1, -1]) => :rand.uniform(50)}
+        }
+
+        try do
+          ModelBudget.check(budget, placement, ModelBudget.empty_usage())
+        rescue
+          ArgumentError -> :argument_error
+        end
+      end
+
+    assert :ok in outcomes
+    assert :argument_error in outcomes
+    assert Enum.any?(outcomes, &match?({:error, {:insufficient_memory, _}}, &1))
+  end
+end

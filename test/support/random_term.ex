@@ -1,0 +1,86 @@
+defmodule ModelBudget.Test.RandomTerm do
+  @moduledoc """
+  Random Erlang terms for robustness tests: every shape a caller might pass,
+  biased towards the keys and atoms ModelBudget reads so that generated terms
+  reach deep into the decoders, not just the first type check.
+  """
+
+  @atoms [
+    :ram,
+    :vram,
+    :mode,
+    :limit,
+    :infinity,
+    :auto,
+    nil,
+    true,
+    false,
+    :unlimited,
+    :combined,
+    :per_device,
+    :server,
+    :direct,
+    :none,
+    :layer,
+    :row,
+    :split_mode,
+    :tensor_split,
+    :main_gpu,
+    :n_gpu_layers,
+    :offload_kqv,
+    :n_ctx,
+    :n_parallel,
+    :kv_bytes_per_token,
+    :gpu_index,
+    :memory_free,
+    :other
+  ]
+
+  @integers [
+    0,
+    1,
+    -1,
+    2,
+    7,
+    1024,
+    2 ** 32 - 1,
+    2 ** 32,
+    2 ** 63 - 1,
+    2 ** 63,
+    2 ** 64 - 1,
+    2 ** 64,
+    -(2 ** 64),
+    10 ** 40
+  ]
+
+  @doc "A random term at most `depth` levels deep."
+  @spec term(non_neg_integer()) :: term()
+  def term(depth \\ 3) do
+    case :rand.uniform(if depth == 0, do: 5, else: 9) do
+      1 -> Enum.random(@atoms)
+      2 -> integer()
+      3 -> Enum.random([0.0, -1.5, 1.0e300, 0.75, 3.0])
+      4 -> Enum.random(["", "8GB", <<0, 255>>, "ram"])
+      5 -> Enum.random([self(), make_ref(), {}])
+      6 -> Map.new(1..:rand.uniform(4), fn _ -> {key(), term(depth - 1)} end)
+      7 -> Enum.map(1..:rand.uniform(5), fn _ -> term(depth - 1) end)
+      8 -> Enum.map(1..:rand.uniform(4), fn _ -> {Enum.random(@atoms), term(depth - 1)} end)
+      9 -> List.to_tuple(Enum.map(1..:rand.uniform(3), fn _ -> term(depth - 1) end))
+    end
+  end
+
+  defp integer do
+    case :rand.uniform(3) do
+      1 -> Enum.random(@integers)
+      2 -> :rand.uniform(1_000_000) - 1000
+      3 -> :rand.uniform(2 ** 70) - 2 ** 69
+    end
+  end
+
+  defp key do
+    case :rand.uniform(3) do
+      1 -> Enum.random(@atoms)
+      _ -> Enum.random([0, 1, 2, 3, -1, 2 ** 40, "0", 1.0])
+    end
+  end
+end

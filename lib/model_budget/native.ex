@@ -6,9 +6,17 @@ defmodule ModelBudget.Native do
 
   @on_load :load_nif
 
+  # The Elixir compiler loads each module it compiles, before the cargo step
+  # has built the library: a missing library then loads the stubs quietly.
+  # At run time the stubs raise a clear error if it is still missing.
   def load_nif do
     path = :filename.join(:code.priv_dir(:model_budget), ~c"native/model_budget_nif")
-    :erlang.load_nif(path, 0)
+
+    if File.exists?(List.to_string(path) <> ".so") do
+      :erlang.load_nif(path, 0)
+    else
+      :ok
+    end
   end
 
   def noop, do: not_loaded()
@@ -20,5 +28,9 @@ defmodule ModelBudget.Native do
   def distribute(_file_bytes, _opts, _n_gpus), do: not_loaded()
   def system_memory, do: not_loaded()
 
-  defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)
+  defp not_loaded do
+    :erlang.nif_error(
+      {:nif_not_loaded, "priv/native/model_budget_nif.so is missing: run `mix compile`"}
+    )
+  end
 end

@@ -32,17 +32,45 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
     built = Path.join([target, "release", "lib#{@crate}.so"])
     installed = Path.join([root, "priv", "native", "#{@crate}.so"])
 
-    if same_file?(built, installed) do
-      {:noop, []}
-    else
-      File.mkdir_p!(Path.dirname(installed))
-      # Delete first: a running VM may have the old file mapped, and
-      # overwriting it in place would corrupt that mapping.
-      File.rm(installed)
-      File.cp!(built, installed)
-      Mix.shell().info("Installed NIF #{Path.relative_to_cwd(installed)}")
-      {:ok, []}
+    result =
+      if same_file?(built, installed) do
+        {:noop, []}
+      else
+        File.mkdir_p!(Path.dirname(installed))
+        # Delete first: a running VM may have the old file mapped, and
+        # overwriting it in place would corrupt that mapping.
+        File.rm(installed)
+        File.cp!(built, installed)
+        Mix.shell().info("Installed NIF #{Path.relative_to_cwd(installed)}")
+        {:ok, []}
+      end
+
+    reload_stubs()
+    result
+  end
+
+  # The Elixir compiler, which runs before this step, loads every module it
+  # compiles; on a first build ModelBudget.Native is then loaded without its
+  # library (the stubs). Reload it so that this VM (mix test, mix run) gets
+  # the NIFs.
+  defp reload_stubs do
+    native = ModelBudget.Native
+
+    if :code.is_loaded(native) != false and not nif_loaded?(native) do
+      :code.purge(native)
+      :code.delete(native)
+      :code.purge(native)
+      {:module, ^native} = Code.ensure_loaded(native)
     end
+
+    :ok
+  end
+
+  defp nif_loaded?(native) do
+    native.noop()
+    true
+  rescue
+    ErlangError -> false
   end
 
   defp same_file?(a, b) do

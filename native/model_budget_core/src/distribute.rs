@@ -6,6 +6,7 @@
 //! full offload, and the KV cache is a coarse per-token estimate).
 
 use crate::error::{invalid, Result};
+use crate::layout::kv::CacheType;
 use crate::placement::Placement;
 use crate::split::{apportion, integer_weights};
 
@@ -15,6 +16,12 @@ pub const MAX_GPUS: u32 = 1024;
 
 /// Coarse KV-cache bytes per token when the caller gives none.
 pub const DEFAULT_KV_BYTES_PER_TOKEN: u64 = 2048;
+
+/// Context of the coarse KV estimate when the caller gives none.
+pub const DEFAULT_N_CTX: u64 = 8192;
+
+/// Driver context per used GPU (CUDA's context is a few hundred MiB).
+pub const DEFAULT_GPU_OVERHEAD: u64 = 512 << 20;
 
 /// Whether the load runs a server with a KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,9 +55,19 @@ pub struct DistributeOptions {
     pub main_gpu: u32,
     /// Whether the KV cache sits on the GPU(s).
     pub offload_kqv: bool,
-    pub n_ctx: u64,
+    /// Context tokens; `None` means the default (8192 for the byte-count
+    /// path, the model's trained length capped at 8192 for a model).
+    pub n_ctx: Option<u64>,
     pub n_parallel: u64,
     pub kv_bytes_per_token: Option<u64>,
+    /// KV element types (model-aware path).
+    pub cache_type_k: CacheType,
+    pub cache_type_v: CacheType,
+    /// Micro-batch size that sizes compute buffers (model-aware path).
+    pub n_ubatch: u64,
+    pub flash_attn: bool,
+    /// Bytes each GPU that receives anything pays for the driver's context.
+    pub gpu_overhead: u64,
 }
 
 impl Default for DistributeOptions {
@@ -62,9 +79,14 @@ impl Default for DistributeOptions {
             tensor_split: Vec::new(),
             main_gpu: 0,
             offload_kqv: true,
-            n_ctx: 8192,
+            n_ctx: None,
             n_parallel: 4,
             kv_bytes_per_token: None,
+            cache_type_k: CacheType::F16,
+            cache_type_v: CacheType::F16,
+            n_ubatch: 512,
+            flash_attn: true,
+            gpu_overhead: DEFAULT_GPU_OVERHEAD,
         }
     }
 }
@@ -110,16 +132,14 @@ impl DistributeOptions {
                 ),
             ));
         }
-        if self.n_ctx == 0 || self.n_parallel == 0 {
-            let (name, value) = if self.n_ctx == 0 {
-                ("option :n_ctx", self.n_ctx)
-            } else {
-                ("option :n_parallel", self.n_parallel)
-            };
-            return Err(invalid(
-                name,
-                format!("expected a positive integer, got: {value}"),
-            ));
+        for (name, value) in [
+            ("option :n_ctx", self.n_ctx.unwrap_or(1)),
+            ("option :n_parallel", self.n_parallel),
+            ("option :n_ubatch", self.n_ubatch),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "expected a positive integer, got: 0"));
+            }
         }
         let mut weights = if split.is_empty() {
             vec![1; n_gpus as usize]
@@ -139,15 +159,16 @@ impl DistributeOptions {
         let per_token = self
             .kv_bytes_per_token
             .unwrap_or(DEFAULT_KV_BYTES_PER_TOKEN);
-        self.n_ctx
+        let n_ctx = self.n_ctx.unwrap_or(DEFAULT_N_CTX);
+        n_ctx
             .checked_mul(self.n_parallel)
             .and_then(|t| t.checked_mul(per_token))
             .ok_or_else(|| {
                 invalid(
                     "opts",
                     format!(
-                        "the KV cache of n_ctx {} x n_parallel {} x {per_token} bytes per token exceeds 2^64 bytes",
-                        self.n_ctx, self.n_parallel
+                        "the KV cache of n_ctx {n_ctx} x n_parallel {} x {per_token} bytes per token exceeds 2^64 bytes",
+                        self.n_parallel
                     ),
                 )
             })
@@ -233,7 +254,7 @@ mod tests {
     #[test]
     fn kv_bytes_per_token_sizes_the_cache() {
         let o = DistributeOptions {
-            n_ctx: 100,
+            n_ctx: Some(100),
             n_parallel: 2,
             kv_bytes_per_token: Some(10),
             ..opts()
@@ -273,7 +294,7 @@ mod tests {
         let o = DistributeOptions {
             offload_kqv: false,
             kv_bytes_per_token: Some(1),
-            n_ctx: 10,
+            n_ctx: Some(10),
             n_parallel: 1,
             ..opts()
         };
@@ -353,7 +374,7 @@ mod tests {
     fn overflow_is_an_error_not_a_wrap() {
         assert!(distribute(u64::MAX, &opts(), 1).is_err());
         let o = DistributeOptions {
-            n_ctx: u64::MAX,
+            n_ctx: Some(u64::MAX),
             ..opts()
         };
         assert!(distribute(0, &o, 1).is_err());
@@ -382,7 +403,7 @@ mod tests {
                         split_mode,
                         tensor_split,
                         offload_kqv,
-                        n_ctx,
+                        n_ctx: Some(n_ctx),
                         n_parallel,
                         ..DistributeOptions::default()
                     }

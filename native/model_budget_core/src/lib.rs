@@ -8,6 +8,7 @@ pub mod budget;
 pub mod check;
 pub mod distribute;
 pub mod error;
+pub mod layout;
 pub mod placement;
 pub mod split;
 pub mod system;

@@ -33,7 +33,7 @@ pub fn integer_weights(weights: &[f64]) -> Vec<u128> {
 
 /// `w` as `m * 2^e` with `m` odd, or `None` for zero (and anything not a
 /// positive finite number, which callers have already refused).
-fn mantissa_exponent(w: f64) -> Option<(u64, i32)> {
+pub(crate) fn mantissa_exponent(w: f64) -> Option<(u64, i32)> {
     if !(w.is_finite() && w > 0.0) {
         return None;
     }

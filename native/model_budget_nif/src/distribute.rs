@@ -58,7 +58,7 @@ fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> D
             .decode::<bool>()
             .or_else(|_| bad("option :offload_kqv", "a boolean", value))?;
     } else if key == atoms::n_ctx() {
-        opts.n_ctx = positive(value, "option :n_ctx")?;
+        opts.n_ctx = Some(positive(value, "option :n_ctx")?);
     } else if key == atoms::n_parallel() {
         opts.n_parallel = positive(value, "option :n_parallel")?;
     } else if key == atoms::kv_bytes_per_token() {

@@ -214,6 +214,18 @@ mod tests {
         }
 
         #[test]
+        fn ordering_of_large_values_matches_their_difference(
+            a in any::<i128>(), b in 1..i128::MAX, c in any::<i128>(), d in 1..i128::MAX,
+        ) {
+            let (x, y) = (r(a, b), r(c, d));
+            prop_assert_eq!(x.cmp(&y), y.cmp(&x).reverse());
+            if let Some(diff) = x.checked_sub(y) {
+                prop_assert_eq!(x.cmp(&y), diff.cmp(&Ratio::ZERO));
+                prop_assert_eq!(x.cmp(&y), diff.num.cmp(&0));
+            }
+        }
+
+        #[test]
         fn arithmetic_matches_unreduced_fractions(
             a in -1_000_000i128..1_000_000, b in 1i128..1_000_000,
             c in -1_000_000i128..1_000_000, d in 1i128..1_000_000,

@@ -52,8 +52,9 @@ defmodule ModelBudget.Constraint do
 
   * **A division by zero, or a result beyond 128-bit rationals, makes the
     comparison it feeds false** at evaluation time. The rest of the
-    expression is evaluated as usual, so `not (x / 0 > 1)` is true and
-    `x / 0 > 1 or used > 0` is true when `used > 0`.
+    expression is evaluated as usual: when `y` is 0, `x / y > 1` is false,
+    `not (x / y > 1)` is true, and `x / y > 1 or used > 0` holds when
+    `used > 0`.
   * A constant that overflows (`1000000000000000000000TiB * 1000000000000000000`)
     and a division by a constant zero (`x / (2 - 2)`) are compile errors.
 

@@ -9,7 +9,8 @@
 //! * Arithmetic is exact, on rationals of checked `i128`s: `0.70` is 7/10 and
 //!   `1.5GB` is 1500000000. Nothing wraps.
 //! * At evaluation, a division by zero or a result outside `i128` rationals
-//!   makes the comparison it feeds false (so `not (x / 0 > 1)` is true).
+//!   makes the comparison it feeds false (so with `y` = 0, `not (x / y > 1)`
+//!   is true).
 //! * At compile time, a constant that overflows (a literal, or an operation on
 //!   constants only) and a division by a constant zero are errors.
 //! * Unit names are matched without regard to case (`gib(2)`, `2GiB`,

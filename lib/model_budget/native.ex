@@ -27,6 +27,8 @@ defmodule ModelBudget.Native do
   def resolve(_spec, _gpus, _ram_limit), do: not_loaded()
   def distribute(_file_bytes, _opts, _n_gpus), do: not_loaded()
   def system_memory, do: not_loaded()
+  def constraint_compile(_expressions, _variables), do: not_loaded()
+  def constraint_met(_constraint, _values), do: not_loaded()
 
   defp not_loaded do
     :erlang.nif_error(

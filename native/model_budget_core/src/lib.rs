@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod check;
+pub mod constraint;
 pub mod distribute;
 pub mod error;
 pub mod layout;
@@ -15,6 +16,7 @@ pub mod system;
 
 pub use budget::{Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec};
 pub use check::{check, Device, Insufficient};
+pub use constraint::{CompileError, Constraint, InvalidExpression};
 pub use distribute::{distribute, DistributeOptions, Mode, SplitMode};
 pub use error::{Error, Result};
 pub use placement::Placement;

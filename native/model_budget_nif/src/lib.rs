@@ -5,6 +5,7 @@ mod atoms;
 mod badarg;
 mod budget;
 mod check;
+mod constraint;
 mod decode;
 mod distribute;
 mod floor;

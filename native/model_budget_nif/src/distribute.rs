@@ -1,5 +1,6 @@
 //! `distribute/3`: load options in, `placement()` out.
 
+use model_budget_core::layout::kv::CacheType;
 use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, Mode, SplitMode};
 use rustler::{Atom, Encoder, Env, ListIterator, Term};
 
@@ -11,7 +12,7 @@ use crate::placement::Encoded;
 /// Reads the known keys of a load-option keyword list; unknown keys are
 /// ignored (callers pass their whole load options), and the first occurrence
 /// of a key wins, as with `Keyword.get/2`.
-fn decode_options(term: Term) -> Decoded<DistributeOptions> {
+pub fn decode_options(term: Term) -> Decoded<DistributeOptions> {
     let Ok(list) = term.decode::<ListIterator>() else {
         return bad("opts", "a keyword list", term);
     };
@@ -61,6 +62,18 @@ fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> D
         opts.n_ctx = Some(positive(value, "option :n_ctx")?);
     } else if key == atoms::n_parallel() {
         opts.n_parallel = positive(value, "option :n_parallel")?;
+    } else if key == cache_type_k() {
+        opts.cache_type_k = cache_type(value, "option :cache_type_k")?;
+    } else if key == cache_type_v() {
+        opts.cache_type_v = cache_type(value, "option :cache_type_v")?;
+    } else if key == n_ubatch() {
+        opts.n_ubatch = positive(value, "option :n_ubatch")?;
+    } else if key == flash_attn() {
+        opts.flash_attn = value
+            .decode::<bool>()
+            .or_else(|_| bad("option :flash_attn", "a boolean", value))?;
+    } else if key == gpu_overhead() {
+        opts.gpu_overhead = bytes(value, "option :gpu_overhead")?;
     } else if key == atoms::kv_bytes_per_token() {
         opts.kv_bytes_per_token = if atom(value) == Some(atoms::nil()) {
             None
@@ -71,7 +84,28 @@ fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> D
     Ok(())
 }
 
-fn positive<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, u64> {
+rustler::atoms! {
+    cache_type_k,
+    cache_type_v,
+    n_ubatch,
+    flash_attn,
+    gpu_overhead,
+}
+
+/// A KV cache type atom such as `:q8_0`.
+pub fn cache_type<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, CacheType> {
+    let name = atom(term).and_then(|a| a.to_term(term.get_env()).atom_to_string().ok());
+    match name.as_deref().and_then(CacheType::from_name) {
+        Some(t) => Ok(t),
+        None => bad(
+            arg,
+            ":f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1 or :iq4_nl",
+            term,
+        ),
+    }
+}
+
+pub fn positive<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, u64> {
     match term.decode::<u64>() {
         Ok(n) if n > 0 => Ok(n),
         _ => bad(arg, "a positive integer below 2^64", term),
@@ -98,6 +132,14 @@ fn decode_weights(term: Term) -> Decoded<Vec<f64>> {
     .collect()
 }
 
+/// The `n_gpus` argument.
+pub fn gpu_count(term: Term) -> Decoded<u32> {
+    match term.decode::<u32>() {
+        Ok(n) if n <= MAX_GPUS => Ok(n),
+        _ => bad("n_gpus", &format!("an integer in 0..{MAX_GPUS}"), term),
+    }
+}
+
 #[rustler::nif]
 fn distribute<'a>(
     env: Env<'a>,
@@ -108,10 +150,7 @@ fn distribute<'a>(
     let result = (|| {
         let file_bytes = bytes(file_bytes, "file_bytes")?;
         let opts = decode_options(opts)?;
-        let n_gpus = match n_gpus.decode::<u32>() {
-            Ok(n) if n <= MAX_GPUS => n,
-            _ => return bad("n_gpus", &format!("an integer in 0..{MAX_GPUS}"), n_gpus),
-        };
+        let n_gpus = gpu_count(n_gpus)?;
         Ok(Encoded(model_budget_core::distribute(file_bytes, &opts, n_gpus)?).encode(env))
     })();
     reply(env, result)

@@ -9,6 +9,7 @@ mod constraint;
 mod decode;
 mod distribute;
 mod floor;
+mod layout;
 mod placement;
 mod system;
 

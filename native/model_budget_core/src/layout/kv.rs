@@ -18,6 +18,23 @@ pub enum CacheType {
 }
 
 impl CacheType {
+    pub const ALL: [CacheType; 9] = [
+        CacheType::F32,
+        CacheType::F16,
+        CacheType::Bf16,
+        CacheType::Q8_0,
+        CacheType::Q4_0,
+        CacheType::Q4_1,
+        CacheType::Q5_0,
+        CacheType::Q5_1,
+        CacheType::Iq4Nl,
+    ];
+
+    /// The type llama.cpp calls `name` (`"q8_0"`, ...).
+    pub fn from_name(name: &str) -> Option<CacheType> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// (elements per block, bytes per block), from ggml's type traits.
     pub fn block(self) -> (u64, u64) {
         match self {

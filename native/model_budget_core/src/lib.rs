@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod check;
+pub mod devices;
 pub mod distribute;
 pub mod error;
 pub mod placement;

@@ -6,6 +6,7 @@ mod badarg;
 mod budget;
 mod check;
 mod decode;
+mod devices;
 mod distribute;
 mod floor;
 mod placement;

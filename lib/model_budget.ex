@@ -144,11 +144,18 @@ defmodule ModelBudget do
 
   # The NIF answers {:probe, what} when the option needs a probe the caller
   # did not supply; probes run on dirty schedulers, the resolve itself not.
+  # Probing GPUs fetches the (cached) memory limit in the same trip.
   defp resolve_with(option, gpus, ram_limit) do
     case Errors.call(Native.resolve(option, gpus, ram_limit)) do
-      {:probe, :gpus} -> resolve_with(option, devices(), ram_limit)
-      {:probe, :ram} -> resolve_with(option, gpus, Native.memory_limit())
-      budget -> budget
+      {:probe, :gpus} ->
+        {gpus, limit} = Native.probe_machine(cuda_visible_devices())
+        resolve_with(option, gpus, ram_limit || limit)
+
+      {:probe, :ram} ->
+        resolve_with(option, gpus, Native.memory_limit())
+
+      budget ->
+        budget
     end
   end
 
@@ -170,12 +177,14 @@ defmodule ModelBudget do
       nor used). All three are `0` for a GPU that stopped answering after
       the probe started, so that `:auto` budgets give it nothing.
 
-  `CUDA_VISIBLE_DEVICES` is read on every call and applied as the CUDA
-  driver applies it: listed GPUs (indices, or `GPU-` UUIDs and unique
-  prefixes of them) in the listed order; the first invalid entry hides
-  itself and every entry after it, so `""` and `"-1"` hide every GPU; a GPU
-  listed twice hides them all. NVML numbers GPUs in PCI bus order, which is
-  CUDA's order for identical GPUs or with `CUDA_DEVICE_ORDER=PCI_BUS_ID`.
+  `CUDA_VISIBLE_DEVICES` is read on every call with `System.get_env/1`
+  (so `System.put_env/2` applies, as it does to programs started through
+  ports) and applied as the CUDA driver applies it: the listed GPUs
+  (indices, or `GPU-` UUIDs and unique prefixes of them) in the listed
+  order; the first invalid entry hides itself and every entry after it, so
+  `""` and `"-1"` hide every GPU; a GPU listed twice hides them all. NVML
+  numbers GPUs in PCI bus order, which is CUDA's order for identical GPUs
+  or with `CUDA_DEVICE_ORDER=PCI_BUS_ID`.
 
   The probe reads NVML (`libnvidia-ml.so.1`, loaded at run time) on a dirty
   I/O scheduler. NVML is started on the first call and re-used; without the
@@ -189,7 +198,7 @@ defmodule ModelBudget do
       iex> %{mode: :per_device} = ModelBudget.resolve(%{ram: :infinity, vram: :auto}, gpus)
   """
   @spec devices() :: [gpu()]
-  def devices, do: Native.devices()
+  def devices, do: Native.devices(cuda_visible_devices())
 
   @doc """
   Whether GPUs can be probed: `{:ok, driver_version, count}` with the NVIDIA
@@ -211,7 +220,7 @@ defmodule ModelBudget do
       true
   """
   @spec gpu_status() :: {:ok, String.t(), non_neg_integer()} | {:unavailable, String.t()}
-  def gpu_status, do: Native.gpu_status()
+  def gpu_status, do: Native.gpu_status(cuda_visible_devices())
 
   @doc """
   Starts NVML again and re-reads this machine's memory limit, then returns
@@ -225,7 +234,11 @@ defmodule ModelBudget do
       true
   """
   @spec refresh_devices() :: {:ok, String.t(), non_neg_integer()} | {:unavailable, String.t()}
-  def refresh_devices, do: Native.refresh_devices()
+  def refresh_devices, do: Native.refresh_devices(cuda_visible_devices())
+
+  # The VM's copy of the environment, which System.put_env/2 changes and
+  # ports pass on to the CUDA programs they start.
+  defp cuda_visible_devices, do: System.get_env("CUDA_VISIBLE_DEVICES")
 
   @doc """
   This machine's RAM in bytes: `:total` physical memory, `:available` for new

@@ -20,9 +20,10 @@ defmodule ModelBudget.Native do
   def distribute(_file_bytes, _opts, _n_gpus), do: not_loaded()
   def system_memory, do: not_loaded()
   def memory_limit, do: not_loaded()
-  def devices, do: not_loaded()
-  def gpu_status, do: not_loaded()
-  def refresh_devices, do: not_loaded()
+  def devices(_cuda_visible_devices), do: not_loaded()
+  def gpu_status(_cuda_visible_devices), do: not_loaded()
+  def refresh_devices(_cuda_visible_devices), do: not_loaded()
+  def probe_machine(_cuda_visible_devices), do: not_loaded()
 
   defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -139,6 +139,8 @@ defmodule ModelBudget.DevicesTest do
       for hidden <- ["", "-1", "#{length(all)}", "0,0"] do
         assert visible(hidden, &ModelBudget.devices/0) == [], inspect(hidden)
         assert {:ok, _, 0} = visible(hidden, &ModelBudget.gpu_status/0)
+        assert %{vram: vram} = visible(hidden, fn -> ModelBudget.resolve(:auto) end)
+        assert vram == %{}
       end
 
       reversed = Enum.map_join(Enum.reverse(all), ",", & &1.nvml_index)

@@ -12,16 +12,15 @@ const RUNS: usize = 1000;
 
 fn main() {
     let quiet = std::env::args().any(|a| a == "--quiet");
-    println!(
-        "CUDA_VISIBLE_DEVICES={:?}",
-        std::env::var(devices::visible::ENV).ok()
-    );
+    let visible = devices::visible::from_env();
+    let visible = visible.as_deref();
+    println!("CUDA_VISIBLE_DEVICES={visible:?}");
 
     let started = Instant::now();
-    let status = devices::status();
+    let status = devices::status(visible);
     let first_status = started.elapsed();
     let started = Instant::now();
-    let gpus = devices::devices();
+    let gpus = devices::devices(visible);
     let first_devices = started.elapsed();
     match &status {
         GpuStatus::Ok {
@@ -59,8 +58,8 @@ fn main() {
     println!("first status() (starts NVML): {first_status:?}");
     println!("first devices() after it: {first_devices:?}");
     println!("first system::memory(): {first_memory:?}");
-    report("devices()", || drop(black_box(devices::devices())));
-    report("status()", || drop(black_box(devices::status())));
+    report("devices()", || drop(black_box(devices::devices(visible))));
+    report("status()", || drop(black_box(devices::status(visible))));
     report("system::memory()", || {
         black_box(system::memory());
     });

@@ -31,24 +31,25 @@ static STATE: RwLock<Option<State>> = RwLock::new(None);
 /// How many times NVML was started, so tests can see it is started once.
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 
-/// The GPUs CUDA programs would see from this process, numbered as CUDA
-/// numbers them (see [`visible`]), with their memory now. Empty when NVML
-/// is unavailable; [`status`] says why.
-pub fn devices() -> Vec<Gpu> {
+/// The GPUs CUDA programs would see with `CUDA_VISIBLE_DEVICES` set to
+/// `visible` (`None`: unset; see [`visible::select`]), numbered as CUDA
+/// numbers them, with their memory now. Empty when NVML is unavailable;
+/// [`status`] says why.
+pub fn devices(visible: Option<&str>) -> Vec<Gpu> {
     match &*probe() {
-        Ok(probe) => probe.visible_gpus(),
+        Ok(probe) => probe.visible_gpus(visible),
         Err(_) => Vec::new(),
     }
 }
 
-/// Whether NVML works, and how many GPUs [`devices`] lists.
-pub fn status() -> GpuStatus {
-    status_of(&probe())
+/// Whether NVML works, and how many GPUs [`devices`] lists for `visible`.
+pub fn status(visible: Option<&str>) -> GpuStatus {
+    status_of(&probe(), visible)
 }
 
 /// Starts NVML again (after a driver install or a fix), replacing the
-/// remembered handle or failure, and returns the new status.
-pub fn refresh() -> GpuStatus {
+/// remembered handle or failure, and returns the new [`status`].
+pub fn refresh(visible: Option<&str>) -> GpuStatus {
     let mut state = STATE.write();
     // Let go of the old handle first so that NVML is not started twice
     // (a reader that still holds it keeps it alive until it is done).
@@ -56,14 +57,14 @@ pub fn refresh() -> GpuStatus {
     let fresh = start_nvml();
     *state = Some(Arc::clone(&fresh));
     drop(state);
-    status_of(&fresh)
+    status_of(&fresh, visible)
 }
 
-fn status_of(state: &State) -> GpuStatus {
+fn status_of(state: &State, visible: Option<&str>) -> GpuStatus {
     match &**state {
         Ok(probe) => GpuStatus::Ok {
             driver_version: probe.driver_version.clone(),
-            count: u32::try_from(probe.visible().len()).unwrap_or(u32::MAX),
+            count: u32::try_from(probe.visible(visible).len()).unwrap_or(u32::MAX),
         },
         Err(why) => GpuStatus::Unavailable(why.clone()),
     }
@@ -110,15 +111,13 @@ fn start(library: &OsStr) -> Result<Probe, Unavailable> {
 
 impl Probe {
     /// NVML indices of the GPUs CUDA would show, in CUDA's order.
-    fn visible(&self) -> Vec<usize> {
-        let value = std::env::var_os(visible::ENV);
-        let value = value.as_deref().map(OsStr::to_string_lossy);
+    fn visible(&self, value: Option<&str>) -> Vec<usize> {
         let uuids: Vec<&str> = self.gpus.iter().map(|(_, uuid)| uuid.as_str()).collect();
-        visible::select(value.as_deref(), &uuids)
+        visible::select(value, &uuids)
     }
 
-    fn visible_gpus(&self) -> Vec<Gpu> {
-        self.visible()
+    fn visible_gpus(&self, value: Option<&str>) -> Vec<Gpu> {
+        self.visible(value)
             .into_iter()
             .zip(0u32..)
             .map(|(position, gpu_index)| {
@@ -229,23 +228,26 @@ mod tests {
     #[test]
     fn started_once_remembered_and_refreshed() {
         let before = STARTS.load(Ordering::Relaxed);
-        let first = status();
+        let first = status(None);
         let started = STARTS.load(Ordering::Relaxed);
         assert!(started <= before + 1);
         for _ in 0..3 {
-            assert_eq!(status(), first);
-            devices();
+            assert_eq!(status(None), first);
+            devices(None);
         }
         assert_eq!(STARTS.load(Ordering::Relaxed), started, "NVML restarted");
-        let again = refresh();
+        let again = refresh(None);
         assert_eq!(STARTS.load(Ordering::Relaxed), started + 1);
-        assert_eq!(status(), again);
+        assert_eq!(status(None), again);
         match again {
             GpuStatus::Ok { count, .. } => {
-                assert_eq!(devices().len(), count as usize);
+                assert_eq!(devices(None).len(), count as usize);
+                assert!(devices(Some("")).is_empty());
+                assert!(matches!(status(Some("-1")), GpuStatus::Ok { count: 0, .. }));
             }
             GpuStatus::Unavailable(why) => {
-                assert!(devices().is_empty());
+                assert!(devices(None).is_empty());
+                assert!(devices(Some("0")).is_empty());
                 assert!(!why.to_string().is_empty());
             }
         }

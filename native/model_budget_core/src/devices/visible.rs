@@ -19,9 +19,11 @@
 //!   count is invalid.
 //! - A UUID entry is `GPU-` (or `MIG-`) followed by the start of a GPU's
 //!   UUID: enough hex digits to name exactly one GPU, compared without
-//!   regard to case; trailing white space is ignored. Leading white space,
-//!   a lower-case `gpu-`, an empty prefix (`"GPU-"`) or a prefix shared by
-//!   several GPUs is invalid.
+//!   regard to case or to dashes (`GPU-52ee-3c00` names
+//!   `GPU-52ee3c00-...`); trailing white space is ignored. Leading white
+//!   space, a lower-case `gpu-`, any other character (`GPU-52ee3c00xyz`),
+//!   no hex digit at all (`"GPU-"`) or a prefix shared by several GPUs is
+//!   invalid.
 //! - The first entry sets the kind of the list: after an index, a UUID entry
 //!   is invalid, and after a UUID, an index entry is.
 //! - A GPU listed twice makes CUDA's initialisation fail (`cuInit` returns
@@ -37,6 +39,16 @@
 
 /// The environment variable CUDA reads.
 pub const ENV: &str = "CUDA_VISIBLE_DEVICES";
+
+/// The variable's value in this process's environment (`None` when unset).
+///
+/// An Erlang VM keeps its own copy of the environment, which `os:putenv`
+/// changes and which ports pass to the programs they start, but the C
+/// environment this reads does not see those changes: the NIF takes the
+/// value from the Elixir side instead.
+pub fn from_env() -> Option<String> {
+    std::env::var_os(ENV).map(|value| value.to_string_lossy().into_owned())
+}
 
 /// What one entry of the list names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,33 +95,48 @@ fn resolve_entry(entry: &str, uuids: &[&str]) -> Option<(Kind, usize)> {
     }
 }
 
-/// The hex digits after `GPU-` or `MIG-`, when `entry` is a UUID entry.
+/// The text after `GPU-` or `MIG-`, when `entry` is a UUID entry.
 fn uuid_prefix(entry: &str) -> Option<&str> {
     entry
         .strip_prefix("GPU-")
         .or_else(|| entry.strip_prefix("MIG-"))
-        .map(str::trim_end)
+        .map(|rest| rest.trim_end_matches(is_c_space))
 }
 
-/// The one GPU whose UUID starts with `prefix`, ignoring case.
+/// The one GPU whose UUID's hex digits start with those of `prefix`,
+/// ignoring case and dashes; `None` when `prefix` holds anything else.
 fn by_uuid_prefix(prefix: &str, uuids: &[&str]) -> Option<usize> {
-    if prefix.is_empty() {
+    if !prefix.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let wanted = hex_digits(prefix);
+    if wanted.is_empty() {
         return None;
     }
     let mut matches = uuids.iter().enumerate().filter(|(_, uuid)| {
-        uuid.strip_prefix("GPU-")
-            .and_then(|hex| hex.get(..prefix.len()))
-            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+        let digits = hex_digits(uuid.strip_prefix("GPU-").unwrap_or(""));
+        digits
+            .get(..wanted.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(&wanted))
     });
     let (first, _) = matches.next()?;
     matches.next().is_none().then_some(first)
+}
+
+fn hex_digits(text: &str) -> String {
+    text.chars().filter(|&c| c != '-').collect()
+}
+
+/// C's `isspace` in the C locale.
+fn is_c_space(c: char) -> bool {
+    c.is_ascii_whitespace() || c == '\x0b'
 }
 
 /// C's `strtoul(entry, _, 10)` where it names a device: the leading decimal
 /// number, or `None` when there is none or it is negative (CUDA then sees a
 /// huge index). `"-0"` is 0, as in C. Overflow is `None` (C's `ULONG_MAX`).
 fn strtoul(entry: &str) -> Option<u64> {
-    let rest = entry.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b');
+    let rest = entry.trim_start_matches(is_c_space);
     let (negative, rest) = match rest.as_bytes().first() {
         Some(b'+') => (false, &rest[1..]),
         Some(b'-') => (true, &rest[1..]),
@@ -206,6 +233,17 @@ mod tests {
     }
 
     #[test]
+    fn uuid_prefixes_ignore_dashes_but_nothing_else() {
+        assert_eq!(sel("GPU-958d-9bf6"), vec![0]);
+        assert_eq!(sel("GPU-958d9bf6-"), vec![0]);
+        assert_eq!(sel("GPU-958d9bf62bd1"), vec![0]);
+        assert_eq!(sel("GPU--"), Vec::<usize>::new());
+        assert_eq!(sel("GPU-958d9bf6xyz"), Vec::<usize>::new());
+        assert_eq!(sel("GPU-958d9bf6 xyz"), Vec::<usize>::new());
+        assert_eq!(sel("GPU-958d9bf6,GPU-0b"), vec![0, 2]);
+    }
+
+    #[test]
     fn uuid_case_and_white_space() {
         assert_eq!(sel(&A.to_uppercase()), vec![0]);
         assert_eq!(sel("GPU-958D9BF6"), vec![0]);
@@ -213,6 +251,7 @@ mod tests {
         assert_eq!(sel(&format!("gpu-{}", &A[4..])), Vec::<usize>::new());
         assert_eq!(sel(&format!(" {A}")), Vec::<usize>::new());
         assert_eq!(sel("GPU"), Vec::<usize>::new());
+        assert_eq!(sel(&format!("{A}\t")), vec![0]);
         // Without the GPU- prefix it is read as a number: 958, out of range.
         assert_eq!(sel(&A[4..]), Vec::<usize>::new());
     }

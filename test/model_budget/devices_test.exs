@@ -41,6 +41,14 @@ defmodule ModelBudget.DevicesTest do
       end
     end
 
+    test "the NIF refuses a CUDA_VISIBLE_DEVICES that is not a string, without crashing" do
+      assert_raise ErlangError, ~r/CUDA_VISIBLE_DEVICES/, fn ->
+        ModelBudget.Native.devices(:not_a_string)
+      end
+
+      assert ModelBudget.Native.devices(<<255, ?,>>) == []
+    end
+
     test "is what resolve/2 takes for :auto VRAM" do
       gpus = ModelBudget.devices()
       %{vram: vram} = ModelBudget.resolve(%{ram: :infinity, vram: :auto}, gpus)

@@ -184,7 +184,8 @@ defmodule ModelBudget do
   order; the first invalid entry hides itself and every entry after it, so
   `""` and `"-1"` hide every GPU; a GPU listed twice hides them all. NVML
   numbers GPUs in PCI bus order, which is CUDA's order for identical GPUs
-  or with `CUDA_DEVICE_ORDER=PCI_BUS_ID`.
+  or with `CUDA_DEVICE_ORDER=PCI_BUS_ID`. MIG instances are not probed: a
+  `MIG-` entry that names one hides it and the entries after it.
 
   The probe reads NVML (`libnvidia-ml.so.1`, loaded at run time) on a dirty
   I/O scheduler. NVML is started on the first call and re-used; without the

@@ -69,6 +69,17 @@ defmodule ModelBudget do
                 | %{non_neg_integer() => limit()}
             }
 
+  @typedoc "A GPU as `devices/0` reports it."
+  @type gpu :: %{
+          gpu_index: non_neg_integer(),
+          nvml_index: non_neg_integer(),
+          name: String.t(),
+          uuid: String.t(),
+          memory_total: non_neg_integer(),
+          memory_free: non_neg_integer(),
+          memory_used: non_neg_integer()
+        }
+
   @typedoc "A GPU as a device probe reports it; other keys are ignored."
   @type gpu_device :: %{
           required(:gpu_index) => non_neg_integer(),
@@ -80,8 +91,11 @@ defmodule ModelBudget do
   Resolves a `:memory_budget` option into a `t:budget/0`, probing this
   machine for whatever the option leaves to `:auto`.
 
-  Same as `resolve/2` with the GPUs this machine reports (none until the
-  NVML probe lands, so `:auto` VRAM is an empty map for now).
+  Same as `resolve/2` with the GPUs `devices/0` reports, probed only when
+  the option leaves VRAM to `:auto`. `:auto` RAM is 80% of
+  `system_memory/0`'s `:limit` (the cgroup limit inside a container with
+  one), read once and re-used until `refresh_devices/0`; so after the first
+  call `resolve(:auto)` costs microseconds.
 
   ## Examples
 
@@ -130,27 +144,102 @@ defmodule ModelBudget do
 
   # The NIF answers {:probe, what} when the option needs a probe the caller
   # did not supply; probes run on dirty schedulers, the resolve itself not.
+  # Probing GPUs fetches the (cached) memory limit in the same trip.
   defp resolve_with(option, gpus, ram_limit) do
     case Errors.call(Native.resolve(option, gpus, ram_limit)) do
-      {:probe, :gpus} -> resolve_with(option, devices(), ram_limit)
-      {:probe, :ram} -> resolve_with(option, gpus, system_memory().limit)
-      budget -> budget
+      {:probe, :gpus} ->
+        {gpus, limit} = Native.probe_machine(cuda_visible_devices())
+        resolve_with(option, gpus, ram_limit || limit)
+
+      {:probe, :ram} ->
+        resolve_with(option, gpus, Native.memory_limit())
+
+      budget ->
+        budget
     end
   end
 
   @doc """
-  The GPUs this machine exposes, as maps with at least `:gpu_index` and
-  `:memory_free`, suitable for `resolve/2`.
+  The NVIDIA GPUs that CUDA programs started from this process would see,
+  with their memory now, in CUDA's order. Suitable for `resolve/2`.
 
-  The NVML probe is not built yet: for now this returns `[]`.
+  Each GPU is a map with:
+
+    * `:gpu_index` - the index CUDA programs (llama.cpp, PyTorch) use for
+      it: its position in `CUDA_VISIBLE_DEVICES`, from 0, or NVML's index
+      when the variable is unset.
+    * `:nvml_index` - the index `nvidia-smi` shows, which ignores
+      `CUDA_VISIBLE_DEVICES`.
+    * `:name` - for example `"NVIDIA H100 80GB HBM3"`.
+    * `:uuid` - `"GPU-..."`, as `nvidia-smi` shows it.
+    * `:memory_total`, `:memory_free`, `:memory_used` - bytes, as
+      `nvidia-smi` reports them (memory the driver reserves is neither free
+      nor used). All three are `0` for a GPU that stopped answering after
+      the probe started, so that `:auto` budgets give it nothing.
+
+  `CUDA_VISIBLE_DEVICES` is read on every call with `System.get_env/1`
+  (so `System.put_env/2` applies, as it does to programs started through
+  ports) and applied as the CUDA driver applies it: the listed GPUs
+  (indices, or `GPU-` UUIDs and unique prefixes of them) in the listed
+  order; the first invalid entry hides itself and every entry after it, so
+  `""` and `"-1"` hide every GPU; a GPU listed twice hides them all. NVML
+  numbers GPUs in PCI bus order, which is CUDA's order for identical GPUs
+  or with `CUDA_DEVICE_ORDER=PCI_BUS_ID`. MIG instances are not probed: a
+  `MIG-` entry that names one hides it and the entries after it.
+
+  The probe reads NVML (`libnvidia-ml.so.1`, loaded at run time) on a dirty
+  I/O scheduler. NVML is started on the first call and re-used; without the
+  NVIDIA driver this returns `[]` and `gpu_status/0` says why.
 
   ## Examples
 
-      iex> is_list(ModelBudget.devices())
+      iex> gpus = ModelBudget.devices()
+      iex> Enum.map(gpus, & &1.gpu_index) == Enum.to_list(0..(length(gpus) - 1)//1)
+      true
+      iex> %{mode: :per_device} = ModelBudget.resolve(%{ram: :infinity, vram: :auto}, gpus)
+  """
+  @spec devices() :: [gpu()]
+  def devices, do: Native.devices(cuda_visible_devices())
+
+  @doc """
+  Whether GPUs can be probed: `{:ok, driver_version, count}` with the NVIDIA
+  driver's version and the number of GPUs `devices/0` lists, or
+  `{:unavailable, reason}` with a sentence saying why not: the library was
+  not found (no driver installed), the kernel driver is not loaded, the
+  driver and library versions differ, no permission to talk to the driver,
+  the library is too old, or what NVML answered.
+
+  A failed start is remembered (NVML is not retried on every call); call
+  `refresh_devices/0` to try again.
+
+  ## Examples
+
+      iex> case ModelBudget.gpu_status() do
+      ...>   {:ok, version, count} -> is_binary(version) and count == length(ModelBudget.devices())
+      ...>   {:unavailable, reason} -> is_binary(reason) and ModelBudget.devices() == []
+      ...> end
       true
   """
-  @spec devices() :: [gpu_device()]
-  def devices, do: []
+  @spec gpu_status() :: {:ok, String.t(), non_neg_integer()} | {:unavailable, String.t()}
+  def gpu_status, do: Native.gpu_status(cuda_visible_devices())
+
+  @doc """
+  Starts NVML again and re-reads this machine's memory limit, then returns
+  `gpu_status/0`'s answer. Use it after installing or loading the driver,
+  after a failure `gpu_status/0` reported, or after a container's memory
+  limit changed.
+
+  ## Examples
+
+      iex> ModelBudget.refresh_devices() == ModelBudget.gpu_status()
+      true
+  """
+  @spec refresh_devices() :: {:ok, String.t(), non_neg_integer()} | {:unavailable, String.t()}
+  def refresh_devices, do: Native.refresh_devices(cuda_visible_devices())
+
+  # The VM's copy of the environment, which System.put_env/2 changes and
+  # ports pass on to the CUDA programs they start.
+  defp cuda_visible_devices, do: System.get_env("CUDA_VISIBLE_DEVICES")
 
   @doc """
   This machine's RAM in bytes: `:total` physical memory, `:available` for new

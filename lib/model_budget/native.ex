@@ -27,8 +27,17 @@ defmodule ModelBudget.Native do
   def resolve(_spec, _gpus, _ram_limit), do: not_loaded()
   def distribute(_file_bytes, _opts, _n_gpus), do: not_loaded()
   def system_memory, do: not_loaded()
+  def distribute_model(_model, _opts, _n_gpus), do: not_loaded()
+  def breakdown(_model, _opts, _n_gpus), do: not_loaded()
+  def estimate(_total_mib, _params, _bits), do: not_loaded()
+  def max_context_length(_budget, _model_or_dims, _opts), do: not_loaded()
   def constraint_compile(_expressions, _variables), do: not_loaded()
   def constraint_met(_constraint, _values), do: not_loaded()
+  def memory_limit, do: not_loaded()
+  def devices(_cuda_visible_devices), do: not_loaded()
+  def gpu_status(_cuda_visible_devices), do: not_loaded()
+  def refresh_devices(_cuda_visible_devices), do: not_loaded()
+  def probe_machine(_cuda_visible_devices), do: not_loaded()
 
   defp not_loaded do
     :erlang.nif_error(

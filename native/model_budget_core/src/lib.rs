@@ -7,6 +7,7 @@
 pub mod budget;
 pub mod check;
 pub mod constraint;
+pub mod devices;
 pub mod distribute;
 pub mod error;
 pub mod layout;

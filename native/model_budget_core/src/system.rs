@@ -1,9 +1,10 @@
 //! This machine's memory, container-aware.
 
+use parking_lot::Mutex;
 use sysinfo::{MemoryRefreshKind, RefreshKind, System};
 
 /// RAM as this process sees it, in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SystemMemory {
     /// Physical memory.
     pub total: u64,
@@ -14,15 +15,51 @@ pub struct SystemMemory {
     pub limit: u64,
 }
 
-/// Reads the machine's memory and the cgroup (v1 or v2) limit.
+/// The `System` kept between calls, so that later calls refresh RAM figures
+/// only, and the last reading, whose `limit` [`limit`] re-uses.
+static SYSTEM: Mutex<Option<(System, SystemMemory)>> = Mutex::new(None);
+
+fn ram_only() -> MemoryRefreshKind {
+    MemoryRefreshKind::nothing().with_ram()
+}
+
+/// Reads the machine's memory and the cgroup (v1 or v2) limit now.
 pub fn memory() -> SystemMemory {
-    let sys = System::new_with_specifics(
-        RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
-    );
+    let mut cache = SYSTEM.lock();
+    let (sys, last) = match &mut *cache {
+        Some(cached) => {
+            cached.0.refresh_memory_specifics(ram_only());
+            cached
+        }
+        None => cache.insert((
+            System::new_with_specifics(RefreshKind::nothing().with_memory(ram_only())),
+            SystemMemory::default(),
+        )),
+    };
+    *last = read(sys);
+    *last
+}
+
+/// The memory this process may use ([`SystemMemory::limit`]) as last read.
+///
+/// Physical memory and a cgroup's limit do not change while a process runs
+/// (short of memory hot-plug or `docker update`), and reading them costs
+/// several file reads, so this reads them once and then re-uses them;
+/// every [`memory`] call reads them again.
+pub fn limit() -> u64 {
+    if let Some((_, last)) = &*SYSTEM.lock() {
+        return last.limit;
+    }
+    memory().limit
+}
+
+fn read(sys: &System) -> SystemMemory {
     let total = sys.total_memory();
     let mut available = sys.available_memory();
     let mut limit = total;
-    if let Some(cgroup) = sys.cgroup_limits() {
+    // sysinfo asserts that RAM was read before cgroups are; an unreadable
+    // /proc/meminfo leaves it at 0.
+    if let Some(cgroup) = (total > 0).then(|| sys.cgroup_limits()).flatten() {
         limit = limit.min(cgroup.total_memory);
         available = available.min(cgroup.free_memory);
     }
@@ -43,5 +80,14 @@ mod tests {
         assert!(m.total > 0);
         assert!(m.limit <= m.total);
         assert!(m.available <= m.total);
+    }
+
+    #[test]
+    fn later_calls_see_the_same_machine() {
+        let first = memory();
+        let second = memory();
+        assert_eq!(first.total, second.total);
+        assert_eq!(first.limit, second.limit);
+        assert_eq!(limit(), second.limit);
     }
 }

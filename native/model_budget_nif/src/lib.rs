@@ -7,6 +7,7 @@ mod budget;
 mod check;
 mod constraint;
 mod decode;
+mod devices;
 mod distribute;
 mod floor;
 mod layout;

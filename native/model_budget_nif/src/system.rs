@@ -18,3 +18,10 @@ fn system_memory() -> SystemMemory {
         limit: m.limit,
     }
 }
+
+/// The memory this process may use, as last read: what `:auto` RAM budgets
+/// take 80% of. Cheap after the first call (see `system::limit`).
+#[rustler::nif(schedule = "DirtyIo")]
+fn memory_limit() -> u64 {
+    model_budget_core::system::limit()
+}

@@ -260,35 +260,60 @@ defmodule ModelBudget do
   def system_memory, do: Native.system_memory()
 
   @doc """
-  Spreads a model of `file_bytes` over RAM and `n_gpus` GPUs the way
-  llama.cpp's load options would place it, returning a `t:placement/0`.
+  Spreads a model over RAM and `n_gpus` GPUs the way llama.cpp's load options
+  would place it, returning a `t:placement/0`. Splits are exact: the per-GPU
+  bytes always sum to the total (largest remainder).
 
-  Only the file size is known here, so the estimate is conservative: any
-  offload is charged as a full offload (it may refuse a load that would fit,
-  never the reverse), and the KV cache is a per-token estimate. Splits are
-  exact: the per-GPU bytes always sum to the total (largest remainder).
+  `model` is either a byte count or a `%ModelBudget.Model{}`:
+
+    * **a byte count** (the file size) - a conservative estimate: any offload
+      is charged as a full offload (it may refuse a load that would fit,
+      never the reverse) and the KV cache is `n_ctx * n_parallel *
+      kv_bytes_per_token`.
+    * **a `%ModelBudget.Model{}`** (from `ModelBudget.Model.read/1`) - placed
+      layer by layer as llama.cpp does: token embeddings stay in RAM; with
+      `n_gpu_layers: k` the last `min(k, n_layers)` blocks go to the GPUs and
+      the output head only when `k > n_layers` (`-1` means all); each
+      offloaded block's KV cache sits with it (in RAM without
+      `:offload_kqv`), sized from the real KV heads and head dimensions and
+      the cache types; compute buffers and `:gpu_overhead` are added. See
+      `breakdown/3` for the parts.
 
   `opts` may be a caller's whole load options: unknown keys are ignored,
   known keys with bad values raise `ArgumentError`.
 
   ## Options
 
-    * `:mode` - `:server` adds a KV-cache estimate, `:direct` adds none.
+    * `:mode` - `:server` adds the KV cache, `:direct` adds none.
       Defaults to `:server`.
-    * `:n_gpu_layers` - `0` keeps everything in RAM; any other value
-      (including `-1`) offloads. Defaults to `99`.
-    * `:split_mode` - `:none` puts everything on `:main_gpu`; `:layer` and
-      `:row` split by `:tensor_split`. Defaults to `:none`.
+    * `:n_gpu_layers` - `0` keeps everything in RAM; a negative value
+      offloads everything. Defaults to `99`.
+    * `:split_mode` - `:none` puts everything on `:main_gpu`; `:layer` gives
+      each block to one GPU by the cumulative `:tensor_split` fractions;
+      `:row` spreads each block's matrices over the GPUs by the fractions.
+      Defaults to `:none`.
     * `:tensor_split` - non-negative weights per GPU (integers or floats);
       zeros and missing entries exclude a GPU; empty means an equal split.
       More entries than GPUs, or all zeros, is an error. Defaults to `[]`.
-    * `:main_gpu` - the GPU for `split_mode: :none`; must be below `n_gpus`.
-      Defaults to `0`.
+    * `:main_gpu` - the GPU for `split_mode: :none` (and the home of KV and
+      compute for `:row`); must be below `n_gpus`. Defaults to `0`.
     * `:offload_kqv` - whether the KV cache sits on the GPU(s); when `false`
       it is charged to RAM. Defaults to `true`.
-    * `:n_ctx` - context tokens per slot for the KV estimate. Defaults to `8192`.
-    * `:n_parallel` - slots for the KV estimate. Defaults to `4`.
-    * `:kv_bytes_per_token` - KV bytes per token. Defaults to `2048`.
+    * `:n_ctx` - context tokens. For a byte count, per slot (multiplied by
+      `:n_parallel`); for a model, the server's total context, which
+      llama.cpp divides among slots. Defaults to `8192` for a byte count and
+      to the model's trained context capped at `8192` for a model.
+    * `:n_parallel` - slots, for the byte-count estimate. Defaults to `4`.
+    * `:kv_bytes_per_token` - KV bytes per token, for the byte-count
+      estimate. Defaults to `2048`.
+    * `:cache_type_k`, `:cache_type_v` - KV element types, one of `:f32`,
+      `:f16`, `:bf16`, `:q8_0`, `:q4_0`, `:q4_1`, `:q5_0`, `:q5_1`, `:iq4_nl`.
+      Defaults to `:f16`.
+    * `:n_ubatch` - micro-batch size that sizes compute buffers. Defaults to `512`.
+    * `:flash_attn` - whether attention runs fused (smaller compute
+      buffers). Defaults to `true`.
+    * `:gpu_overhead` - bytes added to each GPU that receives anything (the
+      driver's context). Defaults to `536870912` (512 MiB).
 
   With `n_gpus` of `0` everything is charged to RAM.
 
@@ -306,9 +331,161 @@ defmodule ModelBudget do
       iex> ModelBudget.distribute(1_000, [split_mode: :sideways], 1)
       ** (ArgumentError) invalid option :split_mode: expected :none, :layer or :row, got: :sideways
   """
-  @spec distribute(non_neg_integer(), keyword(), non_neg_integer()) :: placement()
+  @spec distribute(non_neg_integer() | ModelBudget.Model.t(), keyword(), non_neg_integer()) ::
+          placement()
+  def distribute(model, opts, n_gpus)
+
+  def distribute(%{__struct__: ModelBudget.Model} = model, opts, n_gpus),
+    do: Errors.call(Native.distribute_model(model, opts, n_gpus))
+
   def distribute(file_bytes, opts, n_gpus),
     do: Errors.call(Native.distribute(file_bytes, opts, n_gpus))
+
+  @typedoc "One device's share of a model-aware placement, in bytes."
+  @type share :: %{
+          weights: non_neg_integer(),
+          kv_cache: non_neg_integer(),
+          compute: non_neg_integer(),
+          overhead: non_neg_integer(),
+          total: non_neg_integer()
+        }
+
+  @typedoc "Where a model goes, part by part, as `breakdown/3` returns it."
+  @type breakdown :: %{
+          n_ctx: pos_integer(),
+          ram: share(),
+          vram: %{non_neg_integer() => share()}
+        }
+
+  @doc """
+  The parts of `distribute/3`'s placement of `model` per device: weights,
+  KV cache, compute buffers and overhead (the memory breakdown llama.cpp
+  prints at load), plus each device's `:total`, and the `:n_ctx` the KV cache
+  was sized for. The totals are exactly `distribute/3`'s placement.
+
+  Compute buffers are an estimate of llama.cpp's worst-case graph
+  reservation: activations `n_ubatch * n_embd * 24` bytes on each device that
+  runs blocks, plus the larger of attention (`n_ubatch * n_ctx * n_head * 4`
+  without flash attention, `n_ubatch * n_head * head_dim_k * 4` with it) and
+  logits (`n_ubatch * n_vocab * 4`, on the output head's device); the host
+  also holds the input embeddings and the KQ mask (`n_ctx * n_ubatch * 4`).
+  For a Llama-3.1-8B-like model at `n_ctx: 8192` without flash attention this
+  is 560 MiB on the GPU and 24 MiB on the host, as llama.cpp reports.
+
+  Takes the options of `distribute/3`.
+  """
+  @spec breakdown(ModelBudget.Model.t(), keyword(), non_neg_integer()) :: breakdown()
+  def breakdown(model, opts, n_gpus), do: Errors.call(Native.breakdown(model, opts, n_gpus))
+
+  @typedoc "A footprint estimate from `estimate/3`, in bytes."
+  @type estimate :: %{
+          total_system_bytes: non_neg_integer(),
+          model_weight_bytes: non_neg_integer(),
+          runtime_overhead: non_neg_integer(),
+          available_bytes: non_neg_integer(),
+          kv_cache_budget: non_neg_integer()
+        }
+
+  @doc """
+  Estimates a model's footprint from its parameter count and bits per weight
+  on a machine with `total_available_mib` MiB (oxibonsai's `MemoryBudget`,
+  with checked integer arithmetic):
+
+    * `:total_system_bytes` - `total_available_mib * 2^20`.
+    * `:model_weight_bytes` - `model_params * bits_per_weight / 8`, rounded up.
+    * `:runtime_overhead` - a tenth of the total, at most 256 MiB.
+    * `:available_bytes` - what is left after both, never below 0.
+    * `:kv_cache_budget` - 80% of `:available_bytes`.
+
+  NaN, infinite, negative or zero bits, more than 64 bits, and results beyond
+  2^64 bytes raise `ArgumentError`.
+
+  ## Examples
+
+      iex> ModelBudget.estimate(16_384, 8_000_000_000, 4.5)
+      %{
+        total_system_bytes: 17179869184,
+        model_weight_bytes: 4500000000,
+        runtime_overhead: 268435456,
+        available_bytes: 12411433728,
+        kv_cache_budget: 9929146982
+      }
+
+      iex> ModelBudget.estimate(16_384, 8_000_000_000, -4)
+      ** (ArgumentError) invalid bits_per_weight: expected a number in (0, 64], got: -4.0
+  """
+  @spec estimate(non_neg_integer(), non_neg_integer(), number()) :: estimate()
+  def estimate(total_available_mib, model_params, bits_per_weight),
+    do: Errors.call(Native.estimate(total_available_mib, model_params, bits_per_weight))
+
+  @doc """
+  The largest context (tokens) whose KV cache fits in `bytes_or_estimate`: a
+  byte count, or an `estimate/3` map (its `:kv_cache_budget`). Returns
+  `:infinity` when every layer has a sliding window that fits.
+
+  `model_or_dims` is a `%ModelBudget.Model{}` (KV heads per layer, both head
+  dimensions and sliding windows are counted) or a keyword list `[n_layers:,
+  n_head_kv:, head_dim:]` for a model whose layers are alike.
+
+  ## Options
+
+    * `:cache_type_k`, `:cache_type_v` - KV element types, as in
+      `distribute/3`. Defaults to `:f16`.
+    * `:n_ubatch` - a sliding-window layer keeps the window plus one
+      micro-batch, padded to 256 cells. Defaults to `512`.
+
+  ## Examples
+
+      iex> ModelBudget.max_context_length(2**30, [n_layers: 32, n_head_kv: 8, head_dim: 128], [])
+      8192
+
+      iex> ModelBudget.max_context_length(2**30, [n_layers: 32, n_head_kv: 8, head_dim: 128], cache_type_k: :q8_0, cache_type_v: :q8_0)
+      15420
+
+      iex> est = ModelBudget.estimate(16_384, 8_000_000_000, 4.5)
+      iex> ModelBudget.max_context_length(est, [n_layers: 32, n_head_kv: 8, head_dim: 128], [])
+      75753
+  """
+  @spec max_context_length(
+          non_neg_integer() | estimate(),
+          ModelBudget.Model.t() | keyword(),
+          keyword()
+        ) ::
+          non_neg_integer() | :infinity
+  def max_context_length(bytes_or_estimate, model_or_dims, opts),
+    do: Errors.call(Native.max_context_length(bytes_or_estimate, model_or_dims, opts))
+
+  @doc """
+  Whether a context of `n_ctx` tokens fits in `bytes_or_estimate`, with the
+  arguments and options of `max_context_length/3`.
+
+  ## Examples
+
+      iex> dims = [n_layers: 32, n_head_kv: 8, head_dim: 128]
+      iex> ModelBudget.fits_context?(2**30, dims, n_ctx: 8192)
+      true
+      iex> ModelBudget.fits_context?(2**30, dims, n_ctx: 8193)
+      false
+  """
+  @spec fits_context?(
+          non_neg_integer() | estimate(),
+          ModelBudget.Model.t() | keyword(),
+          keyword()
+        ) ::
+          boolean()
+  def fits_context?(bytes_or_estimate, model_or_dims, opts) do
+    n_ctx = Keyword.get(opts, :n_ctx)
+
+    unless is_integer(n_ctx) and n_ctx > 0 do
+      raise ArgumentError,
+            "invalid option :n_ctx: expected a positive integer, got: #{inspect(n_ctx)}"
+    end
+
+    case max_context_length(bytes_or_estimate, model_or_dims, opts) do
+      :infinity -> true
+      max -> n_ctx <= max
+    end
+  end
 
   @doc """
   Checks whether `placement` fits `budget` on top of `used`.

@@ -243,3 +243,310 @@ pub fn distribute_model(
 ) -> Result<Placement> {
     breakdown(model, opts, n_gpus)?.placement()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::kv::CacheType;
+    use super::*;
+    use crate::distribute::{Mode, SplitMode};
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1 << 20;
+    const LAYER: u64 = 200 * MIB;
+    const INPUT: u64 = 280 * MIB;
+    const OUTPUT: u64 = 400 * MIB;
+
+    /// Llama-3.1-8B-like: 32 blocks, GQA 32/8 heads of 128, vocab 128,256.
+    fn llama_8b() -> ModelShape {
+        ModelShape {
+            layer_bytes: vec![LAYER; 32],
+            input_bytes: INPUT,
+            output_bytes: OUTPUT,
+            n_head: 32,
+            n_head_kv: vec![8; 32],
+            head_dim_k: 128,
+            head_dim_v: 128,
+            n_embd: 4096,
+            n_vocab: 128_256,
+            context_length: 131_072,
+            sliding_window: None,
+            swa_layers: vec![],
+        }
+    }
+
+    fn opts() -> DistributeOptions {
+        DistributeOptions::default()
+    }
+
+    // Compute terms of the Llama-like model at n_ubatch 512, flash attention.
+    const ACTIVATIONS: u64 = 512 * 4096 * 24;
+    const ATTENTION_FA: u64 = 512 * 32 * 128 * 4;
+    const LOGITS: u64 = 512 * 128_256 * 4;
+    const HOST_INPUT: u64 = 512 * 4096 * 4;
+    const MASK_8K: u64 = 8192 * 512 * 4;
+
+    #[test]
+    fn full_offload_at_8192_has_one_gib_of_kv_on_the_gpu() {
+        let b = breakdown(&llama_8b(), &opts(), 1).unwrap();
+        assert_eq!(b.n_ctx, 8192);
+        let gpu = b.gpus[&0];
+        assert_eq!(gpu.kv_cache, 1 << 30);
+        assert_eq!(gpu.weights, 32 * LAYER + OUTPUT);
+        assert_eq!(gpu.compute, ACTIVATIONS + LOGITS);
+        assert_eq!(gpu.overhead, 512 * MIB);
+        assert_eq!(
+            b.ram,
+            Share {
+                weights: INPUT,
+                kv_cache: 0,
+                compute: HOST_INPUT + MASK_8K,
+                overhead: 0
+            }
+        );
+    }
+
+    #[test]
+    fn quantized_kv_caches() {
+        for (t, block_bytes) in [(CacheType::Q8_0, 34), (CacheType::Q4_0, 18)] {
+            let o = DistributeOptions {
+                cache_type_k: t,
+                cache_type_v: t,
+                ..opts()
+            };
+            let b = breakdown(&llama_8b(), &o, 1).unwrap();
+            // 1024 K and 1024 V elements per token and layer: 32 blocks each.
+            assert_eq!(b.gpus[&0].kv_cache, 32 * 8192 * 2 * 32 * block_bytes);
+        }
+        let mixed = DistributeOptions {
+            cache_type_k: CacheType::Q8_0,
+            ..opts()
+        };
+        let b = breakdown(&llama_8b(), &mixed, 1).unwrap();
+        assert_eq!(b.gpus[&0].kv_cache, 32 * 8192 * (32 * 34 + 1024 * 2));
+    }
+
+    #[test]
+    fn mha_needs_four_times_the_kv_of_gqa() {
+        let mha = ModelShape {
+            n_head_kv: vec![32; 32],
+            ..llama_8b()
+        };
+        let kv = |m: &ModelShape| breakdown(m, &opts(), 1).unwrap().gpus[&0].kv_cache;
+        assert_eq!(kv(&mha), 4 * kv(&llama_8b()));
+    }
+
+    #[test]
+    fn sliding_window_layers_hold_window_plus_a_micro_batch() {
+        // Gemma-2-like: every other layer has a 4096-token window.
+        let gemma = ModelShape {
+            sliding_window: Some(4096),
+            swa_layers: (0..32).map(|i| i % 2 == 0).collect(),
+            ..llama_8b()
+        };
+        let per_token = 2 * 8 * 128 * 2;
+        let o = DistributeOptions {
+            n_ctx: Some(32_768),
+            ..opts()
+        };
+        let b = breakdown(&gemma, &o, 1).unwrap();
+        // 4096 + 512 cells, already a multiple of 256.
+        assert_eq!(
+            b.gpus[&0].kv_cache,
+            16 * 32_768 * per_token + 16 * 4608 * per_token
+        );
+        // A context shorter than the window is not padded up.
+        let short = DistributeOptions {
+            n_ctx: Some(1000),
+            ..opts()
+        };
+        assert_eq!(
+            breakdown(&gemma, &short, 1).unwrap().gpus[&0].kv_cache,
+            32 * 1000 * per_token
+        );
+    }
+
+    #[test]
+    fn moe_blocks_are_placed_whole() {
+        // Mixtral-like: 8 experts make each block large; placement follows bytes.
+        let mixtral = ModelShape {
+            layer_bytes: vec![1400 * MIB; 32],
+            n_vocab: 32_000,
+            ..llama_8b()
+        };
+        let o = DistributeOptions {
+            n_gpu_layers: 16,
+            ..opts()
+        };
+        let b = breakdown(&mixtral, &o, 1).unwrap();
+        assert_eq!(b.gpus[&0].weights, 16 * 1400 * MIB);
+        assert_eq!(b.ram.weights, INPUT + 16 * 1400 * MIB + OUTPUT);
+    }
+
+    #[test]
+    fn partial_offload_of_10_layers_over_two_gpus_3_to_1() {
+        let o = DistributeOptions {
+            n_gpu_layers: 10,
+            split_mode: SplitMode::Layer,
+            tensor_split: vec![3.0, 1.0],
+            ..opts()
+        };
+        let b = breakdown(&llama_8b(), &o, 2).unwrap();
+        let kv_layer = 8192 * 2 * 8 * 128 * 2;
+        // Blocks 22..31 offloaded; j/10 < 3/4 for j = 0..7: 8 on GPU 0, 2 on GPU 1.
+        assert_eq!(b.gpus[&0].weights, 8 * LAYER);
+        assert_eq!(b.gpus[&1].weights, 2 * LAYER);
+        assert_eq!(b.gpus[&0].kv_cache, 8 * kv_layer);
+        assert_eq!(b.gpus[&1].kv_cache, 2 * kv_layer);
+        for gpu in [0, 1] {
+            assert_eq!(b.gpus[&gpu].compute, ACTIVATIONS + ATTENTION_FA);
+            assert_eq!(b.gpus[&gpu].overhead, 512 * MIB);
+        }
+        // The output head stays with the embeddings and 22 blocks in RAM.
+        assert_eq!(b.ram.weights, INPUT + 22 * LAYER + OUTPUT);
+        assert_eq!(b.ram.kv_cache, 22 * kv_layer);
+        assert_eq!(b.ram.compute, ACTIVATIONS + LOGITS + HOST_INPUT + MASK_8K);
+    }
+
+    #[test]
+    fn kv_stays_in_ram_without_offload_kqv_and_direct_mode_has_none() {
+        let o = DistributeOptions {
+            offload_kqv: false,
+            ..opts()
+        };
+        let b = breakdown(&llama_8b(), &o, 1).unwrap();
+        assert_eq!((b.ram.kv_cache, b.gpus[&0].kv_cache), (1 << 30, 0));
+        let o = DistributeOptions {
+            mode: Mode::Direct,
+            ..opts()
+        };
+        let b = breakdown(&llama_8b(), &o, 1).unwrap();
+        assert_eq!(b.ram.kv_cache + b.gpus[&0].kv_cache, 0);
+    }
+
+    #[test]
+    fn row_split_spreads_weights_but_keeps_kv_on_the_main_gpu() {
+        let o = DistributeOptions {
+            split_mode: SplitMode::Row,
+            tensor_split: vec![1.0, 1.0],
+            main_gpu: 1,
+            ..opts()
+        };
+        let b = breakdown(&llama_8b(), &o, 2).unwrap();
+        assert_eq!(b.gpus[&0].weights + b.gpus[&1].weights, 32 * LAYER + OUTPUT);
+        assert_eq!(b.gpus[&0].weights, (32 * LAYER + OUTPUT) / 2);
+        assert_eq!((b.gpus[&0].kv_cache, b.gpus[&1].kv_cache), (0, 1 << 30));
+    }
+
+    #[test]
+    fn no_gpus_puts_everything_in_ram_without_overhead() {
+        let b = breakdown(&llama_8b(), &opts(), 0).unwrap();
+        assert!(b.gpus.is_empty());
+        assert_eq!(b.ram.weights, INPUT + 32 * LAYER + OUTPUT);
+        assert_eq!(b.ram.overhead, 0);
+    }
+
+    #[test]
+    fn the_default_context_is_the_trained_one_capped_at_8192() {
+        let short = ModelShape {
+            context_length: 2048,
+            ..llama_8b()
+        };
+        assert_eq!(breakdown(&short, &opts(), 0).unwrap().n_ctx, 2048);
+        assert_eq!(breakdown(&llama_8b(), &opts(), 0).unwrap().n_ctx, 8192);
+        let o = DistributeOptions {
+            n_ctx: Some(100_000),
+            ..opts()
+        };
+        assert_eq!(breakdown(&llama_8b(), &o, 0).unwrap().n_ctx, 100_000);
+    }
+
+    #[test]
+    fn inconsistent_models_are_refused() {
+        let bad = ModelShape {
+            n_head_kv: vec![8; 3],
+            ..llama_8b()
+        };
+        assert!(breakdown(&bad, &opts(), 1).is_err());
+        let empty = ModelShape {
+            layer_bytes: vec![],
+            n_head_kv: vec![],
+            ..llama_8b()
+        };
+        assert!(breakdown(&empty, &opts(), 1).is_err());
+    }
+
+    fn shape() -> impl Strategy<Value = ModelShape> {
+        (
+            1usize..48,
+            proptest::collection::vec(0u64..1 << 32, 48),
+            0u64..1 << 32,
+            0u64..1 << 32,
+            1u32..16,
+        )
+            .prop_map(|(n, bytes, input, output, kv)| ModelShape {
+                layer_bytes: bytes[..n].to_vec(),
+                input_bytes: input,
+                output_bytes: output,
+                n_head_kv: vec![kv; n],
+                ..llama_8b()
+            })
+    }
+
+    fn options() -> impl Strategy<Value = DistributeOptions> {
+        (
+            prop_oneof![
+                Just(SplitMode::None),
+                Just(SplitMode::Layer),
+                Just(SplitMode::Row)
+            ],
+            proptest::collection::vec(0.0f64..4.0, 0..3),
+            any::<bool>(),
+            any::<bool>(),
+            1u64..65_536,
+        )
+            .prop_map(
+                |(split_mode, tensor_split, offload_kqv, flash_attn, n_ctx)| DistributeOptions {
+                    split_mode,
+                    tensor_split,
+                    offload_kqv,
+                    flash_attn,
+                    n_ctx: Some(n_ctx),
+                    ..DistributeOptions::default()
+                },
+            )
+    }
+
+    fn gpu_total(p: &Placement) -> u128 {
+        p.vram.values().map(|b| u128::from(*b)).sum()
+    }
+
+    proptest! {
+        #[test]
+        fn more_offloaded_layers_never_move_bytes_from_gpu_to_ram(
+            model in shape(), o in options(), n_gpus in 1u32..4, k in 0i64..50,
+        ) {
+            let with = |n_gpu_layers| distribute_model(&model, &DistributeOptions { n_gpu_layers, ..o.clone() }, n_gpus);
+            if let (Ok(fewer), Ok(more)) = (with(k), with(k + 1)) {
+                prop_assert!(gpu_total(&more) >= gpu_total(&fewer));
+                prop_assert!(more.ram <= fewer.ram);
+            }
+        }
+
+        #[test]
+        fn the_breakdown_sums_to_the_placement(model in shape(), o in options(), n_gpus in 0u32..4, k in -1i64..50) {
+            let o = DistributeOptions { n_gpu_layers: k, ..o };
+            if let Ok(b) = breakdown(&model, &o, n_gpus) {
+                let placement = distribute_model(&model, &o, n_gpus).unwrap();
+                prop_assert_eq!(u128::from(placement.ram), u128::from(b.ram.total().unwrap()));
+                for (gpu, share) in &b.gpus {
+                    prop_assert_eq!(placement.gpu(*gpu), share.total().unwrap());
+                }
+                // Weights are conserved: every byte of the model is somewhere.
+                let weights: u128 = std::iter::once(&b.ram).chain(b.gpus.values()).map(|s| u128::from(s.weights)).sum();
+                let model_bytes: u128 = model.layer_bytes.iter().map(|b| u128::from(*b)).sum::<u128>()
+                    + u128::from(model.input_bytes) + u128::from(model.output_bytes);
+                prop_assert_eq!(weights, model_bytes);
+            }
+        }
+    }
+}

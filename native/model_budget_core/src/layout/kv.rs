@@ -121,7 +121,27 @@ impl KvShape {
     /// grows monotonically with the context, so a binary search is exact).
     /// `u64::MAX` when every layer has a window that fits.
     pub fn max_context(&self, budget: u64) -> u64 {
-        let fits = |n: u64| self.total_bytes(n) <= u128::from(budget);
+        // Per-token bytes of global layers, summed once; windowed layers kept
+        // apart, since they stop growing at their window.
+        let mut global = 0u128;
+        let mut windowed: Vec<(u64, u128)> = Vec::new();
+        for layer in &self.layers {
+            let bpt = u128::from(self.bytes_per_token(layer));
+            match layer.window {
+                None => global += bpt,
+                Some(w) => windowed.push((w, bpt)),
+            }
+        }
+        let fits = |n: u64| {
+            let grown: u128 = windowed
+                .iter()
+                .map(|(w, bpt)| u128::from(n.min(*w)) * bpt)
+                .sum();
+            global
+                .checked_mul(u128::from(n))
+                .and_then(|g| g.checked_add(grown))
+                .is_some_and(|total| total <= u128::from(budget))
+        };
         if fits(u64::MAX) {
             return u64::MAX;
         }

@@ -8,6 +8,7 @@ pub mod budget;
 pub mod check;
 pub mod distribute;
 pub mod error;
+pub mod model;
 pub mod placement;
 pub mod split;
 pub mod system;
@@ -16,4 +17,5 @@ pub use budget::{Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSp
 pub use check::{check, Device, Insufficient};
 pub use distribute::{distribute, DistributeOptions, Mode, SplitMode};
 pub use error::{Error, Result};
+pub use model::{Format, Model, PerLayer, TypeStats};
 pub use placement::Placement;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::arch::{Arch, At, Count, SwaLayers};
-use super::json::{self, Entries};
+use super::json;
 use super::source::Source;
 use super::{in_file, invalid, io_error};
 use crate::error::Result;
@@ -32,19 +32,69 @@ enum Window {
     Flag(bool),
 }
 
-/// The config's entries, and its `text_config` for multimodal models, whose
-/// language model is described there.
+/// Every key the description reads; others are skipped unparsed.
+const KEYS: &[&str] = &[
+    "model_type",
+    "_name_or_path",
+    "num_hidden_layers",
+    "n_layer",
+    "num_layers",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "qk_nope_head_dim",
+    "qk_rope_head_dim",
+    "v_head_dim",
+    "head_dim",
+    "hidden_size",
+    "n_embd",
+    "d_model",
+    "vocab_size",
+    "max_position_embeddings",
+    "n_positions",
+    "max_sequence_length",
+    "seq_length",
+    "sliding_window",
+    "layer_types",
+    "use_sliding_window",
+    "sliding_window_pattern",
+    "max_window_layers",
+    "num_local_experts",
+    "num_experts",
+    "n_routed_experts",
+    "num_experts_per_tok",
+    "text_config",
+];
+
+/// The known keys of an object, first occurrence of each.
+fn known<'a>(text: &'a str, base: u64, what: &str) -> Result<Vec<(&'static str, &'a RawValue)>> {
+    let mut found: Vec<(&'static str, &'a RawValue)> = Vec::new();
+    json::for_each_entry(text, base, what, |key, raw| {
+        if let Some(k) = KEYS.iter().find(|k| **k == key) {
+            if !found.iter().any(|(f, _)| f == k) {
+                found.push((k, raw));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// The config's known entries, and its `text_config` for multimodal models,
+/// whose language model is described there.
 struct Config<'a> {
     text: &'a str,
-    top: Entries<'a>,
-    nested: Option<Entries<'a>>,
+    top: Vec<(&'static str, &'a RawValue)>,
+    nested: Vec<(&'static str, &'a RawValue)>,
 }
 
 impl<'a> Config<'a> {
     fn raw(&self, key: &str) -> Option<&'a RawValue> {
         self.top
-            .get(key)
-            .or_else(|| self.nested.as_ref().and_then(|n| n.get(key)))
+            .iter()
+            .chain(&self.nested)
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
     }
 
     /// A field's value, `None` when absent or `null`.
@@ -109,17 +159,15 @@ pub(crate) fn read(folder: &Path) -> Result<Arch> {
 
 /// The architecture numbers of a config.json's text.
 pub(crate) fn parse(text: &str) -> Result<Arch> {
-    let top = json::entries(text, 0, "the config")?;
-    let nested = match top.get("text_config") {
-        Some(raw) if raw.get() != "null" => {
-            Some(serde_json::from_str::<Entries>(raw.get()).map_err(|_| {
-                invalid(
-                    json::offset_in(text, raw),
-                    "text_config is not a JSON object",
-                )
-            })?)
+    let top = known(text, 0, "the config")?;
+    let nested = match top.iter().find(|(k, _)| *k == "text_config") {
+        Some((_, raw)) if raw.get() != "null" => {
+            let at = json::offset_in(text, raw);
+            let nested = known(raw.get(), at, "text_config")?;
+            // Its offsets are within `raw`, itself within `text`.
+            nested
         }
-        _ => None,
+        _ => Vec::new(),
     };
     let c = Config { text, top, nested };
 

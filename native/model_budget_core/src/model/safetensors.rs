@@ -12,9 +12,10 @@ use std::io::{Read, Seek};
 use std::path::Path;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::arch::Arch;
-use super::json::{self, Entries};
+use super::json;
 use super::source::Source;
 use super::tally::{assemble, Embedding, Role, Tensor};
 use super::{config, in_file, invalid, io_error, Format, Model};
@@ -139,53 +140,57 @@ pub fn parse_header<R: Read + Seek>(reader: R, len: u64) -> Result<Vec<TensorInf
     let bytes = src.take(n, "header")?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| invalid(8 + e.valid_up_to() as u64, "header is not valid UTF-8"))?;
-    let entries = json::entries(text, 8, "header")?;
-    let mut tensors = Vec::with_capacity(entries.0.len());
-    for (name, raw) in &entries.0 {
-        if name == "__metadata__" {
-            continue;
+    let mut tensors = Vec::new();
+    json::for_each_entry(text, 8, "header", |name, raw| {
+        if name != "__metadata__" {
+            tensors.push(tensor(text, name, raw)?);
         }
-        let at = 8 + json::offset_in(text, raw);
-        let t: RawTensor = json::value(text, 8, raw, &format!("tensor {name}"))?;
-        let dtype = Dtype::from_name(&t.dtype)
-            .ok_or_else(|| invalid(at, format!("tensor {name} has unknown dtype {:?}", t.dtype)))?;
-        let elements = t
-            .shape
-            .iter()
-            .try_fold(1u64, |n, &d| n.checked_mul(d))
-            .ok_or_else(|| invalid(at, format!("tensor {name} has more than 2^64 elements")))?;
-        let bits = elements
-            .checked_mul(dtype.bits())
-            .ok_or_else(|| invalid(at, format!("tensor {name} has more than 2^64 bits")))?;
-        if bits % 8 != 0 {
-            return Err(invalid(
-                at,
-                format!(
-                    "tensor {name} of {} {} elements is not a whole number of bytes",
-                    elements,
-                    dtype.name()
-                ),
-            ));
-        }
-        let (begin, end) = t.data_offsets;
-        if end < begin || end - begin != bits / 8 {
-            return Err(invalid(at, format!(
-                "tensor {name} of dtype {} and shape {:?} needs {} bytes but its data_offsets [{begin}, {end}] hold {}",
-                dtype.name(), t.shape, bits / 8, end.saturating_sub(begin)
-            )));
-        }
-        tensors.push(TensorInfo {
-            name: name.clone(),
-            dtype,
-            shape: t.shape,
-            elements,
-            data_offsets: (begin, end),
-            at,
-        });
-    }
+        Ok(())
+    })?;
     check_unique(&tensors)?;
     check_tiling(&mut tensors, 8 + n, len)?;
     Ok(tensors)
+}
+
+/// One header entry, checked: a known dtype, a shape whose size in bytes
+/// is exactly what its data offsets span.
+fn tensor(text: &str, name: String, raw: &RawValue) -> Result<TensorInfo> {
+    let at = 8 + json::offset_in(text, raw);
+    let t: RawTensor = json::value(text, 8, raw, &format!("tensor {name}"))?;
+    let dtype = Dtype::from_name(&t.dtype)
+        .ok_or_else(|| invalid(at, format!("tensor {name} has unknown dtype {:?}", t.dtype)))?;
+    let elements = t
+        .shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| invalid(at, format!("tensor {name} has more than 2^64 elements")))?;
+    let bits = elements
+        .checked_mul(dtype.bits())
+        .ok_or_else(|| invalid(at, format!("tensor {name} has more than 2^64 bits")))?;
+    if bits % 8 != 0 {
+        return Err(invalid(
+            at,
+            format!(
+                "tensor {name} of {elements} {} elements is not a whole number of bytes",
+                dtype.name()
+            ),
+        ));
+    }
+    let (begin, end) = t.data_offsets;
+    if end < begin || end - begin != bits / 8 {
+        return Err(invalid(at, format!(
+            "tensor {name} of dtype {} and shape {:?} needs {} bytes but its data_offsets [{begin}, {end}] hold {}",
+            dtype.name(), t.shape, bits / 8, end.saturating_sub(begin)
+        )));
+    }
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape: t.shape,
+        elements,
+        data_offsets: (begin, end),
+        at,
+    })
 }
 
 fn check_unique(tensors: &[TensorInfo]) -> Result<()> {
@@ -378,30 +383,32 @@ fn read_index(path: &Path, folder: &Path, arch: Arch) -> Result<Model> {
     let located = |e| in_file(e, &index_name);
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| located(invalid(e.valid_up_to() as u64, "not valid UTF-8")))?;
-    let top = json::entries(text, 0, "the index").map_err(located)?;
-    let map_raw = top
-        .get("weight_map")
-        .ok_or_else(|| located(invalid(0, "no weight_map")))?;
-    let weight_map: Entries = serde_json::from_str(map_raw.get()).map_err(|_| {
-        located(invalid(
-            json::offset_in(text, map_raw),
-            "weight_map is not a JSON object",
-        ))
-    })?;
+    let mut weight_map = None;
+    json::for_each_entry(text, 0, "the index", |key, raw| {
+        if key == "weight_map" {
+            weight_map.get_or_insert(raw);
+        }
+        Ok(())
+    })
+    .map_err(located)?;
+    let map_raw = weight_map.ok_or_else(|| located(invalid(0, "no weight_map")))?;
     // shard -> tensors the index places in it, with where it says so.
     let mut shards: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-    for (tensor, raw) in &weight_map.0 {
-        let shard: String =
-            json::value(text, 0, raw, &format!("weight_map[{tensor:?}]")).map_err(located)?;
-        let at = json::offset_in(text, raw);
+    let map_at = json::offset_in(text, map_raw);
+    let map_text = map_raw.get();
+    json::for_each_entry(map_text, map_at, "weight_map", |tensor, raw| {
+        let shard: String = json::value(map_text, map_at, raw, &format!("weight_map[{tensor:?}]"))?;
+        let at = map_at + json::offset_in(map_text, raw);
         if !plain_file_name(&shard) {
-            return Err(located(invalid(
+            return Err(invalid(
                 at,
                 format!("shard {shard:?} is not a file beside the index"),
-            )));
+            ));
         }
-        shards.entry(shard).or_default().push((tensor.clone(), at));
-    }
+        shards.entry(shard).or_default().push((tensor, at));
+        Ok(())
+    })
+    .map_err(located)?;
 
     let mut file_bytes = 0u64;
     let mut all = Vec::new();

@@ -19,6 +19,7 @@ defmodule ModelBudget.Native do
   def resolve(_spec, _gpus, _ram_limit), do: not_loaded()
   def distribute(_file_bytes, _opts, _n_gpus), do: not_loaded()
   def system_memory, do: not_loaded()
+  def model_read(_path), do: not_loaded()
 
   defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -8,6 +8,7 @@ mod check;
 mod decode;
 mod distribute;
 mod floor;
+mod model;
 mod placement;
 mod system;
 

@@ -31,7 +31,12 @@ defmodule Bench.Model do
       end
       |> Enum.sort()
 
-    %{median: Enum.at(samples, div(runs, 2)), min: hd(samples), max: List.last(samples), runs: runs}
+    %{
+      median: Enum.at(samples, div(runs, 2)),
+      min: hd(samples),
+      max: List.last(samples),
+      runs: runs
+    }
   end
 
   def fmt(%{median: med, min: lo, max: hi, runs: n}),
@@ -46,7 +51,10 @@ try do
   big = ModelFixtures.llama_gguf!(Path.join(dir, "llama-3.1-70b.gguf"), :"70b")
   {:ok, m} = ModelBudget.Model.read(small)
   header_mb = Float.round((m.file_bytes - m.weight_bytes) / 1.0e6, 1)
-  IO.puts("Llama-3.1-8B-like GGUF: #{m.file_bytes} bytes, #{header_mb} MB header, #{m.n_tensors} tensors")
+
+  IO.puts(
+    "Llama-3.1-8B-like GGUF: #{m.file_bytes} bytes, #{header_mb} MB header, #{m.n_tensors} tensors"
+  )
 
   ours = Bench.Model.time_us(fn -> {:ok, _} = ModelBudget.Model.read(small) end, 30)
   IO.puts("  ModelBudget.Model.read/1:   #{Bench.Model.fmt(ours)}")
@@ -80,8 +88,9 @@ try do
       for _ <- 1..5 do
         {out, 0} = System.cmd(runner, [path])
         fields = for kv <- String.split(out), into: %{}, do: List.to_tuple(String.split(kv, "="))
-        {String.to_integer(fields["peak_after_kib"]), String.to_integer(fields["peak_before_kib"]),
-         String.to_integer(fields["file_bytes"])}
+
+        {String.to_integer(fields["peak_after_kib"]),
+         String.to_integer(fields["peak_before_kib"]), String.to_integer(fields["file_bytes"])}
       end
 
     {after_kib, before_kib, bytes} = Enum.sort(peaks) |> Enum.at(2)

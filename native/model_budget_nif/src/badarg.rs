@@ -33,6 +33,12 @@ impl From<model_budget_core::Error> for Box<BadArg<'_>> {
                 message,
                 value: None,
             }),
+            // Model reading answers these as `{:error, reason}` itself.
+            other => Box::new(BadArg {
+                arg: "model".to_owned(),
+                message: other.to_string(),
+                value: None,
+            }),
         }
     }
 }

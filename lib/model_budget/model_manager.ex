@@ -361,9 +361,21 @@ defmodule ModelBudget.ModelManager do
   defp config!(manager, fun, args) do
     pid = GenServer.whereis(manager)
 
-    (is_pid(pid) and node(pid) == node() and Process.alive?(pid) and
-       :persistent_term.get({__MODULE__, pid}, nil)) ||
+    if is_pid(pid) and node(pid) == node() and Process.alive?(pid) do
+      case :persistent_term.get({__MODULE__, pid}, nil) do
+        # Named but still in init/1 (a restart, say): wait for it like a call.
+        nil -> initialized_config!(pid, fun, args)
+        config -> config
+      end
+    else
       exit({:noproc, {__MODULE__, fun, args}})
+    end
+  end
+
+  defp initialized_config!(pid, fun, args) do
+    GenServer.call(pid, {__MODULE__, :config})
+  catch
+    :exit, {reason, _} -> exit({reason, {__MODULE__, fun, args}})
   end
 
   # The table disappears with its owner; a read racing the manager's death
@@ -533,6 +545,9 @@ defmodule ModelBudget.ModelManager do
     end
   end
 
+  def handle_call({__MODULE__, :config}, _from, state),
+    do: {:reply, :persistent_term.get({__MODULE__, self()}), state}
+
   def handle_call({:touch, id}, _from, state) do
     case Map.fetch(state.models, id) do
       {:ok, %{status: status} = entry} when status in [:loading, :ready] ->
@@ -570,6 +585,11 @@ defmodule ModelBudget.ModelManager do
       {nil, _} ->
         {:noreply, state}
     end
+  end
+
+  def handle_info(message, state) do
+    Logger.debug("#{inspect(__MODULE__)} ignored an unexpected message: #{inspect(message)}")
+    {:noreply, state}
   end
 
   # The one place a load is admitted: eviction plans its room here.

@@ -483,6 +483,21 @@ defmodule ModelBudget.ModelManagerTest do
       end
     end
 
+    test "wait for a manager that is registered but still in init/1" do
+      name = {:via, __MODULE__.SlowRegistry, {self(), {__MODULE__, make_ref()}}}
+      starter = Task.async(fn -> ModelManager.start_link(name: name, backend: TestBackend) end)
+      assert_receive {:registered, manager}
+
+      reader = Task.async(fn -> ModelManager.list(name) end)
+      # The reader found no table yet and called the manager, which is blocked.
+      eventually(fn -> Process.info(manager, :message_queue_len) == {:message_queue_len, 1} end)
+      send(manager, :go)
+
+      assert Task.await(reader) == []
+      assert {:ok, ^manager} = Task.await(starter)
+      GenServer.stop(manager)
+    end
+
     test "exit like a call when the manager is gone" do
       manager = start_manager()
       ref = Process.monitor(manager)
@@ -511,6 +526,16 @@ defmodule ModelBudget.ModelManagerTest do
 
       assert log =~ "the process of model :a exited (:killed); releasing its memory"
       assert ModelManager.usage(manager) == ModelBudget.empty_usage()
+    end
+  end
+
+  describe "unexpected messages" do
+    test "are ignored" do
+      manager = start_manager()
+      send(manager, {:stray, make_ref()})
+      send(manager, make_ref())
+      assert {:ok, _} = load(manager, :a, {:test, 1})
+      assert Process.alive?(manager)
     end
   end
 
@@ -600,5 +625,24 @@ defmodule ModelBudget.ModelManagerTest do
     defp outcome({:error, {:load_failed, :told_to_fail}}), do: :failed
     defp outcome({:error, {:load_crashed, {%RuntimeError{}, _}}}), do: :crashed
     defp outcome(:cancelled), do: :cancelled
+  end
+
+  defmodule SlowRegistry do
+    import Kernel, except: [send: 2]
+
+    # A :via registry whose registration returns only once told to, so a
+    # test can act while the registered manager has not reached init/1.
+    def register_name({test, name}, pid) do
+      :yes = :global.register_name(name, pid)
+      Kernel.send(test, {:registered, pid})
+
+      receive do
+        :go -> :yes
+      end
+    end
+
+    def whereis_name({_test, name}), do: :global.whereis_name(name)
+    def unregister_name({_test, name}), do: :global.unregister_name(name)
+    def send({_test, name}, message), do: :global.send(name, message)
   end
 end

@@ -14,6 +14,9 @@ defmodule ModelBudget.ModelManagerTest do
   # Sizes are what they say: no KV estimate, everything in RAM.
   @direct [mode: :direct, n_gpus: 0]
 
+  # Generous: the suite runs async next to a 1,000-process test.
+  @wait 2_000
+
   defp start_manager(opts \\ []) do
     opts = Keyword.put_new(opts, :backend, TestBackend)
     start_supervised!(Supervisor.child_spec({ModelManager, opts}, id: make_ref()))
@@ -30,11 +33,11 @@ defmodule ModelBudget.ModelManagerTest do
     caller =
       Task.async(fn -> load(manager, id, {:test, bytes, :stall}, [notify: test] ++ opts) end)
 
-    assert_receive {TestBackend, :stalled, load_task}
+    assert_receive {TestBackend, :stalled, load_task}, @wait
     {caller, load_task}
   end
 
-  defp eventually(fun, tries \\ 200) do
+  defp eventually(fun, tries \\ 400) do
     cond do
       fun.() ->
         :ok
@@ -126,7 +129,7 @@ defmodule ModelBudget.ModelManagerTest do
             )
 
           # start_link returned while :slow still loads: it does not block.
-          assert_receive {TestBackend, :stalled, slow_task}
+          assert_receive {TestBackend, :stalled, slow_task}, @wait
           assert {:ok, %{status: :ready}} = ModelManager.info(manager, :a)
           assert {:ok, %{status: :loading}} = ModelManager.info(manager, :slow)
           send(slow_task, :continue)
@@ -302,7 +305,7 @@ defmodule ModelBudget.ModelManagerTest do
       assert load(manager, :a, {:test, 600, :no_footprint}) ==
                {:error, {:load_failed, :no_footprint}}
 
-      assert_receive {TestBackend, :holder, holder}
+      assert_receive {TestBackend, :holder, holder}, @wait
       refute Process.alive?(holder)
       assert ModelManager.info(manager, :a) == {:error, :not_loaded}
       assert ModelManager.usage(manager) == ModelBudget.empty_usage()
@@ -315,7 +318,7 @@ defmodule ModelBudget.ModelManagerTest do
       assert {:error, {:load_crashed, {%RuntimeError{message: "told to crash"}, _}}} =
                load(manager, :a, {:test, 600, :crash})
 
-      assert_receive {TestBackend, :holder, holder}
+      assert_receive {TestBackend, :holder, holder}, @wait
       refute Process.alive?(holder)
 
       assert load(manager, :b, {:test, 600, :bad_return}) ==
@@ -331,8 +334,8 @@ defmodule ModelBudget.ModelManagerTest do
 
       caller = spawn(fn -> load(manager, :a, {:test, 600, :stall}, notify: test) end)
 
-      assert_receive {TestBackend, :holder, holder}
-      assert_receive {TestBackend, :stalled, load_task}
+      assert_receive {TestBackend, :holder, holder}, @wait
+      assert_receive {TestBackend, :stalled, load_task}, @wait
       Process.exit(caller, :kill)
 
       eventually(fn -> ModelManager.info(manager, :a) == {:error, :not_loaded} end)
@@ -405,7 +408,7 @@ defmodule ModelBudget.ModelManagerTest do
     test "cancels a model that is still loading" do
       manager = start_manager(memory_budget: 1_000)
       {caller, load_task} = stalled_load(manager, :a, 600)
-      assert_receive {TestBackend, :holder, holder}
+      assert_receive {TestBackend, :holder, holder}, @wait
 
       assert ModelManager.unload(manager, :a) == :ok
       assert Task.await(caller) == {:error, {:load_failed, :cancelled}}
@@ -419,7 +422,7 @@ defmodule ModelBudget.ModelManagerTest do
       assert {:ok, %{handle: holder}} = load(manager, :a, {:test, 600, :slow_unload})
 
       first = Task.async(fn -> ModelManager.unload(manager, :a) end)
-      assert_receive {TestBackend, :unloading, ^holder}
+      assert_receive {TestBackend, :unloading, ^holder}, @wait
       second = Task.async(fn -> ModelManager.unload(manager, :a) end)
 
       assert {:ok, %{status: :unloading}} = ModelManager.info(manager, :a)
@@ -486,7 +489,7 @@ defmodule ModelBudget.ModelManagerTest do
     test "wait for a manager that is registered but still in init/1" do
       name = {:via, __MODULE__.SlowRegistry, {self(), {__MODULE__, make_ref()}}}
       starter = Task.async(fn -> ModelManager.start_link(name: name, backend: TestBackend) end)
-      assert_receive {:registered, manager}
+      assert_receive {:registered, manager}, @wait
 
       reader = Task.async(fn -> ModelManager.list(name) end)
       # The reader found no table yet and called the manager, which is blocked.
@@ -502,7 +505,7 @@ defmodule ModelBudget.ModelManagerTest do
       manager = start_manager()
       ref = Process.monitor(manager)
       Process.exit(manager, :kill)
-      assert_receive {:DOWN, ^ref, :process, _, _}
+      assert_receive {:DOWN, ^ref, :process, _, _}, @wait
 
       assert {:noproc, {ModelManager, :info, [^manager, :a]}} =
                catch_exit(ModelManager.info(manager, :a))

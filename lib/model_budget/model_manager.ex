@@ -39,20 +39,19 @@ defmodule ModelBudget.ModelManager do
 
   `info/2`, `list/1`, `usage/1` and `budget/1` read an ETS table the manager
   owns, without a message to the manager, so they stay fast while it is busy
-  (they must run on the manager's node). Every change to a model's entry is
-  written to the table together with the new total usage, so `usage/1`
-  always returns the sum of some state of the ledger.
+  (they must run on the manager's node). The total usage is one row of that
+  table, rewritten with every change (in the same insert as an entry that is
+  added or updated), so `usage/1` is always the usage of some state of the
+  ledger, never a half-updated one.
 
   ## Restarts
 
   **A manager that restarts starts with an empty ledger.** Models that a
-  previous incarnation loaded are no longer accounted for: their memory is
-  not counted against the budget and they cannot be unloaded through the new
-  manager. Backends whose model processes are linked to nothing the manager
-  owns keep those models resident; either let the manager's supervisor
-  restart the model processes too (for example with a `:one_for_all`
-  strategy over both) or reload the models after a restart. The manager logs
-  this every time it starts.
+  previous incarnation loaded are no longer accounted for: the new manager
+  does not know them, does not count their memory against the budget, and
+  cannot unload them. Whatever a backend started for them keeps running
+  unless it was linked to the old manager's processes. The manager logs this
+  every time it starts; the `:models` option loads its models again.
 
   Loads that were in flight when the manager went down are killed with it:
   their tasks run under a `Task.Supervisor` the manager starts and links.
@@ -196,7 +195,8 @@ defmodule ModelBudget.ModelManager do
 
   `opts` are the load options: they go to `ModelBudget.distribute/3` (which
   ignores keys it does not know) and to the backend. A malformed option or a
-  source the backend rejects raises `ArgumentError` in the caller.
+  source the backend rejects raises `ArgumentError` in the caller. Sizing and
+  placing run in the caller, so it must be on the manager's node.
 
   ## Options
 

@@ -6,8 +6,10 @@ defmodule ModelBudget.Backend.ReservationTest do
   doctest Reservation
 
   describe "footprint/2" do
-    @tag :tmp_dir
-    test "is the byte count, or the size of a regular file", %{tmp_dir: dir} do
+    test "is the byte count, or the size of a regular file" do
+      dir = Path.join(System.tmp_dir!(), "reservation_test_#{System.unique_integer([:positive])}")
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf(dir) end)
       path = Path.join(dir, "model.gguf")
       File.write!(path, :binary.copy(<<7>>, 3_000))
 

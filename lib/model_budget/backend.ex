@@ -29,8 +29,10 @@ defmodule ModelBudget.Backend do
   @type handle :: term()
 
   @doc """
-  The bytes `source` needs, before any placement: weights plus whatever the
-  backend always adds. The manager adds the KV-cache estimate through
+  What `source` needs, before any placement: its bytes (weights plus whatever
+  the backend always adds), or better a `%ModelBudget.Model{}` describing its
+  layers (from `ModelBudget.Model.read/1`), which the manager places layer by
+  layer with real KV-cache sizes. Either way the manager places it with
   `ModelBudget.distribute/3` and the load options.
 
   Returns `{:error, reason}` when the size cannot be known (a missing file,
@@ -39,7 +41,7 @@ defmodule ModelBudget.Backend do
   `ModelBudget.ModelManager.load/4` unchanged.
   """
   @callback footprint(source(), opts :: keyword()) ::
-              {:ok, non_neg_integer()} | {:error, term()}
+              {:ok, non_neg_integer() | ModelBudget.Model.t()} | {:error, term()}
 
   @doc """
   Loads `source` into the memory `placement` describes (bytes in RAM and on

@@ -77,7 +77,7 @@ defmodule ModelBudget.ModelManager do
       memory stays reserved until it is done).
     * `:source` - the source the load was given.
     * `:placement` - the bytes reserved in RAM and on each GPU.
-    * `:bytes` - the backend's footprint, before placement.
+    * `:bytes` - the backend's footprint before placement (a model's weight bytes).
     * `:pinned` - the `:pinned` load option.
     * `:handle` - what the backend's load returned; `nil` while loading.
     * `:loaded_at` - when the load finished, in `System.monotonic_time(:millisecond)`;
@@ -227,9 +227,10 @@ defmodule ModelBudget.ModelManager do
     if read(config, :load, [manager, id, source, opts], &:ets.member(&1, {:model, id})) do
       {:error, :already_loaded}
     else
-      with {:ok, bytes} <- footprint(config.backend, source, opts) do
+      with {:ok, size} <- footprint(config.backend, source, opts) do
         n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
-        placement = ModelBudget.distribute(bytes, opts, n_gpus)
+        placement = ModelBudget.distribute(size, opts, n_gpus)
+        bytes = if is_integer(size), do: size, else: size.weight_bytes
         GenServer.call(manager, {:load, id, source, opts, bytes, placement}, :infinity)
       end
     end
@@ -389,6 +390,7 @@ defmodule ModelBudget.ModelManager do
   defp footprint(backend, source, opts) do
     case backend.footprint(source, opts) do
       {:ok, bytes} when is_integer(bytes) and bytes >= 0 -> {:ok, bytes}
+      {:ok, %ModelBudget.Model{} = model} -> {:ok, model}
       {:error, reason} -> {:error, {:load_failed, reason}}
       other -> {:error, {:load_crashed, {:bad_return, other}}}
     end

@@ -70,13 +70,6 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 
-    fn p(ram: u64, vram: &[(u32, u64)]) -> Placement {
-        Placement {
-            ram,
-            vram: vram.iter().copied().collect(),
-        }
-    }
-
     fn per_device(ram: Limit, vram: &[(u32, Limit)]) -> Budget {
         Budget::PerDevice {
             ram,
@@ -87,7 +80,11 @@ mod tests {
     #[test]
     fn unlimited_admits_anything() {
         assert_eq!(
-            check(&Budget::Unlimited, &p(u64::MAX, &[]), &p(u64::MAX, &[])),
+            check(
+                &Budget::Unlimited,
+                &Placement::new(u64::MAX, &[]),
+                &Placement::new(u64::MAX, &[])
+            ),
             Ok(())
         );
     }
@@ -96,11 +93,19 @@ mod tests {
     fn combined_counts_ram_and_vram_together() {
         let budget = Budget::Combined { limit: 100 };
         assert_eq!(
-            check(&budget, &p(30, &[(0, 20)]), &p(40, &[(1, 10)])),
+            check(
+                &budget,
+                &Placement::new(30, &[(0, 20)]),
+                &Placement::new(40, &[(1, 10)])
+            ),
             Ok(())
         );
         assert_eq!(
-            check(&budget, &p(30, &[(0, 21)]), &p(40, &[(1, 10)])),
+            check(
+                &budget,
+                &Placement::new(30, &[(0, 21)]),
+                &Placement::new(40, &[(1, 10)])
+            ),
             Err(Insufficient {
                 device: Device::Total,
                 required: 51,
@@ -112,21 +117,33 @@ mod tests {
     #[test]
     fn combined_over_committed_has_zero_available() {
         let budget = Budget::Combined { limit: 10 };
-        let err = check(&budget, &p(1, &[]), &p(20, &[])).unwrap_err();
+        let err = check(&budget, &Placement::new(1, &[]), &Placement::new(20, &[])).unwrap_err();
         assert_eq!(err.available, 0);
     }
 
     #[test]
     fn combined_totals_beyond_u64_are_clamped() {
         let budget = Budget::Combined { limit: 10 };
-        let err = check(&budget, &p(u64::MAX, &[(0, u64::MAX)]), &p(0, &[])).unwrap_err();
+        let err = check(
+            &budget,
+            &Placement::new(u64::MAX, &[(0, u64::MAX)]),
+            &Placement::new(0, &[]),
+        )
+        .unwrap_err();
         assert_eq!(err.required, u64::MAX);
     }
 
     #[test]
     fn exact_fit_is_ok() {
         let budget = per_device(Limit::Bytes(10), &[(0, Limit::Bytes(5))]);
-        assert_eq!(check(&budget, &p(4, &[(0, 2)]), &p(6, &[(0, 3)])), Ok(()));
+        assert_eq!(
+            check(
+                &budget,
+                &Placement::new(4, &[(0, 2)]),
+                &Placement::new(6, &[(0, 3)])
+            ),
+            Ok(())
+        );
     }
 
     #[test]
@@ -135,11 +152,26 @@ mod tests {
             Limit::Bytes(10),
             &[(0, Limit::Bytes(5)), (1, Limit::Bytes(5))],
         );
-        let err = check(&budget, &p(11, &[(0, 6), (1, 6)]), &p(0, &[])).unwrap_err();
+        let err = check(
+            &budget,
+            &Placement::new(11, &[(0, 6), (1, 6)]),
+            &Placement::new(0, &[]),
+        )
+        .unwrap_err();
         assert_eq!(err.device, Device::Ram);
-        let err = check(&budget, &p(1, &[(0, 6), (1, 6)]), &p(0, &[])).unwrap_err();
+        let err = check(
+            &budget,
+            &Placement::new(1, &[(0, 6), (1, 6)]),
+            &Placement::new(0, &[]),
+        )
+        .unwrap_err();
         assert_eq!(err.device, Device::Gpu(0));
-        let err = check(&budget, &p(1, &[(0, 1), (1, 6)]), &p(0, &[(1, 2)])).unwrap_err();
+        let err = check(
+            &budget,
+            &Placement::new(1, &[(0, 1), (1, 6)]),
+            &Placement::new(0, &[(1, 2)]),
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             Insufficient {
@@ -154,15 +186,22 @@ mod tests {
     fn gpus_absent_from_the_budget_are_unbounded() {
         let budget = per_device(Limit::Infinity, &[(0, Limit::Bytes(1))]);
         assert_eq!(
-            check(&budget, &p(u64::MAX, &[(3, u64::MAX)]), &p(0, &[])),
+            check(
+                &budget,
+                &Placement::new(u64::MAX, &[(3, u64::MAX)]),
+                &Placement::new(0, &[])
+            ),
             Ok(())
         );
         let all = Budget::PerDevice {
             ram: Limit::Bytes(0),
             vram: VramLimits::Infinity,
         };
-        assert_eq!(check(&all, &p(0, &[(0, 9)]), &p(0, &[])), Ok(()));
-        assert!(check(&all, &p(1, &[]), &p(0, &[])).is_err());
+        assert_eq!(
+            check(&all, &Placement::new(0, &[(0, 9)]), &Placement::new(0, &[])),
+            Ok(())
+        );
+        assert!(check(&all, &Placement::new(1, &[]), &Placement::new(0, &[])).is_err());
     }
 
     fn limit() -> impl Strategy<Value = Limit> {

@@ -228,18 +228,11 @@ mod tests {
         DistributeOptions::default()
     }
 
-    fn p(ram: u64, vram: &[(u32, u64)]) -> Placement {
-        Placement {
-            ram,
-            vram: vram.iter().copied().collect(),
-        }
-    }
-
     #[test]
     fn default_server_mode_adds_the_coarse_kv_estimate_on_the_main_gpu() {
         // 8192 tokens x 4 slots x 2048 bytes = 64 MiB.
         let got = distribute(GIB, &opts(), 1).unwrap();
-        assert_eq!(got, p(0, &[(0, GIB + 64 * 1024 * 1024)]));
+        assert_eq!(got, Placement::new(0, &[(0, GIB + 64 * 1024 * 1024)]));
     }
 
     #[test]
@@ -248,7 +241,10 @@ mod tests {
             mode: Mode::Direct,
             ..opts()
         };
-        assert_eq!(distribute(GIB, &o, 2).unwrap(), p(0, &[(0, GIB)]));
+        assert_eq!(
+            distribute(GIB, &o, 2).unwrap(),
+            Placement::new(0, &[(0, GIB)])
+        );
     }
 
     #[test]
@@ -259,7 +255,7 @@ mod tests {
             kv_bytes_per_token: Some(10),
             ..opts()
         };
-        assert_eq!(distribute(0, &o, 0).unwrap(), p(2000, &[]));
+        assert_eq!(distribute(0, &o, 0).unwrap(), Placement::new(2000, &[]));
     }
 
     #[test]
@@ -269,12 +265,12 @@ mod tests {
             n_gpu_layers: 0,
             ..opts()
         };
-        assert_eq!(distribute(7, &o, 4).unwrap(), p(7, &[]));
+        assert_eq!(distribute(7, &o, 4).unwrap(), Placement::new(7, &[]));
         let o = DistributeOptions {
             mode: Mode::Direct,
             ..opts()
         };
-        assert_eq!(distribute(7, &o, 0).unwrap(), p(7, &[]));
+        assert_eq!(distribute(7, &o, 0).unwrap(), Placement::new(7, &[]));
     }
 
     #[test]
@@ -285,7 +281,7 @@ mod tests {
                 n_gpu_layers,
                 ..opts()
             };
-            assert_eq!(distribute(7, &o, 1).unwrap(), p(0, &[(0, 7)]));
+            assert_eq!(distribute(7, &o, 1).unwrap(), Placement::new(0, &[(0, 7)]));
         }
     }
 
@@ -298,7 +294,10 @@ mod tests {
             n_parallel: 1,
             ..opts()
         };
-        assert_eq!(distribute(100, &o, 1).unwrap(), p(10, &[(0, 100)]));
+        assert_eq!(
+            distribute(100, &o, 1).unwrap(),
+            Placement::new(10, &[(0, 100)])
+        );
     }
 
     #[test]
@@ -308,7 +307,7 @@ mod tests {
             main_gpu: 2,
             ..opts()
         };
-        assert_eq!(distribute(9, &o, 3).unwrap(), p(0, &[(2, 9)]));
+        assert_eq!(distribute(9, &o, 3).unwrap(), Placement::new(0, &[(2, 9)]));
     }
 
     #[test]
@@ -320,21 +319,27 @@ mod tests {
                 tensor_split: vec![3.0, 1.0],
                 ..opts()
             };
-            assert_eq!(distribute(10, &o, 2).unwrap(), p(0, &[(0, 8), (1, 2)]));
+            assert_eq!(
+                distribute(10, &o, 2).unwrap(),
+                Placement::new(0, &[(0, 8), (1, 2)])
+            );
             let equal = DistributeOptions {
                 tensor_split: vec![],
                 ..o.clone()
             };
             assert_eq!(
                 distribute(10, &equal, 3).unwrap(),
-                p(0, &[(0, 4), (1, 3), (2, 3)])
+                Placement::new(0, &[(0, 4), (1, 3), (2, 3)])
             );
             // Missing entries are zero; zero weights exclude a GPU.
             let short = DistributeOptions {
                 tensor_split: vec![0.0, 1.0],
                 ..o
             };
-            assert_eq!(distribute(10, &short, 4).unwrap(), p(0, &[(1, 10)]));
+            assert_eq!(
+                distribute(10, &short, 4).unwrap(),
+                Placement::new(0, &[(1, 10)])
+            );
         }
     }
 

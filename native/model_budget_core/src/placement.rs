@@ -21,6 +21,15 @@ impl Placement {
         Self::default()
     }
 
+    /// A placement from RAM bytes and `(gpu, bytes)` pairs, canonical.
+    pub fn new(ram: u64, vram: &[(u32, u64)]) -> Self {
+        Placement {
+            ram,
+            vram: vram.iter().copied().collect(),
+        }
+        .canonical()
+    }
+
     /// A placement with everything in RAM.
     pub fn in_ram(bytes: u64) -> Self {
         Placement {
@@ -98,51 +107,52 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn p(ram: u64, vram: &[(u32, u64)]) -> Placement {
-        Placement {
-            ram,
-            vram: vram.iter().copied().collect(),
-        }
-        .canonical()
-    }
-
     #[test]
     fn fold_sums_ram_and_merges_gpus() {
-        let used = p(10, &[(0, 5)]);
-        let got = used.fold(&p(1, &[(0, 2), (3, 7)])).unwrap();
-        assert_eq!(got, p(11, &[(0, 7), (3, 7)]));
+        let used = Placement::new(10, &[(0, 5)]);
+        let got = used.fold(&Placement::new(1, &[(0, 2), (3, 7)])).unwrap();
+        assert_eq!(got, Placement::new(11, &[(0, 7), (3, 7)]));
     }
 
     #[test]
     fn fold_refuses_to_wrap() {
-        let err = p(u64::MAX, &[]).fold(&p(1, &[])).unwrap_err();
+        let err = Placement::new(u64::MAX, &[])
+            .fold(&Placement::new(1, &[]))
+            .unwrap_err();
         assert!(err.to_string().contains("exceed"), "{err}");
-        assert!(p(0, &[(1, u64::MAX)]).fold(&p(0, &[(1, 1)])).is_err());
+        assert!(Placement::new(0, &[(1, u64::MAX)])
+            .fold(&Placement::new(0, &[(1, 1)]))
+            .is_err());
     }
 
     #[test]
     fn release_removes_gpus_that_reach_zero() {
-        let used = p(10, &[(0, 5), (1, 4)]);
-        assert_eq!(used.release(&p(10, &[(1, 4)])).unwrap(), p(0, &[(0, 5)]));
+        let used = Placement::new(10, &[(0, 5), (1, 4)]);
+        assert_eq!(
+            used.release(&Placement::new(10, &[(1, 4)])).unwrap(),
+            Placement::new(0, &[(0, 5)])
+        );
     }
 
     #[test]
     fn release_more_than_held_is_an_error() {
-        let used = p(10, &[(0, 5)]);
-        let err = used.release(&p(11, &[])).unwrap_err();
+        let used = Placement::new(10, &[(0, 5)]);
+        let err = used.release(&Placement::new(11, &[])).unwrap_err();
         assert_eq!(
             err.to_string(),
             "invalid placement: releases 11 bytes of RAM but only 10 are held"
         );
-        assert!(used.release(&p(0, &[(2, 1)])).is_err());
-        assert!(used.release(&p(0, &[(0, 6)])).is_err());
+        assert!(used.release(&Placement::new(0, &[(2, 1)])).is_err());
+        assert!(used.release(&Placement::new(0, &[(0, 6)])).is_err());
     }
 
     #[test]
     fn zero_entries_are_dropped() {
-        assert_eq!(p(0, &[(0, 0)]).vram.len(), 0);
+        assert_eq!(Placement::new(0, &[(0, 0)]).vram.len(), 0);
         assert_eq!(
-            p(0, &[]).fold(&p(0, &[(2, 0)])).unwrap(),
+            Placement::new(0, &[])
+                .fold(&Placement::new(0, &[(2, 0)]))
+                .unwrap(),
             Placement::empty()
         );
     }

@@ -160,6 +160,19 @@ fn breakdown_term<'a>(b: &Breakdown) -> Decoded<'a, BreakdownTerm> {
     })
 }
 
+/// The `(model, opts, n_gpus)` arguments of `distribute/3` and `breakdown/3`.
+fn placement_args<'a>(
+    model: Term<'a>,
+    opts: Term<'a>,
+    n_gpus: Term<'a>,
+) -> Decoded<'a, (ModelShape, model_budget_core::DistributeOptions, u32)> {
+    Ok((
+        decode_model(model)?,
+        decode_options(opts)?,
+        gpu_count(n_gpus)?,
+    ))
+}
+
 #[rustler::nif]
 fn distribute_model<'a>(
     env: Env<'a>,
@@ -168,9 +181,7 @@ fn distribute_model<'a>(
     n_gpus: Term<'a>,
 ) -> Term<'a> {
     let result = (|| {
-        let shape = decode_model(model)?;
-        let opts = decode_options(opts)?;
-        let n_gpus = gpu_count(n_gpus)?;
+        let (shape, opts, n_gpus) = placement_args(model, opts, n_gpus)?;
         Ok(Encoded(layout::distribute_model(&shape, &opts, n_gpus)?).encode(env))
     })();
     reply(env, result)
@@ -179,9 +190,7 @@ fn distribute_model<'a>(
 #[rustler::nif]
 fn breakdown<'a>(env: Env<'a>, model: Term<'a>, opts: Term<'a>, n_gpus: Term<'a>) -> Term<'a> {
     let result = (|| {
-        let shape = decode_model(model)?;
-        let opts = decode_options(opts)?;
-        let n_gpus = gpu_count(n_gpus)?;
+        let (shape, opts, n_gpus) = placement_args(model, opts, n_gpus)?;
         Ok(breakdown_term(&layout::breakdown(&shape, &opts, n_gpus)?)?.encode(env))
     })();
     reply(env, result)

@@ -38,6 +38,7 @@ defmodule ModelBudget.Native do
   def gpu_status(_cuda_visible_devices), do: not_loaded()
   def refresh_devices(_cuda_visible_devices), do: not_loaded()
   def probe_machine(_cuda_visible_devices), do: not_loaded()
+  def model_read(_path), do: not_loaded()
 
   defp not_loaded do
     :erlang.nif_error(

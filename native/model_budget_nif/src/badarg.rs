@@ -32,6 +32,12 @@ impl From<model_budget_core::Error> for BadArg<'_> {
                 message,
                 value: None,
             },
+            // Model reading answers these as `{:error, reason}` itself.
+            other => BadArg {
+                arg: "model".to_owned(),
+                message: other.to_string(),
+                value: None,
+            },
         }
     }
 }

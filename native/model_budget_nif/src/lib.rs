@@ -11,6 +11,7 @@ mod devices;
 mod distribute;
 mod floor;
 mod layout;
+mod model;
 mod placement;
 mod system;
 

@@ -1,0 +1,198 @@
+//! What a model file says about itself: GGUF and safetensors headers read
+//! exactly and defensively, without touching the weights.
+//!
+//! Every length and count in a header is checked against the bytes really
+//! left in the file before anything is read or allocated, offsets and sizes
+//! use checked arithmetic, and tensor regions must be in bounds and must not
+//! overlap. A malformed file is an [`Error::InvalidModel`] naming the byte
+//! where the problem was found; nothing panics.
+
+mod arch;
+mod config;
+pub mod ggml_type;
+pub mod gguf;
+mod json;
+pub mod safetensors;
+mod source;
+mod tally;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+pub use ggml_type::GgmlType;
+pub(crate) use source::{invalid, io_error};
+
+/// The most repeating blocks a model may declare. Real models have a few
+/// hundred; the cap bounds what a hostile count can make us allocate.
+pub const MAX_LAYERS: u64 = 1 << 16;
+
+/// The container a model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Gguf,
+    Safetensors,
+}
+
+/// A count that is either the same for every layer or given per layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PerLayer {
+    Uniform(u64),
+    /// One entry per repeating block, in order; never all equal.
+    Layers(Vec<u64>),
+}
+
+impl PerLayer {
+    /// A per-layer list, collapsed to `Uniform` when every entry is equal.
+    pub fn from_list(values: Vec<u64>) -> PerLayer {
+        match values.first() {
+            Some(&first) if values.iter().all(|&v| v == first) => PerLayer::Uniform(first),
+            _ => PerLayer::Layers(values),
+        }
+    }
+
+    /// The value for layer `il` (the first entry for a uniform count).
+    pub fn layer(&self, il: usize) -> Option<u64> {
+        match self {
+            PerLayer::Uniform(n) => Some(*n),
+            PerLayer::Layers(v) => v.get(il).copied(),
+        }
+    }
+}
+
+/// Tensors of one element type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TypeStats {
+    pub n_tensors: u64,
+    pub n_params: u64,
+    pub bytes: u64,
+}
+
+/// A model as its header describes it. Byte counts are exact: each tensor's
+/// bytes follow from its shape and its type's block layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub format: Format,
+    /// `general.architecture` (GGUF) or `model_type` (config.json).
+    pub architecture: Option<String>,
+    /// `general.name` (GGUF) or `_name_or_path` (config.json).
+    pub name: Option<String>,
+    /// Size of the model's weight files (all shards), headers included.
+    pub file_bytes: u64,
+    /// Bytes of all tensors as stored, each counted once.
+    pub weight_bytes: u64,
+    pub n_params: u64,
+    pub n_tensors: u64,
+    /// Repeating blocks (`block_count`, `num_hidden_layers`).
+    pub n_layers: u64,
+    pub n_head: Option<PerLayer>,
+    pub n_head_kv: Option<PerLayer>,
+    pub head_dim_k: Option<u64>,
+    pub head_dim_v: Option<u64>,
+    pub n_embd: Option<u64>,
+    pub n_vocab: Option<u64>,
+    /// The context length the model was trained for.
+    pub context_length: Option<u64>,
+    /// Tokens a sliding-window layer attends to.
+    pub sliding_window: Option<u64>,
+    /// One flag per layer: whether it uses the sliding window. Empty when
+    /// there is no window.
+    pub sliding_window_layers: Vec<bool>,
+    pub n_experts: Option<u64>,
+    pub n_experts_used: Option<u64>,
+    /// Bytes of each repeating block, in order; `n_layers` entries.
+    pub layer_bytes: Vec<u64>,
+    /// Token (and position) embeddings: what llama.cpp keeps on the CPU.
+    pub input_bytes: u64,
+    /// Output head and final norm. With tied embeddings the head is the
+    /// token embedding matrix, counted here a second time: llama.cpp loads
+    /// a copy of it for the output layer.
+    pub output_bytes: u64,
+    /// Tensors outside the blocks, the embeddings and the head (rope
+    /// tables, vision towers, blocks past `n_layers`, ...).
+    pub other_bytes: u64,
+    /// Whether the output head reuses the token embeddings.
+    pub tied_embeddings: bool,
+    /// Tensor statistics by type name (`"Q4_K"`, `"BF16"`, ...).
+    pub types: BTreeMap<String, TypeStats>,
+}
+
+/// Reads the model at `path`: a GGUF file, a `.safetensors` file, a
+/// `model.safetensors.index.json`, or a folder holding one of the latter.
+/// For safetensors, a `config.json` in the same folder supplies the
+/// architecture numbers.
+pub fn read(path: &Path) -> Result<Model> {
+    let meta = std::fs::metadata(path).map_err(|e| io_error(&e))?;
+    if meta.is_dir() {
+        return safetensors::read_path(&find_in_folder(path)?, path);
+    }
+    if has_gguf_magic(path)? {
+        let file = File::open(path).map_err(|e| io_error(&e))?;
+        return gguf::parse(file, meta.len());
+    }
+    let folder = path.parent().unwrap_or(Path::new("."));
+    safetensors::read_path(path, folder)
+}
+
+fn has_gguf_magic(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = File::open(path).map_err(|e| io_error(&e))?;
+    let mut got = 0;
+    while got < magic.len() {
+        match file.read(&mut magic[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_error(&e)),
+        }
+    }
+    Ok(got == 4 && &magic == gguf::MAGIC)
+}
+
+/// The index or single file a safetensors folder holds.
+fn find_in_folder(folder: &Path) -> Result<PathBuf> {
+    for name in [safetensors::INDEX_FILE, safetensors::SINGLE_FILE] {
+        let candidate = folder.join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    // Otherwise exactly one index, or else exactly one weights file.
+    let mut indexes = Vec::new();
+    let mut singles = Vec::new();
+    for entry in std::fs::read_dir(folder).map_err(|e| io_error(&e))? {
+        let entry = entry.map_err(|e| io_error(&e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.ends_with(".safetensors.index.json") {
+            indexes.push(entry.path());
+        } else if name.ends_with(".safetensors") {
+            singles.push(entry.path());
+        }
+    }
+    match (indexes.len(), singles.len()) {
+        (1, _) => Ok(indexes.swap_remove(0)),
+        (0, 1) => Ok(singles.swap_remove(0)),
+        _ => Err(Error::InvalidModel {
+            offset: 0,
+            reason: format!(
+                "{} holds no model.safetensors.index.json or model.safetensors, and not exactly one *.safetensors file to read instead",
+                folder.display()
+            ),
+        }),
+    }
+}
+
+/// Prefixes an `InvalidModel` reason with the file it concerns, for models
+/// spread over several files.
+pub(crate) fn in_file(err: Error, file: &str) -> Error {
+    match err {
+        Error::InvalidModel { offset, reason } => Error::InvalidModel {
+            offset,
+            reason: format!("{file}: {reason}"),
+        },
+        other => other,
+    }
+}

@@ -125,7 +125,8 @@ defmodule ModelBudget.Plan.Args do
     ArgumentError -> "a value"
   end
 
-  # In the order given, with the names ModelBudget.distribute/3 takes.
+  # In the order given (a repeated switch counts once, its last value), with
+  # the names ModelBudget.distribute/3 takes.
   defp load_options(parsed) do
     Enum.reduce_while(parsed, {:ok, []}, fn {key, value}, {:ok, acc} ->
       case load_option(key, value) do
@@ -135,7 +136,7 @@ defmodule ModelBudget.Plan.Args do
       end
     end)
     |> case do
-      {:ok, load} -> {:ok, load |> Enum.reverse() |> Enum.uniq_by(&elem(&1, 0))}
+      {:ok, load} -> {:ok, Enum.reverse(load)}
       error -> error
     end
   end

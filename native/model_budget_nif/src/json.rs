@@ -20,7 +20,8 @@ rustler::atoms! {
 /// parser stops at 128 levels as well).
 const MAX_DEPTH: usize = 128;
 
-const ENCODABLE: &str = "a map, list, string (UTF-8), integer below 2^64 in magnitude, float, boolean, nil or atom";
+const ENCODABLE: &str =
+    "a map, list, string (UTF-8), integer below 2^64 in magnitude, float, boolean, nil or atom";
 
 fn to_value<'a>(term: Term<'a>, depth: usize) -> Decoded<'a, Value> {
     if depth > MAX_DEPTH {
@@ -35,7 +36,10 @@ fn to_value<'a>(term: Term<'a>, depth: usize) -> Decoded<'a, Value> {
             Some(a) if a == atoms::nil() => Value::Null,
             Some(a) if a == rustler::types::atom::true_() => Value::Bool(true),
             Some(a) if a == rustler::types::atom::false_() => Value::Bool(false),
-            _ => Value::String(term.atom_to_string().or_else(|_| bad("term", ENCODABLE, term))?),
+            _ => Value::String(
+                term.atom_to_string()
+                    .or_else(|_| bad("term", ENCODABLE, term))?,
+            ),
         },
         TermType::Binary => match term.decode::<&str>() {
             Ok(s) => Value::String(s.to_owned()),
@@ -70,7 +74,11 @@ fn to_value<'a>(term: Term<'a>, depth: usize) -> Decoded<'a, Value> {
             for (key, value) in entries {
                 let name = key_name(key)?;
                 if object.insert(name, to_value(value, depth + 1)?).is_some() {
-                    return bad("term", "maps whose keys stay distinct as JSON strings", term);
+                    return bad(
+                        "term",
+                        "maps whose keys stay distinct as JSON strings",
+                        term,
+                    );
                 }
             }
             Value::Object(object)
@@ -82,7 +90,9 @@ fn to_value<'a>(term: Term<'a>, depth: usize) -> Decoded<'a, Value> {
 /// Object keys: atoms, strings and integers, as JSON strings.
 fn key_name(key: Term) -> Decoded<String> {
     match key.get_type() {
-        TermType::Atom => key.atom_to_string().or_else(|_| bad("term", "map keys that are atoms, strings or integers", key)),
+        TermType::Atom => key
+            .atom_to_string()
+            .or_else(|_| bad("term", "map keys that are atoms, strings or integers", key)),
         TermType::Binary => key
             .decode::<&str>()
             .map(str::to_owned)

@@ -3,8 +3,8 @@
 //! written with units.
 
 use model_budget_core::constraint;
-use model_budget_core::plan::{search, Search, Target};
 use model_budget_core::layout::kv::CacheType;
+use model_budget_core::plan::{search, Search, Target};
 use rustler::{Atom, Encoder, Env, Term};
 
 use crate::badarg::{bad, reply};
@@ -52,7 +52,10 @@ fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
         (short().encode(env), short_list.encode(env)),
         (atoms::n_ctx().encode(env), s.n_ctx.encode(env)),
         (longest_context().encode(env), s.longest_context.encode(env)),
-        (atoms::n_gpu_layers().encode(env), s.n_gpu_layers.encode(env)),
+        (
+            atoms::n_gpu_layers().encode(env),
+            s.n_gpu_layers.encode(env),
+        ),
         (
             cache_type().encode(env),
             s.cache_type.map(cache_type_atom).encode(env),

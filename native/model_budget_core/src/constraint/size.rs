@@ -53,7 +53,10 @@ mod tests {
             "", " 24GiB", "24GiB ", "24 GiB", "-1", "GiB", "24XB", "1.", "2GiB+1", "1e9",
         ] {
             let err = parse_size(bad).unwrap_err();
-            assert!(err.to_string().starts_with("invalid size: expected"), "{bad}: {err}");
+            assert!(
+                err.to_string().starts_with("invalid size: expected"),
+                "{bad}: {err}"
+            );
         }
         assert!(parse_size("18446744073709551616")
             .unwrap_err()

@@ -4,7 +4,7 @@ defmodule ModelBudget.Model do
   its weights.
 
   `read/1` understands GGUF files (versions 2 and 3, as llama.cpp writes
-  them) and Hugging Face safetensors models: a single `.safetensors` file,
+  them, split or not) and Hugging Face safetensors models: a single `.safetensors` file,
   a sharded model through its `model.safetensors.index.json`, or a folder
   holding either. For safetensors, the `config.json` beside the weights
   supplies the architecture numbers the tensors do not state.
@@ -140,7 +140,8 @@ defmodule ModelBudget.Model do
   Reads the model at `path`: a GGUF file, a `.safetensors` file, a
   `*.safetensors.index.json`, or a folder holding `model.safetensors.index.json`
   or `model.safetensors` (or exactly one index, or else exactly one
-  `.safetensors` file).
+  `.safetensors` file). A GGUF model split by llama.cpp's `gguf-split`
+  (`NAME-00001-of-00003.gguf`, ...) is read whole from any of its files.
 
   Only headers are read, with every length checked against the file's real
   size first, so memory use does not grow with the model, and hostile files

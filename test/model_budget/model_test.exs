@@ -112,6 +112,39 @@ defmodule ModelBudget.ModelTest do
       assert {m.n_vocab, m.context_length} == {256_000, 8192}
     end
 
+    test "a model split by gguf-split is read whole, from any of its files", %{dir: dir} do
+      dir = subdir(dir, "split")
+
+      tensors = [
+        {"token_embd.weight", [64, 10], "F32"},
+        {"blk.0.attn_q.weight", [64, 64], "Q8_0"},
+        {"output_norm.weight", [64], "F32"}
+      ]
+
+      split = &[{"split.no", :uint16, &1}, {"split.count", :uint16, 2}]
+      meta = [{"general.architecture", :string, "llama"}, {"llama.block_count", :uint32, 1}]
+
+      first =
+        GGUF.write!(
+          Path.join(dir, "m-00001-of-00002.gguf"),
+          meta ++ split.(0),
+          Enum.take(tensors, 2)
+        )
+
+      second =
+        GGUF.write!(Path.join(dir, "m-00002-of-00002.gguf"), split.(1), Enum.drop(tensors, 2))
+
+      assert {:ok, m} = Model.read(second)
+      assert {:ok, ^m} = Model.read(first)
+      assert {m.architecture, m.n_tensors, m.n_layers} == {"llama", 3, 1}
+      assert m.weight_bytes == f32(640) + q8_0(4096) + f32(64)
+      assert m.file_bytes == File.stat!(first).size + File.stat!(second).size
+      assert m.tied_embeddings
+
+      File.rm!(second)
+      assert Model.read(first) == {:error, :enoent}
+    end
+
     test "accepts a charlist path", %{dir: dir} do
       path = Path.join(dir, "tiny.gguf")
       GGUF.write!(path, [{"general.architecture", :string, "llama"}], [{"t", [32], "F32"}])

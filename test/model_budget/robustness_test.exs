@@ -13,7 +13,10 @@ defmodule ModelBudget.RobustnessTest do
     distribute: {&ModelBudget.distribute/3, 3},
     check: {&ModelBudget.check/3, 3},
     fold: {&ModelBudget.fold/2, 2},
-    release: {&ModelBudget.release/2, 2}
+    release: {&ModelBudget.release/2, 2},
+    breakdown: {&ModelBudget.breakdown/3, 3},
+    estimate: {&ModelBudget.estimate/3, 3},
+    max_context_length: {&ModelBudget.max_context_length/3, 3}
   ]
 
   for {name, {fun, arity}} <- @calls do
@@ -61,5 +64,44 @@ defmodule ModelBudget.RobustnessTest do
     assert :ok in outcomes
     assert :argument_error in outcomes
     assert Enum.any?(outcomes, &match?({:error, {:insufficient_memory, _}}, &1))
+  end
+
+  test "models with one field replaced by a random term give a result or ArgumentError" do
+    model = %{
+      layer_bytes: List.duplicate(1000, 4),
+      input_bytes: 10,
+      output_bytes: 10,
+      other_bytes: 0,
+      n_head: 8,
+      n_head_kv: 2,
+      head_dim_k: 64,
+      head_dim_v: 64,
+      n_embd: 512,
+      n_vocab: 1000,
+      context_length: 4096,
+      sliding_window: 128,
+      sliding_window_layers: [true, false, true, false]
+    }
+
+    outcomes =
+      for _ <- 1..20_000 do
+        key = Enum.random(Map.keys(model))
+        broken = Map.put(model, key, RandomTerm.term(2))
+
+        try do
+          ModelBudget.breakdown(
+            broken,
+            Enum.random([[], [n_gpu_layers: 2], [split_mode: :row]]),
+            2
+          )
+
+          :ok
+        rescue
+          ArgumentError -> :argument_error
+        end
+      end
+
+    assert :ok in outcomes
+    assert :argument_error in outcomes
   end
 end

@@ -97,6 +97,7 @@ defmodule ModelBudget.Test.GGUF do
   end
 
   defp scalar(:uint8, v), do: <<v::little-8>>
+  defp scalar(:uint16, v), do: <<v::little-16>>
   defp scalar(:uint32, v), do: <<v::little-32>>
   defp scalar(:int32, v), do: <<v::little-signed-32>>
   defp scalar(:uint64, v), do: <<v::little-64>>

@@ -33,6 +33,20 @@ defmodule ModelBudget.Test.RandomTerm do
     :kv_bytes_per_token,
     :gpu_index,
     :memory_free,
+    :layer_bytes,
+    :input_bytes,
+    :output_bytes,
+    :n_head,
+    :n_head_kv,
+    :head_dim_k,
+    :head_dim_v,
+    :n_embd,
+    :n_vocab,
+    :sliding_window,
+    :sliding_window_layers,
+    :kv_cache_budget,
+    :cache_type_k,
+    :q8_0,
     :other
   ]
 

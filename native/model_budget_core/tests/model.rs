@@ -684,6 +684,70 @@ fn read_resolves_folders_indexes_and_configs() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn read_gathers_the_splits_of_a_split_gguf() {
+    let dir = std::env::temp_dir().join(format!("mb-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let whole = tiny();
+    let expected = parse_gguf(&whole.bytes()).unwrap();
+    // Split as gguf-split does: metadata in the first file, tensors spread.
+    let split = |no: u16, range: std::ops::Range<usize>| {
+        let mut g = Gguf::new();
+        if no == 0 {
+            g.kvs = whole.kvs.clone();
+        }
+        g = g.kv("split.no", Kv::U16(no)).kv("split.count", Kv::U16(3));
+        g.tensors = whole.tensors[range].to_vec();
+        g
+    };
+    let name = |i: u16| dir.join(format!("tiny-{i:05}-of-00003.gguf"));
+    let parts = [split(0, 0..5), split(1, 5..12), split(2, 12..21)];
+    for (i, g) in parts.iter().enumerate() {
+        std::fs::write(name(i as u16 + 1), g.bytes()).unwrap();
+    }
+    let m = read(&name(2)).unwrap();
+    assert_eq!(read(&name(1)).unwrap(), m);
+    let file_bytes: u64 = parts.iter().map(|g| g.bytes().len() as u64).sum();
+    assert_eq!(
+        m,
+        Model {
+            file_bytes,
+            ..expected
+        }
+    );
+
+    std::fs::write(name(3), split(1, 12..21).bytes()).unwrap();
+    assert_eq!(
+        read(&name(1)).unwrap_err(),
+        invalid(
+            0,
+            "tiny-00003-of-00003.gguf: is split 1 of 3, expected split 2 of 3"
+        )
+    );
+    std::fs::write(name(3), split(2, 11..21).bytes()).unwrap();
+    let err = read(&name(1)).unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidModel { reason, .. }
+        if reason == "tiny-00003-of-00003.gguf: tensor blk.1.attn_q.weight is also in another split"),
+        "{err:?}"
+    );
+    std::fs::remove_file(name(3)).unwrap();
+    assert!(matches!(
+        read(&name(1)),
+        Err(Error::Io { code: "enoent", .. })
+    ));
+    let odd = dir.join("tiny.gguf");
+    std::fs::write(&odd, split(0, 0..5).bytes()).unwrap();
+    assert_eq!(
+        read(&odd).unwrap_err(),
+        invalid(
+            0,
+            "split.count is 3 but the file name is not NAME-0000N-of-00003.gguf"
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Invariants of any model the readers accept.
 fn consistent(m: &Model, len: u64) {
     assert!(m.weight_bytes <= len);
@@ -759,4 +823,58 @@ proptest! {
             consistent(&m, bytes.len() as u64);
         }
     }
+}
+
+/// Writes small valid files for the fuzzers to start from:
+/// `FUZZ_SEEDS=$PWD/fuzz/seeds cargo test --release -p model_budget_core --test model -- --ignored`
+#[test]
+#[ignore]
+fn write_fuzz_seeds() {
+    let dir = std::path::PathBuf::from(std::env::var("FUZZ_SEEDS").expect("FUZZ_SEEDS"));
+    let write = |target: &str, name: &str, bytes: Vec<u8>| {
+        std::fs::create_dir_all(dir.join(target)).unwrap();
+        std::fs::write(dir.join(target).join(name), bytes).unwrap();
+    };
+    let mut v2 = llama(1, 32, 32, 8, 1, Q8_0, true);
+    v2.version = 2;
+    write("gguf", "llama-tied-v2", v2.bytes());
+    write("gguf", "llama", llama(2, 32, 32, 6, 1, Q8_0, false).bytes());
+    let gemma = Gguf::new()
+        .kv("general.architecture", Kv::Str("gemma2".into()))
+        .kv("general.alignment", Kv::U32(64))
+        .kv("gemma2.block_count", Kv::U32(2))
+        .kv("gemma2.attention.head_count", Kv::U32s(vec![2, 4]))
+        .kv("gemma2.attention.head_count_kv", Kv::I32s(vec![1, 2]))
+        .kv("gemma2.attention.sliding_window", Kv::U64(64))
+        .kv(
+            "gemma2.attention.sliding_window_pattern",
+            Kv::Bools(vec![true, false]),
+        )
+        .kv("gemma2.expert_count", Kv::U8(4))
+        .kv("gemma2.rope.scale", Kv::F32s(vec![1.0, 2.0]))
+        .kv(
+            "tokenizer.ggml.tokens",
+            Kv::Strs(vec!["a".into(), "bc".into()]),
+        )
+        .tensor("blk.0.ffn_gate_exps.weight", &[32, 2, 4], Q8_0)
+        .tensor("blk.1.attn_norm.weight", &[8], F32)
+        .tensor("token_embd.weight", &[8, 2], F32)
+        .tensor("output_norm.weight", &[8], F32);
+    let mut gemma = gemma;
+    gemma.alignment = 64;
+    write("gguf", "gemma2-arrays", gemma.bytes());
+    let small = [
+        ("model.embed_tokens.weight", "BF16", vec![6, 8]),
+        (
+            "model.layers.0.self_attn.q_proj.weight",
+            "F8_E4M3",
+            vec![8, 8],
+        ),
+        ("model.layers.0.self_attn.q_proj.bias", "F4", vec![8]),
+        ("model.layers.1.mlp.experts.3.w1.weight", "I64", vec![2, 2]),
+        ("model.norm.weight", "F32", vec![8]),
+        ("lm_head.weight", "BF16", vec![6, 8]),
+    ];
+    write("safetensors", "llama", support::safetensors(&small));
+    write("safetensors", "one", support::safetensors(&small[4..5]));
 }

@@ -13,31 +13,32 @@ pub struct BadArg<'a> {
     pub value: Option<Term<'a>>,
 }
 
-pub type Decoded<'a, T> = Result<T, BadArg<'a>>;
+/// Boxed so that the success path stays small (results are moved often).
+pub type Decoded<'a, T> = Result<T, Box<BadArg<'a>>>;
 
 /// A bad value: "invalid `arg`: expected `expected`, got: `value`".
 pub fn bad<'a, T>(arg: &str, expected: &str, value: Term<'a>) -> Decoded<'a, T> {
-    Err(BadArg {
+    Err(Box::new(BadArg {
         arg: arg.to_owned(),
         message: format!("expected {expected}"),
         value: Some(value),
-    })
+    }))
 }
 
-impl From<model_budget_core::Error> for BadArg<'_> {
+impl From<model_budget_core::Error> for Box<BadArg<'_>> {
     fn from(err: model_budget_core::Error) -> Self {
         match err {
-            model_budget_core::Error::InvalidArgument { arg, message } => BadArg {
+            model_budget_core::Error::InvalidArgument { arg, message } => Box::new(BadArg {
                 arg: arg.to_owned(),
                 message,
                 value: None,
-            },
+            }),
             // Model reading answers these as `{:error, reason}` itself.
-            other => BadArg {
+            other => Box::new(BadArg {
                 arg: "model".to_owned(),
                 message: other.to_string(),
                 value: None,
-            },
+            }),
         }
     }
 }

@@ -99,12 +99,13 @@ fn decode_limit<'a>(
     expected: &str,
     whole: Term<'a>,
 ) -> Decoded<'a, Limit> {
+    if let Ok(bytes) = term.decode::<u64>() {
+        return Ok(Limit::Bytes(bytes));
+    }
     if atom(term) == Some(atoms::infinity()) {
         return Ok(Limit::Infinity);
     }
-    term.decode::<u64>()
-        .map(Limit::Bytes)
-        .or_else(|_| bad(arg, expected, whole))
+    bad(arg, expected, whole)
 }
 
 /// Decodes a resolved `budget()`, as `check/3` receives it.

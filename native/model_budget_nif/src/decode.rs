@@ -1,6 +1,6 @@
 //! Decoding helpers that name the argument and keep the offending term.
 
-use rustler::{Atom, Term, TermType};
+use rustler::{Atom, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, Decoded};
@@ -34,7 +34,7 @@ pub fn exact_map<'a, const N: usize>(
     arg: &str,
     expected: &str,
 ) -> Decoded<'a, [Term<'a>; N]> {
-    if term.get_type() != TermType::Map || term.map_size().ok() != Some(N) {
+    if term.map_size().ok() != Some(N) {
         return bad(arg, expected, term);
     }
     let mut values = [term; N];

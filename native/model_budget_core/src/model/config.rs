@@ -161,11 +161,9 @@ pub(crate) fn read(folder: &Path) -> Result<Arch> {
 pub(crate) fn parse(text: &str) -> Result<Arch> {
     let top = known(text, 0, "the config")?;
     let nested = match top.iter().find(|(k, _)| *k == "text_config") {
+        // Its values are slices of `text` too, so offsets stay file offsets.
         Some((_, raw)) if raw.get() != "null" => {
-            let at = json::offset_in(text, raw);
-            let nested = known(raw.get(), at, "text_config")?;
-            // Its offsets are within `raw`, itself within `text`.
-            nested
+            known(raw.get(), json::offset_in(text, raw), "text_config")?
         }
         _ => Vec::new(),
     };

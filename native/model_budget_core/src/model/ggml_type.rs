@@ -96,7 +96,7 @@ impl GgmlType {
     /// elements and that holds `elements` in all, the way `ggml_nbytes`
     /// counts them. `None` when a row is not a whole number of blocks.
     pub fn bytes(&self, row: u64, elements: u64) -> Option<u64> {
-        if row % self.block_size != 0 {
+        if !row.is_multiple_of(self.block_size) {
             return None;
         }
         (elements / self.block_size).checked_mul(self.type_size)

@@ -5,13 +5,15 @@
 //! the tensor table, padding to `general.alignment`, then the data, in which
 //! each tensor's offset is relative to the padded end of the header.
 
+use std::fs::File;
 use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
 
 use super::arch::{gguf_default_period, Arch, At, Count, SwaLayers};
 use super::ggml_type::GgmlType;
 use super::source::Source;
 use super::tally::{assemble, Embedding, Role, Tensor};
-use super::{invalid, Format, Model, MAX_LAYERS};
+use super::{in_file, invalid, io_error, Format, Model, MAX_LAYERS};
 use crate::error::Result;
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -238,7 +240,7 @@ impl Kept {
 fn wanted(key: &str) -> bool {
     matches!(
         key,
-        "general.architecture" | "general.name" | "general.alignment"
+        "general.architecture" | "general.name" | "general.alignment" | "split.no" | "split.count"
     ) || key
         .split_once('.')
         .is_some_and(|(_, rest)| ARCH_KEYS.contains(&rest))
@@ -442,8 +444,149 @@ fn role(name: &[u8]) -> Role {
     }
 }
 
+/// One file's header, checked.
+struct Header {
+    kept: Kept,
+    tensors: Vec<Tensor>,
+    embedding: Option<Embedding>,
+    names: Names,
+}
+
+impl Header {
+    /// `split.no` and `split.count` (llama.cpp's gguf-split), if present.
+    fn split(&self) -> Result<(u64, u64)> {
+        let get = |key| self.kept.get(key).map(int).transpose();
+        Ok((
+            get("split.no")?.unwrap_or(0),
+            get("split.count")?.unwrap_or(1),
+        ))
+    }
+}
+
 /// Parses the header of a GGUF file of `len` bytes.
 pub fn parse<R: Read + Seek>(reader: R, len: u64) -> Result<Model> {
+    let h = header(reader, len)?;
+    assemble(
+        Format::Gguf,
+        len,
+        describe(&h.kept)?,
+        &h.tensors,
+        h.embedding,
+    )
+}
+
+fn open(path: &Path) -> Result<(File, u64)> {
+    let file = File::open(path).map_err(|e| io_error(&e))?;
+    let len = file.metadata().map_err(|e| io_error(&e))?.len();
+    Ok((file, len))
+}
+
+/// The files of a model split `count` ways, from one of their names
+/// (`NAME-00002-of-00003.gguf`, as llama.cpp's gguf-split writes them).
+fn split_paths(path: &Path, count: u64) -> Option<Vec<PathBuf>> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".gguf")?;
+    let (prefix, of) = stem.rsplit_once("-of-")?;
+    let (prefix, _) = prefix.rsplit_once('-')?;
+    if of.parse::<u64>().ok()? != count {
+        return None;
+    }
+    Some(
+        (1..=count)
+            .map(|i| path.with_file_name(format!("{prefix}-{i:05}-of-{count:05}.gguf")))
+            .collect(),
+    )
+}
+
+/// Reads the GGUF file at `path`, and, for a split model, every split.
+pub(crate) fn read_path(path: &Path) -> Result<Model> {
+    let (file, len) = open(path)?;
+    let given = header(file, len)?;
+    let (_, count) = given.split()?;
+    if count <= 1 {
+        return assemble(
+            Format::Gguf,
+            len,
+            describe(&given.kept)?,
+            &given.tensors,
+            given.embedding,
+        );
+    }
+    let paths = split_paths(path, count).ok_or_else(|| {
+        invalid(
+            0,
+            format!(
+                "split.count is {count} but the file name is not NAME-0000N-of-{count:05}.gguf"
+            ),
+        )
+    })?;
+    let mut given = Some((given, len));
+    let mut splits = Vec::with_capacity(paths.len());
+    let mut file_bytes = 0u64;
+    for (i, split_path) in paths.iter().enumerate() {
+        let name = split_path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let (h, len) = match given.take_if(|_| split_path == path) {
+            Some(read) => read,
+            None => {
+                let (file, len) = open(split_path)?;
+                (header(file, len).map_err(|e| in_file(e, &name))?, len)
+            }
+        };
+        let (no, of) = h.split().map_err(|e| in_file(e, &name))?;
+        if (no, of) != (i as u64, count) {
+            return Err(in_file(
+                invalid(
+                    0,
+                    format!("is split {no} of {of}, expected split {i} of {count}"),
+                ),
+                &name,
+            ));
+        }
+        file_bytes = file_bytes
+            .checked_add(len)
+            .ok_or_else(|| invalid(0, "the splits add up past 2^64 bytes"))?;
+        splits.push((name, h));
+    }
+    // A name may appear once across all splits.
+    let mut all: Vec<(&[u8], usize, u64)> = splits
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, h))| {
+            h.names
+                .spans
+                .iter()
+                .map(move |&(span, at)| (h.names.get(span), i, at))
+        })
+        .collect();
+    all.sort_unstable();
+    if let Some(w) = all.windows(2).find(|w| w[0].0 == w[1].0) {
+        let (name, i, at) = w[1];
+        return Err(in_file(
+            invalid(
+                at,
+                format!("tensor {} is also in another split", lossy(name)),
+            ),
+            &splits[i].0,
+        ));
+    }
+    let tensors: Vec<Tensor> = splits
+        .iter()
+        .flat_map(|(_, h)| h.tensors.iter().copied())
+        .collect();
+    let embedding = splits.iter().find_map(|(_, h)| h.embedding);
+    // llama.cpp's gguf-split keeps the model's metadata in the first split.
+    assemble(
+        Format::Gguf,
+        file_bytes,
+        describe(&splits[0].1.kept)?,
+        &tensors,
+        embedding,
+    )
+}
+
+fn header<R: Read + Seek>(reader: R, len: u64) -> Result<Header> {
     let mut r = Reader {
         src: Source::new(reader, len)?,
     };
@@ -570,7 +713,7 @@ pub fn parse<R: Read + Seek>(reader: R, len: u64) -> Result<Model> {
                 ty.name, dims[0], ty.block_size
             ))
         })?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(invalid(type_at + 4, format!("tensor {shown} has offset {offset}, not a multiple of the alignment {alignment}")));
         }
         let role = role(&name);
@@ -600,8 +743,12 @@ pub fn parse<R: Read + Seek>(reader: R, len: u64) -> Result<Model> {
         .ok_or_else(|| invalid(header_end, "the data section starts past 2^64"))?;
     names.check_unique("tensor name")?;
     check_regions(&entries, &names, data_start, len)?;
-
-    assemble(Format::Gguf, len, describe(&kept)?, &tensors, embedding)
+    Ok(Header {
+        kept,
+        tensors,
+        embedding,
+        names,
+    })
 }
 
 /// Every tensor lies inside the file and no two overlap.

@@ -118,7 +118,8 @@ pub struct Model {
     pub types: BTreeMap<String, TypeStats>,
 }
 
-/// Reads the model at `path`: a GGUF file, a `.safetensors` file, a
+/// Reads the model at `path`: a GGUF file (with its other splits, for a
+/// model split by llama.cpp's gguf-split), a `.safetensors` file, a
 /// `model.safetensors.index.json`, or a folder holding one of the latter.
 /// For safetensors, a `config.json` in the same folder supplies the
 /// architecture numbers.
@@ -128,8 +129,7 @@ pub fn read(path: &Path) -> Result<Model> {
         return safetensors::read_path(&find_in_folder(path)?, path);
     }
     if has_gguf_magic(path)? {
-        let file = File::open(path).map_err(|e| io_error(&e))?;
-        return gguf::parse(file, meta.len());
+        return gguf::read_path(path);
     }
     let folder = path.parent().unwrap_or(Path::new("."));
     safetensors::read_path(path, folder)

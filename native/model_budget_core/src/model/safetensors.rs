@@ -167,7 +167,7 @@ fn tensor(text: &str, name: String, raw: &RawValue) -> Result<TensorInfo> {
     let bits = elements
         .checked_mul(dtype.bits())
         .ok_or_else(|| invalid(at, format!("tensor {name} has more than 2^64 bits")))?;
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         return Err(invalid(
             at,
             format!(

@@ -6,6 +6,7 @@
 #[derive(Debug, Clone)]
 pub enum Kv {
     U8(u8),
+    U16(u16),
     U32(u32),
     I32(i32),
     U64(u64),
@@ -23,6 +24,7 @@ impl Kv {
     fn type_id(&self) -> u32 {
         match self {
             Kv::U8(_) => 0,
+            Kv::U16(_) => 2,
             Kv::U32(_) => 4,
             Kv::I32(_) => 5,
             Kv::F32(_) => 6,
@@ -47,6 +49,7 @@ fn put_value(out: &mut Vec<u8>, v: &Kv) {
     }
     match v {
         Kv::U8(x) => out.push(*x),
+        Kv::U16(x) => out.extend(x.to_le_bytes()),
         Kv::U32(x) => out.extend(x.to_le_bytes()),
         Kv::I32(x) => out.extend(x.to_le_bytes()),
         Kv::U64(x) => out.extend(x.to_le_bytes()),

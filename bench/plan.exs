@@ -12,7 +12,11 @@ empty = ModelBudget.empty_usage()
 
 ram_only = %{budget: ModelBudget.resolve(%{ram: 64 * gib, vram: []}), used: empty, n_gpus: 0}
 # Short on both GPUs: the search scans n_gpu_layers 81..0 and tries q8_0/q4_0.
-two_gpus = %{budget: ModelBudget.resolve(%{ram: 64 * gib, vram: [16 * gib, 16 * gib]}), used: empty, n_gpus: 2}
+two_gpus = %{
+  budget: ModelBudget.resolve(%{ram: 64 * gib, vram: [16 * gib, 16 * gib]}),
+  used: empty,
+  n_gpus: 2
+}
 
 machine = %{
   memory: %{total: 64 * gib, available: 60 * gib, limit: 64 * gib},
@@ -23,8 +27,8 @@ machine = %{
 IO.puts("plan, #{Timing.machine()}")
 
 for {name, fun, batches, per_batch} <- [
-      {"search/3, 70B fits in RAM (context search)",
-       fn -> Plan.search(big, [], ram_only) end, 31, 200},
+      {"search/3, 70B fits in RAM (context search)", fn -> Plan.search(big, [], ram_only) end, 31,
+       200},
       {"search/3, 70B short on 2 GPUs (all searches)",
        fn -> Plan.search(big, [split_mode: :layer], two_gpus) end, 31, 20},
       {"run/1, the 5 built-in models, RAM only",

@@ -359,6 +359,13 @@ defmodule ModelBudget.Plan do
   @doc """
   The task's exit status for a report: `0` when every model fits, `1` when
   one does not.
+
+  ## Examples
+
+      iex> machine = %{memory: %{total: 2**36, available: 2**36, limit: 2**36}, gpus: [], gpu_status: {:unavailable, "no driver"}}
+      iex> {:ok, plan} = ModelBudget.Plan.run(models: ["gemma-2-9b"], budget: :infinity, machine: machine)
+      iex> ModelBudget.Plan.exit_status(plan)
+      0
   """
   @spec exit_status(t()) :: 0 | 1
   def exit_status(%__MODULE__{models: models}),

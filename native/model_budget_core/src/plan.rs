@@ -67,7 +67,8 @@ pub struct Search {
     pub longest_context: Option<u64>,
     /// When the model does not fit and there are GPUs: the largest
     /// `n_gpu_layers` in `0..=n_layers + 1` that fits (`n_layers + 1` also
-    /// offloads the output head), or `None` when none does.
+    /// offloads the output head), or `None` when none does or the model has
+    /// more than [`MAX_SEARCHED_LAYERS`] blocks.
     pub n_gpu_layers: Option<i64>,
     /// When the model does not fit: the first of `q8_0` and `q4_0`, used for
     /// both K and V, that is smaller than the requested cache and fits.
@@ -144,10 +145,18 @@ fn longest_context(
     (lo > 0).then_some(lo)
 }
 
+/// The most blocks whose `n_gpu_layers` are searched: the scan places the
+/// model once per candidate, so its cost grows with the square of the block
+/// count. Published models have at most a few hundred blocks.
+pub const MAX_SEARCHED_LAYERS: usize = 1024;
+
 /// The largest `n_gpu_layers` that fits. Offloading more can help (RAM is
-/// short) or hurt (a GPU is short), so this scans from the top instead of
-/// assuming an order; a model has at most 100,000 layers.
+/// short) or hurt (a GPU is short), and which GPU a block lands on shifts
+/// with the count, so this scans from the top instead of assuming an order.
 fn most_gpu_layers(model: &ModelShape, opts: &DistributeOptions, target: Target) -> Option<i64> {
+    if model.n_layers() > MAX_SEARCHED_LAYERS {
+        return None;
+    }
     let all = i64::try_from(model.n_layers()).ok()? + 1;
     (0..=all).rev().find(|&k| {
         let o = DistributeOptions {
@@ -370,6 +379,28 @@ mod tests {
             (s.longest_context, s.n_gpu_layers, s.cache_type),
             (None, None, None)
         );
+    }
+
+    #[test]
+    fn models_past_the_searched_layers_get_no_layer_answer() {
+        let n = MAX_SEARCHED_LAYERS + 1;
+        let huge = ModelShape {
+            layer_bytes: vec![MIB; n],
+            n_head_kv: vec![8; n],
+            ..llama_8b()
+        };
+        let budget = per_device(64 * GIB, &[MIB]);
+        let s = search(&huge, &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        assert_eq!(s.short[0].device, Device::Gpu(0));
+        assert_eq!(s.n_gpu_layers, None);
+        let at_limit = ModelShape {
+            layer_bytes: vec![MIB; n - 1],
+            n_head_kv: vec![8; n - 1],
+            ..llama_8b()
+        };
+        let s = search(&at_limit, &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        // The GPU cannot hold even its overhead: only keeping everything in RAM fits.
+        assert_eq!(s.n_gpu_layers, Some(0));
     }
 
     #[test]

@@ -66,7 +66,9 @@ fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::nil().encode(env))
 }
 
-#[rustler::nif]
+/// A search places the model up to a few thousand times: a dirty CPU
+/// scheduler keeps that off the normal schedulers.
+#[rustler::nif(schedule = "DirtyCpu")]
 fn plan_search<'a>(
     env: Env<'a>,
     model: Term<'a>,

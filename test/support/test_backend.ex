@@ -1,0 +1,154 @@
+defmodule ModelBudget.TestBackend do
+  @moduledoc """
+  A `ModelBudget.Backend` for tests whose loads really occupy memory: each
+  load starts a holder process keeping a binary of the placement's RAM bytes,
+  and the holder pid is the handle.
+
+  Sources are `{:test, bytes}` or `{:test, bytes, behaviour}`:
+
+    * `:ok` - loads at once.
+    * `{:sleep, ms}` - loads after `ms` milliseconds.
+    * `:fail` - stops its holder and returns `{:error, :told_to_fail}`.
+    * `:crash` - raises; the holder, linked to the loading task, dies with it.
+    * `:stall` - sends `{ModelBudget.TestBackend, :stalled, task_pid}` to the
+      `:notify` process and loads only once the task receives `:continue`.
+    * `:bad_return` - stops its holder and returns `:bad`.
+    * `:no_footprint` - its footprint is `{:error, :no_footprint}`.
+    * `:slow_unload` - on unload, the holder sends
+      `{ModelBudget.TestBackend, :unloading, holder}` to `:notify` and waits for
+      `:continue` before freeing its memory.
+    * `:crash_unload` - unload frees the memory, then raises.
+
+  Load options (besides the manager's):
+
+    * `:notify` - a pid told `{ModelBudget.TestBackend, :holder, holder}` when
+      a holder starts, and the events above.
+    * `:counter` - a `:counters` ref of 2 slots: live holders and bytes held.
+  """
+
+  @behaviour ModelBudget.Backend
+
+  @impl true
+  def footprint({:test, _bytes, :no_footprint}, _opts), do: {:error, :no_footprint}
+  def footprint({:test, bytes, _behaviour}, _opts), do: {:ok, bytes}
+  def footprint({:test, bytes}, _opts), do: {:ok, bytes}
+
+  @impl true
+  def load({:test, bytes}, placement, opts), do: load({:test, bytes, :ok}, placement, opts)
+
+  def load({:test, _bytes, behaviour}, placement, opts) do
+    holder = hold(placement.ram, behaviour, opts)
+
+    case behaviour do
+      {:sleep, ms} ->
+        Process.sleep(ms)
+        {:ok, holder}
+
+      :fail ->
+        stop(holder)
+        {:error, :told_to_fail}
+
+      :crash ->
+        raise "told to crash"
+
+      :stall ->
+        notify(opts, {:stalled, self()})
+
+        receive do
+          :continue -> {:ok, holder}
+        end
+
+      :bad_return ->
+        stop(holder)
+        :bad
+
+      _ ->
+        {:ok, holder}
+    end
+  end
+
+  @impl true
+  def unload(holder) do
+    case stop(holder) do
+      :ok -> :ok
+      :crash -> raise "told to crash on unload"
+    end
+  end
+
+  @doc "Live holders and bytes they hold, from a `:counter` ref."
+  def held(counter), do: {:counters.get(counter, 1), :counters.get(counter, 2)}
+
+  # Linked to the loading task: it dies with a task that crashes or is killed,
+  # and outlives one that returns.
+  defp hold(bytes, behaviour, opts) do
+    task = self()
+    counter = opts[:counter]
+
+    holder =
+      spawn_link(fn ->
+        Process.flag(:trap_exit, true)
+        data = :binary.copy(<<0>>, bytes)
+        count(counter, 1, bytes)
+        send(task, {:held, self()})
+        hold_loop(%{task: task, data: data, counter: counter, behaviour: behaviour, opts: opts})
+      end)
+
+    receive do
+      {:held, ^holder} -> notify(opts, {:holder, holder})
+    end
+
+    holder
+  end
+
+  defp hold_loop(%{task: task} = s) do
+    receive do
+      {:stop, from, ref} ->
+        if s.behaviour == :slow_unload do
+          notify(s.opts, {:unloading, self()})
+
+          receive do
+            :continue -> :ok
+          end
+        end
+
+        free(s)
+        send(from, {ref, if(s.behaviour == :crash_unload, do: :crash, else: :ok)})
+
+      {:EXIT, ^task, :normal} ->
+        hold_loop(s)
+
+      {:EXIT, _, reason} ->
+        free(s)
+        exit(reason)
+    end
+  end
+
+  defp free(%{counter: counter, data: data}), do: count(counter, -1, -byte_size(data))
+
+  defp stop(holder) do
+    ref = Process.monitor(holder)
+    send(holder, {:stop, self(), ref})
+
+    receive do
+      {^ref, answer} ->
+        receive do
+          {:DOWN, ^ref, :process, _, _} -> answer
+        end
+
+      # Already gone (a test killed it): nothing left to free.
+      {:DOWN, ^ref, :process, _, _} ->
+        :ok
+    end
+  end
+
+  defp count(nil, _, _), do: :ok
+
+  defp count(counter, holders, bytes) do
+    :counters.add(counter, 1, holders)
+    :counters.add(counter, 2, bytes)
+  end
+
+  defp notify(opts, event) do
+    if pid = opts[:notify], do: send(pid, {__MODULE__, elem(event, 0), elem(event, 1)})
+  end
+end

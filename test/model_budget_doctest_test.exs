@@ -2,5 +2,8 @@ defmodule ModelBudgetDoctestTest do
   use ExUnit.Case, async: true
   doctest ModelBudget
   doctest ModelBudget.Format
-  doctest ModelBudget.Plan.Report
+  doctest ModelBudget.Plan
+  doctest ModelBudget.Plan.Catalog
+  doctest ModelBudget.Plan.Text
+  doctest ModelBudget.JSON
 end

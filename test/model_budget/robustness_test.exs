@@ -16,8 +16,16 @@ defmodule ModelBudget.RobustnessTest do
     release: {&ModelBudget.release/2, 2},
     breakdown: {&ModelBudget.breakdown/3, 3},
     estimate: {&ModelBudget.estimate/3, 3},
-    max_context_length: {&ModelBudget.max_context_length/3, 3}
+    max_context_length: {&ModelBudget.max_context_length/3, 3},
+    plan_search: {&__MODULE__.plan_search/5, 5},
+    parse_bytes: {&ModelBudget.Format.parse_bytes/1, 1},
+    json_encode: {&ModelBudget.JSON.encode!/1, 1},
+    json_decode: {&ModelBudget.JSON.decode/1, 1}
   ]
+
+  # ModelBudget.Plan.search/3 with each part of its target random.
+  def plan_search(model, opts, n_gpus, budget, used),
+    do: ModelBudget.Plan.search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus})
 
   for {name, {fun, arity}} <- @calls do
     @tag timeout: 120_000

@@ -1,16 +1,102 @@
 defmodule Mix.Tasks.ModelBudget.Plan do
-  @shortdoc "Shows this machine's memory budget and where models would go"
+  @shortdoc "What can this machine serve, and how? Fits models into RAM and GPUs"
   @moduledoc """
-  Shows this machine's resolved `:auto` memory budget and a worked example of
-  `ModelBudget.distribute/3`, `ModelBudget.check/3` and `ModelBudget.fold/2`.
+  Answers "what can this machine serve, and how?".
 
-      mix model_budget.plan
+      mix model_budget.plan [PATH | NAME ...] [options]
+
+  Without arguments it shows this machine (RAM: physical, available and the
+  container limit; each GPU: name, total and free memory), the resolved
+  `:auto` budget, and for each built-in model shape
+  (`ModelBudget.Plan.Catalog`: Llama-3.1-8B, Gemma-2-9B, Qwen2.5-32B,
+  Mixtral-8x7B and Llama-3.1-70B at Q4_K_M), checked on its own: whether it
+  fits, where it would go (per device: weights, KV cache, compute buffers,
+  overhead) and the longest context that fits.
+
+  With PATHs (GGUF files, safetensors files, index files or folders; or the
+  names of built-in models) it reads each model's header and checks them
+  together, in order, as a model manager would load them: each model is
+  checked against what the ones before it that fit already hold, and the
+  report says which would be refused.
+
+  For a model that does not fit, the verdict names every device that is
+  short and by how much, and lists the changes that would make it fit, each
+  found by placing the model again: the most GPU layers that fit, the
+  longest context that fits, and a quantized KV cache (`q8_0`, else `q4_0`).
+
+  ## Options
+
+  As llama.cpp's load options (its short spellings such as `-ngl`, `-c`,
+  `-ts`, `-ctk` are accepted too):
+
+    * `--n-gpu-layers N` - blocks to offload; `-1` or anything above the
+      layer count offloads everything. Defaults to `99`.
+    * `--split-mode none|layer|row` - how offloaded blocks spread over GPUs.
+      Defaults to `none`.
+    * `--tensor-split 3,1` - weights per GPU. Defaults to an even split.
+    * `--main-gpu I` - the GPU for `--split-mode none`. Defaults to `0`.
+    * `--ctx N` - the server's total context in tokens. Defaults to each
+      model's trained context, at most 8192.
+    * `--parallel N` - slots the context is divided among (shown per slot;
+      it does not change memory). Defaults to `1`.
+    * `--cache-type-k T`, `--cache-type-v T` - KV cache types: `f32`, `f16`,
+      `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`. Default `f16`.
+    * `--no-kv-offload` - keep the KV cache in RAM.
+    * `--budget B` - `auto` (80% of RAM, each GPU's free memory), `unlimited`,
+      one pool such as `48GiB`, or per device `ram=64GiB,vram=24GiB:24GiB`
+      (`auto` and `unlimited` allowed per part, `vram=none` for no GPUs; a
+      part left out is `auto`). Listing VRAM limits plans for that many
+      GPUs, so you can ask about a machine you are not on. Defaults to `auto`.
+    * `--json` - print the report as JSON (see `ModelBudget.Plan.to_json/1`).
+
+  Colour is used only when standard output is a terminal.
+
+  ## Exit status
+
+    * `0` - every model fits.
+    * `1` - a model does not fit.
+    * `2` - bad input: an unknown option or value, a file that cannot be
+      read, an option the machine cannot honour. One line on standard error.
   """
   use Mix.Task
 
+  alias ModelBudget.Plan
+
   @impl true
-  def run(_args) do
+  def run(args) do
     Mix.Task.run("app.start")
-    ModelBudget.Plan.Report.machine() |> IO.puts()
+
+    case main(args, colour?()) do
+      0 -> :ok
+      status -> exit({:shutdown, status})
+    end
+  end
+
+  @doc false
+  # Prints the report (or the error) and returns the exit status.
+  def main(args, colour) do
+    with {:ok, %{plan: opts, json: json}} <- Plan.Args.parse(args),
+         {:ok, plan} <- with_switches(Plan.run(opts)) do
+      output =
+        if json,
+          do: ModelBudget.JSON.encode!(Plan.to_json(plan), pretty: true),
+          else: Plan.Text.render(plan, colour: colour)
+
+      IO.puts(output)
+      Plan.exit_status(plan)
+    else
+      {:error, message} ->
+        IO.puts(:stderr, "mix model_budget.plan: " <> message)
+        2
+    end
+  end
+
+  defp with_switches({:error, message}), do: {:error, Plan.Args.cli_message(message)}
+  defp with_switches(ok), do: ok
+
+  # Colour only when this process writes to the VM's own standard output
+  # (not captured) and that is a terminal, which IO.ANSI.enabled?/0 tells.
+  defp colour? do
+    IO.ANSI.enabled?() and Process.group_leader() == Process.whereis(:user)
   end
 end

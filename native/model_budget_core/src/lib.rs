@@ -13,6 +13,7 @@ pub mod error;
 pub mod layout;
 pub mod model;
 pub mod placement;
+pub mod plan;
 pub mod split;
 pub mod system;
 

@@ -434,6 +434,32 @@ fn gguf_checks_alignment_and_kept_values() {
 }
 
 #[test]
+fn gguf_per_layer_arrays_hold_counts() {
+    let g = Gguf::new()
+        .kv("general.architecture", Kv::Str("x".into()))
+        .kv("x.block_count", Kv::U32(2))
+        .kv("x.attention.head_count_kv", Kv::I32s(vec![4, -1]));
+    // 24-byte preamble, 41 + 29 bytes of the first two entries, then the
+    // key (8 + 25), value type, element type and count: the second element.
+    let at = 24 + 41 + 29 + 33 + 4 + 4 + 8 + 4;
+    assert_eq!(
+        parse_gguf(&g.bytes()).unwrap_err(),
+        invalid(
+            at,
+            "x.attention.head_count_kv holds -1, expected a count below 2^32"
+        )
+    );
+    let floats = Gguf::new()
+        .kv("general.architecture", Kv::Str("x".into()))
+        .kv("x.block_count", Kv::U32(2))
+        .kv("x.attention.head_count", Kv::F32s(vec![1.0, 2.0]));
+    assert!(
+        matches!(parse_gguf(&floats.bytes()), Err(Error::InvalidModel { reason, .. })
+        if reason == "x.attention.head_count holds 2 non-integer or too many entries")
+    );
+}
+
+#[test]
 fn gguf_without_tensors_or_metadata_is_a_valid_empty_model() {
     let m = parse_gguf(&Gguf::new().bytes()).unwrap();
     assert_eq!((m.weight_bytes, m.n_layers, m.architecture), (0, 0, None));

@@ -85,6 +85,13 @@ fn hostile_counts_and_lengths_allocate_within_the_file_size() {
             b
         },
         support::llama(2, 256, 512, 2000, 2, 8, false).bytes(),
+        // the longest per-layer array kept, one byte per entry
+        support::Gguf::new()
+            .kv(
+                "x.attention.head_count_kv",
+                support::Kv::Bools(vec![true; 1 << 16]),
+            )
+            .bytes(),
     ];
     for bytes in &cases {
         let got = largest(bytes);

@@ -19,19 +19,28 @@ impl Encoder for DeviceTerm {
     }
 }
 
-/// The error tuple, with the keyword list in DESIGN.md's order.
-struct Shortfall(Insufficient);
+/// `[device:, required:, available:]`, in DESIGN.md's order.
+pub struct Details(pub Insufficient);
 
-impl Encoder for Shortfall {
+impl Encoder for Details {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         let details = [
             (atoms::device(), DeviceTerm(self.0.device).encode(env)),
             (atoms::required(), self.0.required.encode(env)),
             (atoms::available(), self.0.available.encode(env)),
         ];
+        details.as_slice().encode(env)
+    }
+}
+
+/// The error tuple.
+struct Shortfall(Insufficient);
+
+impl Encoder for Shortfall {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         (
             atoms::error(),
-            (atoms::insufficient_memory(), details.as_slice()),
+            (atoms::insufficient_memory(), Details(self.0)),
         )
             .encode(env)
     }

@@ -10,9 +10,11 @@ mod decode;
 mod devices;
 mod distribute;
 mod floor;
+mod json;
 mod layout;
 mod model;
 mod placement;
+mod plan;
 mod system;
 
 rustler::init!("Elixir.ModelBudget.Native");

@@ -25,10 +25,13 @@ mod eval;
 mod lexer;
 mod parser;
 mod ratio;
+mod size;
 #[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
+
+pub use size::parse_size;
 
 use crate::error::{invalid, Error};
 

@@ -95,6 +95,11 @@ impl Ratio {
         })
     }
 
+    /// The largest integer not above this value.
+    pub(crate) fn floor(self) -> i128 {
+        self.num.div_euclid(self.den)
+    }
+
     /// Scales by `10^-places`, for decimal literals.
     pub(crate) fn decimal(digits: i128, places: u32) -> Option<Ratio> {
         Ratio::new(digits, 10i128.checked_pow(places)?)

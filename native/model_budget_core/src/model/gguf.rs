@@ -65,7 +65,7 @@ enum Value {
     Int(i128),
     Bool(bool),
     Str(String),
-    Ints(Vec<i128>),
+    Ints(Vec<u32>),
     /// An array we only counted (strings, floats, or too long to keep).
     Counted(u64),
     /// A value we read past.
@@ -189,11 +189,18 @@ impl<R: Read + Seek> Reader<R> {
                 self.src.skip(bytes, key)?;
                 return Ok(Value::Counted(count));
             }
-            // Kept arrays are per-layer values: at most MAX_LAYERS entries.
+            // Kept arrays are per-layer counts and flags: at most MAX_LAYERS
+            // entries of 4 bytes, never more than 4x the bytes they occupy.
             let mut values = Vec::with_capacity(count as usize);
             for _ in 0..count {
+                let element_at = self.src.offset();
                 values.push(match self.scalar(ty, key)? {
-                    Value::Int(v) => v,
+                    Value::Int(v) => u32::try_from(v).map_err(|_| {
+                        invalid(
+                            element_at,
+                            format!("{key} holds {v}, expected a count below 2^32"),
+                        )
+                    })?,
                     Value::Bool(b) => b.into(),
                     _ => 0,
                 });
@@ -263,17 +270,7 @@ fn int(v: &At<Value>) -> Result<u64> {
 
 fn ints(v: &At<Value>) -> Result<Vec<u64>> {
     match &v.value {
-        Value::Ints(values) => values
-            .iter()
-            .map(|&n| {
-                u64::try_from(n).map_err(|_| {
-                    invalid(
-                        v.offset,
-                        format!("{} holds {n}, expected non-negative integers", v.key),
-                    )
-                })
-            })
-            .collect(),
+        Value::Ints(values) => Ok(values.iter().map(|&n| n.into()).collect()),
         Value::Counted(n) => Err(invalid(
             v.offset,
             format!("{} holds {n} non-integer or too many entries", v.key),

@@ -1,0 +1,463 @@
+defmodule ModelBudget.Plan do
+  @moduledoc """
+  The answer `mix model_budget.plan` prints: what this machine has, its
+  budget, and for each model whether it fits, where it would go, the
+  longest context that fits and, when it does not fit, the changes to the
+  load options that would make it fit.
+
+  `run/1` builds the report as data (a `%ModelBudget.Plan{}`), without
+  printing anything; `ModelBudget.Plan.Text` renders it for people and
+  `to_json/1` for programs.
+
+  Models given together are folded in order, as a `ModelBudget.ModelManager`
+  would admit them: each is checked against the memory the earlier ones that
+  fit already hold, and one that does not fit is refused and takes nothing.
+  The built-in models (`ModelBudget.Plan.Catalog`) are alternatives, each
+  checked alone.
+  """
+
+  alias ModelBudget.{Model, Native}
+  alias ModelBudget.Plan.Catalog
+  require ModelBudget.Native.Errors, as: Errors
+
+  @enforce_keys [:machine, :budget, :n_gpus, :options, :together, :models]
+  defstruct [:machine, :budget, :n_gpus, :options, :together, :models]
+
+  @typedoc "This machine as the report shows it."
+  @type machine :: %{
+          memory: %{
+            total: non_neg_integer(),
+            available: non_neg_integer(),
+            limit: non_neg_integer()
+          },
+          gpus: [ModelBudget.gpu()],
+          gpu_status: {:ok, String.t(), non_neg_integer()} | {:unavailable, String.t()}
+        }
+
+  @typedoc "A device a share or a shortfall is on."
+  @type device :: ModelBudget.device()
+
+  @typedoc """
+  One device's part of a model's placement, and what the budget has left
+  there: `:infinity` when it sets no limit, `nil` for a device inside a
+  combined budget's pool (the `:total` row has the pool).
+  """
+  @type device_share :: %{
+          device: device(),
+          weights: non_neg_integer(),
+          kv_cache: non_neg_integer(),
+          compute: non_neg_integer(),
+          overhead: non_neg_integer(),
+          total: non_neg_integer(),
+          available: non_neg_integer() | :infinity | nil
+        }
+
+  @typedoc "A device that is short: what the model needs there, what is left, the difference."
+  @type shortfall :: %{
+          device: device(),
+          required: non_neg_integer(),
+          available: non_neg_integer(),
+          short_by: pos_integer()
+        }
+
+  @typedoc """
+  A change to the load options that makes a model fit, each found by
+  placing the model again: `{:n_gpu_layers, k}`, `{:n_ctx, n}` or
+  `{:cache_type, type}` (for both K and V).
+  """
+  @type suggestion ::
+          {:n_gpu_layers, non_neg_integer()}
+          | {:n_ctx, pos_integer()}
+          | {:cache_type, atom()}
+
+  @typedoc "The verdict for one model."
+  @type entry :: %{
+          name: String.t(),
+          source: :builtin | Path.t(),
+          model: Model.t(),
+          fits: boolean(),
+          n_ctx: pos_integer(),
+          longest_context: pos_integer() | nil,
+          devices: [device_share()],
+          short: [shortfall()],
+          suggestions: [suggestion()]
+        }
+
+  @type t :: %__MODULE__{
+          machine: machine(),
+          budget: ModelBudget.budget(),
+          n_gpus: non_neg_integer(),
+          options: keyword(),
+          together: boolean(),
+          models: [entry()]
+        }
+
+  @doc """
+  Builds the report. Returns `{:error, message}`, a one-line message, when
+  a model cannot be read or an option is refused.
+
+  ## Options
+
+    * `:models` - model file or folder paths (anything `ModelBudget.Model.read/1`
+      reads) and built-in names (`ModelBudget.Plan.Catalog.fetch/1`), checked
+      together in order; `[]` checks each built-in model alone. Defaults to `[]`.
+    * `:budget` - a `:memory_budget` option (see `ModelBudget.resolve/2`),
+      resolved against `:machine`. A per-device budget that lists VRAM limits
+      plans for that many GPUs (a machine you may not be on); otherwise
+      the machine's GPUs are used. Defaults to `:auto`.
+    * `:load` - load options for `ModelBudget.distribute/3` (`:n_gpu_layers`,
+      `:split_mode`, `:tensor_split`, `:main_gpu`, `:n_ctx`, `:n_parallel`,
+      `:cache_type_k`, `:cache_type_v`, `:offload_kqv`, ...). Defaults to `[]`.
+    * `:machine` - a `t:machine/0` to plan for. Defaults to this machine,
+      probed with `ModelBudget.system_memory/0`, `ModelBudget.devices/0` and
+      `ModelBudget.gpu_status/0`.
+
+  ## Examples
+
+      iex> machine = %{memory: %{total: 64 * 2**30, available: 60 * 2**30, limit: 64 * 2**30}, gpus: [], gpu_status: {:unavailable, "no driver"}}
+      iex> {:ok, plan} = ModelBudget.Plan.run(models: ["llama-3.1-8b", "llama-3.1-70b"], budget: %{ram: 48 * 2**30, vram: []}, machine: machine)
+      iex> Enum.map(plan.models, &{&1.name, &1.fits})
+      [{"Llama-3.1-8B-Instruct-Q4_K_M", true}, {"Llama-3.1-70B-Instruct-Q4_K_M", false}]
+      iex> ModelBudget.Plan.exit_status(plan)
+      1
+
+      iex> ModelBudget.Plan.run(models: ["/no/such/model.gguf"])
+      {:error, "/no/such/model.gguf: no such file, and not a built-in model (llama-3.1-8b, gemma-2-9b, qwen2.5-32b, mixtral-8x7b, llama-3.1-70b)"}
+  """
+  @spec run(keyword()) :: {:ok, t()} | {:error, String.t()}
+  def run(opts \\ []) do
+    opts = Keyword.validate!(opts, models: [], budget: :auto, load: [], machine: nil)
+    machine = opts[:machine] || probe()
+
+    with {:ok, models} <- load_models(opts[:models]) do
+      plan(models, opts, machine)
+    end
+  end
+
+  defp probe do
+    %{
+      memory: ModelBudget.system_memory(),
+      gpus: ModelBudget.devices(),
+      gpu_status: ModelBudget.gpu_status()
+    }
+  end
+
+  defp load_models([]), do: {:ok, Enum.map(Catalog.models(), &{:builtin, &1})}
+
+  defp load_models(sources) do
+    Enum.reduce_while(sources, {:ok, []}, fn source, {:ok, acc} ->
+      case load_model(source) do
+        {:ok, loaded} -> {:cont, {:ok, [loaded | acc]}}
+        {:error, message} -> {:halt, {:error, message}}
+      end
+    end)
+    |> case do
+      {:ok, models} -> {:ok, Enum.reverse(models)}
+      error -> error
+    end
+  end
+
+  # A path that exists is read even when a built-in model has its name.
+  defp load_model(source) do
+    with false <- File.exists?(source),
+         {:ok, model} <- Catalog.fetch(source) do
+      {:ok, {:builtin, model}}
+    else
+      true ->
+        case Model.read(source) do
+          {:ok, model} -> {:ok, {source, model}}
+          {:error, reason} -> {:error, "#{source}: #{read_error(reason)}"}
+        end
+
+      :error ->
+        {:error,
+         "#{source}: no such file, and not a built-in model (#{Enum.join(Catalog.names(), ", ")})"}
+    end
+  end
+
+  defp read_error({:invalid_model, message}), do: message
+  defp read_error(posix) when is_atom(posix), do: :file.format_error(posix) |> to_string()
+
+  # Bad options surface from the NIFs as ArgumentError: they are the user's
+  # input here, reported as a message instead of a crash.
+  defp plan(models, opts, machine) do
+    budget = Errors.call(Native.resolve(opts[:budget], machine.gpus, machine.memory.limit))
+    n_gpus = gpu_count(opts[:budget], machine)
+    load = opts[:load]
+    together = opts[:models] != []
+
+    {entries, _used} =
+      Enum.map_reduce(models, ModelBudget.empty_usage(), fn {source, model}, used ->
+        entry = entry(source, model, load, %{budget: budget, used: used, n_gpus: n_gpus})
+
+        used =
+          if together and entry.fits, do: ModelBudget.fold(used, placement(entry)), else: used
+
+        {entry, used}
+      end)
+
+    {:ok,
+     %__MODULE__{
+       machine: machine,
+       budget: budget,
+       n_gpus: n_gpus,
+       options: load,
+       together: together,
+       models: entries
+     }}
+  rescue
+    e in ArgumentError -> {:error, Exception.message(e)}
+  end
+
+  # Explicit VRAM limits describe the GPUs to plan for.
+  defp gpu_count(%{vram: vram}, _machine) when is_list(vram), do: length(vram)
+
+  defp gpu_count(%{vram: vram}, _machine) when is_map(vram) and map_size(vram) > 0,
+    do: (vram |> Map.keys() |> Enum.max()) + 1
+
+  defp gpu_count(_option, machine), do: length(machine.gpus)
+
+  defp placement(entry) do
+    Enum.reduce(entry.devices, ModelBudget.empty_usage(), fn
+      %{device: :ram, total: total}, acc -> %{acc | ram: total}
+      %{device: {:gpu, i}, total: total}, acc -> put_in(acc, [:vram, i], total)
+      %{device: :total}, acc -> acc
+    end)
+  end
+
+  @typedoc "Where a model is to go: the resolved budget, what it already holds, the GPU count."
+  @type target :: %{
+          budget: ModelBudget.budget(),
+          used: ModelBudget.placement(),
+          n_gpus: non_neg_integer()
+        }
+
+  @typedoc "What `search/3` finds."
+  @type search :: %{
+          short: [[device: device(), required: non_neg_integer(), available: non_neg_integer()]],
+          n_ctx: pos_integer(),
+          longest_context: pos_integer() | nil,
+          n_gpu_layers: non_neg_integer() | nil,
+          cache_type: atom() | nil
+        }
+
+  @doc """
+  Places `model` under the load options `opts` on `target` and searches for
+  what would fit, each answer found by placing the model again and
+  checking it (in the Rust core):
+
+    * `:short` - every device that is short (`ModelBudget.check/3` names
+      only the first), in its order; `[]` when the model fits.
+    * `:n_ctx` - the context the KV cache is sized for.
+    * `:longest_context` - the largest context, up to the longer of the
+      model's trained context and `:n_ctx`, that fits with the other
+      options unchanged; `nil` when not even one token does.
+    * `:n_gpu_layers` - when the model does not fit and there are GPUs, the
+      largest `n_gpu_layers` from `0` to `n_layers + 1` (which also offloads
+      the output head) that fits; `nil` when none does.
+    * `:cache_type` - when the model does not fit, the first of `:q8_0` and
+      `:q4_0` that, as both K and V cache type, shrinks the cache and fits.
+
+  ## Examples
+
+      iex> {:ok, model} = ModelBudget.Plan.Catalog.fetch("llama-3.1-8b")
+      iex> budget = ModelBudget.resolve(%{ram: 6 * 2**30, vram: []})
+      iex> target = %{budget: budget, used: ModelBudget.empty_usage(), n_gpus: 0}
+      iex> %{short: [[device: :ram, required: _, available: 6442450944]], longest_context: n, cache_type: :q8_0} =
+      ...>   ModelBudget.Plan.search(model, [n_ctx: 16_384], target)
+      iex> n < 16_384
+      true
+  """
+  @spec search(Model.t(), keyword(), target()) :: search()
+  def search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus}),
+    do: Errors.call(Native.plan_search(model, opts, n_gpus, budget, used))
+
+  defp entry(source, model, load, target) do
+    found = search(model, load, target)
+    opts = Keyword.put(load, :n_ctx, found.n_ctx)
+    breakdown = ModelBudget.breakdown(model, opts, target.n_gpus)
+
+    %{
+      name: model.name || Path.basename(source),
+      source: source,
+      model: model,
+      fits: found.short == [],
+      n_ctx: found.n_ctx,
+      longest_context: found.longest_context,
+      devices: devices(breakdown, target),
+      short: Enum.map(found.short, &shortfall/1),
+      suggestions: suggestions(found)
+    }
+  end
+
+  defp shortfall(details) do
+    %{
+      device: details[:device],
+      required: details[:required],
+      available: details[:available],
+      short_by: details[:required] - details[:available]
+    }
+  end
+
+  defp suggestions(%{short: []}), do: []
+
+  defp suggestions(found) do
+    [
+      found.n_gpu_layers && {:n_gpu_layers, found.n_gpu_layers},
+      found.longest_context && found.longest_context < found.n_ctx &&
+        {:n_ctx, found.longest_context},
+      found.cache_type && {:cache_type, found.cache_type}
+    ]
+    |> Enum.filter(& &1)
+  end
+
+  # Each device's share with what the budget has left there; a combined
+  # budget adds a row for the pool.
+  defp devices(breakdown, %{budget: budget, used: used}) do
+    ram = Map.merge(breakdown.ram, %{device: :ram, available: left(budget, :ram, used)})
+
+    gpus =
+      breakdown.vram
+      |> Enum.sort()
+      |> Enum.map(fn {i, share} ->
+        Map.merge(share, %{device: {:gpu, i}, available: left(budget, {:gpu, i}, used)})
+      end)
+
+    rows = [ram | gpus]
+
+    case budget do
+      %{mode: :combined, limit: limit} ->
+        sum = fn key -> rows |> Enum.map(& &1[key]) |> Enum.sum() end
+        used_total = used.ram + Enum.sum(Map.values(used.vram))
+
+        pool =
+          Map.new([:weights, :kv_cache, :compute, :overhead, :total], &{&1, sum.(&1)})
+          |> Map.merge(%{device: :total, available: max(limit - used_total, 0)})
+
+        rows ++ [pool]
+
+      _ ->
+        rows
+    end
+  end
+
+  defp left(%{mode: :per_device, ram: limit}, :ram, used), do: minus(limit, used.ram)
+
+  defp left(%{mode: :per_device, vram: vram}, {:gpu, i}, used) do
+    limit = if vram == :infinity, do: :infinity, else: Map.get(vram, i, :infinity)
+    minus(limit, Map.get(used.vram, i, 0))
+  end
+
+  defp left(%{mode: :unlimited}, _device, _used), do: :infinity
+
+  # Inside a combined pool a device has no limit of its own: the pool row has it.
+  defp left(%{mode: :combined}, _device, _used), do: nil
+
+  defp minus(:infinity, _used), do: :infinity
+  defp minus(limit, used), do: max(limit - used, 0)
+
+  @doc """
+  The task's exit status for a report: `0` when every model fits, `1` when
+  one does not.
+
+  ## Examples
+
+      iex> machine = %{memory: %{total: 2**36, available: 2**36, limit: 2**36}, gpus: [], gpu_status: {:unavailable, "no driver"}}
+      iex> {:ok, plan} = ModelBudget.Plan.run(models: ["gemma-2-9b"], budget: :infinity, machine: machine)
+      iex> ModelBudget.Plan.exit_status(plan)
+      0
+  """
+  @spec exit_status(t()) :: 0 | 1
+  def exit_status(%__MODULE__{models: models}),
+    do: if(Enum.all?(models, & &1.fits), do: 0, else: 1)
+
+  @doc """
+  The report as JSON-ready data (maps, lists, strings, integers, booleans,
+  `nil`), the shape `mix model_budget.plan --json` prints. Byte counts are
+  integers; an unlimited limit is `null`; a device is `"ram"`, `"gpu"` (with
+  `"gpu"`: its index) or `"total"` (a combined budget's pool).
+
+  ## Examples
+
+      iex> machine = %{memory: %{total: 2**35, available: 2**34, limit: 2**35}, gpus: [], gpu_status: {:unavailable, "no driver"}}
+      iex> {:ok, plan} = ModelBudget.Plan.run(models: ["llama-3.1-8b"], budget: %{ram: 2**34, vram: []}, machine: machine)
+      iex> %{fits: true, budget: %{mode: "per_device", ram: 17179869184}, models: [%{name: "Llama-3.1-8B-Instruct-Q4_K_M", devices: [%{device: "ram"}]}]} =
+      ...>   ModelBudget.Plan.to_json(plan)
+  """
+  @spec to_json(t()) :: map()
+  def to_json(%__MODULE__{} = plan) do
+    %{
+      fits: exit_status(plan) == 0,
+      together: plan.together,
+      machine: %{
+        ram: plan.machine.memory,
+        gpus:
+          Enum.map(plan.machine.gpus, fn g ->
+            %{index: g.gpu_index, name: g.name, total: g.memory_total, free: g.memory_free}
+          end),
+        gpu_status:
+          case plan.machine.gpu_status do
+            {:ok, driver, count} -> %{available: true, driver: driver, count: count, reason: nil}
+            {:unavailable, reason} -> %{available: false, driver: nil, count: 0, reason: reason}
+          end
+      },
+      budget: budget_json(plan.budget),
+      n_gpus: plan.n_gpus,
+      options: options_json(plan.options),
+      models: Enum.map(plan.models, &entry_json/1)
+    }
+  end
+
+  defp budget_json(%{mode: :unlimited}), do: %{mode: "unlimited"}
+  defp budget_json(%{mode: :combined, limit: limit}), do: %{mode: "combined", limit: limit}
+
+  defp budget_json(%{mode: :per_device, ram: ram, vram: vram}) do
+    vram = if vram == :infinity, do: nil, else: Map.new(vram, fn {i, l} -> {i, limit(l)} end)
+    %{mode: "per_device", ram: limit(ram), vram: vram}
+  end
+
+  defp limit(:infinity), do: nil
+  defp limit(n), do: n
+
+  # The load options as given; defaults are the core's (see ModelBudget.distribute/3).
+  defp options_json(options) do
+    Map.new(options, fn
+      {key, value} when is_atom(value) and not is_boolean(value) and value != nil ->
+        {key, Atom.to_string(value)}
+
+      {key, value} ->
+        {key, value}
+    end)
+  end
+
+  defp entry_json(e) do
+    m = e.model
+
+    %{
+      name: e.name,
+      source: if(e.source == :builtin, do: "built-in", else: e.source),
+      architecture: m.architecture,
+      n_params: m.n_params,
+      weight_bytes: m.weight_bytes,
+      n_layers: m.n_layers,
+      trained_context: m.context_length,
+      fits: e.fits,
+      n_ctx: e.n_ctx,
+      longest_context: e.longest_context,
+      devices: Enum.map(e.devices, &Map.merge(&1, device_json(&1.device))),
+      short: Enum.map(e.short, &Map.merge(&1, device_json(&1.device))),
+      suggestions: %{
+        n_gpu_layers: e.suggestions[:n_gpu_layers],
+        n_ctx: e.suggestions[:n_ctx],
+        cache_type: e.suggestions[:cache_type] && Atom.to_string(e.suggestions[:cache_type])
+      }
+    }
+    |> Map.update!(:devices, fn ds ->
+      Enum.map(ds, &Map.update!(&1, :available, fn a -> limit(a) end))
+    end)
+  end
+
+  defp device_json(:ram), do: %{device: "ram", gpu: nil}
+  defp device_json(:total), do: %{device: "total", gpu: nil}
+  defp device_json({:gpu, i}), do: %{device: "gpu", gpu: i}
+end

@@ -1,0 +1,264 @@
+defmodule ModelBudget.Plan.Args do
+  @moduledoc """
+  The command line of `mix model_budget.plan`, read into options for
+  `ModelBudget.Plan.run/1`. See `Mix.Tasks.ModelBudget.Plan` for the
+  switches.
+  """
+
+  @switches [
+    n_gpu_layers: :integer,
+    split_mode: :string,
+    tensor_split: :string,
+    main_gpu: :integer,
+    ctx: :integer,
+    parallel: :integer,
+    cache_type_k: :string,
+    cache_type_v: :string,
+    no_kv_offload: :boolean,
+    budget: :string,
+    json: :boolean
+  ]
+
+  # llama.cpp's spellings, for people who type them from habit.
+  @llama_cpp %{
+    "-ngl" => "--n-gpu-layers",
+    "--gpu-layers" => "--n-gpu-layers",
+    "-sm" => "--split-mode",
+    "-ts" => "--tensor-split",
+    "-mg" => "--main-gpu",
+    "-c" => "--ctx",
+    "--ctx-size" => "--ctx",
+    "-np" => "--parallel",
+    "-ctk" => "--cache-type-k",
+    "-ctv" => "--cache-type-v",
+    "-nkvo" => "--no-kv-offload"
+  }
+
+  @split_modes %{"none" => :none, "layer" => :layer, "row" => :row}
+  @cache_types Map.new(
+                 ~w(f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 iq4_nl)a,
+                 &{Atom.to_string(&1), &1}
+               )
+
+  @typedoc "What the command line asks for."
+  @type t :: %{plan: keyword(), json: boolean()}
+
+  @doc """
+  Reads `argv`: `{:ok, %{plan: opts, json: json?}}` with options for
+  `ModelBudget.Plan.run/1`, or `{:error, message}` (one line) for anything
+  it cannot use. Option values the core checks against the machine (a
+  `--main-gpu` beyond the GPUs, say) are left to it.
+
+  ## Examples
+
+      iex> ModelBudget.Plan.Args.parse(["model.gguf", "--ctx", "4096", "-ngl", "20", "--tensor-split", "3,1"])
+      {:ok, %{plan: [models: ["model.gguf"], budget: :auto, load: [n_gpu_layers: 20, tensor_split: [3, 1], n_ctx: 4096]], json: false}}
+
+      iex> ModelBudget.Plan.Args.parse(["--budget", "ram=64GiB,vram=24GiB:24GiB", "--json"])
+      {:ok, %{plan: [models: [], budget: %{ram: 68719476736, vram: [25769803776, 25769803776]}, load: []], json: true}}
+
+      iex> ModelBudget.Plan.Args.parse(["--split-mode", "diagonal"])
+      {:error, "--split-mode: expected none, layer or row, got: diagonal"}
+  """
+  @spec parse([String.t()]) :: {:ok, t()} | {:error, String.t()}
+  def parse(argv) do
+    argv = Enum.map(argv, &Map.get(@llama_cpp, &1, &1))
+
+    case OptionParser.parse(argv, strict: @switches) do
+      {parsed, paths, []} ->
+        with {:ok, load} <- load_options(parsed),
+             {:ok, budget} <- budget(Keyword.get(parsed, :budget, "auto")) do
+          {:ok,
+           %{
+             plan: [models: paths, budget: budget, load: load],
+             json: Keyword.get(parsed, :json, false)
+           }}
+        end
+
+      {_, _, [{switch, nil} | _]} ->
+        {:error, "unknown option #{switch}"}
+
+      {_, _, [{switch, value} | _]} ->
+        {:error, "#{switch}: expected #{expected(switch)}, got: #{value}"}
+    end
+  end
+
+  # Switches by the load option (or argument) they set.
+  @switch_of [
+    {"option :n_gpu_layers", "--n-gpu-layers"},
+    {"option :split_mode", "--split-mode"},
+    {"option :tensor_split", "--tensor-split"},
+    {"option :main_gpu", "--main-gpu"},
+    {"option :n_ctx", "--ctx"},
+    {"option :n_parallel", "--parallel"},
+    {"option :cache_type_k", "--cache-type-k"},
+    {"option :cache_type_v", "--cache-type-v"},
+    {"option :offload_kqv", "--no-kv-offload"},
+    {"memory budget", "--budget"}
+  ]
+
+  @doc """
+  Rewrites a message of `ModelBudget.Plan.run/1` about an option into one
+  about the switch that set it.
+
+  ## Examples
+
+      iex> ModelBudget.Plan.Args.cli_message("invalid option :main_gpu: must be below the GPU count 1, got: 2")
+      "invalid --main-gpu: must be below the GPU count 1, got: 2"
+  """
+  @spec cli_message(String.t()) :: String.t()
+  def cli_message(message) do
+    Enum.reduce(@switch_of, message, fn {option, switch}, acc ->
+      String.replace(acc, "invalid " <> option <> ":", "invalid " <> switch <> ":")
+    end)
+  end
+
+  defp expected(switch) do
+    name = switch |> String.trim_leading("-") |> String.replace("-", "_")
+
+    case Keyword.get(@switches, String.to_existing_atom(name)) do
+      :integer -> "an integer"
+      :boolean -> "no value"
+      _ -> "a value"
+    end
+  rescue
+    ArgumentError -> "a value"
+  end
+
+  # In the order given (a repeated switch counts once, its last value), with
+  # the names ModelBudget.distribute/3 takes.
+  defp load_options(parsed) do
+    Enum.reduce_while(parsed, {:ok, []}, fn {key, value}, {:ok, acc} ->
+      case load_option(key, value) do
+        {:ok, nil} -> {:cont, {:ok, acc}}
+        {:ok, pair} -> {:cont, {:ok, [pair | acc]}}
+        {:error, _} = error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, load} -> {:ok, Enum.reverse(load)}
+      error -> error
+    end
+  end
+
+  defp load_option(:n_gpu_layers, k), do: {:ok, {:n_gpu_layers, k}}
+  defp load_option(:main_gpu, i), do: {:ok, {:main_gpu, i}}
+  defp load_option(:ctx, n), do: {:ok, {:n_ctx, n}}
+  defp load_option(:parallel, n), do: {:ok, {:n_parallel, n}}
+  defp load_option(:no_kv_offload, true), do: {:ok, {:offload_kqv, false}}
+  defp load_option(:no_kv_offload, false), do: {:ok, nil}
+
+  defp load_option(:split_mode, mode),
+    do: choice("--split-mode", mode, @split_modes, "none, layer or row", :split_mode)
+
+  defp load_option(key, type) when key in [:cache_type_k, :cache_type_v] do
+    names = @cache_types |> Map.keys() |> Enum.sort()
+    switch = "--" <> String.replace(Atom.to_string(key), "_", "-")
+    choice(switch, type, @cache_types, Enum.join(names, ", "), key)
+  end
+
+  defp load_option(:tensor_split, text) do
+    weights = text |> String.split(",") |> Enum.map(&weight/1)
+
+    if Enum.all?(weights, &is_number/1),
+      do: {:ok, {:tensor_split, weights}},
+      else: {:error, "--tensor-split: expected non-negative numbers such as 3,1, got: #{text}"}
+  end
+
+  defp load_option(key, _value) when key in [:budget, :json], do: {:ok, nil}
+
+  defp choice(switch, value, choices, expected, key) do
+    case Map.fetch(choices, value) do
+      {:ok, atom} -> {:ok, {key, atom}}
+      :error -> {:error, "#{switch}: expected #{expected}, got: #{value}"}
+    end
+  end
+
+  defp weight(text) do
+    case {Integer.parse(text), Float.parse(text)} do
+      {{n, ""}, _} when n >= 0 -> n
+      {_, {x, ""}} when x >= 0 -> x
+      _ -> nil
+    end
+  end
+
+  @doc """
+  Reads a `--budget`: `auto`, `unlimited`, a byte count for one pool of RAM
+  and VRAM (`48GiB`), or per device `ram=SIZE,vram=SIZE:SIZE...` where each
+  part may also be `auto` or `unlimited`, `vram=none` plans for no GPUs, and
+  a part left out is `auto`. Sizes take the units of
+  `ModelBudget.Format.parse_bytes/1`.
+
+  ## Examples
+
+      iex> ModelBudget.Plan.Args.budget("24GiB")
+      {:ok, 25769803776}
+
+      iex> ModelBudget.Plan.Args.budget("ram=64GiB,vram=none")
+      {:ok, %{ram: 68719476736, vram: []}}
+
+      iex> ModelBudget.Plan.Args.budget("vram=unlimited")
+      {:ok, %{ram: :auto, vram: :infinity}}
+
+      iex> ModelBudget.Plan.Args.budget("ram=lots")
+      {:error, "--budget: ram=lots: invalid size: expected a byte count such as 24GiB, 1.5GB or 512 (units: KB, MB, GB, TB, KiB, MiB, GiB, TiB), got: \\"lots\\""}
+  """
+  @spec budget(String.t()) :: {:ok, ModelBudget.budget_option()} | {:error, String.t()}
+  def budget("auto"), do: {:ok, :auto}
+  def budget("unlimited"), do: {:ok, :infinity}
+
+  def budget(text) do
+    if String.contains?(text, "=") do
+      per_device(text)
+    else
+      case size(text) do
+        {:ok, 0} -> {:error, "--budget: expected a positive size for one pool, got: #{text}"}
+        {:ok, n} -> {:ok, n}
+        {:error, message} -> {:error, "--budget: #{message}"}
+      end
+    end
+  end
+
+  defp per_device(text) do
+    text
+    |> String.split(",")
+    |> Enum.reduce_while({:ok, %{}}, fn part, {:ok, acc} ->
+      with [key, value] when key in ["ram", "vram"] <- String.split(part, "=", parts: 2),
+           device = if(key == "ram", do: :ram, else: :vram),
+           false <- Map.has_key?(acc, device),
+           {:ok, limit} <- device_limit(key, value) do
+        {:cont, {:ok, Map.put(acc, device, limit)}}
+      else
+        true -> {:halt, {:error, "--budget: #{part}: given twice"}}
+        {:error, message} -> {:halt, {:error, "--budget: #{part}: #{message}"}}
+        _ -> {:halt, {:error, "--budget: #{part}: expected ram=SIZE or vram=SIZE:SIZE..."}}
+      end
+    end)
+    |> case do
+      {:ok, parts} -> {:ok, Map.merge(%{ram: :auto, vram: :auto}, parts)}
+      error -> error
+    end
+  end
+
+  defp device_limit(_key, "auto"), do: {:ok, :auto}
+  defp device_limit(_key, "unlimited"), do: {:ok, :infinity}
+  defp device_limit("ram", value), do: size(value)
+  defp device_limit("vram", "none"), do: {:ok, []}
+
+  defp device_limit("vram", value) do
+    value
+    |> String.split(":")
+    |> Enum.reduce_while({:ok, []}, fn part, {:ok, acc} ->
+      case if(part == "unlimited", do: {:ok, :infinity}, else: size(part)) do
+        {:ok, limit} -> {:cont, {:ok, [limit | acc]}}
+        error -> {:halt, error}
+      end
+    end)
+    |> case do
+      {:ok, limits} -> {:ok, Enum.reverse(limits)}
+      error -> error
+    end
+  end
+
+  defp size(text), do: ModelBudget.Format.parse_bytes(text)
+end

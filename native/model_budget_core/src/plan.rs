@@ -1,0 +1,490 @@
+//! What `mix model_budget.plan` asks of each model: which devices are short
+//! and by how much, the longest context that fits, and the changes to the
+//! load options that would make it fit. Every answer is found by placing the
+//! model again and checking it, never by a rule of thumb.
+
+use crate::budget::Budget;
+use crate::check::{check, Insufficient};
+use crate::distribute::DistributeOptions;
+use crate::error::Result;
+use crate::layout::{distribute_model, kv::CacheType, ModelShape};
+use crate::placement::Placement;
+
+/// Where a model is to go: the budget, what is already placed there, and the
+/// number of GPUs to spread it over.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub budget: &'a Budget,
+    pub used: &'a Placement,
+    pub n_gpus: u32,
+}
+
+impl Target<'_> {
+    /// Whether `model` fits under `opts`. Errors are the options' or the
+    /// model's (see [`crate::layout::breakdown`]).
+    pub fn fits(&self, model: &ModelShape, opts: &DistributeOptions) -> Result<bool> {
+        let placement = distribute_model(model, opts, self.n_gpus)?;
+        Ok(check(self.budget, &placement, self.used).is_ok())
+    }
+
+    /// Like [`Target::fits`], for the searches: once the requested options
+    /// have been placed without error, the only errors left are sizes past
+    /// 2^64 bytes, which fit no budget.
+    fn fits_or_too_large(&self, model: &ModelShape, opts: &DistributeOptions) -> bool {
+        self.fits(model, opts).unwrap_or(false)
+    }
+}
+
+/// Every device of `placement` that is short, in `check`'s order (RAM, then
+/// GPUs by index; the single pool of a combined budget), where `check` names
+/// only the first.
+pub fn shortfalls(budget: &Budget, placement: &Placement, used: &Placement) -> Vec<Insufficient> {
+    if let Budget::Combined { .. } = budget {
+        return check(budget, placement, used).err().into_iter().collect();
+    }
+    let ram = Placement::in_ram(placement.ram);
+    let gpus = placement.vram.iter().map(|(&gpu, &bytes)| Placement {
+        ram: 0,
+        vram: [(gpu, bytes)].into_iter().collect(),
+    });
+    std::iter::once(ram)
+        .chain(gpus)
+        .filter_map(|one| check(budget, &one, used).err())
+        .collect()
+}
+
+/// The answers for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// The devices that are short under the requested options; empty when
+    /// the model fits.
+    pub short: Vec<Insufficient>,
+    /// The context the requested options size the KV cache for.
+    pub n_ctx: u64,
+    /// The largest context up to the longer of the trained one and `n_ctx`
+    /// that fits with the other options unchanged; `None` when not even one
+    /// token does.
+    pub longest_context: Option<u64>,
+    /// When the model does not fit and there are GPUs: the largest
+    /// `n_gpu_layers` in `0..=n_layers + 1` that fits (`n_layers + 1` also
+    /// offloads the output head), or `None` when none does or the model has
+    /// more than [`MAX_SEARCHED_LAYERS`] blocks.
+    pub n_gpu_layers: Option<i64>,
+    /// When the model does not fit: the first of `q8_0` and `q4_0`, used for
+    /// both K and V, that is smaller than the requested cache and fits.
+    pub cache_type: Option<CacheType>,
+}
+
+/// The quantized KV caches worth suggesting, widest (most accurate) first.
+const SMALLER_CACHES: [CacheType; 2] = [CacheType::Q8_0, CacheType::Q4_0];
+
+/// Places `model` under `opts` on `target` and searches for what would fit.
+pub fn search(model: &ModelShape, opts: &DistributeOptions, target: Target) -> Result<Search> {
+    let placement = distribute_model(model, opts, target.n_gpus)?;
+    let short = shortfalls(target.budget, &placement, target.used);
+    let n_ctx = opts.n_ctx.unwrap_or_else(|| model.default_context());
+    let fits = short.is_empty();
+    let upper = n_ctx.max(model.context_length);
+    let longest_context = if fits && upper == n_ctx {
+        Some(n_ctx)
+    } else {
+        longest_context(model, opts, target, upper)
+    };
+    let at_n_ctx = DistributeOptions {
+        n_ctx: Some(n_ctx),
+        ..opts.clone()
+    };
+    let n_gpu_layers = if fits || target.n_gpus == 0 {
+        None
+    } else {
+        most_gpu_layers(model, &at_n_ctx, target)
+    };
+    let cache_type = if fits {
+        None
+    } else {
+        smaller_cache(model, &at_n_ctx, target)
+    };
+    Ok(Search {
+        short,
+        n_ctx,
+        longest_context,
+        n_gpu_layers,
+        cache_type,
+    })
+}
+
+/// The largest context in `1..=upper` that fits. Every device's bytes grow
+/// with the context (KV cells, the KQ mask, attention scratch), so whether
+/// it fits only changes once and a binary search is exact.
+fn longest_context(
+    model: &ModelShape,
+    opts: &DistributeOptions,
+    target: Target,
+    upper: u64,
+) -> Option<u64> {
+    let fits = |n: u64| {
+        let o = DistributeOptions {
+            n_ctx: Some(n),
+            ..opts.clone()
+        };
+        target.fits_or_too_large(model, &o)
+    };
+    if fits(upper) {
+        return Some(upper);
+    }
+    // Invariant: lo fits (0 standing for "nothing") and hi does not.
+    let (mut lo, mut hi) = (0u64, upper);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo > 0).then_some(lo)
+}
+
+/// The most blocks whose `n_gpu_layers` are searched: the scan places the
+/// model once per candidate, so its cost grows with the square of the block
+/// count. Published models have at most a few hundred blocks.
+pub const MAX_SEARCHED_LAYERS: usize = 1024;
+
+/// The largest `n_gpu_layers` that fits. Offloading more can help (RAM is
+/// short) or hurt (a GPU is short), and which GPU a block lands on shifts
+/// with the count, so this scans from the top instead of assuming an order.
+fn most_gpu_layers(model: &ModelShape, opts: &DistributeOptions, target: Target) -> Option<i64> {
+    if model.n_layers() > MAX_SEARCHED_LAYERS {
+        return None;
+    }
+    let all = i64::try_from(model.n_layers()).ok()? + 1;
+    (0..=all).rev().find(|&k| {
+        let o = DistributeOptions {
+            n_gpu_layers: k,
+            ..opts.clone()
+        };
+        target.fits_or_too_large(model, &o)
+    })
+}
+
+/// The widest quantized cache that shrinks the requested one and fits.
+fn smaller_cache(
+    model: &ModelShape,
+    opts: &DistributeOptions,
+    target: Target,
+) -> Option<CacheType> {
+    let n_ctx = opts.n_ctx.unwrap_or_else(|| model.default_context());
+    let kv_bytes = |o: &DistributeOptions| model.kv_shape(o).total_bytes(n_ctx);
+    let now = kv_bytes(opts);
+    SMALLER_CACHES.into_iter().find(|&t| {
+        let o = DistributeOptions {
+            cache_type_k: t,
+            cache_type_v: t,
+            ..opts.clone()
+        };
+        kv_bytes(&o) < now && target.fits_or_too_large(model, &o)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{Limit, VramLimits};
+    use crate::check::Device;
+    use crate::distribute::SplitMode;
+    use proptest::prelude::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    const LAYER: u64 = 200 * MIB;
+
+    /// Llama-3.1-8B-like: 32 blocks of 200 MiB, GQA 32/8 heads of 128.
+    fn llama_8b() -> ModelShape {
+        ModelShape {
+            layer_bytes: vec![LAYER; 32],
+            input_bytes: 280 * MIB,
+            output_bytes: 400 * MIB,
+            n_head: 32,
+            n_head_kv: vec![8; 32],
+            head_dim_k: 128,
+            head_dim_v: 128,
+            n_embd: 4096,
+            n_vocab: 128_256,
+            context_length: 131_072,
+            sliding_window: None,
+            swa_layers: vec![],
+        }
+    }
+
+    fn per_device(ram: u64, gpus: &[u64]) -> Budget {
+        Budget::PerDevice {
+            ram: Limit::Bytes(ram),
+            vram: VramLimits::PerGpu(
+                gpus.iter()
+                    .enumerate()
+                    .map(|(i, &b)| (i as u32, Limit::Bytes(b)))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn at(budget: &Budget, n_gpus: u32) -> Target<'_> {
+        static EMPTY: std::sync::OnceLock<Placement> = std::sync::OnceLock::new();
+        Target {
+            budget,
+            used: EMPTY.get_or_init(Placement::empty),
+            n_gpus,
+        }
+    }
+
+    fn placed(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> Placement {
+        distribute_model(model, opts, n_gpus).unwrap()
+    }
+
+    #[test]
+    fn a_model_that_fits_reports_no_shortfall_and_its_trained_context() {
+        let budget = per_device(64 * GIB, &[]);
+        let s = search(&llama_8b(), &DistributeOptions::default(), at(&budget, 0)).unwrap();
+        assert!(s.short.is_empty());
+        assert_eq!(s.n_ctx, 8192);
+        // 131,072 tokens of f16 KV are 16 GiB: fits in 64 GiB with the weights.
+        assert_eq!(s.longest_context, Some(131_072));
+        assert_eq!((s.n_gpu_layers, s.cache_type), (None, None));
+    }
+
+    #[test]
+    fn every_short_device_is_named_with_its_shortfall() {
+        let opts = DistributeOptions {
+            split_mode: SplitMode::Layer,
+            ..DistributeOptions::default()
+        };
+        let p = placed(&llama_8b(), &opts, 2);
+        let budget = per_device(GIB / 4, &[GIB, 64 * GIB]);
+        let short = shortfalls(&budget, &p, &Placement::empty());
+        let devices: Vec<Device> = short.iter().map(|s| s.device).collect();
+        assert_eq!(devices, vec![Device::Ram, Device::Gpu(0)]);
+        assert_eq!(short[0].required, p.ram);
+        assert_eq!(short[0].available, GIB / 4);
+        assert_eq!(short[1].required, p.gpu(0));
+        // A combined budget has one pool to be short of.
+        let pool = Budget::Combined { limit: GIB };
+        let short = shortfalls(&pool, &p, &Placement::empty());
+        assert_eq!(short.len(), 1);
+        assert_eq!(short[0].device, Device::Total);
+    }
+
+    #[test]
+    fn usage_already_there_counts() {
+        let budget = per_device(16 * GIB, &[]);
+        let opts = DistributeOptions::default();
+        let alone = search(&llama_8b(), &opts, at(&budget, 0)).unwrap();
+        assert!(alone.short.is_empty());
+        let used = Placement::in_ram(8 * GIB);
+        let target = Target {
+            budget: &budget,
+            used: &used,
+            n_gpus: 0,
+        };
+        let s = search(&llama_8b(), &opts, target).unwrap();
+        assert_eq!(s.short[0].available, 8 * GIB);
+        let n = s.longest_context.unwrap();
+        assert!(n > 4096 && n < 8192, "{n}");
+    }
+
+    #[test]
+    fn the_longest_context_is_the_exact_edge() {
+        let opts = DistributeOptions::default();
+        let at_4096 = placed(
+            &llama_8b(),
+            &DistributeOptions {
+                n_ctx: Some(4096),
+                ..opts.clone()
+            },
+            0,
+        );
+        // A budget exactly at the 4096-token footprint.
+        let budget = per_device(at_4096.ram, &[]);
+        let s = search(&llama_8b(), &opts, at(&budget, 0)).unwrap();
+        assert_eq!(s.short[0].device, Device::Ram);
+        assert_eq!(s.short[0].required - s.short[0].available, {
+            let full = placed(&llama_8b(), &opts, 0);
+            full.ram - at_4096.ram
+        });
+        assert_eq!(s.longest_context, Some(4096));
+        // No GPUs: no layer suggestion.
+        assert_eq!(s.n_gpu_layers, None);
+    }
+
+    #[test]
+    fn fewer_gpu_layers_when_the_gpu_is_short() {
+        // Room on the GPU for 20 blocks with their KV and buffers.
+        let opts = DistributeOptions {
+            n_gpu_layers: 20,
+            ..DistributeOptions::default()
+        };
+        let gpu_at_20 = placed(&llama_8b(), &opts, 1).gpu(0);
+        let budget = per_device(64 * GIB, &[gpu_at_20]);
+        let s = search(&llama_8b(), &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        assert_eq!(s.short.len(), 1);
+        assert_eq!(s.short[0].device, Device::Gpu(0));
+        assert_eq!(s.n_gpu_layers, Some(20));
+    }
+
+    #[test]
+    fn more_gpu_layers_when_ram_is_short() {
+        let opts = DistributeOptions {
+            n_gpu_layers: 4,
+            ..DistributeOptions::default()
+        };
+        let all = placed(&llama_8b(), &DistributeOptions::default(), 1);
+        let budget = per_device(all.ram, &[64 * GIB]);
+        let s = search(&llama_8b(), &opts, at(&budget, 1)).unwrap();
+        assert_eq!(s.short[0].device, Device::Ram);
+        // Everything, output head included, is the only offload that fits.
+        assert_eq!(s.n_gpu_layers, Some(33));
+    }
+
+    #[test]
+    fn a_quantized_cache_when_the_kv_is_what_does_not_fit() {
+        let opts = DistributeOptions::default();
+        let q8 = DistributeOptions {
+            cache_type_k: CacheType::Q8_0,
+            cache_type_v: CacheType::Q8_0,
+            ..opts.clone()
+        };
+        let q4 = DistributeOptions {
+            cache_type_k: CacheType::Q4_0,
+            cache_type_v: CacheType::Q4_0,
+            ..opts.clone()
+        };
+        let ram = |o: &DistributeOptions| placed(&llama_8b(), o, 0).ram;
+        let search_at = |limit| {
+            let budget = per_device(limit, &[]);
+            search(&llama_8b(), &opts, at(&budget, 0)).unwrap()
+        };
+        assert_eq!(search_at(ram(&q8)).cache_type, Some(CacheType::Q8_0));
+        assert_eq!(search_at(ram(&q8) - 1).cache_type, Some(CacheType::Q4_0));
+        assert_eq!(search_at(ram(&q4) - 1).cache_type, None);
+        // Already q4_0: nothing smaller to offer.
+        let budget = per_device(ram(&q4) - 1, &[]);
+        let s = search(&llama_8b(), &q4, at(&budget, 0)).unwrap();
+        assert_eq!(s.cache_type, None);
+    }
+
+    #[test]
+    fn nothing_fits_when_the_weights_alone_are_too_large() {
+        let budget = per_device(GIB, &[]);
+        let s = search(&llama_8b(), &DistributeOptions::default(), at(&budget, 0)).unwrap();
+        assert_eq!(
+            (s.longest_context, s.n_gpu_layers, s.cache_type),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn models_past_the_searched_layers_get_no_layer_answer() {
+        let n = MAX_SEARCHED_LAYERS + 1;
+        let huge = ModelShape {
+            layer_bytes: vec![MIB; n],
+            n_head_kv: vec![8; n],
+            ..llama_8b()
+        };
+        let budget = per_device(64 * GIB, &[MIB]);
+        let s = search(&huge, &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        assert_eq!(s.short[0].device, Device::Gpu(0));
+        assert_eq!(s.n_gpu_layers, None);
+        let at_limit = ModelShape {
+            layer_bytes: vec![MIB; n - 1],
+            n_head_kv: vec![8; n - 1],
+            ..llama_8b()
+        };
+        let s = search(&at_limit, &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        // The GPU cannot hold even its overhead: only keeping everything in RAM fits.
+        assert_eq!(s.n_gpu_layers, Some(0));
+    }
+
+    #[test]
+    fn bad_options_are_errors_not_answers() {
+        let budget = Budget::Unlimited;
+        let opts = DistributeOptions {
+            main_gpu: 3,
+            ..DistributeOptions::default()
+        };
+        assert!(search(&llama_8b(), &opts, at(&budget, 1)).is_err());
+    }
+
+    fn model() -> impl Strategy<Value = ModelShape> {
+        (
+            1usize..40,
+            0u64..1 << 30,
+            1u32..16,
+            proptest::option::of(1u64..10_000),
+            1u64..200_000,
+        )
+            .prop_map(|(n, layer, kv, window, context)| ModelShape {
+                layer_bytes: vec![layer; n],
+                n_head_kv: vec![kv; n],
+                sliding_window: window,
+                swa_layers: (0..n).map(|i| i % 2 == 0).collect(),
+                context_length: context,
+                ..llama_8b()
+            })
+    }
+
+    fn options() -> impl Strategy<Value = DistributeOptions> {
+        (
+            -1i64..45,
+            proptest::option::of(1u64..100_000),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(n_gpu_layers, n_ctx, offload_kqv, flash_attn)| DistributeOptions {
+                    n_gpu_layers,
+                    n_ctx,
+                    offload_kqv,
+                    flash_attn,
+                    split_mode: SplitMode::Layer,
+                    ..DistributeOptions::default()
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn every_suggestion_fits_and_the_longest_context_is_the_edge(
+            m in model(), o in options(), n_gpus in 0u32..3,
+            ram in 0u64..1 << 36, gpu in 0u64..1 << 35, used_ram in 0u64..1 << 33,
+        ) {
+            let budget = per_device(ram, &vec![gpu; n_gpus as usize]);
+            let used = Placement::in_ram(used_ram);
+            let target = Target { budget: &budget, used: &used, n_gpus };
+            let s = search(&m, &o, target).unwrap();
+            let with_ctx = |n| DistributeOptions { n_ctx: Some(n), ..o.clone() };
+            let at_n_ctx = with_ctx(s.n_ctx);
+            prop_assert_eq!(s.short.is_empty(), target.fits(&m, &at_n_ctx).unwrap());
+            let upper = s.n_ctx.max(m.context_length);
+            match s.longest_context {
+                Some(n) => {
+                    prop_assert!(target.fits(&m, &with_ctx(n)).unwrap());
+                    if n < upper {
+                        prop_assert!(!target.fits(&m, &with_ctx(n + 1)).unwrap());
+                    }
+                }
+                None => prop_assert!(!target.fits(&m, &with_ctx(1)).unwrap()),
+            }
+            if let Some(k) = s.n_gpu_layers {
+                let o = DistributeOptions { n_gpu_layers: k, ..at_n_ctx.clone() };
+                prop_assert!(target.fits(&m, &o).unwrap());
+                for more in k + 1..=m.n_layers() as i64 + 1 {
+                    let o = DistributeOptions { n_gpu_layers: more, ..at_n_ctx.clone() };
+                    prop_assert!(!target.fits(&m, &o).unwrap());
+                }
+            }
+            if let Some(t) = s.cache_type {
+                let o = DistributeOptions { cache_type_k: t, cache_type_v: t, ..at_n_ctx.clone() };
+                prop_assert!(target.fits(&m, &o).unwrap());
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! `mix model_budget.plan`'s questions: what is short, the longest context
+//! that fits, the changes that would make a model fit; and byte sizes
+//! written with units.
+
+use model_budget_core::constraint;
+use model_budget_core::layout::kv::CacheType;
+use model_budget_core::plan::{search, Search, Target};
+use rustler::{Atom, Encoder, Env, Term};
+
+use crate::badarg::{bad, reply};
+use crate::check::Details;
+use crate::distribute::{decode_options, gpu_count};
+use crate::layout::decode_model;
+use crate::{atoms, budget, placement};
+
+rustler::atoms! {
+    f32,
+    f16,
+    bf16,
+    q8_0,
+    q4_0,
+    q4_1,
+    q5_0,
+    q5_1,
+    iq4_nl,
+    short,
+    longest_context,
+    cache_type,
+}
+
+/// The atom `distribute/3` takes for a cache type.
+fn cache_type_atom(t: CacheType) -> Atom {
+    match t {
+        CacheType::F32 => f32(),
+        CacheType::F16 => f16(),
+        CacheType::Bf16 => bf16(),
+        CacheType::Q8_0 => q8_0(),
+        CacheType::Q4_0 => q4_0(),
+        CacheType::Q4_1 => q4_1(),
+        CacheType::Q5_0 => q5_0(),
+        CacheType::Q5_1 => q5_1(),
+        CacheType::Iq4Nl => iq4_nl(),
+    }
+}
+
+/// `ModelBudget.Plan.search/3`'s answer: a map with `:short` (a list of
+/// `[device:, required:, available:]`), `:n_ctx`, `:longest_context`,
+/// `:n_gpu_layers` and `:cache_type` (the last three `nil` when absent).
+fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
+    let short_list: Vec<Details> = s.short.into_iter().map(Details).collect();
+    let pairs = [
+        (short().encode(env), short_list.encode(env)),
+        (atoms::n_ctx().encode(env), s.n_ctx.encode(env)),
+        (longest_context().encode(env), s.longest_context.encode(env)),
+        (
+            atoms::n_gpu_layers().encode(env),
+            s.n_gpu_layers.encode(env),
+        ),
+        (
+            cache_type().encode(env),
+            s.cache_type.map(cache_type_atom).encode(env),
+        ),
+    ];
+    let (keys, values): (Vec<Term>, Vec<Term>) = pairs.into_iter().unzip();
+    // The keys are distinct atoms, so building the map cannot fail.
+    Term::map_from_term_arrays(env, &keys, &values).unwrap_or_else(|_| atoms::nil().encode(env))
+}
+
+/// A search places the model up to a few thousand times: a dirty CPU
+/// scheduler keeps that off the normal schedulers.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn plan_search<'a>(
+    env: Env<'a>,
+    model: Term<'a>,
+    opts: Term<'a>,
+    n_gpus: Term<'a>,
+    budget: Term<'a>,
+    used: Term<'a>,
+) -> Term<'a> {
+    let result = (|| {
+        let shape = decode_model(model)?;
+        let opts = decode_options(opts)?;
+        let n_gpus = gpu_count(n_gpus)?;
+        let budget = budget::decode(budget)?;
+        let used = placement::decode(used, "used")?;
+        let target = Target {
+            budget: &budget,
+            used: &used,
+            n_gpus,
+        };
+        Ok(search_term(env, search(&shape, &opts, target)?))
+    })();
+    reply(env, result)
+}
+
+/// `{:ok, bytes}`, or `{:error, message}` for text that is not a size.
+#[rustler::nif]
+fn plan_parse_size<'a>(env: Env<'a>, text: Term<'a>) -> Term<'a> {
+    let result = match text.decode::<&str>() {
+        Ok(s) => Ok(match constraint::parse_size(s) {
+            Ok(n) => (atoms::ok(), n).encode(env),
+            Err(e) => (atoms::error(), e.to_string()).encode(env),
+        }),
+        Err(_) => bad("text", "a string", text),
+    };
+    reply(env, result)
+}

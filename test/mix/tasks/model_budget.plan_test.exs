@@ -1,0 +1,417 @@
+defmodule Mix.Tasks.ModelBudget.PlanTest do
+  # Runs the task itself, as `mix model_budget.plan` does, with its output
+  # captured and its exit caught.
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureIO
+  alias ModelBudget.Test.PlanFixtures
+
+  @gib 2 ** 30
+  @names [
+    "Llama-3.1-8B-Instruct-Q4_K_M",
+    "Gemma-2-9B-it-Q4_K_M",
+    "Qwen2.5-32B-Instruct-Q4_K_M",
+    "Mixtral-8x7B-Instruct-v0.1-Q4_K_M",
+    "Llama-3.1-70B-Instruct-Q4_K_M"
+  ]
+
+  # {exit status, stdout, stderr}
+  defp plan(args) do
+    {{status, stdout}, stderr} =
+      with_io(:stderr, fn ->
+        with_io(fn ->
+          try do
+            Mix.Tasks.ModelBudget.Plan.run(args)
+            0
+          catch
+            :exit, {:shutdown, status} -> status
+          end
+        end)
+      end)
+
+    {status, stdout, stderr}
+  end
+
+  defp json(args) do
+    {status, stdout, ""} = plan(["--json" | args])
+    {:ok, report} = ModelBudget.JSON.decode(stdout)
+    {status, report}
+  end
+
+  setup_all do
+    dir =
+      Path.join(System.tmp_dir!(), "model_budget_plan_task_#{System.unique_integer([:positive])}")
+
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf!(dir) end)
+    gguf = PlanFixtures.tiny_gguf!(Path.join(dir, "tiny.gguf"))
+    other = PlanFixtures.tiny_gguf!(Path.join(dir, "other.gguf"), "Other Tiny")
+    safetensors = PlanFixtures.tiny_safetensors!(Path.join(dir, "qwen-tiny"))
+    %{dir: dir, gguf: gguf, other: other, safetensors: safetensors}
+  end
+
+  describe "the default run" do
+    test "shows this machine, its budget and every built-in model with a verdict" do
+      {status, out, ""} = plan([])
+      memory = ModelBudget.system_memory()
+      assert out =~ "This machine"
+      assert out =~ "RAM         #{ModelBudget.Format.bytes(memory.total)} physical"
+      assert out =~ "#{ModelBudget.Format.bytes(memory.limit)} limit"
+      assert out =~ "Budget      " <> ModelBudget.Plan.Text.describe(ModelBudget.resolve(:auto))
+      assert out =~ "Built-in models, each on its own"
+
+      for name <- @names do
+        assert out =~ ~r/^#{Regex.escape(name)}: (FITS|DOES NOT FIT)/m
+      end
+
+      # Plain text when not on a terminal.
+      refute out =~ "\e["
+      # 1 exactly when something does not fit.
+      assert status == if(out =~ "DOES NOT FIT", do: 1, else: 0)
+    end
+
+    test "with a budget: exit 0 when everything fits, 1 when something does not" do
+      {0, out, _} = plan(["--budget", "ram=1TiB,vram=none"])
+      assert out =~ "All 5 fit."
+      refute out =~ "DOES NOT FIT"
+
+      {1, out, _} = plan(["--budget", "ram=16GiB,vram=none"])
+      assert out =~ "Llama-3.1-8B-Instruct-Q4_K_M: FITS"
+      assert out =~ "Llama-3.1-70B-Instruct-Q4_K_M: DOES NOT FIT: RAM is short by"
+      assert out =~ "2 of 5 fit."
+      # Each built-in model is checked alone: none is refused for another's sake.
+      refute out =~ "refused"
+    end
+  end
+
+  describe "files" do
+    test "a GGUF file: read from its header and placed block by block", %{gguf: gguf} do
+      {0, out, ""} = plan([gguf.path, "--budget", "ram=1GiB,vram=none"])
+      assert out =~ "Models together, in order"
+      assert out =~ "Tiny Llama: FITS"
+      assert out =~ "Context 4096 tokens: the longest that fits is 4096; trained: 4096."
+
+      {0, report} = json([gguf.path, "--budget", "ram=1GiB,vram=none"])
+      [model] = report["models"]
+      assert model["source"] == gguf.path
+      assert model["architecture"] == "llama"
+      assert model["n_layers"] == 2
+
+      assert model["weight_bytes"] ==
+               gguf.input_bytes + Enum.sum(gguf.layer_bytes) + gguf.output_bytes
+
+      [ram] = model["devices"]
+      assert ram["weights"] == model["weight_bytes"]
+      # 4096 tokens x 2 layers x (2 KV heads x 64) x (K + V) x 2 bytes (f16).
+      assert ram["kv_cache"] == 4096 * 2 * 128 * 2 * 2
+    end
+
+    test "a safetensors folder with its config.json", %{safetensors: dir} do
+      {0, report} = json([dir, "--budget", "ram=1GiB,vram=none", "--ctx", "1024"])
+      [model] = report["models"]
+      assert model["architecture"] == "qwen2"
+      assert model["name"] == "qwen-tiny"
+      assert model["trained_context"] == 2048
+      assert model["n_ctx"] == 1024
+      assert model["longest_context"] == 2048
+      # 1024 tokens x 2 layers x 64 (one KV head) x (K + V) x 2 bytes.
+      assert hd(model["devices"])["kv_cache"] == 1024 * 2 * 64 * 2 * 2
+    end
+
+    test "a file that cannot be read is bad input", %{dir: dir} do
+      path = Path.join(dir, "old.gguf")
+      File.write!(path, "GGUF" <> <<1::little-32>>)
+      {2, "", err} = plan([path])
+
+      assert err ==
+               "mix model_budget.plan: #{path}: GGUF version 1 is not supported (versions 2 and 3 are) at byte 4\n"
+    end
+
+    test "a missing path that is no built-in name is bad input" do
+      {2, "", err} = plan(["/no/such/model.gguf"])
+
+      assert err =~
+               ~r{^mix model_budget.plan: /no/such/model.gguf: no such file, and not a built-in model \(llama-3.1-8b, .*\)\n$}
+    end
+  end
+
+  describe "several models" do
+    test "are folded in order; the ones that do not fit are refused and take nothing",
+         %{gguf: gguf, other: other} do
+      # 8 GiB: the tiny model and Llama-3.1-8B (5.9 GiB) fit, Qwen2.5-32B is
+      # refused, and the second tiny model still fits after it.
+      args = [
+        gguf.path,
+        "llama-3.1-8b",
+        "qwen2.5-32b",
+        other.path,
+        "--budget",
+        "ram=8GiB,vram=none"
+      ]
+
+      {1, out, ""} = plan(args)
+      assert out =~ "Tiny Llama: FITS"
+      assert out =~ "Llama-3.1-8B-Instruct-Q4_K_M: FITS"
+      assert out =~ "Qwen2.5-32B-Instruct-Q4_K_M: DOES NOT FIT: RAM is short by"
+      assert out =~ ~r/Qwen2.5-32B-Instruct-Q4_K_M .* DOES NOT FIT \(refused\)/
+      assert out =~ "Other Tiny: FITS"
+      assert out =~ "3 of 4 fit together; refused: Qwen2.5-32B-Instruct-Q4_K_M."
+
+      {1, report} = json(args)
+      [tiny, llama, qwen, other_tiny] = report["models"]
+      ram_total = fn m -> Enum.find(m["devices"], &(&1["device"] == "ram"))["total"] end
+      ram_left = fn m -> Enum.find(m["devices"], &(&1["device"] == "ram"))["available"] end
+      assert ram_left.(tiny) == 8 * @gib
+      assert ram_left.(llama) == 8 * @gib - ram_total.(tiny)
+      assert ram_left.(qwen) == 8 * @gib - ram_total.(tiny) - ram_total.(llama)
+      # The refused model took nothing.
+      assert ram_left.(other_tiny) == ram_left.(qwen)
+      assert [%{"device" => "ram", "short_by" => short_by}] = qwen["short"]
+      assert short_by == ram_total.(qwen) - ram_left.(qwen)
+    end
+
+    test "the same models all fit together in a larger budget", %{gguf: gguf, other: other} do
+      {0, out, ""} =
+        plan([gguf.path, other.path, "llama-3.1-8b", "--budget", "ram=32GiB,vram=none"])
+
+      assert out =~ "All 3 fit together."
+    end
+  end
+
+  describe "--json" do
+    test "the report, decoded and checked field by field" do
+      args = ["llama-3.1-8b", "llama-3.1-70b", "--budget", "ram=32GiB,vram=24GiB:24GiB"]
+
+      {1, report} =
+        json(args ++ ["--split-mode", "layer", "--ctx", "16384", "--cache-type-k", "q8_0"])
+
+      assert Map.keys(report) ==
+               ~w(budget fits machine models n_gpus options together)
+
+      assert report["fits"] == false
+      assert report["together"] == true
+      assert report["n_gpus"] == 2
+
+      assert report["budget"] == %{
+               "mode" => "per_device",
+               "ram" => 32 * @gib,
+               "vram" => %{"0" => 24 * @gib, "1" => 24 * @gib}
+             }
+
+      assert report["options"] == %{
+               "split_mode" => "layer",
+               "n_ctx" => 16_384,
+               "cache_type_k" => "q8_0"
+             }
+
+      memory = ModelBudget.system_memory()
+      assert report["machine"]["ram"]["total"] == memory.total
+      assert report["machine"]["ram"]["limit"] == memory.limit
+      assert is_integer(report["machine"]["ram"]["available"])
+      assert report["machine"]["gpus"] == Enum.map(ModelBudget.devices(), &gpu_json/1)
+
+      case ModelBudget.gpu_status() do
+        {:ok, driver, count} ->
+          assert report["machine"]["gpu_status"] ==
+                   %{"available" => true, "driver" => driver, "count" => count, "reason" => nil}
+
+        {:unavailable, reason} ->
+          assert report["machine"]["gpu_status"] ==
+                   %{"available" => false, "driver" => nil, "count" => 0, "reason" => reason}
+      end
+
+      [llama, big] = report["models"]
+      {:ok, model} = ModelBudget.Plan.Catalog.fetch("llama-3.1-8b")
+
+      assert Map.take(
+               llama,
+               ~w(name source architecture n_params weight_bytes n_layers trained_context fits n_ctx)
+             ) ==
+               %{
+                 "name" => "Llama-3.1-8B-Instruct-Q4_K_M",
+                 "source" => "built-in",
+                 "architecture" => "llama",
+                 "n_params" => model.n_params,
+                 "weight_bytes" => model.weight_bytes,
+                 "n_layers" => 32,
+                 "trained_context" => 131_072,
+                 "fits" => true,
+                 "n_ctx" => 16_384
+               }
+
+      assert llama["short"] == []
+      assert llama["suggestions"] == %{"n_gpu_layers" => nil, "n_ctx" => nil, "cache_type" => nil}
+
+      # The devices are exactly ModelBudget.breakdown/3's, with what was left.
+      opts = [split_mode: :layer, n_ctx: 16_384, cache_type_k: :q8_0]
+      b = ModelBudget.breakdown(model, opts, 2)
+      parts = ~w(weights kv_cache compute overhead total)
+
+      expected =
+        [
+          {"ram", nil, b.ram, 32 * @gib},
+          {"gpu", 0, b.vram[0], 24 * @gib},
+          {"gpu", 1, b.vram[1], 24 * @gib}
+        ]
+        |> Enum.map(fn {device, gpu, share, left} ->
+          share
+          |> Map.new(fn {k, v} -> {Atom.to_string(k), v} end)
+          |> Map.take(parts)
+          |> Map.merge(%{"device" => device, "gpu" => gpu, "available" => left})
+        end)
+
+      assert llama["devices"] == expected
+
+      # The 70B model comes after the 8B one and is short on both GPUs.
+      assert big["fits"] == false
+      assert [%{"device" => "gpu", "gpu" => 0}, %{"device" => "gpu", "gpu" => 1}] = big["short"]
+
+      for s <- big["short"] do
+        d = Enum.find(big["devices"], &(&1["gpu"] == s["gpu"]))
+        assert s["required"] == d["total"]
+        assert s["available"] == d["available"]
+        assert s["short_by"] == s["required"] - s["available"]
+
+        assert d["available"] ==
+                 24 * @gib - Enum.find(llama["devices"], &(&1["gpu"] == s["gpu"]))["total"]
+      end
+
+      assert is_integer(big["suggestions"]["n_gpu_layers"])
+    end
+
+    test "a combined budget adds the pool as a \"total\" device" do
+      {0, report} = json(["llama-3.1-8b", "--budget", "24GiB"])
+      assert report["budget"] == %{"mode" => "combined", "limit" => 24 * @gib}
+      [model] = report["models"]
+      total = List.last(model["devices"])
+      assert total["device"] == "total"
+      assert total["available"] == 24 * @gib
+      devices = Enum.drop(model["devices"], -1)
+      assert Enum.all?(devices, &(&1["available"] == nil))
+      assert total["total"] == devices |> Enum.map(& &1["total"]) |> Enum.sum()
+    end
+  end
+
+  describe "suggestions" do
+    # Every suggestion is checked by running the task again with it.
+    test "a smaller context and a quantized KV cache, each of which fits" do
+      args = ["llama-3.1-8b", "--budget", "ram=7GiB,vram=none", "--ctx", "32768"]
+      {1, out, ""} = plan(args)
+      assert out =~ "It fits with any one of:"
+      {1, report} = json(args)
+      [model] = report["models"]
+      %{"n_ctx" => n, "cache_type" => type, "n_gpu_layers" => nil} = model["suggestions"]
+      assert n == model["longest_context"] and n < 32_768
+      assert out =~ "--ctx #{n}  "
+      assert out =~ "--cache-type-k #{type} --cache-type-v #{type}"
+
+      base = List.delete_at(List.delete_at(args, -1), -1)
+      assert {0, _, _} = plan(base ++ ["--ctx", "#{n}"])
+      assert {1, _, _} = plan(base ++ ["--ctx", "#{n + 1}"])
+      assert {0, _, _} = plan(args ++ ["--cache-type-k", type, "--cache-type-v", type])
+    end
+
+    test "fewer GPU layers when the GPUs are short" do
+      args = ["llama-3.1-70b", "--budget", "ram=64GiB,vram=16GiB:16GiB", "--split-mode", "layer"]
+      {1, report} = json(args)
+      [model] = report["models"]
+      k = model["suggestions"]["n_gpu_layers"]
+      assert k in 1..79
+      assert {0, _, _} = plan(args ++ ["--n-gpu-layers", "#{k}"])
+      assert {1, _, _} = plan(args ++ ["--n-gpu-layers", "#{k + 1}"])
+    end
+
+    test "none when even the weights do not fit" do
+      {1, out, ""} = plan(["llama-3.1-70b", "--budget", "ram=8GiB,vram=none"])
+      assert out =~ "no context fits"
+      assert out =~ "No smaller context, KV cache type or GPU offload makes it fit."
+    end
+  end
+
+  describe "options" do
+    test "llama.cpp spellings and --no-kv-offload" do
+      {0, report} =
+        json([
+          "llama-3.1-8b",
+          "-ngl",
+          "10",
+          "-c",
+          "2048",
+          "-nkvo",
+          "--budget",
+          "ram=32GiB,vram=8GiB"
+        ])
+
+      assert report["options"] == %{"n_gpu_layers" => 10, "n_ctx" => 2048, "offload_kqv" => false}
+      [model] = report["models"]
+      [ram, gpu] = model["devices"]
+      # Without KV offload the whole cache stays in RAM.
+      assert gpu["kv_cache"] == 0
+      assert ram["kv_cache"] == 2048 * 32 * 8 * 128 * 2 * 2
+    end
+
+    test "--parallel divides the context among slots" do
+      {0, out, ""} =
+        plan(["llama-3.1-8b", "--parallel", "4", "--ctx", "8192", "--budget", "unlimited"])
+
+      assert out =~ "Context 8192 tokens (4 slots of 2048)"
+    end
+  end
+
+  describe "bad input" do
+    for {args, message} <- [
+          {["--frobnicate"], "unknown option --frobnicate"},
+          {["--ctx", "lots"], "--ctx: expected an integer, got: lots"},
+          {["--ctx", "0"], "invalid --ctx: expected a positive integer below 2^64, got: 0"},
+          {["--parallel", "0"],
+           "invalid --parallel: expected a positive integer below 2^64, got: 0"},
+          {["--n-gpu-layers", "all"], "--n-gpu-layers: expected an integer, got: all"},
+          {["--split-mode", "diagonal"],
+           "--split-mode: expected none, layer or row, got: diagonal"},
+          {["--tensor-split", "3,x"],
+           "--tensor-split: expected non-negative numbers such as 3,1, got: 3,x"},
+          {["--tensor-split", "1,1,1", "--budget", "vram=8GiB:8GiB"],
+           "invalid --tensor-split: has 3 entries for 2 GPU(s), got: [1.0, 1.0, 1.0]"},
+          {["--tensor-split", "0,0", "--budget", "vram=8GiB:8GiB"],
+           "invalid --tensor-split: needs at least one positive weight, got: [0.0, 0.0]"},
+          {["--main-gpu", "2", "--budget", "vram=8GiB"],
+           "invalid --main-gpu: must be below the GPU count 1, got: 2"},
+          {["--cache-type-v", "q9_9"],
+           "--cache-type-v: expected bf16, f16, f32, iq4_nl, q4_0, q4_1, q5_0, q5_1, q8_0, got: q9_9"},
+          {["--budget", "lots"],
+           "--budget: invalid size: expected a byte count such as 24GiB, 1.5GB or 512 (units: KB, MB, GB, TB, KiB, MiB, GiB, TiB), got: \"lots\""},
+          {["--budget", "0"], "--budget: expected a positive size for one pool, got: 0"},
+          {["--budget", "ram=8GiB,disk=1TB"],
+           "--budget: disk=1TB: expected ram=SIZE or vram=SIZE:SIZE..."},
+          {["--budget", "ram=8GiB,ram=9GiB"], "--budget: ram=9GiB: given twice"},
+          {["--budget", "vram=8GiB:x"],
+           "--budget: vram=8GiB:x: invalid size: expected a byte count such as 24GiB, 1.5GB or 512 (units: KB, MB, GB, TB, KiB, MiB, GiB, TiB), got: \"x\""},
+          {["--json=yes"], "--json: expected no value, got: yes"}
+        ] do
+      test "#{Enum.join(args, " ")}" do
+        {status, out, err} = plan(unquote(args))
+        assert {status, out} == {2, ""}
+        assert err == "mix model_budget.plan: " <> unquote(message) <> "\n"
+      end
+    end
+
+    test "a model whose header lacks what placement needs", %{dir: dir} do
+      path = Path.join(dir, "headless.gguf")
+
+      ModelBudget.Test.GGUF.write!(path, [{"general.architecture", :string, "llama"}], [
+        {"t", [32], "F32"}
+      ])
+
+      {2, "", err} = plan([path])
+      assert err =~ ~r/^mix model_budget.plan: invalid model: .*\n$/
+    end
+  end
+
+  defp gpu_json(g),
+    do: %{
+      "index" => g.gpu_index,
+      "name" => g.name,
+      "total" => g.memory_total,
+      "free" => g.memory_free
+    }
+end

@@ -1,0 +1,84 @@
+defmodule ModelBudget.Plan.ArgsTest do
+  use ExUnit.Case, async: true
+
+  alias ModelBudget.Plan.Args
+
+  @gib 2 ** 30
+
+  describe "parse/1" do
+    test "every load option, under the names distribute/3 takes" do
+      argv =
+        ~w(a.gguf b --n-gpu-layers 20 --split-mode row --tensor-split 3,1.5 --main-gpu 1 --ctx 4096
+           --parallel 2 --cache-type-k q8_0 --cache-type-v q4_0 --no-kv-offload --budget 48GiB)
+
+      assert {:ok, %{plan: plan, json: false}} = Args.parse(argv)
+      assert plan[:models] == ["a.gguf", "b"]
+      assert plan[:budget] == 48 * @gib
+
+      assert plan[:load] == [
+               n_gpu_layers: 20,
+               split_mode: :row,
+               tensor_split: [3, 1.5],
+               main_gpu: 1,
+               n_ctx: 4096,
+               n_parallel: 2,
+               cache_type_k: :q8_0,
+               cache_type_v: :q4_0,
+               offload_kqv: false
+             ]
+    end
+
+    test "llama.cpp's spellings" do
+      argv =
+        ~w(-ngl 5 -sm layer -ts 1,1 -mg 0 -c 100 -np 3 -ctk q8_0 -ctv q8_0 -nkvo --ctx-size 200)
+
+      {:ok, %{plan: plan}} = Args.parse(argv)
+      assert plan[:load][:n_gpu_layers] == 5
+      assert plan[:load][:split_mode] == :layer
+      # The last of a repeated switch wins.
+      assert plan[:load][:n_ctx] == 200
+      assert plan[:load][:offload_kqv] == false
+    end
+
+    test "--json and the defaults" do
+      assert Args.parse(["--json"]) ==
+               {:ok, %{plan: [models: [], budget: :auto, load: []], json: true}}
+    end
+  end
+
+  describe "budget/1" do
+    test "auto, unlimited, one pool, per device" do
+      assert Args.budget("auto") == {:ok, :auto}
+      assert Args.budget("unlimited") == {:ok, :infinity}
+      assert Args.budget("1.5GB") == {:ok, 1_500_000_000}
+
+      assert Args.budget("ram=64GiB,vram=24GiB:unlimited") ==
+               {:ok, %{ram: 64 * @gib, vram: [24 * @gib, :infinity]}}
+
+      assert Args.budget("vram=none,ram=unlimited") == {:ok, %{ram: :infinity, vram: []}}
+      assert Args.budget("ram=8GiB") == {:ok, %{ram: 8 * @gib, vram: :auto}}
+    end
+
+    test "refusals say which part is wrong" do
+      assert {:error, "--budget: ram=: invalid size: " <> _} = Args.budget("ram=")
+
+      assert {:error, "--budget: vram: expected ram=SIZE or vram=SIZE:SIZE..."} =
+               Args.budget("ram=1GiB,vram")
+
+      assert {:error, "--budget: expected a positive size for one pool, got: 0KB"} =
+               Args.budget("0KB")
+    end
+  end
+
+  describe "cli_message/1" do
+    test "names switches instead of options" do
+      assert Args.cli_message(
+               "invalid option :n_ctx: expected a positive integer below 2^64, got: 0"
+             ) ==
+               "invalid --ctx: expected a positive integer below 2^64, got: 0"
+
+      assert Args.cli_message("invalid memory budget: x") == "invalid --budget: x"
+      assert Args.cli_message("invalid model: y") == "invalid model: y"
+    end
+  end
+end

@@ -1,0 +1,69 @@
+defmodule ModelBudget.Plan.CatalogTest do
+  use ExUnit.Case, async: true
+
+  alias ModelBudget.Plan.Catalog
+
+  describe "models/0" do
+    test "parameter counts are the published totals" do
+      params = Map.new(Catalog.models(), &{&1.name, &1.n_params})
+      # Published sizes, in billions, to the digits given on the model cards.
+      for {name, billions} <- [
+            {"Llama-3.1-8B-Instruct-Q4_K_M", 8.03},
+            {"Gemma-2-9B-it-Q4_K_M", 9.24},
+            {"Qwen2.5-32B-Instruct-Q4_K_M", 32.76},
+            {"Mixtral-8x7B-Instruct-v0.1-Q4_K_M", 46.70},
+            {"Llama-3.1-70B-Instruct-Q4_K_M", 70.55}
+          ] do
+        assert Float.round(params[name] / 1.0e9, 2) == billions, name
+      end
+
+      # The same count ModelBudget.Model reads from a Gemma-2-9B-like file.
+      assert params["Gemma-2-9B-it-Q4_K_M"] == 9_241_705_984
+    end
+
+    test "weights are within 1% of published Q4_K_M files, which add a header" do
+      bytes = Map.new(Catalog.models(), &{&1.name, &1.weight_bytes})
+
+      for {name, file} <- [
+            {"Llama-3.1-8B-Instruct-Q4_K_M", 4_920_734_016},
+            {"Qwen2.5-32B-Instruct-Q4_K_M", 19_851_336_192},
+            {"Llama-3.1-70B-Instruct-Q4_K_M", 42_520_394_752}
+          ] do
+        assert abs(bytes[name] - file) / file < 0.01, "#{name}: #{bytes[name]} vs #{file}"
+      end
+    end
+
+    test "byte counts add up the way ModelBudget.Model's do" do
+      for m <- Catalog.models() do
+        head = if m.tied_embeddings, do: m.output_bytes - m.input_bytes, else: m.output_bytes
+        assert Enum.sum(m.layer_bytes) + m.input_bytes + head + m.other_bytes == m.weight_bytes
+        assert length(m.layer_bytes) == m.n_layers
+        assert (m.head_dim_k * m.n_head) in [m.n_embd, 4096]
+      end
+    end
+
+    test "shapes: GQA heads, Gemma-2's window on even layers, Mixtral's experts" do
+      {:ok, gemma} = Catalog.fetch("gemma-2-9b")
+
+      assert {gemma.sliding_window, Enum.take(gemma.sliding_window_layers, 4)} ==
+               {4096, [true, false, true, false]}
+
+      assert gemma.tied_embeddings
+      {:ok, mixtral} = Catalog.fetch("mixtral-8x7b")
+      assert {mixtral.n_experts, mixtral.n_experts_used, mixtral.sliding_window} == {8, 2, nil}
+      {:ok, llama} = Catalog.fetch("llama-3.1-8b")
+      # Placed at 8192 tokens of f16 KV: exactly 1 GiB of cache (GQA: 8 KV heads).
+      assert ModelBudget.breakdown(llama, [], 0).ram.kv_cache == 2 ** 30
+    end
+  end
+
+  describe "fetch/1" do
+    test "full and short names in any case" do
+      for name <- ["llama-3.1-70b", "LLAMA-3.1-70B", "Llama-3.1-70B-Instruct-Q4_K_M"] do
+        assert {:ok, %{n_layers: 80}} = Catalog.fetch(name)
+      end
+
+      assert Catalog.fetch("llama") == :error
+    end
+  end
+end

@@ -1,0 +1,244 @@
+defmodule ModelBudget.PlanTest do
+  use ExUnit.Case, async: true
+
+  alias ModelBudget.Plan
+  alias ModelBudget.Plan.Catalog
+  alias ModelBudget.Test.PlanFixtures
+
+  @gib 2 ** 30
+
+  defp fetch!(name) do
+    {:ok, model} = Catalog.fetch(name)
+    model
+  end
+
+  describe "run/1" do
+    test "plans on the machine's GPUs, with :auto VRAM from their free memory" do
+      machine = PlanFixtures.machine(64, [20, 10])
+
+      {:ok, plan} =
+        Plan.run(models: ["llama-3.1-8b"], load: [split_mode: :layer], machine: machine)
+
+      assert plan.n_gpus == 2
+
+      assert plan.budget == %{
+               mode: :per_device,
+               ram: div(64 * @gib * 4, 5),
+               vram: %{0 => 20 * @gib, 1 => 10 * @gib}
+             }
+
+      [entry] = plan.models
+      assert entry.fits
+      assert Enum.map(entry.devices, & &1.device) == [:ram, {:gpu, 0}, {:gpu, 1}]
+
+      assert Enum.map(entry.devices, & &1.available) == [
+               div(64 * @gib * 4, 5),
+               20 * @gib,
+               10 * @gib
+             ]
+
+      # The devices are the model-aware breakdown.
+      b = ModelBudget.breakdown(fetch!("llama-3.1-8b"), [split_mode: :layer, n_ctx: 8192], 2)
+
+      assert Enum.map(entry.devices, & &1.total) == [
+               b.ram.total,
+               b.vram[0].total,
+               b.vram[1].total
+             ]
+    end
+
+    test "listed VRAM limits plan for that many GPUs, whatever the machine has" do
+      machine = PlanFixtures.machine(64)
+
+      {:ok, plan} =
+        Plan.run(
+          models: ["llama-3.1-8b"],
+          budget: %{ram: :auto, vram: [8 * @gib]},
+          machine: machine
+        )
+
+      assert plan.n_gpus == 1
+      assert [%{device: :ram}, %{device: {:gpu, 0}}] = hd(plan.models).devices
+
+      {:ok, plan} =
+        Plan.run(
+          models: ["llama-3.1-8b"],
+          budget: %{ram: :auto, vram: %{2 => @gib}},
+          machine: machine
+        )
+
+      assert plan.n_gpus == 3
+    end
+
+    test "built-in models are each checked alone; given models are folded" do
+      machine = PlanFixtures.machine(64)
+      budget = %{ram: 10 * @gib, vram: []}
+      {:ok, alone} = Plan.run(budget: budget, machine: machine)
+      refute alone.together
+      assert Enum.map(alone.models, & &1.name) == Enum.map(Catalog.models(), & &1.name)
+      assert Enum.all?(alone.models, &(hd(&1.devices).available == 10 * @gib))
+
+      {:ok, together} =
+        Plan.run(models: ["llama-3.1-8b", "llama-3.1-8b"], budget: budget, machine: machine)
+
+      assert together.together
+      [first, second] = together.models
+      assert first.fits and not second.fits
+      assert hd(second.devices).available == 10 * @gib - hd(first.devices).total
+      assert [%{device: :ram, short_by: short_by}] = second.short
+      assert short_by == hd(second.devices).total - hd(second.devices).available
+    end
+
+    test "suggestions are the search's answers" do
+      machine = PlanFixtures.machine(64)
+      budget = %{ram: 6 * @gib, vram: []}
+      load = [n_ctx: 16_384]
+
+      {:ok, plan} =
+        Plan.run(models: ["llama-3.1-8b"], budget: budget, load: load, machine: machine)
+
+      [entry] = plan.models
+      target = %{budget: plan.budget, used: ModelBudget.empty_usage(), n_gpus: 0}
+      found = Plan.search(fetch!("llama-3.1-8b"), load, target)
+      assert entry.suggestions == [n_ctx: found.longest_context, cache_type: found.cache_type]
+      assert entry.longest_context == found.longest_context
+    end
+
+    test "bad input is an error message, not an exception" do
+      machine = PlanFixtures.machine(64)
+
+      assert {:error, "invalid option :main_gpu: must be below the GPU count 1, got: 3"} =
+               Plan.run(
+                 models: ["llama-3.1-8b"],
+                 budget: %{ram: :auto, vram: [@gib]},
+                 load: [main_gpu: 3],
+                 machine: machine
+               )
+
+      assert {:error, "invalid memory budget: " <> _} = Plan.run(budget: "8GB", machine: machine)
+
+      assert {:error, "nope: no such file, and not a built-in model" <> _} =
+               Plan.run(models: ["nope"], machine: machine)
+    end
+  end
+
+  describe "search/3" do
+    setup do
+      %{model: fetch!("llama-3.1-8b"), empty: ModelBudget.empty_usage()}
+    end
+
+    test "a model that fits: no shortfall, the trained context", %{model: model, empty: empty} do
+      target = %{budget: ModelBudget.resolve(%{ram: 64 * @gib, vram: []}), used: empty, n_gpus: 0}
+
+      assert Plan.search(model, [], target) ==
+               %{
+                 short: [],
+                 n_ctx: 8192,
+                 longest_context: 131_072,
+                 n_gpu_layers: nil,
+                 cache_type: nil
+               }
+    end
+
+    test "the longest context fits and one more token does not", %{model: model, empty: empty} do
+      budget = ModelBudget.resolve(%{ram: 6 * @gib, vram: []})
+      target = %{budget: budget, used: empty, n_gpus: 0}
+
+      %{longest_context: n, short: [[device: :ram, required: _, available: _]]} =
+        Plan.search(model, [n_ctx: 65_536], target)
+
+      fits? = fn ctx ->
+        ModelBudget.check(budget, ModelBudget.distribute(model, [n_ctx: ctx], 0), empty) == :ok
+      end
+
+      assert fits?.(n)
+      refute fits?.(n + 1)
+    end
+
+    test "the most GPU layers that fit, and every short device", %{model: model, empty: empty} do
+      budget = ModelBudget.resolve(%{ram: 64 * @gib, vram: [2 * @gib, 2 * @gib]})
+      target = %{budget: budget, used: empty, n_gpus: 2}
+      opts = [split_mode: :layer]
+      found = Plan.search(model, opts, target)
+
+      assert [
+               [device: {:gpu, 0}, required: _, available: _],
+               [device: {:gpu, 1}, required: _, available: _]
+             ] = found.short
+
+      k = found.n_gpu_layers
+
+      fits? = fn k ->
+        ModelBudget.check(
+          budget,
+          ModelBudget.distribute(model, [n_gpu_layers: k] ++ opts, 2),
+          empty
+        ) == :ok
+      end
+
+      assert fits?.(k)
+      refute Enum.any?((k + 1)..33, fits?)
+    end
+
+    test "bad options raise ArgumentError", %{model: model, empty: empty} do
+      target = %{budget: %{mode: :unlimited}, used: empty, n_gpus: 1}
+
+      assert_raise ArgumentError,
+                   "invalid option :cache_type_k: expected :f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1 or :iq4_nl, got: :q9",
+                   fn ->
+                     Plan.search(model, [cache_type_k: :q9], target)
+                   end
+    end
+  end
+
+  describe "exit_status/1" do
+    test "0 when everything fits, 1 otherwise" do
+      machine = PlanFixtures.machine(64)
+
+      {:ok, fits} =
+        Plan.run(models: ["llama-3.1-8b"], budget: %{ram: 8 * @gib, vram: []}, machine: machine)
+
+      {:ok, short} =
+        Plan.run(models: ["llama-3.1-8b"], budget: %{ram: 4 * @gib, vram: []}, machine: machine)
+
+      assert {Plan.exit_status(fits), Plan.exit_status(short)} == {0, 1}
+    end
+  end
+
+  describe "to_json/1" do
+    test "JSON-ready data that ModelBudget.JSON encodes" do
+      machine = PlanFixtures.machine(64, [20])
+
+      {:ok, plan} =
+        Plan.run(
+          models: ["llama-3.1-8b"],
+          budget: %{ram: 8 * @gib, vram: :infinity},
+          machine: machine
+        )
+
+      data = Plan.to_json(plan)
+      assert data.budget == %{mode: "per_device", ram: 8 * @gib, vram: nil}
+
+      assert data.machine.gpus == [
+               %{index: 0, name: "Test GPU 0", total: 80 * @gib, free: 20 * @gib}
+             ]
+
+      assert data.machine.gpu_status == %{
+               available: true,
+               driver: "550.54",
+               count: 1,
+               reason: nil
+             }
+
+      [model] = data.models
+
+      assert Enum.map(model.devices, &{&1.device, &1.gpu, &1.available}) == [
+               {"ram", nil, 8 * @gib},
+               {"gpu", 0, nil}
+             ]
+
+      {:ok, decoded} = data |> ModelBudget.JSON.encode!() |> ModelBudget.JSON.decode()
+      assert decoded["models"] |> hd() |> Map.fetch!("devices") |> length() == 2
+    end
+  end
+end

@@ -19,21 +19,100 @@ defmodule ModelBudget.ModelManager do
     1. In the caller: the backend's `c:ModelBudget.Backend.footprint/2` sizes
        the source and `ModelBudget.distribute/3` places it over RAM and the
        GPUs, from the load options.
-    2. In the manager: the placement is checked against the budget and what
-       is already held or reserved (`ModelBudget.check/3`). If it fits, it is
-       reserved at once (folded into `usage/1`) and the model is listed with
-       status `:loading`; if not, the load is refused with check's error.
-       Admissions are decided one at a time in the manager, so two loads can
-       never both be admitted into room that only one fits.
-    3. In a task the manager supervises: the backend's
-       `c:ModelBudget.Backend.load/3` does the slow work while the manager
-       goes on serving other loads, unloads and touches. Success makes the
-       model `:ready`; a failure or crash releases the reservation.
+    2. In the manager: idle models are evicted to make room when the load
+       does not fit or the `:evict_when` rules say so (see "Eviction" below),
+       and the placement is checked against the budget and what is held or
+       reserved (`ModelBudget.check/3`). If it fits, it is reserved at once
+       (folded into `usage/1`) and the model is listed with status
+       `:loading`; if not, the load is refused with check's error and nothing
+       is evicted. Admissions are decided one at a time in the manager, so
+       two loads can never both be admitted into room that only one fits.
+    3. In a task the manager supervises, once the models evicted for it have
+       been unloaded: the backend's `c:ModelBudget.Backend.load/3` does the
+       slow work while the manager goes on serving other loads, unloads and
+       touches. Success makes the model `:ready`; a failure or crash
+       releases the reservation.
 
   The caller is monitored while its load runs: if it dies, the load is
   cancelled (its task killed) and the reservation released. A handle that
   is a pid is monitored while the model is loaded: if that process dies, the
   manager logs it, releases the model's memory and removes its entry.
+
+  ## Eviction
+
+  Before admitting a load, for each device its placement touches (the
+  combined pool, or RAM and then each GPU by index, where it puts bytes),
+  the manager evicts, one at a time, the least recently used idle model that
+  holds memory on that device, while the load does not fit there or any
+  `:evict_when` rule holds, measuring the device again after each. It stops
+  as soon as the load fits and no rule holds. A model is idle when it is
+  `:ready`, not pinned (the `:pinned` load option), and was not admitted,
+  loaded or touched within `:min_idle_ms` (`:infinity` turns eviction off);
+  loading and unloading models are never evicted. Rules that still hold once no idle model is left do not
+  refuse a load that fits.
+
+  **Plan first, then act.** The evictions are simulated on the ledger; if
+  the load still does not fit once every idle model on a device would be
+  gone, it is refused with `ModelBudget.check/3`'s error against the ledger
+  as it stands and nothing is evicted. Otherwise each planned model is
+  unloaded through the backend's `c:ModelBudget.Backend.unload/1`, logged at
+  info level with the reason, and the load is admitted, all in one step of
+  the manager.
+
+  **Memory is handed over, never double-counted or over-committed.** An
+  evicted model's memory is free only when its backend unload returns, so
+  the new model's backend load starts only once every model evicted for it
+  is unloaded (its caller waits; the model is listed as `:loading`
+  meanwhile). The ledger, from the moment of admission, counts the new
+  placement plus whatever the evicted models hold beyond it (per device, or
+  in total for a combined budget), released as their unloads return: so
+  `usage/1` never exceeds the budget, and neither does what the backends
+  really hold, which `usage/1` always covers. If the waiting load is
+  cancelled, its evicted models count in full again until their unloads
+  return.
+
+  `fence/3` makes room the same way for work that is not a model load, and
+  returns once the evicted models are unloaded; it reserves nothing.
+
+  ### Variables
+
+  Each rule is an expression of `ModelBudget.Constraint` over these
+  variables, measured on the device being planned, after the evictions
+  planned so far. All are integers from 0 to 2^64 - 1 (bytes or counts).
+
+    * `memory_required` - the bytes the load (or fence) needs on the device.
+    * `total` - the device's budget: the limit of a combined budget on its one
+      device, `:total`; a per-device budget's limit for RAM or that GPU. A
+      device with no limit (`:infinity`, a GPU a per-device budget does not
+      name, any device of an unlimited budget) has `total` 2^64 - 1.
+    * `used` - the bytes held or reserved on the device (`usage/1`; the
+      combined pool counts RAM and every GPU).
+    * `available` - `total - used`, never below 0; so 2^64 - 1 - `used` on a
+      device with no limit, where the default rule never holds.
+    * `used_percent` - `used * 100 / total`, rounded down; 100 when `total`
+      is 0. (`used / total > 0.9` is exact, for finer thresholds.)
+    * `free` - the device's free memory as the probe sees it when the load
+      is planned (`ModelBudget.system_memory/0`'s `:available` for RAM,
+      `ModelBudget.devices/0`'s `:memory_free` for a GPU, 0 for a GPU it does
+      not see, their sum for the combined pool), plus what the evictions
+      planned so far hold there. Probed only when a rule reads it.
+    * `model_size` - the load's whole placement (all devices), or a fence's
+      bytes.
+    * `resident_count` - how many models the manager lists (loading, ready
+      and unloading), less those planned for eviction.
+    * `resident_bytes` - `used` over all devices.
+
+  An unlimited budget is planned per device, like a per-device budget with
+  no limits: only rules (on `free`, `resident_count`, ...) evict there.
+
+  ## History
+
+  `info/2` and `list/1` count, per model id, how many times this manager
+  loaded it (`:loads`) and evicted it (`:evictions`), and list the ids
+  evicted to admit it (`:evicted`). `stats/1` has the manager's totals. The
+  manager remembers the two counters of every id it has loaded (one small
+  ETS row each, kept for its life): ids are meant to name models, not
+  requests.
 
   ## Reads
 
@@ -61,6 +140,7 @@ defmodule ModelBudget.ModelManager do
   require Logger
 
   alias ModelBudget.Backend.Reservation
+  alias ModelBudget.ModelManager.Eviction
 
   @typedoc "A manager: a pid or any `GenServer` name."
   @type manager :: GenServer.server()
@@ -82,8 +162,13 @@ defmodule ModelBudget.ModelManager do
     * `:handle` - what the backend's load returned; `nil` while loading.
     * `:loaded_at` - when the load finished, in `System.monotonic_time(:millisecond)`;
       `nil` while loading.
-    * `:last_used` - when the model was admitted or last touched (`touch/2`),
-      in `System.monotonic_time(:millisecond)`.
+    * `:last_used` - when the model was admitted, loaded or last touched
+      (`touch/2`), in `System.monotonic_time(:millisecond)`.
+    * `:evicted` - the ids evicted to make room for this load, in order.
+    * `:loads` - how many times this manager has loaded this id, this load
+      included once it is ready.
+    * `:evictions` - how many times this manager has evicted this id, an
+      eviction under way included.
   """
   @type info :: %{
           id: id(),
@@ -94,7 +179,25 @@ defmodule ModelBudget.ModelManager do
           pinned: boolean(),
           handle: term(),
           loaded_at: integer() | nil,
-          last_used: integer()
+          last_used: integer(),
+          evicted: [id()],
+          loads: non_neg_integer(),
+          evictions: non_neg_integer()
+        }
+
+  @typedoc """
+  The manager's totals, as `stats/1` returns them.
+
+    * `:loads` - loads that finished (models made ready).
+    * `:evictions` - models evicted, for loads and fences.
+    * `:refused` - loads and fences refused for lack of memory.
+    * `:fences` - fences granted.
+  """
+  @type stats :: %{
+          loads: non_neg_integer(),
+          evictions: non_neg_integer(),
+          refused: non_neg_integer(),
+          fences: non_neg_integer()
         }
 
   @typedoc "Why a load did not happen."
@@ -104,8 +207,30 @@ defmodule ModelBudget.ModelManager do
           | {:load_failed, term()}
           | {:load_crashed, term()}
 
-  @start_schema [:name, memory_budget: :infinity, backend: Reservation, models: []]
-  @info_keys [:id, :status, :source, :placement, :bytes, :pinned, :handle, :loaded_at, :last_used]
+  @start_schema [
+    :name,
+    memory_budget: :infinity,
+    backend: Reservation,
+    models: [],
+    evict_when: Eviction.default_rules(),
+    min_idle_ms: 0
+  ]
+  @info_keys [
+    :id,
+    :status,
+    :source,
+    :placement,
+    :bytes,
+    :pinned,
+    :handle,
+    :loaded_at,
+    :last_used,
+    :evicted,
+    :loads,
+    :evictions
+  ]
+  # Positions of the totals in the table's {:stats, ...} row.
+  @stats [loads: 2, evictions: 3, refused: 4, fences: 5]
 
   @doc """
   A child specification for a supervisor: starts the manager with
@@ -132,8 +257,9 @@ defmodule ModelBudget.ModelManager do
 
   Options are checked before the process starts: an unknown option, a
   budget `ModelBudget.resolve/1` rejects, a backend that does not implement
-  `ModelBudget.Backend`, or a malformed `:models` list raises
-  `ArgumentError`.
+  `ModelBudget.Backend`, `:evict_when` rules that do not compile (the message
+  names the expression, the column and what was expected), or a malformed
+  `:models` list raises `ArgumentError`.
 
   ## Options
 
@@ -145,6 +271,13 @@ defmodule ModelBudget.ModelManager do
       another with `load/4` once the manager is running, so a slow load does
       not hold up the supervisor. Failures are logged and do not stop the
       manager or the models after them. Defaults to `[]`.
+    * `:evict_when` - rules, combined with OR, that make room by evicting
+      idle models before a load (see "Eviction" above for the variables);
+      `[]` evicts only what a load needs to fit. Defaults to
+      `["memory_required > available * 0.70"]`.
+    * `:min_idle_ms` - models admitted, loaded or touched within this many
+      milliseconds are not evicted; `:infinity` turns eviction off (a load
+      that does not fit is refused). Defaults to `0`.
     * `:name` - any `GenServer` name (an atom, `{:global, term}`,
       `{:via, module, term}`). Defaults to no name.
 
@@ -156,6 +289,9 @@ defmodule ModelBudget.ModelManager do
 
       iex> ModelBudget.ModelManager.start_link(memory_budget: "8GB")
       ** (ArgumentError) invalid memory budget: expected :infinity, nil, :auto, a positive integer, or a map with :ram and :vram keys, got: "8GB"
+
+      iex> ModelBudget.ModelManager.start_link(evict_when: ["memory_required > avail * 0.7"])
+      ** (ArgumentError) invalid option :evict_when: "memory_required > avail * 0.7" does not compile at column 19: expected a variable (memory_required, available, total, used, used_percent, free, model_size, resident_count, resident_bytes), got `avail`
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
@@ -169,6 +305,8 @@ defmodule ModelBudget.ModelManager do
       budget: ModelBudget.resolve(opts[:memory_budget]),
       backend: validate_backend!(opts[:backend]),
       models: validate_models!(opts[:models]),
+      constraint: Eviction.compile!(opts[:evict_when]),
+      min_idle_ms: validate_min_idle!(opts[:min_idle_ms]),
       name: opts[:name]
     }
 
@@ -179,13 +317,17 @@ defmodule ModelBudget.ModelManager do
   @doc """
   Loads model `id` from `source` through the backend, if its placement fits.
 
-  Blocks until the backend's load has finished (there is no timeout; run it
-  in a task and shut the task down to give up: the load is then cancelled).
-  Returns `{:ok, info}` with the model `:ready`, or `{:error, reason}`:
+  Idle models may be evicted first to make room (see "Eviction" above).
+  Blocks until they are unloaded and the backend's load has finished (there
+  is no timeout; run it in a task and shut the task down to give up: the
+  load is then cancelled). Returns `{:ok, info}` with the model `:ready` and
+  `info.evicted` the ids evicted for it, or `{:error, reason}`:
 
     * `:already_loaded` - `id` is loading, loaded or unloading.
     * `{:insufficient_memory, [device: d, required: r, available: a]}` -
-      `ModelBudget.check/3`'s refusal, against everything held or reserved.
+      `ModelBudget.check/3`'s refusal, against everything held or reserved,
+      when evicting every idle model would not make room; nothing was
+      evicted.
     * `{:load_failed, reason}` - the backend could not size or load the
       source (`{:error, reason}` from `footprint/2` or `load/3`), or
       `reason` is `:cancelled`: the model was unloaded while loading.
@@ -203,8 +345,8 @@ defmodule ModelBudget.ModelManager do
     * `:n_gpus` - the number of GPUs to place over. Defaults to the GPUs a
       per-device budget names (one past its highest VRAM index), else the
       number of GPUs `ModelBudget.devices/0` found when the manager started.
-    * `:pinned` - marks the model as one to keep resident; recorded in its
-      info. Defaults to `false`.
+    * `:pinned` - keeps the model resident: it is never evicted (an
+      explicit `unload/2` still unloads it). Defaults to `false`.
     * every `ModelBudget.distribute/3` option (`:mode`, `:n_gpu_layers`,
       `:split_mode`, ...), with its defaults.
 
@@ -212,11 +354,14 @@ defmodule ModelBudget.ModelManager do
 
       iex> {:ok, manager} = ModelBudget.ModelManager.start_link(memory_budget: 1_000)
       iex> {:ok, info} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 600}, mode: :direct, n_gpus: 0)
-      iex> {info.status, info.placement}
-      {:ready, %{ram: 600, vram: %{}}}
-      iex> ModelBudget.ModelManager.load(manager, :b, {:bytes, 600}, mode: :direct, n_gpus: 0)
+      iex> {info.status, info.placement, info.evicted}
+      {:ready, %{ram: 600, vram: %{}}, []}
+      iex> {:ok, info} = ModelBudget.ModelManager.load(manager, :b, {:bytes, 600}, mode: :direct, n_gpus: 0, pinned: true)
+      iex> info.evicted
+      [:a]
+      iex> ModelBudget.ModelManager.load(manager, :c, {:bytes, 600}, mode: :direct, n_gpus: 0)
       {:error, {:insufficient_memory, [device: :total, required: 600, available: 400]}}
-      iex> ModelBudget.ModelManager.load(manager, :a, {:bytes, 1}, mode: :direct)
+      iex> ModelBudget.ModelManager.load(manager, :b, {:bytes, 1}, mode: :direct)
       {:error, :already_loaded}
   """
   @spec load(manager(), id(), term(), keyword()) :: {:ok, info()} | {:error, load_error()}
@@ -231,7 +376,8 @@ defmodule ModelBudget.ModelManager do
         n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
         placement = ModelBudget.distribute(size, opts, n_gpus)
         bytes = if is_integer(size), do: size, else: size.weight_bytes
-        GenServer.call(manager, {:load, id, source, opts, bytes, placement}, :infinity)
+        request = %{id: id, source: source, opts: opts, bytes: bytes, placement: placement}
+        GenServer.call(manager, {:load, request}, :infinity)
       end
     end
   end
@@ -275,6 +421,65 @@ defmodule ModelBudget.ModelManager do
   """
   @spec touch(manager(), id()) :: :ok | {:error, :not_loaded}
   def touch(manager, id), do: GenServer.call(manager, {:touch, id})
+
+  @doc """
+  Makes room for `bytes` on `device` for work that is not a model load (a
+  plugin's scratch memory, say), evicting idle models by the same rules as a
+  load (see "Eviction" above; `model_size` is `bytes`).
+
+  Returns `{:ok, evicted_ids}` once the evicted models are unloaded, or
+  `ModelBudget.check/3`'s `{:error, {:insufficient_memory, ...}}` when even
+  evicting every idle model would not make room; nothing is evicted then.
+  Nothing is reserved: the room is free when this returns, and the next
+  admission may take it.
+
+  `device` is `:ram` or `{:gpu, index}`; with a combined budget, `:total`
+  too, and all three mean the one pool. `:total` with another budget, or a
+  `bytes` that is not a non-negative integer, raises `ArgumentError`.
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link(memory_budget: 1_000, evict_when: [])
+      iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 600}, mode: :direct, n_gpus: 0)
+      iex> ModelBudget.ModelManager.fence(manager, :total, 300)
+      {:ok, []}
+      iex> ModelBudget.ModelManager.fence(manager, :total, 500)
+      {:ok, [:a]}
+      iex> ModelBudget.ModelManager.fence(manager, :total, 1_001)
+      {:error, {:insufficient_memory, [device: :total, required: 1001, available: 1000]}}
+  """
+  @spec fence(manager(), ModelBudget.device(), non_neg_integer()) ::
+          {:ok, [id()]} | {:error, ModelBudget.insufficient()}
+  def fence(manager, device, bytes) do
+    unless is_integer(bytes) and bytes >= 0 do
+      raise ArgumentError,
+            "invalid bytes: expected a non-negative integer, got: #{inspect(bytes)}"
+    end
+
+    placement =
+      fence_placement!(config!(manager, :fence, [manager, device, bytes]), device, bytes)
+
+    GenServer.call(manager, {:fence, placement}, :infinity)
+  end
+
+  @doc """
+  The manager's totals since it started (see `t:stats/0`), read without
+  calling the manager.
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link(memory_budget: 1_000)
+      iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 600}, mode: :direct, n_gpus: 0)
+      iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :b, {:bytes, 600}, mode: :direct, n_gpus: 0)
+      iex> ModelBudget.ModelManager.stats(manager)
+      %{loads: 2, evictions: 1, refused: 0, fences: 0}
+  """
+  @spec stats(manager()) :: stats()
+  def stats(manager) do
+    args = [manager]
+    [row] = read(config!(manager, :stats, args), :stats, args, &:ets.lookup(&1, :stats))
+    Map.new(@stats, fn {name, position} -> {name, elem(row, position - 1)} end)
+  end
 
   @doc """
   The entry of model `id` (see `t:info/0`), read without calling the manager.
@@ -408,6 +613,33 @@ defmodule ModelBudget.ModelManager do
     end
   end
 
+  defp validate_min_idle!(ms) when (is_integer(ms) and ms >= 0) or ms == :infinity, do: ms
+
+  defp validate_min_idle!(ms) do
+    raise ArgumentError,
+          "invalid option :min_idle_ms: expected a non-negative integer or :infinity, got: " <>
+        inspect(ms)
+  end
+
+  defp fence_placement!(_config, :ram, bytes), do: %{ram: bytes, vram: %{}}
+
+  defp fence_placement!(_config, {:gpu, gpu}, bytes) when is_integer(gpu) and gpu >= 0,
+    do: %{ram: 0, vram: if(bytes > 0, do: %{gpu => bytes}, else: %{})}
+
+  defp fence_placement!(%{budget: %{mode: :combined}}, :total, bytes),
+    do: %{ram: bytes, vram: %{}}
+
+  defp fence_placement!(_config, :total, _bytes) do
+    raise ArgumentError,
+          "invalid device: :total is the pool of a combined budget; " <>
+            "with this manager's budget, expected :ram or {:gpu, index}"
+  end
+
+  defp fence_placement!(_config, device, _bytes) do
+    raise ArgumentError,
+          "invalid device: expected :total, :ram or {:gpu, index}, got: #{inspect(device)}"
+  end
+
   defp validate_models!(models) when is_list(models), do: Enum.map(models, &validate_model!/1)
 
   defp validate_models!(models) do
@@ -453,7 +685,7 @@ defmodule ModelBudget.ModelManager do
   def init(config) do
     {:ok, task_sup} = Task.Supervisor.start_link()
     table = :ets.new(__MODULE__, [:set, :protected, read_concurrency: true])
-    :ets.insert(table, {:usage, ModelBudget.empty_usage()})
+    :ets.insert(table, [{:usage, ModelBudget.empty_usage()}, {:stats, 0, 0, 0, 0}])
 
     shared = %{
       table: table,
@@ -478,8 +710,14 @@ defmodule ModelBudget.ModelManager do
       Map.merge(shared, %{
         name: config.name,
         task_sup: task_sup,
+        constraint: config.constraint,
+        min_idle_ms: config.min_idle_ms,
         usage: ModelBudget.empty_usage(),
         models: %{},
+        # {lru_tick, id} of every model, least recently used first.
+        lru: :gb_sets.empty(),
+        # Fences waiting for their evicted models: ref => %{from, pending, evicted}.
+        fences: %{},
         # Every monitor and task ref the manager holds: ref => {kind, id}.
         refs: %{}
       })
@@ -526,14 +764,34 @@ defmodule ModelBudget.ModelManager do
   end
 
   @impl true
-  def handle_call({:load, id, source, opts, bytes, placement}, from, state) do
+  def handle_call({:load, %{id: id} = request}, from, state) do
     if Map.has_key?(state.models, id) do
       {:reply, {:error, :already_loaded}, state}
     else
-      case admit(state, placement) do
-        :ok -> {:noreply, start_load(state, from, id, source, opts, bytes, placement)}
-        {:error, _} = refused -> {:reply, refused, state}
+      case admit(state, request.placement) do
+        {:ok, evictions, usage} -> {:noreply, start_load(state, from, request, evictions, usage)}
+        {:error, _} = refused -> {:reply, refused, count(state, :refused)}
       end
+    end
+  end
+
+  def handle_call({:fence, placement}, from, state) do
+    case admit(state, placement) do
+      {:ok, [], _usage} ->
+        {:reply, {:ok, []}, count(state, :fences)}
+
+      {:ok, evictions, _usage} ->
+        ref = make_ref()
+        # Nothing takes the evicted models' memory over: they count in full
+        # until their unloads return, and the fence answers then.
+        {state, evicted} = evict(state, evictions, {:fence, ref}, placements(evictions))
+        ids = Enum.map(evictions, & &1.id)
+        fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
+        state = put_entries(%{state | fences: Map.put(state.fences, ref, fence)}, evicted)
+        {:noreply, count(state, :fences)}
+
+      {:error, _} = refused ->
+        {:reply, refused, count(state, :refused)}
     end
   end
 
@@ -553,7 +811,7 @@ defmodule ModelBudget.ModelManager do
   def handle_call({:touch, id}, _from, state) do
     case Map.fetch(state.models, id) do
       {:ok, %{status: status} = entry} when status in [:loading, :ready] ->
-        {:reply, :ok, put_entry(state, used_now(entry))}
+        {:reply, :ok, put_entries(state, [used_now(entry)])}
 
       _ ->
         {:reply, {:error, :not_loaded}, state}
@@ -594,36 +852,136 @@ defmodule ModelBudget.ModelManager do
     {:noreply, state}
   end
 
-  # The one place a load is admitted: eviction plans its room here.
-  defp admit(state, placement), do: ModelBudget.check(state.budget, placement, state.usage)
+  # The one place loads and fences are admitted: plans the evictions that
+  # make room (nothing is evicted yet), then checks the placement against
+  # the ledger without them. Returns the evictions and that ledger's usage.
+  defp admit(state, placement) do
+    ledger = %{
+      budget: state.budget,
+      constraint: state.constraint,
+      usage: state.usage,
+      resident_count: map_size(state.models),
+      free: Eviction.probe_free(state.constraint, Eviction.devices(state.budget, placement))
+    }
 
-  defp start_load(state, {caller, _} = from, id, source, opts, bytes, placement) do
-    task =
-      Task.Supervisor.async_nolink(state.task_sup, state.backend, :load, [source, placement, opts])
+    with {:ok, evictions, usage} <- Eviction.plan(ledger, placement, candidates(state)),
+         :ok <- ModelBudget.check(state.budget, placement, usage) do
+      {:ok, evictions, usage}
+    end
+  end
 
+  # Idle models, least recently used first, walked lazily.
+  defp candidates(%{min_idle_ms: :infinity}), do: []
+
+  defp candidates(state) do
+    idle_since = now() - state.min_idle_ms
+
+    Stream.unfold(:gb_sets.iterator(state.lru), fn iterator ->
+      with {{_tick, id}, iterator} <- :gb_sets.next(iterator) do
+        {Map.fetch!(state.models, id), iterator}
+      else
+        :none -> nil
+      end
+    end)
+    |> Stream.filter(&(&1.status == :ready and not &1.pinned and &1.last_used <= idle_since))
+    |> Stream.map(&{&1.id, &1.placement})
+  end
+
+  # The evicted models start unloading, each counting `held` in the ledger
+  # from now on; `for` is what waits for them. The entries are returned for
+  # the caller to write with the rest of its step.
+  defp evict(state, evictions, for, held) do
+    Enum.zip(evictions, held)
+    |> Enum.map_reduce(state, fn {eviction, held}, state ->
+      entry = Map.fetch!(state.models, eviction.id)
+      log_eviction(state, entry, eviction, for)
+      evictions = history(state, entry.id, :evictions)
+      entry = %{entry | held: held, evicted_for: for, evictions: evictions}
+      {state, entry} = begin_unload(count(state, :evictions), entry, [])
+      {entry, store(state, entry)}
+    end)
+    |> then(fn {entries, state} -> {state, entries} end)
+  end
+
+  defp placements(evictions), do: Enum.map(evictions, & &1.placement)
+
+  defp log_eviction(state, entry, eviction, for) do
+    target =
+      case for do
+        {:load, id} -> "the load of #{inspect(id)}"
+        {:fence, _} -> "a fence"
+      end
+
+    reason =
+      case eviction.reason do
+        :constraint ->
+          "the :evict_when rules hold (#{Enum.join(state.constraint.expressions, " or ")})"
+
+        {:does_not_fit, required, available} ->
+          "#{required} bytes do not fit in the #{available} available"
+      end
+
+    Logger.info(
+      "#{inspect(__MODULE__)} #{inspect(state.name || self())}: evicting #{inspect(entry.id)} " <>
+        "(idle #{now() - entry.last_used} ms) to make room on #{inspect(eviction.device)} " <>
+        "for #{target}: #{reason}"
+    )
+  end
+
+  # `usage` is the ledger without the evicted models; they keep counting
+  # what they hold beyond the new placement (Eviction.residuals/3) until
+  # their unloads return, and the backend load waits for those.
+  defp start_load(state, {caller, _} = from, request, evictions, usage) do
+    %{id: id, placement: placement} = request
+    held = Eviction.residuals(state.budget, placements(evictions), placement)
+    {state, evicted} = evict(state, evictions, {:load, id}, held)
+    usage = Enum.reduce([placement | held], usage, &ModelBudget.fold(&2, &1))
     caller_ref = Process.monitor(caller)
+    ids = Enum.map(evictions, & &1.id)
+
+    {loads, evictions} =
+      case :ets.lookup(state.table, {:history, id}) do
+        [{_, loads, evictions}] -> {loads, evictions}
+        [] -> {0, 0}
+      end
 
     entry =
       used_now(%{
         id: id,
         status: :loading,
-        source: source,
-        opts: opts,
+        source: request.source,
+        opts: request.opts,
         placement: placement,
-        bytes: bytes,
-        pinned: Keyword.get(opts, :pinned, false),
+        held: placement,
+        bytes: request.bytes,
+        pinned: Keyword.get(request.opts, :pinned, false),
         handle: nil,
         loaded_at: nil,
+        evicted: ids,
+        evicted_for: nil,
+        waiting: MapSet.new(ids),
+        loads: loads,
+        evictions: evictions,
         from: from,
-        task: task,
+        task: nil,
         caller_ref: caller_ref,
         handle_ref: nil,
         waiters: []
       })
 
-    refs = state.refs |> Map.put(task.ref, {:load, id}) |> Map.put(caller_ref, {:caller, id})
-    usage = ModelBudget.fold(state.usage, placement)
-    put_entry(%{state | refs: refs, usage: usage}, entry)
+    refs = Map.put(state.refs, caller_ref, {:caller, id})
+    state = put_entries(%{state | refs: refs, usage: usage}, [entry | evicted])
+    if ids == [], do: run_load(state, entry), else: state
+  end
+
+  defp run_load(state, entry) do
+    %{source: source, placement: placement, opts: opts} = entry
+
+    task =
+      Task.Supervisor.async_nolink(state.task_sup, state.backend, :load, [source, placement, opts])
+
+    state = %{state | refs: Map.put(state.refs, task.ref, {:load, entry.id})}
+    store(state, %{entry | task: task})
   end
 
   defp finished(state, :load, id, outcome) do
@@ -633,11 +991,12 @@ defmodule ModelBudget.ModelManager do
 
     case outcome do
       {:ok, {:ok, handle}} ->
-        entry = %{entry | status: :ready, handle: handle, loaded_at: now()}
+        loads = history(state, id, :loads)
+        entry = %{entry | status: :ready, handle: handle, loaded_at: now(), loads: loads}
         {state, entry} = monitor_handle(state, used_now(entry))
-        state = put_entry(state, %{entry | task: nil, caller_ref: nil, from: nil})
+        state = put_entries(state, [%{entry | task: nil, caller_ref: nil, from: nil}])
         GenServer.reply(from, {:ok, info(entry)})
-        state
+        count(state, :loads)
 
       {:ok, {:error, reason}} ->
         fail_load(state, id, {:load_failed, reason})
@@ -660,7 +1019,28 @@ defmodule ModelBudget.ModelManager do
 
     {entry, state} = drop(state, id)
     Enum.each(entry.waiters, &GenServer.reply(&1, :ok))
-    state
+    evicted(state, entry)
+  end
+
+  # An evicted model is unloaded: what waited for it may go on.
+  defp evicted(state, %{evicted_for: nil}), do: state
+
+  defp evicted(state, %{evicted_for: {:load, id}, id: evicted}) do
+    entry = Map.fetch!(state.models, id)
+    entry = %{entry | waiting: MapSet.delete(entry.waiting, evicted)}
+    if MapSet.size(entry.waiting) == 0, do: run_load(state, entry), else: store(state, entry)
+  end
+
+  defp evicted(state, %{evicted_for: {:fence, ref}, id: evicted}) do
+    fence = Map.fetch!(state.fences, ref)
+    pending = MapSet.delete(fence.pending, evicted)
+
+    if MapSet.size(pending) == 0 do
+      GenServer.reply(fence.from, {:ok, fence.evicted})
+      %{state | fences: Map.delete(state.fences, ref)}
+    else
+      %{state | fences: Map.put(state.fences, ref, %{fence | pending: pending})}
+    end
   end
 
   defp fail_load(state, id, reason) do
@@ -675,6 +1055,30 @@ defmodule ModelBudget.ModelManager do
   end
 
   defp monitor_handle(state, entry), do: {state, entry}
+
+  # Still waiting for its evicted models: they hold their memory until their
+  # unloads return, so they count in full again.
+  defp cancel_load(state, %{task: nil} = entry, waiters) do
+    Process.demonitor(entry.caller_ref, [:flush])
+
+    state =
+      Enum.reduce(entry.waiting, %{state | refs: Map.delete(state.refs, entry.caller_ref)}, fn
+        id, state ->
+          evicted = Map.fetch!(state.models, id)
+
+          usage =
+            state.usage
+            |> ModelBudget.release(evicted.held)
+            |> ModelBudget.fold(evicted.placement)
+
+          store(%{state | usage: usage}, %{evicted | held: evicted.placement, evicted_for: nil})
+      end)
+
+    {_, state} = drop(state, entry.id)
+    Enum.each(waiters, &GenServer.reply(&1, :ok))
+    GenServer.reply(entry.from, {:error, {:load_failed, :cancelled}})
+    state
+  end
 
   # Kills the load's task and waits for it to be gone, so that a handle it
   # returned just before is never lost: that reply precedes its :DOWN.
@@ -714,17 +1118,21 @@ defmodule ModelBudget.ModelManager do
   # The memory stays reserved until the backend's unload returns: a runtime
   # frees it only then.
   defp start_unload(state, entry, waiters) do
+    {state, entry} = begin_unload(state, entry, waiters)
+    put_entries(state, [entry])
+  end
+
+  defp begin_unload(state, entry, waiters) do
     if entry.handle_ref, do: Process.demonitor(entry.handle_ref, [:flush])
 
     task = Task.Supervisor.async_nolink(state.task_sup, state.backend, :unload, [entry.handle])
     refs = state.refs |> Map.delete(entry.handle_ref) |> Map.put(task.ref, {:unload, entry.id})
     entry = %{entry | status: :unloading, task: task, handle_ref: nil, waiters: waiters}
-    put_entry(%{state | refs: refs}, entry)
+    {%{state | refs: refs}, entry}
   end
 
-  defp join_unload(state, entry, from) do
-    %{state | models: Map.put(state.models, entry.id, %{entry | waiters: [from | entry.waiters]})}
-  end
+  defp join_unload(state, entry, from),
+    do: store(state, %{entry | waiters: [from | entry.waiters]})
 
   defp model_died(state, id, reason) do
     Logger.warning(
@@ -743,18 +1151,49 @@ defmodule ModelBudget.ModelManager do
 
   defp info(entry), do: Map.take(entry, @info_keys)
 
-  # The entry and the usage it implies go to the table in one insert, so a
+  # Bumps a total of stats/1.
+  defp count(state, name) do
+    :ets.update_counter(state.table, :stats, {Keyword.fetch!(@stats, name), 1})
+    state
+  end
+
+  # Bumps and returns one of an id's history counters.
+  defp history(state, id, name) do
+    position = if name == :loads, do: 2, else: 3
+    :ets.update_counter(state.table, {:history, id}, {position, 1}, {{:history, id}, 0, 0})
+  end
+
+  # The entries and the usage they imply go to the table in one insert, so a
   # reader never sees one without the other.
-  defp put_entry(state, entry) do
-    :ets.insert(state.table, [{{:model, entry.id}, info(entry)}, {:usage, state.usage}])
-    %{state | models: Map.put(state.models, entry.id, entry)}
+  defp put_entries(state, entries) do
+    rows = for entry <- entries, do: {{:model, entry.id}, info(entry)}
+    :ets.insert(state.table, [{:usage, state.usage} | rows])
+    Enum.reduce(entries, state, &store(&2, &1))
+  end
+
+  # The manager's own copy of an entry, and its place in the LRU order.
+  defp store(state, %{id: id, lru_tick: tick} = entry) do
+    lru =
+      case state.models do
+        %{^id => %{lru_tick: ^tick}} ->
+          state.lru
+
+        %{^id => %{lru_tick: old}} ->
+          :gb_sets.add({tick, id}, :gb_sets.delete({old, id}, state.lru))
+
+        %{} ->
+          :gb_sets.add({tick, id}, state.lru)
+      end
+
+    %{state | models: Map.put(state.models, id, entry), lru: lru}
   end
 
   defp drop(state, id) do
     {entry, models} = Map.pop!(state.models, id)
-    usage = ModelBudget.release(state.usage, entry.placement)
+    usage = ModelBudget.release(state.usage, entry.held)
     :ets.delete(state.table, {:model, id})
     :ets.insert(state.table, {:usage, usage})
-    {entry, %{state | models: models, usage: usage}}
+    lru = :gb_sets.delete({entry.lru_tick, id}, state.lru)
+    {entry, %{state | models: models, usage: usage, lru: lru}}
   end
 end

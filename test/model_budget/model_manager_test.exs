@@ -223,7 +223,7 @@ defmodule ModelBudget.ModelManagerTest do
 
     test "refuses what does not fit with exactly check/3's error" do
       budget = %{ram: 1_000, vram: [500]}
-      manager = start_manager(memory_budget: budget)
+      manager = start_manager(memory_budget: budget, min_idle_ms: :infinity)
 
       assert {:ok, _} =
                ModelManager.load(manager, :a, {:test, 400}, mode: :direct, n_gpu_layers: 0)
@@ -286,7 +286,7 @@ defmodule ModelBudget.ModelManagerTest do
     end
 
     test "admits only one of many concurrent loads when room fits one" do
-      manager = start_manager(memory_budget: 1_000)
+      manager = start_manager(memory_budget: 1_000, min_idle_ms: :infinity)
 
       results =
         1..20
@@ -548,7 +548,7 @@ defmodule ModelBudget.ModelManagerTest do
     # Loads that succeed, sleep, fail, crash or lose their caller, plus
     # unloads, all at once; an observer samples usage/1 the whole time.
     test "1,000 concurrent loads never exceed the budget and leave nothing behind" do
-      manager = start_manager(memory_budget: @limit)
+      manager = start_manager(memory_budget: @limit, min_idle_ms: :infinity)
       counter = :counters.new(2, [:atomics])
       observer = Task.async(fn -> observe(manager, 0, 0) end)
 

@@ -19,6 +19,9 @@ defmodule ModelBudget.TestBackend do
       `:continue` before freeing its memory.
     * `:crash_unload` - unload frees the memory, then raises.
 
+  Every call of `unload/1` is counted per handle (`unloads/1`) in a public
+  table that `count_unloads/0` creates, from test_helper.exs.
+
   Load options (besides the manager's):
 
     * `:notify` - a pid told `{ModelBudget.TestBackend, :holder, holder}` when
@@ -27,6 +30,8 @@ defmodule ModelBudget.TestBackend do
   """
 
   @behaviour ModelBudget.Backend
+
+  @unloads Module.concat(__MODULE__, Unloads)
 
   @impl true
   def footprint({:test, _bytes, :no_footprint}, _opts), do: {:error, :no_footprint}
@@ -69,9 +74,23 @@ defmodule ModelBudget.TestBackend do
 
   @impl true
   def unload(holder) do
+    if :ets.whereis(@unloads) != :undefined,
+      do: :ets.update_counter(@unloads, holder, 1, {holder, 0})
+
     case stop(holder) do
       :ok -> :ok
       :crash -> raise "told to crash on unload"
+    end
+  end
+
+  @doc "Creates the table that counts unload calls; its owner must outlive the tests."
+  def count_unloads, do: :ets.new(@unloads, [:public, :named_table, write_concurrency: true])
+
+  @doc "How many times `unload/1` was called with `holder`."
+  def unloads(holder) do
+    case :ets.lookup(@unloads, holder) do
+      [{_, n}] -> n
+      [] -> 0
     end
   end
 

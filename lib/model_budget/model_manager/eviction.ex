@@ -1,0 +1,419 @@
+defmodule ModelBudget.ModelManager.Eviction do
+  @moduledoc """
+  Plans which resident models a `ModelBudget.ModelManager` evicts to make
+  room for a load or a fence: pure functions over the manager's ledger (plus
+  `probe_free/3`, which reads the device probe), so a plan can be made, and
+  tested, without touching a model.
+
+  The manager makes a plan before every admission and acts on it only when
+  it succeeds; the rules and the variables are described under "Eviction" in
+  `ModelBudget.ModelManager`.
+
+  A ledger, as `plan/3` and `values/3` take it:
+
+    * `:budget` - the resolved budget.
+    * `:constraint` - the compiled `:evict_when` rules.
+    * `:usage` - what the manager holds or reserves, folded.
+    * `:resident_count` - how many models the manager lists.
+    * `:free` - live free bytes by device (`probe_free/3`), or `nil` when no
+      rule reads `free`.
+  """
+
+  alias ModelBudget.Constraint
+
+  @variables [
+    :memory_required,
+    :available,
+    :total,
+    :used,
+    :used_percent,
+    :free,
+    :model_size,
+    :resident_count,
+    :resident_bytes
+  ]
+
+  @default_rules ["memory_required > available * 0.70"]
+
+  # The largest value a constraint variable takes (u64): unbounded devices.
+  @unbounded 2 ** 64 - 1
+
+  @typedoc "The manager's ledger, as the planner reads it (see the module doc)."
+  @type ledger :: %{
+          budget: ModelBudget.budget(),
+          constraint: Constraint.t(),
+          usage: ModelBudget.placement(),
+          resident_count: non_neg_integer(),
+          free: %{ModelBudget.device() => non_neg_integer()} | nil
+        }
+
+  @typedoc """
+  Why a model is evicted: the `:evict_when` rules hold on the device, or the
+  load needs `required` bytes there and only `available` are left.
+  """
+  @type reason :: :constraint | {:does_not_fit, non_neg_integer(), non_neg_integer()}
+
+  @typedoc "One planned eviction: the model, what it holds, and the device and reason it goes for."
+  @type eviction :: %{
+          id: term(),
+          placement: ModelBudget.placement(),
+          device: ModelBudget.device(),
+          reason: reason()
+        }
+
+  @doc """
+  The variable names `:evict_when` rules may use.
+
+  ## Examples
+
+      iex> ModelBudget.ModelManager.Eviction.variables()
+      [:memory_required, :available, :total, :used, :used_percent, :free, :model_size, :resident_count, :resident_bytes]
+  """
+  @spec variables() :: [atom()]
+  def variables, do: @variables
+
+  @doc """
+  The default `:evict_when` rules, the ones dgenerate ships.
+
+  ## Examples
+
+      iex> ModelBudget.ModelManager.Eviction.default_rules()
+      ["memory_required > available * 0.70"]
+  """
+  @spec default_rules() :: [String.t()]
+  def default_rules, do: @default_rules
+
+  @doc """
+  Compiles `:evict_when` rules over `variables/0`, raising `ArgumentError`
+  with the compile error when they do not compile.
+
+  ## Examples
+
+      iex> %ModelBudget.Constraint{used_variables: ["memory_required", "available"]} =
+      ...>   ModelBudget.ModelManager.Eviction.compile!(["memory_required > available * 0.70"])
+
+      iex> ModelBudget.ModelManager.Eviction.compile!(["used > totl"])
+      ** (ArgumentError) invalid option :evict_when: "used > totl" does not compile at column 8: expected a variable (memory_required, available, total, used, used_percent, free, model_size, resident_count, resident_bytes), got `totl`
+  """
+  @spec compile!([String.t()]) :: Constraint.t()
+  def compile!(rules) do
+    unless is_list(rules) and Enum.all?(rules, &is_binary/1) do
+      raise ArgumentError,
+            "invalid option :evict_when: expected a list of strings, got: #{inspect(rules)}"
+    end
+
+    case Constraint.compile(rules, @variables) do
+      {:ok, constraint} ->
+        constraint
+
+      {:error, {:invalid_constraint, expression, message, column}} ->
+        raise ArgumentError,
+              "invalid option :evict_when: #{inspect(expression)} does not compile " <>
+                "at column #{column}: #{message}"
+    end
+  end
+
+  @doc """
+  The devices `placement` touches, in the order they are planned: `[:total]`
+  for a combined budget, else `:ram` and then each GPU by index, where the
+  placement puts bytes. An unlimited budget counts per device.
+
+  ## Examples
+
+      iex> placement = %{ram: 10, vram: %{1 => 5, 0 => 0}}
+      iex> ModelBudget.ModelManager.Eviction.devices(%{mode: :per_device, ram: 100, vram: :infinity}, placement)
+      [:ram, {:gpu, 1}]
+      iex> ModelBudget.ModelManager.Eviction.devices(%{mode: :combined, limit: 100}, placement)
+      [:total]
+      iex> ModelBudget.ModelManager.Eviction.devices(%{mode: :combined, limit: 100}, %{ram: 0, vram: %{}})
+      []
+  """
+  @spec devices(ModelBudget.budget(), ModelBudget.placement()) :: [ModelBudget.device()]
+  def devices(%{mode: :combined}, placement) do
+    if total(placement) > 0, do: [:total], else: []
+  end
+
+  def devices(_budget, %{ram: ram, vram: vram}) do
+    gpus = for {gpu, bytes} <- Enum.sort(vram), bytes > 0, do: {:gpu, gpu}
+    if ram > 0, do: [:ram | gpus], else: gpus
+  end
+
+  @doc """
+  Live free bytes on each of `devices` when `constraint` reads `free`, else
+  `nil` (nothing is probed). RAM is `ModelBudget.system_memory/0`'s
+  `:available`; a GPU is `ModelBudget.devices/0`'s `:memory_free`, 0 for a GPU
+  the probe does not see; `:total` is the sum of RAM and every GPU.
+
+  ## Examples
+
+      iex> {:ok, rule} = ModelBudget.Constraint.compile(["free < 1GiB"], ModelBudget.ModelManager.Eviction.variables())
+      iex> %{ram: free} = ModelBudget.ModelManager.Eviction.probe_free(rule, [:ram])
+      iex> free > 0
+      true
+      iex> ModelBudget.ModelManager.Eviction.probe_free(ModelBudget.ModelManager.Eviction.compile!([]), [:ram])
+      nil
+  """
+  @spec probe_free(Constraint.t(), [ModelBudget.device()]) ::
+          %{ModelBudget.device() => non_neg_integer()} | nil
+  def probe_free(%Constraint{used_variables: used}, devices) do
+    if "free" in used do
+      gpus = if devices == [:ram], do: [], else: ModelBudget.devices()
+      ram = if Enum.any?(devices, &(&1 in [:ram, :total])), do: ModelBudget.system_memory()
+
+      Map.new(devices, fn
+        :ram -> {:ram, ram.available}
+        :total -> {:total, ram.available + Enum.sum(Enum.map(gpus, & &1.memory_free))}
+        {:gpu, i} = gpu -> {gpu, Enum.find_value(gpus, 0, &(&1.gpu_index == i && &1.memory_free))}
+      end)
+    end
+  end
+
+  @doc """
+  The variables' values on `device` for a load or fence of `placement`,
+  given `ledger` (see "Eviction" in `ModelBudget.ModelManager` for what each
+  one means). Every value is an integer from 0 to 2^64 - 1; `:free` is
+  present only when the ledger carries it.
+
+  ## Examples
+
+      iex> ledger = %{
+      ...>   budget: %{mode: :per_device, ram: 1_000, vram: %{0 => 400}},
+      ...>   constraint: nil,
+      ...>   usage: %{ram: 250, vram: %{0 => 100}},
+      ...>   resident_count: 3,
+      ...>   free: nil
+      ...> }
+      iex> placement = %{ram: 10, vram: %{0 => 200, 1 => 50}}
+      iex> ModelBudget.ModelManager.Eviction.values(ledger, placement, {:gpu, 0})
+      %{memory_required: 200, available: 300, total: 400, used: 100, used_percent: 25,
+        model_size: 260, resident_count: 3, resident_bytes: 350}
+      iex> ModelBudget.ModelManager.Eviction.values(ledger, placement, {:gpu, 1}).available
+      18446744073709551615
+  """
+  @spec values(ledger(), ModelBudget.placement(), ModelBudget.device()) :: %{
+          atom() => non_neg_integer()
+        }
+  def values(ledger, placement, device) do
+    used = share(ledger.usage, device)
+
+    total =
+      case limit(ledger.budget, device) do
+        :infinity -> @unbounded
+        limit -> limit
+      end
+
+    values = %{
+      memory_required: share(placement, device),
+      available: max(total - used, 0),
+      total: total,
+      used: used,
+      used_percent: if(total == 0, do: 100, else: div(used * 100, total)),
+      model_size: total(placement),
+      resident_count: ledger.resident_count,
+      resident_bytes: total(ledger.usage)
+    }
+
+    values =
+      if ledger.free, do: Map.put(values, :free, Map.fetch!(ledger.free, device)), else: values
+
+    Map.new(values, fn {name, value} -> {name, min(value, @unbounded)} end)
+  end
+
+  @doc """
+  Plans room for `placement`: for each device it touches (`devices/2`),
+  while the load does not fit there or the rules hold, the next model of
+  `candidates` that holds bytes on that device is evicted in the simulation,
+  and the device is measured again; stop as soon as the load fits and the
+  rules do not hold. Rules that still hold once no candidate is left do not
+  refuse a load that fits.
+
+  `candidates` is an enumerable of `{id, placement}`, the models that may be
+  evicted, least recently used first; it is walked lazily, once per device.
+
+  Returns `{:ok, evictions, usage}` with the evictions in order and the usage
+  once they are released (the new placement not added), or, when even
+  evicting every candidate leaves a device short, `ModelBudget.check/3`'s
+  error against the ledger as it stands: nothing is evicted.
+
+  ## Examples
+
+      iex> alias ModelBudget.ModelManager.Eviction
+      iex> ledger = %{
+      ...>   budget: %{mode: :combined, limit: 1_000},
+      ...>   constraint: Eviction.compile!([]),
+      ...>   usage: %{ram: 900, vram: %{}},
+      ...>   resident_count: 3,
+      ...>   free: nil
+      ...> }
+      iex> candidates = [a: %{ram: 300, vram: %{}}, b: %{ram: 300, vram: %{}}, c: %{ram: 300, vram: %{}}]
+      iex> {:ok, [%{id: :a, reason: {:does_not_fit, 200, 100}}], %{ram: 600, vram: %{}}} =
+      ...>   Eviction.plan(ledger, %{ram: 200, vram: %{}}, candidates)
+      iex> Eviction.plan(ledger, %{ram: 200, vram: %{}}, Enum.take(candidates, 0))
+      {:error, {:insufficient_memory, [device: :total, required: 200, available: 100]}}
+  """
+  @spec plan(ledger(), ModelBudget.placement(), Enumerable.t()) ::
+          {:ok, [eviction()], ModelBudget.placement()} | {:error, ModelBudget.insufficient()}
+  def plan(ledger, placement, candidates) do
+    planned =
+      Enum.reduce_while(devices(ledger.budget, placement), {ledger, [], MapSet.new()}, fn
+        device, acc ->
+          case make_room(acc, placement, device, candidates) do
+            {:ok, acc} -> {:cont, acc}
+            :error -> {:halt, :error}
+          end
+      end)
+
+    case planned do
+      {after_evictions, evictions, _ids} ->
+        {:ok, Enum.reverse(evictions), after_evictions.usage}
+
+      :error ->
+        {:error, _} = ModelBudget.check(ledger.budget, placement, ledger.usage)
+    end
+  end
+
+  defp make_room({ledger, _, _} = acc, placement, device, candidates) do
+    case need(ledger, placement, device) do
+      nil ->
+        {:ok, acc}
+
+      reason ->
+        candidates
+        |> Enum.reduce_while({acc, reason}, fn {id, held}, {{ledger, evictions, ids}, reason} ->
+          if share(held, device) == 0 or MapSet.member?(ids, id) do
+            {:cont, {{ledger, evictions, ids}, reason}}
+          else
+            eviction = %{id: id, placement: held, device: device, reason: reason}
+            acc = {release(ledger, held), [eviction | evictions], MapSet.put(ids, id)}
+
+            case need(elem(acc, 0), placement, device) do
+              nil -> {:halt, {acc, nil}}
+              reason -> {:cont, {acc, reason}}
+            end
+          end
+        end)
+        |> case do
+          {_acc, {:does_not_fit, _, _}} -> :error
+          # Fits; the rules may still hold, with nothing left to evict.
+          {acc, _} -> {:ok, acc}
+        end
+    end
+  end
+
+  # Why the device still needs room, or nil.
+  defp need(ledger, placement, device) do
+    values = values(ledger, placement, device)
+
+    cond do
+      limit(ledger.budget, device) != :infinity and values.memory_required > values.available ->
+        {:does_not_fit, values.memory_required, values.available}
+
+      Constraint.met?(ledger.constraint, values) ->
+        :constraint
+
+      true ->
+        nil
+    end
+  end
+
+  # The ledger once `held` is released; its bytes count as free again.
+  defp release(ledger, held) do
+    free = if ledger.free, do: Map.new(ledger.free, fn {d, f} -> {d, f + share(held, d)} end)
+
+    %{
+      ledger
+      | usage: ModelBudget.release(ledger.usage, held),
+        resident_count: ledger.resident_count - 1,
+        free: free
+    }
+  end
+
+  @doc """
+  What each evicted model still counts in the ledger while its unload runs,
+  when a load of `placement` takes over their memory (`evicted` are their
+  placements, in eviction order).
+
+  The load's own backend load starts only once every evicted model's unload
+  has returned, so what backends really hold on a device is at most the
+  evicted models' bytes until then, and the load's afterwards. The ledger
+  must count the larger of the two: the load's placement plus these
+  residuals, which add up to the evicted bytes beyond the load's (per device,
+  or in total for a combined budget). Each residual is at most its model's
+  placement, so a model's unload returning never leaves the ledger below
+  what the others still hold.
+
+  ## Examples
+
+      iex> evicted = [%{ram: 300, vram: %{0 => 100}}, %{ram: 300, vram: %{}}]
+      iex> ModelBudget.ModelManager.Eviction.residuals(%{mode: :unlimited}, evicted, %{ram: 500, vram: %{}})
+      [%{ram: 100, vram: %{0 => 100}}, %{ram: 0, vram: %{}}]
+      iex> ModelBudget.ModelManager.Eviction.residuals(%{mode: :combined, limit: 1_000}, evicted, %{ram: 500, vram: %{}})
+      [%{ram: 200, vram: %{}}, %{ram: 0, vram: %{}}]
+  """
+  @spec residuals(ModelBudget.budget(), [ModelBudget.placement()], ModelBudget.placement()) ::
+          [ModelBudget.placement()]
+  def residuals(%{mode: :combined}, evicted, placement) do
+    excess = max(Enum.sum(Enum.map(evicted, &total/1)) - total(placement), 0)
+    {residuals, 0} = Enum.map_reduce(evicted, excess, &take_bytes/2)
+    residuals
+  end
+
+  def residuals(_budget, evicted, placement) do
+    excess = subtract(Enum.reduce(evicted, ModelBudget.empty_usage(), &add/2), placement)
+    {residuals, _} = Enum.map_reduce(evicted, excess, &take_each/2)
+    residuals
+  end
+
+  # Up to `left` bytes of `held`, RAM first, then GPUs by index.
+  defp take_bytes(held, left) do
+    ram = min(held.ram, left)
+
+    {vram, left} =
+      held.vram
+      |> Enum.sort()
+      |> Enum.flat_map_reduce(left - ram, fn {gpu, bytes}, left ->
+        taken = min(bytes, left)
+        {if(taken > 0, do: [{gpu, taken}], else: []), left - taken}
+      end)
+
+    {%{ram: ram, vram: Map.new(vram)}, left}
+  end
+
+  # Up to `left`'s bytes of `held` on each device.
+  defp take_each(held, left) do
+    taken = %{
+      ram: min(held.ram, left.ram),
+      vram:
+        for({gpu, bytes} <- held.vram, min(bytes, Map.get(left.vram, gpu, 0)) > 0, into: %{}) do
+          {gpu, min(bytes, Map.get(left.vram, gpu, 0))}
+        end
+    }
+
+    {taken, subtract(left, taken)}
+  end
+
+  defp add(a, b),
+    do: %{ram: a.ram + b.ram, vram: Map.merge(a.vram, b.vram, fn _, x, y -> x + y end)}
+
+  # Per device, never below 0; GPUs left with nothing are dropped.
+  defp subtract(a, b) do
+    vram =
+      for {gpu, bytes} <- a.vram, bytes > Map.get(b.vram, gpu, 0), into: %{} do
+        {gpu, bytes - Map.get(b.vram, gpu, 0)}
+      end
+
+    %{ram: max(a.ram - b.ram, 0), vram: vram}
+  end
+
+  defp limit(%{mode: :unlimited}, _device), do: :infinity
+  defp limit(%{mode: :combined, limit: limit}, :total), do: limit
+  defp limit(%{mode: :per_device, ram: ram}, :ram), do: ram
+  defp limit(%{mode: :per_device, vram: :infinity}, {:gpu, _}), do: :infinity
+  defp limit(%{mode: :per_device, vram: vram}, {:gpu, gpu}), do: Map.get(vram, gpu, :infinity)
+
+  defp share(placement, :total), do: total(placement)
+  defp share(placement, :ram), do: placement.ram
+  defp share(placement, {:gpu, gpu}), do: Map.get(placement.vram, gpu, 0)
+
+  defp total(%{ram: ram, vram: vram}), do: ram + Enum.sum(Map.values(vram))
+end

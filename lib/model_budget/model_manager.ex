@@ -618,7 +618,7 @@ defmodule ModelBudget.ModelManager do
   defp validate_min_idle!(ms) do
     raise ArgumentError,
           "invalid option :min_idle_ms: expected a non-negative integer or :infinity, got: " <>
-        inspect(ms)
+            inspect(ms)
   end
 
   defp fence_placement!(_config, :ram, bytes), do: %{ram: bytes, vram: %{}}

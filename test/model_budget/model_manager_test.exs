@@ -76,7 +76,16 @@ defmodule ModelBudget.ModelManagerTest do
             {[models: [:a]], "expected entries {id, source} or {id, source, opts}, got: :a"},
             {[models: [{:a, {:bytes, 1}, :x}]], "invalid load options: expected a keyword list"},
             {[models: [{:a, {:bytes, 1}, n_gpus: -1}]],
-             "invalid option :n_gpus: expected a non-negative integer, got: -1"}
+             "invalid option :n_gpus: expected a non-negative integer, got: -1"},
+            {[evict_when: ["used > totl"]],
+             ~s(invalid option :evict_when: "used > totl" does not compile at column 8: ) <>
+               "expected a variable (memory_required, available, total, used, used_percent, " <>
+               "free, model_size, resident_count, resident_bytes), got `totl`"},
+            {[evict_when: ["used > 1", "used +"]],
+             ~s("used +" does not compile at column 7: expected an operand)},
+            {[evict_when: "used > 1"], "invalid option :evict_when: expected a list of strings"},
+            {[min_idle_ms: -1],
+             "invalid option :min_idle_ms: expected a non-negative integer or :infinity, got: -1"}
           ] do
         error = assert_raise ArgumentError, fn -> ModelManager.start_link(opts) end
         assert error.message =~ message
@@ -441,6 +450,340 @@ defmodule ModelBudget.ModelManagerTest do
       log = capture_log(fn -> assert ModelManager.unload(manager, :a) == :ok end)
       assert log =~ "unloading :a crashed"
       assert ModelManager.usage(manager) == ModelBudget.empty_usage()
+    end
+  end
+
+  describe "load/4 eviction" do
+    # Every model of these tests holds its placement's bytes in RAM.
+    defp ready?(manager, id), do: match?({:ok, %{status: :ready}}, ModelManager.info(manager, id))
+
+    defp handle!(manager, id) do
+      {:ok, %{handle: handle}} = ModelManager.info(manager, id)
+      handle
+    end
+
+    test "evicts the least recently used idle models, as few as make room, and unloads them" do
+      manager = start_manager(memory_budget: 1_000, evict_when: [])
+      for id <- [:a, :b, :c], do: assert({:ok, %{evicted: []}} = load(manager, id, {:test, 300}))
+      holders = Map.new([:a, :b, :c], &{&1, handle!(manager, &1)})
+      assert :ok = ModelManager.touch(manager, :a)
+
+      log =
+        capture_log(fn -> assert {:ok, %{evicted: [:b]}} = load(manager, :d, {:test, 300}) end)
+
+      assert log =~ "evicting :b (idle "
+
+      assert log =~
+               "to make room on :total for the load of :d: 300 bytes do not fit in the 100 available"
+
+      refute Process.alive?(holders.b)
+      assert TestBackend.unloads(holders.b) == 1
+      assert ModelManager.info(manager, :b) == {:error, :not_loaded}
+
+      # LRU now: c, a, d.
+      assert {:ok, %{evicted: [:c, :a]}} = load(manager, :e, {:test, 600})
+      assert manager |> ModelManager.list() |> Enum.map(& &1.id) == [:d, :e]
+      assert ModelManager.usage(manager) == %{ram: 900, vram: %{}}
+      assert Enum.map([:a, :c], &TestBackend.unloads(holders[&1])) == [1, 1]
+    end
+
+    test "a load needing 1 GiB evicts one 2 GiB model, not three" do
+      gib = 2 ** 30
+
+      manager =
+        start_manager(
+          backend: ModelBudget.Backend.Reservation,
+          memory_budget: 6 * gib,
+          evict_when: []
+        )
+
+      for id <- [:x, :y, :z],
+          do: {:ok, _} = ModelManager.load(manager, id, {:bytes, 2 * gib}, @direct)
+
+      assert {:ok, %{evicted: [:x]}} = ModelManager.load(manager, :new, {:bytes, gib}, @direct)
+      assert ModelManager.usage(manager) == %{ram: 5 * gib, vram: %{}}
+    end
+
+    test "keeps pinned, loading and unloading models" do
+      manager = start_manager(memory_budget: 1_000, evict_when: [])
+      assert {:ok, %{pinned: true}} = load(manager, :pinned, {:test, 200}, pinned: true)
+      {caller, load_task} = stalled_load(manager, :loading, 200)
+      assert {:ok, _} = load(manager, :unloading, {:test, 200, :slow_unload})
+      unloading = handle!(manager, :unloading)
+      unloader = Task.async(fn -> ModelManager.unload(manager, :unloading) end)
+      assert_receive {TestBackend, :unloading, ^unloading}, @wait
+      assert {:ok, _} = load(manager, :idle, {:test, 200})
+
+      # 200 free: a load of 300 takes the idle model, the only one it may.
+      assert {:ok, %{evicted: [:idle]}} = load(manager, :new, {:test, 300}, pinned: true)
+
+      assert {:error, {:insufficient_memory, [device: :total, required: 300, available: 100]}} =
+               load(manager, :more, {:test, 300})
+
+      assert ready?(manager, :pinned)
+      assert {:ok, %{status: :loading}} = ModelManager.info(manager, :loading)
+      assert {:ok, %{status: :unloading}} = ModelManager.info(manager, :unloading)
+
+      send(load_task, :continue)
+      assert {:ok, %{evicted: []}} = Task.await(caller)
+      send(unloading, :continue)
+      assert Task.await(unloader) == :ok
+      assert TestBackend.unloads(unloading) == 1
+    end
+
+    test "keeps models used within :min_idle_ms" do
+      manager = start_manager(memory_budget: 1_000, evict_when: [], min_idle_ms: 100)
+      assert {:ok, _} = load(manager, :old, {:test, 400})
+      Process.sleep(150)
+      assert {:ok, _} = load(manager, :recent, {:test, 400})
+
+      # Making room for 700 would take both; :recent is not idle yet.
+      assert {:error, {:insufficient_memory, _}} = load(manager, :big, {:test, 700})
+      assert ready?(manager, :old) and ready?(manager, :recent)
+      assert {:ok, %{evicted: [:old]}} = load(manager, :small, {:test, 500})
+
+      # A touch makes a model recent again.
+      Process.sleep(150)
+      assert :ok = ModelManager.touch(manager, :recent)
+      assert {:error, {:insufficient_memory, _}} = load(manager, :other, {:test, 700})
+      assert {:ok, %{evicted: [:small]}} = load(manager, :other, {:test, 300})
+
+      # :infinity turns eviction off.
+      off = start_manager(memory_budget: 1_000, min_idle_ms: :infinity)
+      assert {:ok, _} = load(off, :a, {:test, 600})
+
+      assert load(off, :b, {:test, 600}) ==
+               {:error, {:insufficient_memory, [device: :total, required: 600, available: 400]}}
+    end
+
+    test "a refused load evicts nothing" do
+      manager = start_manager(memory_budget: 1_000)
+      assert {:ok, _} = load(manager, :idle, {:test, 300})
+      assert {:ok, _} = load(manager, :pinned, {:test, 400}, pinned: true)
+      holder = handle!(manager, :idle)
+      usage = ModelManager.usage(manager)
+      expected = ModelBudget.check(ModelManager.budget(manager), %{ram: 700, vram: %{}}, usage)
+
+      log = capture_log(fn -> assert load(manager, :big, {:test, 700}) == expected end)
+
+      assert {:error, {:insufficient_memory, [device: :total, required: 700, available: 300]}} =
+               expected
+
+      refute log =~ "evicting"
+      assert ready?(manager, :idle) and Process.alive?(holder)
+      assert TestBackend.unloads(holder) == 0
+      assert ModelManager.usage(manager) == usage
+      assert %{evictions: 0, refused: 1} = ModelManager.stats(manager)
+    end
+
+    test "per device: making room on GPU 1 does not evict models only on GPU 0" do
+      manager = start_manager(memory_budget: %{ram: 1_000, vram: [1_000, 1_000]}, evict_when: [])
+
+      gpu = fn index -> [mode: :direct, n_gpus: 2, main_gpu: index] end
+      assert {:ok, _} = ModelManager.load(manager, :gpu0, {:test, 600}, gpu.(0))
+      assert {:ok, _} = ModelManager.load(manager, :gpu1, {:test, 600}, gpu.(1))
+      assert {:ok, _} = ModelManager.load(manager, :ram, {:test, 600}, @direct)
+
+      assert {:ok, %{evicted: [:gpu1]}} = ModelManager.load(manager, :new, {:test, 600}, gpu.(1))
+      assert ready?(manager, :gpu0) and ready?(manager, :ram)
+      assert ModelManager.usage(manager) == %{ram: 600, vram: %{0 => 600, 1 => 600}}
+    end
+
+    test "the default rule evicts when the load would take over 70% of what is left" do
+      manager = start_manager(memory_budget: 1_000)
+      assert {:ok, _} = load(manager, :a, {:test, 600})
+      # 200 <= 0.7 * 400: fits, and the rule does not hold.
+      assert {:ok, %{evicted: []}} = load(manager, :b, {:test, 200})
+      # 150 > 0.7 * 200: the rule holds although 150 fits; the LRU model goes.
+      log =
+        capture_log(fn -> assert {:ok, %{evicted: [:a]}} = load(manager, :c, {:test, 150}) end)
+
+      assert log =~
+               "for the load of :c: the :evict_when rules hold (memory_required > available * 0.70)"
+
+      assert ModelManager.usage(manager) == %{ram: 350, vram: %{}}
+    end
+
+    test "rules over resident_count and the live free memory" do
+      keep_two = start_manager(evict_when: ["resident_count >= 2"])
+
+      for id <- 1..4, do: {:ok, _} = load(keep_two, id, {:test, 10})
+      assert keep_two |> ModelManager.list() |> Enum.map(& &1.id) == [3, 4]
+
+      # RAM always has some free memory, never less than 1 byte.
+      always = start_manager(evict_when: ["free > 0"])
+      never = start_manager(evict_when: ["free < 1"])
+
+      for manager <- [always, never], id <- [:a, :b, :c] do
+        {:ok, _} = load(manager, id, {:test, 10})
+      end
+
+      assert always |> ModelManager.list() |> Enum.map(& &1.id) == [:c]
+      assert never |> ModelManager.list() |> Enum.map(& &1.id) == [:a, :b, :c]
+    end
+
+    @tag :gpu
+    test "free on a GPU is the probe's" do
+      manager =
+        start_manager(
+          memory_budget: %{ram: :infinity, vram: :infinity},
+          evict_when: ["free >= 1MiB"]
+        )
+
+      opts = [mode: :direct, n_gpus: 1]
+      assert {:ok, _} = ModelManager.load(manager, :a, {:test, 10}, opts)
+      assert {:ok, %{evicted: [:a]}} = ModelManager.load(manager, :b, {:test, 10}, opts)
+
+      gone =
+        start_manager(
+          memory_budget: %{ram: :infinity, vram: :infinity},
+          evict_when: ["free >= 1"]
+        )
+
+      # A GPU the probe does not see has no free memory.
+      assert {:ok, _} =
+               ModelManager.load(gone, :a, {:test, 10}, mode: :direct, n_gpus: 8, main_gpu: 7)
+
+      assert {:ok, %{evicted: []}} =
+               ModelManager.load(gone, :b, {:test, 10}, mode: :direct, n_gpus: 8, main_gpu: 7)
+    end
+
+    test "the load waits for its evicted models' unloads; meanwhile nothing is over-committed" do
+      counter = :counters.new(2, [:atomics])
+      manager = start_manager(memory_budget: 1_000, evict_when: [])
+      assert {:ok, _} = load(manager, :a, {:test, 800, :slow_unload}, counter: counter)
+      holder = handle!(manager, :a)
+      assert_received {TestBackend, :holder, ^holder}
+
+      loading = Task.async(fn -> load(manager, :b, {:test, 300}, counter: counter) end)
+      assert_receive {TestBackend, :unloading, ^holder}, @wait
+
+      # :b is admitted and waits; :a is still held. The ledger counts :b's 300
+      # and the 500 that :a holds beyond them: what the backends hold, 800.
+      assert {:ok, %{status: :loading, evicted: [:a]}} = ModelManager.info(manager, :b)
+      assert {:ok, %{status: :unloading, evictions: 1}} = ModelManager.info(manager, :a)
+      assert ModelManager.usage(manager) == %{ram: 800, vram: %{}}
+      assert TestBackend.held(counter) == {1, 800}
+      refute_received {TestBackend, :holder, _}
+
+      # So a third load cannot start allocating next to :a.
+      assert {:error, {:insufficient_memory, [device: :total, required: 300, available: 200]}} =
+               load(manager, :c, {:test, 300}, counter: counter)
+
+      send(holder, :continue)
+      assert {:ok, %{status: :ready, evicted: [:a]}} = Task.await(loading)
+      assert ModelManager.usage(manager) == %{ram: 300, vram: %{}}
+      assert TestBackend.held(counter) == {1, 300}
+      assert TestBackend.unloads(holder) == 1
+    end
+
+    test "a load cancelled while it waits gives its evicted models their full count back" do
+      manager = start_manager(memory_budget: 1_000, evict_when: [])
+      assert {:ok, _} = load(manager, :a, {:test, 400, :slow_unload})
+      assert {:ok, _} = load(manager, :d, {:test, 400, :slow_unload})
+      [a, d] = Enum.map([:a, :d], &handle!(manager, &1))
+
+      # Cancelled by its caller's death: :a counts 400 again, not 100.
+      test = self()
+      caller = spawn(fn -> load(manager, :b, {:test, 300}, notify: test) end)
+      assert_receive {TestBackend, :unloading, ^a}, @wait
+      assert ModelManager.usage(manager) == %{ram: 800, vram: %{}}
+      Process.exit(caller, :kill)
+      eventually(fn -> ModelManager.info(manager, :b) == {:error, :not_loaded} end)
+      assert ModelManager.usage(manager) == %{ram: 800, vram: %{}}
+
+      # Cancelled by an unload: the same for :d.
+      waiting = Task.async(fn -> load(manager, :c, {:test, 300}) end)
+      assert_receive {TestBackend, :unloading, ^d}, @wait
+      assert {:ok, %{status: :loading}} = ModelManager.info(manager, :c)
+      assert ModelManager.unload(manager, :c) == :ok
+      assert Task.await(waiting) == {:error, {:load_failed, :cancelled}}
+      assert ModelManager.usage(manager) == %{ram: 800, vram: %{}}
+
+      assert [%{id: :a, status: :unloading}, %{id: :d, status: :unloading}] =
+               ModelManager.list(manager)
+
+      send(a, :continue)
+      send(d, :continue)
+      eventually(fn -> ModelManager.list(manager) == [] end)
+      assert ModelManager.usage(manager) == ModelBudget.empty_usage()
+      assert TestBackend.unloads(a) == 1 and TestBackend.unloads(d) == 1
+    end
+
+    test "counts loads and evictions per id and in stats/1" do
+      manager = start_manager(memory_budget: 1_000, evict_when: [])
+      assert {:ok, %{loads: 1, evictions: 0}} = load(manager, :a, {:test, 600})
+      assert {:ok, %{loads: 1, evicted: [:a]}} = load(manager, :b, {:test, 600})
+      assert {:ok, %{loads: 2, evictions: 1, evicted: [:b]}} = load(manager, :a, {:test, 600})
+      assert [%{id: :a, loads: 2, evictions: 1}] = ModelManager.list(manager)
+      assert {:error, _} = load(manager, :c, {:test, 2_000})
+      assert {:ok, [:a]} = ModelManager.fence(manager, :total, 500)
+      assert ModelManager.stats(manager) == %{loads: 3, evictions: 3, refused: 1, fences: 1}
+    end
+  end
+
+  describe "fence/3" do
+    test "makes room by the same rules and returns once the evicted models are unloaded" do
+      manager = start_manager(memory_budget: 1_000, evict_when: [])
+      assert {:ok, _} = load(manager, :a, {:test, 300, :slow_unload})
+      assert {:ok, _} = load(manager, :b, {:test, 300})
+      assert {:ok, _} = load(manager, :pinned, {:test, 300}, pinned: true)
+      holder = handle!(manager, :a)
+
+      assert ModelManager.fence(manager, :total, 100) == {:ok, []}
+      fence = Task.async(fn -> ModelManager.fence(manager, :ram, 200) end)
+      assert_receive {TestBackend, :unloading, ^holder}, @wait
+      assert Task.yield(fence, 50) == nil
+      send(holder, :continue)
+      assert Task.await(fence) == {:ok, [:a]}
+      assert ModelManager.usage(manager) == %{ram: 600, vram: %{}}
+
+      # Nothing reserved: the room is there for the next load.
+      assert {:ok, %{evicted: []}} = load(manager, :c, {:test, 400})
+
+      assert ModelManager.fence(manager, :total, 800) ==
+               {:error, {:insufficient_memory, [device: :total, required: 800, available: 0]}}
+
+      assert ready?(manager, :b)
+    end
+
+    test "on one GPU of a per-device budget, and with the rules" do
+      manager = start_manager(memory_budget: %{ram: 1_000, vram: [1_000, 1_000]})
+      gpu = fn index -> [mode: :direct, n_gpus: 2, main_gpu: index] end
+      assert {:ok, _} = ModelManager.load(manager, :gpu0, {:test, 500}, gpu.(0))
+      assert {:ok, _} = ModelManager.load(manager, :gpu1, {:test, 500}, gpu.(1))
+
+      # 300 <= 0.7 * 500: room already, and the rule does not hold.
+      assert ModelManager.fence(manager, {:gpu, 1}, 300) == {:ok, []}
+      # 400 > 0.7 * 500.
+      assert ModelManager.fence(manager, {:gpu, 1}, 400) == {:ok, [:gpu1]}
+      assert ready?(manager, :gpu0)
+      assert ModelManager.fence(manager, {:gpu, 1}, 0) == {:ok, []}
+
+      assert ModelManager.fence(manager, {:gpu, 0}, 1_001) ==
+               {:error,
+                {:insufficient_memory, [device: {:gpu, 0}, required: 1001, available: 500]}}
+    end
+
+    test "raises ArgumentError for a bad device or byte count" do
+      per_device = start_manager(memory_budget: %{ram: 1_000, vram: [1_000]})
+
+      for {device, bytes, message} <- [
+            {:total, 1, "invalid device: :total is the pool of a combined budget"},
+            {:vram, 1, "invalid device: expected :total, :ram or {:gpu, index}, got: :vram"},
+            {{:gpu, -1}, 1, "got: {:gpu, -1}"},
+            {:ram, -1, "invalid bytes: expected a non-negative integer, got: -1"},
+            {:ram, 1.5, "got: 1.5"}
+          ] do
+        error =
+          assert_raise ArgumentError, fn -> ModelManager.fence(per_device, device, bytes) end
+
+        assert error.message =~ message
+      end
+
+      assert_raise ArgumentError, ~r/:total is the pool/, fn ->
+        ModelManager.fence(start_manager(), :total, 1)
+      end
     end
   end
 

@@ -973,6 +973,127 @@ defmodule ModelBudget.ModelManagerTest do
     defp outcome(:cancelled), do: :cancelled
   end
 
+  describe "concurrency with eviction" do
+    @budget 4 * 2 ** 20
+
+    # 100 processes load, touch, unload and fence at once while eviction
+    # runs, with the default rule and with none (tighter packing); an
+    # observer samples the ledger and the bytes the backend really holds.
+    # Unloads take 0-2 ms, so a load that did not wait for its evicted
+    # models, or a ledger that let go of their memory early, would show.
+    test "the budget is never exceeded and no model is unloaded twice" do
+      for rules <- [ModelManager.Eviction.default_rules(), []] do
+        eviction_round(start_manager(memory_budget: @budget, evict_when: rules))
+      end
+    end
+
+    defp eviction_round(manager) do
+      counter = :counters.new(2, [:atomics])
+      collector = spawn_link(fn -> collect([]) end)
+      observer = Task.async(fn -> observe_held(manager, counter, {0, 0, 0}) end)
+
+      outcomes =
+        1..100
+        |> Enum.map(fn w -> Task.async(fn -> work(manager, w, counter, collector) end) end)
+        |> Task.await_many(30_000)
+        |> List.flatten()
+        |> Enum.frequencies()
+
+      send(observer.pid, :stop)
+      {samples, max_usage, max_held} = Task.await(observer)
+      assert samples >= 100
+      assert max_usage <= @budget
+      assert max_held <= @budget
+
+      expected =
+        for(result <- [:ok, :refused, :failed, :already_loaded], do: {:load, result}) ++
+          [touch: :ok, touch: :not_loaded, unload: :ok, unload: :not_loaded] ++
+          [fence: :ok, fence: :refused]
+
+      assert Map.keys(outcomes) -- expected == []
+      assert outcomes[{:load, :ok}] > 0 and outcomes[{:unload, :ok}] > 0
+      assert outcomes[{:fence, :ok}] > 0
+      assert %{loads: loads, evictions: evictions} = ModelManager.stats(manager)
+      assert evictions > 0
+
+      for %{id: id} <- ModelManager.list(manager), do: :ok = ModelManager.unload(manager, id)
+      assert ModelManager.usage(manager) == ModelBudget.empty_usage()
+      eventually(fn -> TestBackend.held(counter) == {0, 0} end)
+
+      # Every model that loaded was unloaded exactly once (evicted or not);
+      # holders of failed loads were never unloaded.
+      send(collector, {:holders, self()})
+      assert_receive {:holders, holders}, @wait
+      unloads = Enum.map(holders, &TestBackend.unloads/1)
+      assert Enum.all?(unloads, &(&1 <= 1))
+      assert Enum.sum(unloads) == loads
+    end
+
+    defp work(manager, w, counter, collector) do
+      opts = [counter: counter, notify: collector, unload_ms: :rand.uniform(3) - 1] ++ @direct
+
+      for k <- 1..25 do
+        # Four ids per process: only it loads and unloads them, so an unload
+        # never cancels a load whose holder would then free its memory late.
+        id = {w, :rand.uniform(4)}
+
+        case :rand.uniform(10) do
+          n when n <= 5 ->
+            behaviour = if rem(k, 9) == 0, do: :fail, else: {:sleep, :rand.uniform(3) - 1}
+            bytes = Enum.random(16..160) * 1_024
+            pinned = w <= 2 and n == 1
+            opts = [pinned: pinned] ++ opts
+            {:load, ModelManager.load(manager, id, {:test, bytes, behaviour}, opts)}
+
+          n when n <= 7 ->
+            {:touch, ModelManager.touch(manager, {Enum.random(1..100), :rand.uniform(4)})}
+
+          n when n <= 9 ->
+            {:unload, ModelManager.unload(manager, id)}
+
+          10 ->
+            {:fence, ModelManager.fence(manager, :total, Enum.random(16..256) * 1_024)}
+        end
+        |> then(fn {op, result} -> {op, work_outcome(result)} end)
+      end
+    end
+
+    defp work_outcome(:ok), do: :ok
+    defp work_outcome({:ok, %{status: :ready}}), do: :ok
+    defp work_outcome({:ok, ids}) when is_list(ids), do: :ok
+
+    defp work_outcome(
+           {:error, {:insufficient_memory, [device: :total, required: _, available: _]}}
+         ),
+         do: :refused
+
+    defp work_outcome({:error, {:load_failed, :told_to_fail}}), do: :failed
+    defp work_outcome({:error, reason}) when reason in [:already_loaded, :not_loaded], do: reason
+
+    defp collect(holders) do
+      receive do
+        {TestBackend, :holder, holder} -> collect([holder | holders])
+        {:holders, to} -> send(to, {:holders, holders})
+      end
+    end
+
+    defp observe_held(manager, counter, {samples, max_usage, max_held}) do
+      receive do
+        :stop -> {samples, max_usage, max_held}
+      after
+        0 ->
+          usage = total(ModelManager.usage(manager))
+          {_, held} = TestBackend.held(counter)
+
+          observe_held(
+            manager,
+            counter,
+            {samples + 1, max(max_usage, usage), max(max_held, held)}
+          )
+      end
+    end
+  end
+
   defmodule SlowRegistry do
     import Kernel, except: [send: 2]
 

@@ -27,6 +27,7 @@ defmodule ModelBudget.TestBackend do
     * `:notify` - a pid told `{ModelBudget.TestBackend, :holder, holder}` when
       a holder starts, and the events above.
     * `:counter` - a `:counters` ref of 2 slots: live holders and bytes held.
+    * `:unload_ms` - how long an unload takes before the memory is freed.
   """
 
   @behaviour ModelBudget.Backend
@@ -129,6 +130,8 @@ defmodule ModelBudget.TestBackend do
             :continue -> :ok
           end
         end
+
+        Process.sleep(Keyword.get(s.opts, :unload_ms, 0))
 
         free(s)
         send(from, {ref, if(s.behaviour == :crash_unload, do: :crash, else: :ok)})

@@ -784,7 +784,7 @@ defmodule ModelBudget.ModelManager do
         ref = make_ref()
         # Nothing takes the evicted models' memory over: they count in full
         # until their unloads return, and the fence answers then.
-        {state, evicted} = evict(state, evictions, {:fence, ref}, placements(evictions))
+        {evicted, state} = evict(state, evictions, {:fence, ref}, placements(evictions))
         ids = Enum.map(evictions, & &1.id)
         fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
         state = put_entries(%{state | fences: Map.put(state.fences, ref, fence)}, evicted)
@@ -877,9 +877,8 @@ defmodule ModelBudget.ModelManager do
     idle_since = now() - state.min_idle_ms
 
     Stream.unfold(:gb_sets.iterator(state.lru), fn iterator ->
-      with {{_tick, id}, iterator} <- :gb_sets.next(iterator) do
-        {Map.fetch!(state.models, id), iterator}
-      else
+      case :gb_sets.next(iterator) do
+        {{_tick, id}, iterator} -> {Map.fetch!(state.models, id), iterator}
         :none -> nil
       end
     end)
@@ -888,7 +887,7 @@ defmodule ModelBudget.ModelManager do
   end
 
   # The evicted models start unloading, each counting `held` in the ledger
-  # from now on; `for` is what waits for them. The entries are returned for
+  # from now on; `for` is what waits for them. Their entries are returned for
   # the caller to write with the rest of its step.
   defp evict(state, evictions, for, held) do
     Enum.zip(evictions, held)
@@ -900,7 +899,6 @@ defmodule ModelBudget.ModelManager do
       {state, entry} = begin_unload(count(state, :evictions), entry, [])
       {entry, store(state, entry)}
     end)
-    |> then(fn {entries, state} -> {state, entries} end)
   end
 
   defp placements(evictions), do: Enum.map(evictions, & &1.placement)
@@ -934,7 +932,7 @@ defmodule ModelBudget.ModelManager do
   defp start_load(state, {caller, _} = from, request, evictions, usage) do
     %{id: id, placement: placement} = request
     held = Eviction.residuals(state.budget, placements(evictions), placement)
-    {state, evicted} = evict(state, evictions, {:load, id}, held)
+    {evicted, state} = evict(state, evictions, {:load, id}, held)
     usage = Enum.reduce([placement | held], usage, &ModelBudget.fold(&2, &1))
     caller_ref = Process.monitor(caller)
     ids = Enum.map(evictions, & &1.id)

@@ -48,8 +48,8 @@ defmodule ModelBudget.ModelManager do
   as soon as the load fits and no rule holds. A model is idle when it is
   `:ready`, not pinned (the `:pinned` load option), and was not admitted,
   loaded or touched within `:min_idle_ms` (`:infinity` turns eviction off);
-  loading and unloading models are never evicted. Rules that still hold once no idle model is left do not
-  refuse a load that fits.
+  loading and unloading models are never evicted. Rules that still hold once
+  no idle model is left do not refuse a load that fits.
 
   **Plan first, then act.** The evictions are simulated on the ledger; if
   the load still does not fit once every idle model on a device would be
@@ -66,8 +66,9 @@ defmodule ModelBudget.ModelManager do
   meanwhile). The ledger, from the moment of admission, counts the new
   placement plus whatever the evicted models hold beyond it (per device, or
   in total for a combined budget), released as their unloads return: so
-  `usage/1` never exceeds the budget, and neither does what the backends
-  really hold, which `usage/1` always covers. If the waiting load is
+  `usage/1` never exceeds the budget, and it covers what the backends really
+  hold at every moment, as long as each frees a model's memory by the time
+  its `c:ModelBudget.Backend.unload/1` returns. If the waiting load is
   cancelled, its evicted models count in full again until their unloads
   return.
 
@@ -116,9 +117,9 @@ defmodule ModelBudget.ModelManager do
 
   ## Reads
 
-  `info/2`, `list/1`, `usage/1` and `budget/1` read an ETS table the manager
-  owns, without a message to the manager, so they stay fast while it is busy
-  (they must run on the manager's node). The total usage is one row of that
+  `info/2`, `list/1`, `usage/1`, `budget/1` and `stats/1` read an ETS table
+  the manager owns, without a message to the manager, so they stay fast
+  while it is busy (they must run on the manager's node). The total usage is one row of that
   table, rewritten with every change (in the same insert as an entry that is
   added or updated), so `usage/1` is always the usage of some state of the
   ledger, never a half-updated one.

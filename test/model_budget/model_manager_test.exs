@@ -532,9 +532,9 @@ defmodule ModelBudget.ModelManagerTest do
     end
 
     test "keeps models used within :min_idle_ms" do
-      manager = start_manager(memory_budget: 1_000, evict_when: [], min_idle_ms: 100)
+      manager = start_manager(memory_budget: 1_000, evict_when: [], min_idle_ms: 500)
       assert {:ok, _} = load(manager, :old, {:test, 400})
-      Process.sleep(150)
+      Process.sleep(600)
       assert {:ok, _} = load(manager, :recent, {:test, 400})
 
       # Making room for 700 would take both; :recent is not idle yet.
@@ -543,7 +543,7 @@ defmodule ModelBudget.ModelManagerTest do
       assert {:ok, %{evicted: [:old]}} = load(manager, :small, {:test, 500})
 
       # A touch makes a model recent again.
-      Process.sleep(150)
+      Process.sleep(600)
       assert :ok = ModelManager.touch(manager, :recent)
       assert {:error, {:insufficient_memory, _}} = load(manager, :other, {:test, 700})
       assert {:ok, %{evicted: [:small]}} = load(manager, :other, {:test, 300})

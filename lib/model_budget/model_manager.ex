@@ -715,8 +715,9 @@ defmodule ModelBudget.ModelManager do
         min_idle_ms: config.min_idle_ms,
         usage: ModelBudget.empty_usage(),
         models: %{},
-        # {lru_tick, id} of every model, least recently used first.
-        lru: :gb_sets.empty(),
+        # {{lru_tick, id}} of every model, least recently used first: an
+        # ordered set outside the heap, cheap to update on every touch.
+        lru: :ets.new(__MODULE__.LRU, [:ordered_set, :private]),
         # Fences waiting for their evicted models: ref => %{from, pending, evicted}.
         fences: %{},
         # Every monitor and task ref the manager holds: ref => {kind, id}.
@@ -862,7 +863,7 @@ defmodule ModelBudget.ModelManager do
       constraint: state.constraint,
       usage: state.usage,
       resident_count: map_size(state.models),
-      free: Eviction.probe_free(state.constraint, Eviction.devices(state.budget, placement))
+      free: Eviction.probe_free(state.constraint, state.budget, placement)
     }
 
     with {:ok, evictions, usage} <- Eviction.plan(ledger, placement, candidates(state)),
@@ -877,11 +878,9 @@ defmodule ModelBudget.ModelManager do
   defp candidates(state) do
     idle_since = now() - state.min_idle_ms
 
-    Stream.unfold(:gb_sets.iterator(state.lru), fn iterator ->
-      case :gb_sets.next(iterator) do
-        {{_tick, id}, iterator} -> {Map.fetch!(state.models, id), iterator}
-        :none -> nil
-      end
+    Stream.unfold(:ets.first(state.lru), fn
+      :"$end_of_table" -> nil
+      {_tick, id} = key -> {Map.fetch!(state.models, id), :ets.next(state.lru, key)}
     end)
     |> Stream.filter(&(&1.status == :ready and not &1.pinned and &1.last_used <= idle_since))
     |> Stream.map(&{&1.id, &1.placement})
@@ -1172,19 +1171,19 @@ defmodule ModelBudget.ModelManager do
 
   # The manager's own copy of an entry, and its place in the LRU order.
   defp store(state, %{id: id, lru_tick: tick} = entry) do
-    lru =
-      case state.models do
-        %{^id => %{lru_tick: ^tick}} ->
-          state.lru
+    case state.models do
+      %{^id => %{lru_tick: ^tick}} ->
+        :ok
 
-        %{^id => %{lru_tick: old}} ->
-          :gb_sets.add({tick, id}, :gb_sets.delete({old, id}, state.lru))
+      %{^id => %{lru_tick: old}} ->
+        :ets.delete(state.lru, {old, id})
+        :ets.insert(state.lru, {{tick, id}})
 
-        %{} ->
-          :gb_sets.add({tick, id}, state.lru)
-      end
+      %{} ->
+        :ets.insert(state.lru, {{tick, id}})
+    end
 
-    %{state | models: Map.put(state.models, id, entry), lru: lru}
+    %{state | models: Map.put(state.models, id, entry)}
   end
 
   defp drop(state, id) do
@@ -1192,7 +1191,7 @@ defmodule ModelBudget.ModelManager do
     usage = ModelBudget.release(state.usage, entry.held)
     :ets.delete(state.table, {:model, id})
     :ets.insert(state.table, {:usage, usage})
-    lru = :gb_sets.delete({entry.lru_tick, id}, state.lru)
-    {entry, %{state | models: models, usage: usage, lru: lru}}
+    :ets.delete(state.lru, {entry.lru_tick, id})
+    {entry, %{state | models: models, usage: usage}}
   end
 end

@@ -139,24 +139,27 @@ defmodule ModelBudget.ModelManager.Eviction do
   end
 
   @doc """
-  Live free bytes on each of `devices` when `constraint` reads `free`, else
-  `nil` (nothing is probed). RAM is `ModelBudget.system_memory/0`'s
-  `:available`; a GPU is `ModelBudget.devices/0`'s `:memory_free`, 0 for a GPU
-  the probe does not see; `:total` is the sum of RAM and every GPU.
+  Live free bytes on each device `placement` touches (`devices/2`) when
+  `constraint` reads `free`, else `nil` (nothing is probed). RAM is
+  `ModelBudget.system_memory/0`'s `:available`; a GPU is
+  `ModelBudget.devices/0`'s `:memory_free`, 0 for a GPU the probe does not
+  see; `:total` is the sum of RAM and every GPU.
 
   ## Examples
 
-      iex> {:ok, rule} = ModelBudget.Constraint.compile(["free < 1GiB"], ModelBudget.ModelManager.Eviction.variables())
-      iex> %{ram: free} = ModelBudget.ModelManager.Eviction.probe_free(rule, [:ram])
+      iex> alias ModelBudget.ModelManager.Eviction
+      iex> budget = %{mode: :unlimited}
+      iex> %{ram: free} = Eviction.probe_free(Eviction.compile!(["free < 1GiB"]), budget, %{ram: 1, vram: %{}})
       iex> free > 0
       true
-      iex> ModelBudget.ModelManager.Eviction.probe_free(ModelBudget.ModelManager.Eviction.compile!([]), [:ram])
+      iex> Eviction.probe_free(Eviction.compile!(["used > 0"]), budget, %{ram: 1, vram: %{}})
       nil
   """
-  @spec probe_free(Constraint.t(), [ModelBudget.device()]) ::
+  @spec probe_free(Constraint.t(), ModelBudget.budget(), ModelBudget.placement()) ::
           %{ModelBudget.device() => non_neg_integer()} | nil
-  def probe_free(%Constraint{used_variables: used}, devices) do
+  def probe_free(%Constraint{used_variables: used}, budget, placement) do
     if "free" in used do
+      devices = devices(budget, placement)
       gpus = if devices == [:ram], do: [], else: ModelBudget.devices()
       ram = if Enum.any?(devices, &(&1 in [:ram, :total])), do: ModelBudget.system_memory()
 
@@ -194,6 +197,13 @@ defmodule ModelBudget.ModelManager.Eviction do
           atom() => non_neg_integer()
         }
   def values(ledger, placement, device) do
+    names = if ledger.free, do: @variables, else: List.delete(@variables, :free)
+    measure(ledger, placement, device, names)
+  end
+
+  # Only the variables `names`: admissions measure what the rules read, and
+  # what the fit needs.
+  defp measure(ledger, placement, device, names) do
     used = share(ledger.usage, device)
 
     total =
@@ -202,21 +212,22 @@ defmodule ModelBudget.ModelManager.Eviction do
         limit -> limit
       end
 
-    values = %{
-      memory_required: share(placement, device),
-      available: max(total - used, 0),
-      total: total,
-      used: used,
-      used_percent: if(total == 0, do: 100, else: div(used * 100, total)),
-      model_size: total(placement),
-      resident_count: ledger.resident_count,
-      resident_bytes: total(ledger.usage)
-    }
+    for name <- names, into: %{} do
+      value =
+        case name do
+          :memory_required -> share(placement, device)
+          :available -> max(total - used, 0)
+          :total -> total
+          :used -> used
+          :used_percent -> if total == 0, do: 100, else: div(used * 100, total)
+          :free -> Map.fetch!(ledger.free, device)
+          :model_size -> total(placement)
+          :resident_count -> ledger.resident_count
+          :resident_bytes -> total(ledger.usage)
+        end
 
-    values =
-      if ledger.free, do: Map.put(values, :free, Map.fetch!(ledger.free, device)), else: values
-
-    Map.new(values, fn {name, value} -> {name, min(value, @unbounded)} end)
+      {name, min(value, @unbounded)}
+    end
   end
 
   @doc """
@@ -254,10 +265,13 @@ defmodule ModelBudget.ModelManager.Eviction do
   @spec plan(ledger(), ModelBudget.placement(), Enumerable.t()) ::
           {:ok, [eviction()], ModelBudget.placement()} | {:error, ModelBudget.insufficient()}
   def plan(ledger, placement, candidates) do
+    read = Enum.map(ledger.constraint.used_variables, &String.to_existing_atom/1)
+    names = Enum.uniq([:memory_required, :available | read])
+
     planned =
       Enum.reduce_while(devices(ledger.budget, placement), {ledger, [], MapSet.new()}, fn
         device, acc ->
-          case make_room(acc, placement, device, candidates) do
+          case make_room(acc, {placement, names}, device, candidates) do
             {:ok, acc} -> {:cont, acc}
             :error -> {:halt, :error}
           end
@@ -272,8 +286,8 @@ defmodule ModelBudget.ModelManager.Eviction do
     end
   end
 
-  defp make_room({ledger, _, _} = acc, placement, device, candidates) do
-    case need(ledger, placement, device) do
+  defp make_room({ledger, _, _} = acc, request, device, candidates) do
+    case need(ledger, request, device) do
       nil ->
         {:ok, acc}
 
@@ -286,7 +300,7 @@ defmodule ModelBudget.ModelManager.Eviction do
             eviction = %{id: id, placement: held, device: device, reason: reason}
             acc = {release(ledger, held), [eviction | evictions], MapSet.put(ids, id)}
 
-            case need(elem(acc, 0), placement, device) do
+            case need(elem(acc, 0), request, device) do
               nil -> {:halt, {acc, nil}}
               reason -> {:cont, {acc, reason}}
             end
@@ -301,8 +315,8 @@ defmodule ModelBudget.ModelManager.Eviction do
   end
 
   # Why the device still needs room, or nil.
-  defp need(ledger, placement, device) do
-    values = values(ledger, placement, device)
+  defp need(ledger, {placement, names}, device) do
+    values = measure(ledger, placement, device, names)
 
     cond do
       limit(ledger.budget, device) != :infinity and values.memory_required > values.available ->
@@ -352,6 +366,8 @@ defmodule ModelBudget.ModelManager.Eviction do
   """
   @spec residuals(ModelBudget.budget(), [ModelBudget.placement()], ModelBudget.placement()) ::
           [ModelBudget.placement()]
+  def residuals(_budget, [], _placement), do: []
+
   def residuals(%{mode: :combined}, evicted, placement) do
     excess = max(Enum.sum(Enum.map(evicted, &total/1)) - total(placement), 0)
     {residuals, 0} = Enum.map_reduce(evicted, excess, &take_bytes/2)

@@ -97,18 +97,23 @@ defmodule ModelBudget.ModelManager.EvictionTest do
     end
   end
 
-  describe "probe_free/2" do
-    test "reads the probe only when a rule uses free" do
+  describe "probe_free/3" do
+    test "reads the probe only when a rule uses free, for the devices the placement touches" do
       uses_free = Eviction.compile!(["free < 1GiB"])
       %{available: available} = ModelBudget.system_memory()
+      placement = %{ram: 1, vram: %{99 => 1}}
 
       # A GPU the probe does not see has 0.
-      assert %{:ram => ram, :total => total, {:gpu, 99} => 0} =
-               Eviction.probe_free(uses_free, [:ram, :total, {:gpu, 99}])
+      assert %{:ram => ram, {:gpu, 99} => 0} =
+               Eviction.probe_free(uses_free, %{mode: :unlimited}, placement)
 
-      # RAM moves under other tests.
-      assert ram > 0 and abs(ram - available) < 2 ** 30 and total >= ram
-      assert Eviction.probe_free(Eviction.compile!(["used > 0"]), [:ram, :total]) == nil
+      assert %{total: total} =
+               Eviction.probe_free(uses_free, %{mode: :combined, limit: 1}, placement)
+
+      # RAM moves between probes, under other tests; :total adds every GPU.
+      assert ram > 0 and abs(ram - available) < 2 ** 30 and total + 2 ** 30 >= ram
+      unused = Eviction.compile!(["used > 0"])
+      assert Eviction.probe_free(unused, %{mode: :unlimited}, placement) == nil
     end
   end
 

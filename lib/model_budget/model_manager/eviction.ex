@@ -259,7 +259,7 @@ defmodule ModelBudget.ModelManager.Eviction do
       iex> candidates = [a: %{ram: 300, vram: %{}}, b: %{ram: 300, vram: %{}}, c: %{ram: 300, vram: %{}}]
       iex> {:ok, [%{id: :a, reason: {:does_not_fit, 200, 100}}], %{ram: 600, vram: %{}}} =
       ...>   Eviction.plan(ledger, %{ram: 200, vram: %{}}, candidates)
-      iex> Eviction.plan(ledger, %{ram: 200, vram: %{}}, Enum.take(candidates, 0))
+      iex> Eviction.plan(ledger, %{ram: 200, vram: %{}}, [])
       {:error, {:insufficient_memory, [device: :total, required: 200, available: 100]}}
   """
   @spec plan(ledger(), ModelBudget.placement(), Enumerable.t()) ::

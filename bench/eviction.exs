@@ -57,7 +57,7 @@ defmodule Bench.Eviction do
   def ledger do
     %{
       budget: %{mode: :combined, limit: @resident * @model},
-      constraint: Eviction.compile!(Eviction.default_rules()),
+      rules: Eviction.compile!(Eviction.default_rules()),
       usage: %{ram: @resident * @model, vram: %{}},
       resident_count: @resident,
       free: nil

@@ -306,7 +306,7 @@ defmodule ModelBudget.ModelManager do
       budget: ModelBudget.resolve(opts[:memory_budget]),
       backend: validate_backend!(opts[:backend]),
       models: validate_models!(opts[:models]),
-      constraint: Eviction.compile!(opts[:evict_when]),
+      rules: Eviction.compile!(opts[:evict_when]),
       min_idle_ms: validate_min_idle!(opts[:min_idle_ms]),
       name: opts[:name]
     }
@@ -711,7 +711,7 @@ defmodule ModelBudget.ModelManager do
       Map.merge(shared, %{
         name: config.name,
         task_sup: task_sup,
-        constraint: config.constraint,
+        rules: config.rules,
         min_idle_ms: config.min_idle_ms,
         usage: ModelBudget.empty_usage(),
         models: %{},
@@ -860,10 +860,10 @@ defmodule ModelBudget.ModelManager do
   defp admit(state, placement) do
     ledger = %{
       budget: state.budget,
-      constraint: state.constraint,
+      rules: state.rules,
       usage: state.usage,
       resident_count: map_size(state.models),
-      free: Eviction.probe_free(state.constraint, state.budget, placement)
+      free: Eviction.probe_free(state.rules, state.budget, placement)
     }
 
     with {:ok, evictions, usage} <- Eviction.plan(ledger, placement, candidates(state)),
@@ -877,13 +877,22 @@ defmodule ModelBudget.ModelManager do
 
   defp candidates(state) do
     idle_since = now() - state.min_idle_ms
+    Stream.unfold(:ets.first(state.lru), &next_idle(state, idle_since, &1))
+  end
 
-    Stream.unfold(:ets.first(state.lru), fn
-      :"$end_of_table" -> nil
-      {_tick, id} = key -> {Map.fetch!(state.models, id), :ets.next(state.lru, key)}
-    end)
-    |> Stream.filter(&(&1.status == :ready and not &1.pinned and &1.last_used <= idle_since))
-    |> Stream.map(&{&1.id, &1.placement})
+  defp next_idle(_state, _idle_since, :"$end_of_table"), do: nil
+
+  defp next_idle(state, idle_since, {_tick, id} = key) do
+    next = :ets.next(state.lru, key)
+
+    case Map.fetch!(state.models, id) do
+      %{status: :ready, pinned: false, last_used: used, placement: placement}
+      when used <= idle_since ->
+        {{id, placement}, next}
+
+      _busy ->
+        next_idle(state, idle_since, next)
+    end
   end
 
   # The evicted models start unloading, each counting `held` in the ledger
@@ -913,7 +922,7 @@ defmodule ModelBudget.ModelManager do
     reason =
       case eviction.reason do
         :constraint ->
-          "the :evict_when rules hold (#{Enum.join(state.constraint.expressions, " or ")})"
+          "the :evict_when rules hold (#{Enum.join(state.rules.constraint.expressions, " or ")})"
 
         {:does_not_fit, required, available} ->
           "#{required} bytes do not fit in the #{available} available"

@@ -12,7 +12,7 @@ defmodule ModelBudget.ModelManager.Eviction do
   A ledger, as `plan/3` and `values/3` take it:
 
     * `:budget` - the resolved budget.
-    * `:constraint` - the compiled `:evict_when` rules.
+    * `:rules` - the compiled `:evict_when` rules (`compile!/1`).
     * `:usage` - what the manager holds or reserves, folded.
     * `:resident_count` - how many models the manager lists.
     * `:free` - live free bytes by device (`probe_free/3`), or `nil` when no
@@ -38,10 +38,16 @@ defmodule ModelBudget.ModelManager.Eviction do
   # The largest value a constraint variable takes (u64): unbounded devices.
   @unbounded 2 ** 64 - 1
 
+  @typedoc """
+  Compiled `:evict_when` rules: the constraint, and the variables a plan
+  measures (what the rules read, and what the fit needs).
+  """
+  @type rules :: %{constraint: Constraint.t(), measure: [atom()]}
+
   @typedoc "The manager's ledger, as the planner reads it (see the module doc)."
   @type ledger :: %{
           budget: ModelBudget.budget(),
-          constraint: Constraint.t(),
+          rules: rules(),
           usage: ModelBudget.placement(),
           resident_count: non_neg_integer(),
           free: %{ModelBudget.device() => non_neg_integer()} | nil
@@ -89,13 +95,16 @@ defmodule ModelBudget.ModelManager.Eviction do
 
   ## Examples
 
-      iex> %ModelBudget.Constraint{used_variables: ["memory_required", "available"]} =
-      ...>   ModelBudget.ModelManager.Eviction.compile!(["memory_required > available * 0.70"])
+      iex> rules = ModelBudget.ModelManager.Eviction.compile!(["memory_required > available * 0.70 or free < 1GiB"])
+      iex> rules.constraint.used_variables
+      ["memory_required", "available", "free"]
+      iex> rules.measure
+      [:memory_required, :available, :free]
 
       iex> ModelBudget.ModelManager.Eviction.compile!(["used > totl"])
       ** (ArgumentError) invalid option :evict_when: "used > totl" does not compile at column 8: expected a variable (memory_required, available, total, used, used_percent, free, model_size, resident_count, resident_bytes), got `totl`
   """
-  @spec compile!([String.t()]) :: Constraint.t()
+  @spec compile!([String.t()]) :: rules()
   def compile!(rules) do
     unless is_list(rules) and Enum.all?(rules, &is_binary/1) do
       raise ArgumentError,
@@ -104,7 +113,8 @@ defmodule ModelBudget.ModelManager.Eviction do
 
     case Constraint.compile(rules, @variables) do
       {:ok, constraint} ->
-        constraint
+        reads = Enum.map(constraint.used_variables, &String.to_existing_atom/1)
+        %{constraint: constraint, measure: Enum.uniq([:memory_required, :available | reads])}
 
       {:error, {:invalid_constraint, expression, message, column}} ->
         raise ArgumentError,
@@ -140,7 +150,7 @@ defmodule ModelBudget.ModelManager.Eviction do
 
   @doc """
   Live free bytes on each device `placement` touches (`devices/2`) when
-  `constraint` reads `free`, else `nil` (nothing is probed). RAM is
+  `rules` read `free`, else `nil` (nothing is probed). RAM is
   `ModelBudget.system_memory/0`'s `:available`; a GPU is
   `ModelBudget.devices/0`'s `:memory_free`, 0 for a GPU the probe does not
   see; `:total` is the sum of RAM and every GPU.
@@ -155,10 +165,10 @@ defmodule ModelBudget.ModelManager.Eviction do
       iex> Eviction.probe_free(Eviction.compile!(["used > 0"]), budget, %{ram: 1, vram: %{}})
       nil
   """
-  @spec probe_free(Constraint.t(), ModelBudget.budget(), ModelBudget.placement()) ::
+  @spec probe_free(rules(), ModelBudget.budget(), ModelBudget.placement()) ::
           %{ModelBudget.device() => non_neg_integer()} | nil
-  def probe_free(%Constraint{used_variables: used}, budget, placement) do
-    if "free" in used do
+  def probe_free(rules, budget, placement) do
+    if :free in rules.measure do
       devices = devices(budget, placement)
       gpus = if devices == [:ram], do: [], else: ModelBudget.devices()
       ram = if Enum.any?(devices, &(&1 in [:ram, :total])), do: ModelBudget.system_memory()
@@ -181,7 +191,7 @@ defmodule ModelBudget.ModelManager.Eviction do
 
       iex> ledger = %{
       ...>   budget: %{mode: :per_device, ram: 1_000, vram: %{0 => 400}},
-      ...>   constraint: nil,
+      ...>   rules: nil,
       ...>   usage: %{ram: 250, vram: %{0 => 100}},
       ...>   resident_count: 3,
       ...>   free: nil
@@ -251,7 +261,7 @@ defmodule ModelBudget.ModelManager.Eviction do
       iex> alias ModelBudget.ModelManager.Eviction
       iex> ledger = %{
       ...>   budget: %{mode: :combined, limit: 1_000},
-      ...>   constraint: Eviction.compile!([]),
+      ...>   rules: Eviction.compile!([]),
       ...>   usage: %{ram: 900, vram: %{}},
       ...>   resident_count: 3,
       ...>   free: nil
@@ -265,13 +275,10 @@ defmodule ModelBudget.ModelManager.Eviction do
   @spec plan(ledger(), ModelBudget.placement(), Enumerable.t()) ::
           {:ok, [eviction()], ModelBudget.placement()} | {:error, ModelBudget.insufficient()}
   def plan(ledger, placement, candidates) do
-    read = Enum.map(ledger.constraint.used_variables, &String.to_existing_atom/1)
-    names = Enum.uniq([:memory_required, :available | read])
-
     planned =
       Enum.reduce_while(devices(ledger.budget, placement), {ledger, [], MapSet.new()}, fn
         device, acc ->
-          case make_room(acc, {placement, names}, device, candidates) do
+          case make_room(acc, placement, device, candidates) do
             {:ok, acc} -> {:cont, acc}
             :error -> {:halt, :error}
           end
@@ -286,8 +293,8 @@ defmodule ModelBudget.ModelManager.Eviction do
     end
   end
 
-  defp make_room({ledger, _, _} = acc, request, device, candidates) do
-    case need(ledger, request, device) do
+  defp make_room({ledger, _, _} = acc, placement, device, candidates) do
+    case need(ledger, placement, device) do
       nil ->
         {:ok, acc}
 
@@ -300,7 +307,7 @@ defmodule ModelBudget.ModelManager.Eviction do
             eviction = %{id: id, placement: held, device: device, reason: reason}
             acc = {release(ledger, held), [eviction | evictions], MapSet.put(ids, id)}
 
-            case need(elem(acc, 0), request, device) do
+            case need(elem(acc, 0), placement, device) do
               nil -> {:halt, {acc, nil}}
               reason -> {:cont, {acc, reason}}
             end
@@ -315,14 +322,14 @@ defmodule ModelBudget.ModelManager.Eviction do
   end
 
   # Why the device still needs room, or nil.
-  defp need(ledger, {placement, names}, device) do
-    values = measure(ledger, placement, device, names)
+  defp need(ledger, placement, device) do
+    values = measure(ledger, placement, device, ledger.rules.measure)
 
     cond do
       limit(ledger.budget, device) != :infinity and values.memory_required > values.available ->
         {:does_not_fit, values.memory_required, values.available}
 
-      Constraint.met?(ledger.constraint, values) ->
+      Constraint.met?(ledger.rules.constraint, values) ->
         :constraint
 
       true ->

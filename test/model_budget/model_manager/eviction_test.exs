@@ -11,7 +11,7 @@ defmodule ModelBudget.ModelManager.EvictionTest do
   defp ledger(budget, usage, opts \\ []) do
     %{
       budget: ModelBudget.resolve(budget),
-      constraint: Eviction.compile!(Keyword.get(opts, :rules, [])),
+      rules: Eviction.compile!(Keyword.get(opts, :rules, [])),
       usage: usage,
       resident_count: Keyword.get(opts, :count, 0),
       free: Keyword.get(opts, :free)
@@ -23,8 +23,13 @@ defmodule ModelBudget.ModelManager.EvictionTest do
   describe "compile!/1" do
     test "takes the variables and raises ArgumentError with the compile error" do
       rules = for name <- Eviction.variables(), do: "#{name} >= 0"
-      assert %ModelBudget.Constraint{used_variables: used} = Eviction.compile!(rules)
+
+      assert %{constraint: %ModelBudget.Constraint{used_variables: used}, measure: measure} =
+               Eviction.compile!(rules)
+
       assert used == Enum.map(Eviction.variables(), &Atom.to_string/1)
+      assert Enum.sort(measure) == Enum.sort(Eviction.variables())
+      assert Eviction.compile!([]).measure == [:memory_required, :available]
 
       for {rules, message} <- [
             {["used >"], ~s("used >" does not compile at column 7: expected an operand)},
@@ -149,7 +154,7 @@ defmodule ModelBudget.ModelManager.EvictionTest do
 
     test "evicts while a rule holds, and stops when it no longer does" do
       # Keep at most two models besides the new one.
-      ledger = %{full() | constraint: Eviction.compile!(["resident_count > 2"])}
+      ledger = %{full() | rules: Eviction.compile!(["resident_count > 2"])}
       # Four models; the first eviction makes room, the second the rule's.
 
       assert {:ok, [%{id: :a, reason: {:does_not_fit, 10, 0}}, %{id: :b, reason: :constraint}], _} =
@@ -157,13 +162,13 @@ defmodule ModelBudget.ModelManager.EvictionTest do
     end
 
     test "a rule that still holds when nothing is left to evict does not refuse a fitting load" do
-      ledger = %{ledger(1_000, ram(500), count: 2) | constraint: Eviction.compile!(["used >= 0"])}
+      ledger = %{ledger(1_000, ram(500), count: 2) | rules: Eviction.compile!(["used >= 0"])}
       assert ids(Eviction.plan(ledger, ram(10), a: ram(250), b: ram(250))) == [:a, :b]
       assert ids(Eviction.plan(ledger, ram(10), [])) == []
     end
 
     test "the default rule evicts until the load takes at most 70% of what is available" do
-      ledger = %{full() | constraint: Eviction.compile!(Eviction.default_rules())}
+      ledger = %{full() | rules: Eviction.compile!(Eviction.default_rules())}
       # 400 > 0.7 * 500 after two evictions; 400 <= 0.7 * 750 after three.
       assert ids(Eviction.plan(ledger, ram(400), candidates())) == [:a, :b, :c]
       # 350 <= 0.7 * 500.
@@ -171,7 +176,7 @@ defmodule ModelBudget.ModelManager.EvictionTest do
     end
 
     test "free counts the memory of the evictions planned so far" do
-      ledger = %{full() | constraint: Eviction.compile!(["free < 600"]), free: %{total: 100}}
+      ledger = %{full() | rules: Eviction.compile!(["free < 600"]), free: %{total: 100}}
       # 100 + 250 + 250 = 600 free after two.
       assert ids(Eviction.plan(ledger, ram(10), candidates())) == [:a, :b]
     end

@@ -103,7 +103,7 @@ IO.puts(
 
 IO.puts(
   Timing.line(
-    "  planning none (rule and check once)",
+    "  planning none (the rule evaluated once)",
     Timing.per_call(
       fn -> Eviction.plan(%{ledger | usage: %{ram: 0, vram: %{}}}, placement, candidates) end,
       31,

@@ -29,6 +29,8 @@ test-elixir:
 
 ## Benchmarks: every bench/*.exs, results to paste into bench/RESULTS.md.
 bench: setup
+	@echo "==> pip install gguf (llama.cpp's reader, the baseline of bench/model.exs)"
+	@python3 -m pip install -q gguf || echo "gguf unavailable: bench/model.exs skips its comparison"
 	@for f in bench/*.exs; do echo "==> mix run $$f"; mix run "$$f" || exit 1; done
 
 ## The lint gates CI runs after the tests.

@@ -3,13 +3,13 @@
 #   mix run bench/model.exs
 #
 # 1. Reads the Llama-3.1-8B-like GGUF of the test suite (a sparse file: an
-#    8.4 MB header with the 128,256-token tokenizer arrays, then a 4.8 GiB
+#    8.8 MB header with the 128,256-token tokenizer arrays, then a 4.8 GiB
 #    hole) with ModelBudget.Model.read/1, and with the `gguf` Python package
 #    (llama.cpp's own reader) on the same file in the same run. Both read a
 #    warm page cache; Python's time is GGUFReader(path) alone, measured
 #    inside the interpreter (no start-up, no import).
 # 2. Peak memory: a small Rust runner (examples/model_header.rs) reads the
-#    header of a 4.8 GiB and a 45 GiB sparse file, each in a fresh process,
+#    header of a 4.8 GiB and a 41.9 GiB sparse file, each in a fresh process,
 #    and reports the process's peak resident set (VmHWM) before and after
 #    the read. The BEAM's own figures (:erlang.memory) cannot see a NIF's
 #    malloc, hence a separate process.

@@ -34,7 +34,7 @@ defmodule ModelBudget.Test.ModelFixtures do
   @doc """
   A Llama-3.1-like GGUF in a Q4_K_M-like mix: Q4_K matrices, Q6_K for
   `attn_v`, `ffn_down` and the output head, F32 norms. `size` is `:"8b"`
-  (about 4.9 GB) or `:"70b"` (about 45 GB).
+  (5.2 GB) or `:"70b"` (45 GB, 41.9 GiB).
   """
   def llama_gguf!(path, size \\ :"8b") do
     s = llama_shape(size)

@@ -129,19 +129,7 @@ fn longest_context(
         };
         target.fits_or_too_large(model, &o)
     };
-    if fits(upper) {
-        return Some(upper);
-    }
-    // Invariant: lo fits (0 standing for "nothing") and hi does not.
-    let (mut lo, mut hi) = (0u64, upper);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
+    let lo = crate::layout::kv::largest_fitting(upper, fits);
     (lo > 0).then_some(lo)
 }
 
@@ -194,27 +182,10 @@ mod tests {
     use crate::distribute::SplitMode;
     use proptest::prelude::*;
 
+    use crate::layout::tests::llama_8b;
+
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
-    const LAYER: u64 = 200 * MIB;
-
-    /// Llama-3.1-8B-like: 32 blocks of 200 MiB, GQA 32/8 heads of 128.
-    fn llama_8b() -> ModelShape {
-        ModelShape {
-            layer_bytes: vec![LAYER; 32],
-            input_bytes: 280 * MIB,
-            output_bytes: 400 * MIB,
-            n_head: 32,
-            n_head_kv: vec![8; 32],
-            head_dim_k: 128,
-            head_dim_v: 128,
-            n_embd: 4096,
-            n_vocab: 128_256,
-            context_length: 131_072,
-            sliding_window: None,
-            swa_layers: vec![],
-        }
-    }
 
     fn per_device(ram: u64, gpus: &[u64]) -> Budget {
         Budget::PerDevice {

@@ -142,21 +142,28 @@ impl KvShape {
                 .and_then(|g| g.checked_add(grown))
                 .is_some_and(|total| total <= u128::from(budget))
         };
-        if fits(u64::MAX) {
-            return u64::MAX;
-        }
-        let (mut lo, mut hi) = (0u64, u64::MAX);
-        // Invariant: fits(lo) and !fits(hi).
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+        largest_fitting(u64::MAX, fits)
     }
+}
+
+/// The largest `n` in `0..=upper` for which `fits(n)` holds, given that
+/// `fits` is monotonic (true up to some point, false after) and `fits(0)`
+/// holds or 0 stands for "nothing". A binary search: 64 probes at most.
+pub fn largest_fitting(upper: u64, fits: impl Fn(u64) -> bool) -> u64 {
+    if fits(upper) {
+        return upper;
+    }
+    // Invariant: lo fits (or is 0) and hi does not.
+    let (mut lo, mut hi) = (0u64, upper);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
 
 /// Builds a KV shape from plain dimensions (the `max_context_length/3`

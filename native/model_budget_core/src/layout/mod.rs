@@ -245,7 +245,7 @@ pub fn distribute_model(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::kv::CacheType;
     use super::*;
     use crate::distribute::{Mode, SplitMode};
@@ -257,7 +257,7 @@ mod tests {
     const OUTPUT: u64 = 400 * MIB;
 
     /// Llama-3.1-8B-like: 32 blocks, GQA 32/8 heads of 128, vocab 128,256.
-    fn llama_8b() -> ModelShape {
+    pub(crate) fn llama_8b() -> ModelShape {
         ModelShape {
             layer_bytes: vec![LAYER; 32],
             input_bytes: INPUT,

@@ -40,20 +40,9 @@ defmodule Bench.Constraint.Timing do
   defp format(ns), do: "#{round(ns)} ns"
 end
 
-# The variables the ModelManager's :evict_when rules may use.
-variables = [
-  :memory_required,
-  :available,
-  :total,
-  :used,
-  :used_percent,
-  :free,
-  :model_size,
-  :resident_count,
-  :resident_bytes
-]
-
-default = ["memory_required > available * 0.70"]
+# The variables and default rule of the ModelManager's :evict_when.
+variables = ModelBudget.ModelManager.Eviction.variables()
+default = ModelBudget.ModelManager.Eviction.default_rules()
 
 # Twenty rules, none met by `values` below, so that met?/2 evaluates them all.
 twenty = [

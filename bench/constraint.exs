@@ -1,43 +1,15 @@
 # Cost of constraint expressions: compiling them (once, at start-up) and
 # evaluating them (on every admission). Run with `mix run bench/constraint.exs`.
 #
-# Each case runs in batches; a sample is the mean time per call within one
-# batch. Prints the median and the 10th-90th percentile spread of the samples.
+# Each case runs in 31 batches (bench/support/timing.exs); prints the median
+# per call and the 10th-90th percentile spread.
 
 alias ModelBudget.Constraint
 
-defmodule Bench.Constraint.Timing do
-  @samples 31
+Code.require_file("support/timing.exs", __DIR__)
 
-  def run(label, batch, fun) do
-    loop(batch, fun)
-
-    samples =
-      for _ <- 1..@samples do
-        started = System.monotonic_time(:nanosecond)
-        loop(batch, fun)
-        (System.monotonic_time(:nanosecond) - started) / batch
-      end
-      |> Enum.sort()
-
-    at = fn q -> Enum.at(samples, round(q * (@samples - 1))) end
-
-    IO.puts(
-      String.pad_trailing(label, 44) <>
-        "median #{format(at.(0.5))}   p10-p90 #{format(at.(0.1))} - #{format(at.(0.9))}" <>
-        "   (#{@samples} x #{batch} calls)"
-    )
-  end
-
-  defp loop(0, _fun), do: :ok
-
-  defp loop(n, fun) do
-    fun.()
-    loop(n - 1, fun)
-  end
-
-  defp format(ns) when ns >= 1000, do: :io_lib.format("~.2f us", [ns / 1000]) |> to_string()
-  defp format(ns), do: "#{round(ns)} ns"
+run = fn label, batch, fun ->
+  IO.puts(Bench.Timing.line(label, Bench.Timing.per_call(fun, 31, batch)))
 end
 
 # The variables and default rule of the ModelManager's :evict_when.
@@ -91,22 +63,22 @@ true = Constraint.met?(twenty_c, met_first)
 
 IO.puts("constraint expressions (#{System.schedulers_online()} schedulers)")
 
-Bench.Constraint.Timing.run("compile/2 default rule", 2_000, fn ->
+run.("compile/2 default rule", 2_000, fn ->
   Constraint.compile(default, variables)
 end)
 
-Bench.Constraint.Timing.run("compile/2 20 rules", 500, fn ->
+run.("compile/2 20 rules", 500, fn ->
   Constraint.compile(twenty, variables)
 end)
 
-Bench.Constraint.Timing.run("met?/2 default rule", 20_000, fn ->
+run.("met?/2 default rule", 20_000, fn ->
   Constraint.met?(default_c, values)
 end)
 
-Bench.Constraint.Timing.run("met?/2 20 rules, none met (all evaluated)", 5_000, fn ->
+run.("met?/2 20 rules, none met (all evaluated)", 5_000, fn ->
   Constraint.met?(twenty_c, values)
 end)
 
-Bench.Constraint.Timing.run("met?/2 20 rules, the first met", 20_000, fn ->
+run.("met?/2 20 rules, the first met", 20_000, fn ->
   Constraint.met?(twenty_c, met_first)
 end)

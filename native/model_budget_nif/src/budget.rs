@@ -11,7 +11,7 @@ use rustler::{Encoder, Env, ListIterator, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::decode::{atom, bytes, exact_map, index, is_unbounded};
+use crate::decode::{atom, bytes, exact_map, index, is_unbounded, optional};
 
 const SPEC: &str = ":infinity, nil, :auto, a positive integer, or a map with :ram and :vram keys";
 const RAM: &str = "a byte count, :infinity, nil or :auto";
@@ -230,16 +230,8 @@ fn decode_gpus(term: Term) -> Decoded<Vec<GpuFree>> {
 fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>) -> Term<'a> {
     let result = (|| {
         let spec = decode_spec(spec)?;
-        let gpus = if atom(gpus) == Some(atoms::nil()) {
-            None
-        } else {
-            Some(decode_gpus(gpus)?)
-        };
-        let ram_limit = if atom(ram_limit) == Some(atoms::nil()) {
-            None
-        } else {
-            Some(bytes(ram_limit, "ram_limit")?)
-        };
+        let gpus = optional(gpus, decode_gpus)?;
+        let ram_limit = optional(ram_limit, |t| bytes(t, "ram_limit"))?;
         if spec.needs_gpus() && gpus.is_none() {
             return Ok((atoms::probe(), atoms::gpus()).encode(env));
         }

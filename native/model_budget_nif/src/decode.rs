@@ -22,6 +22,18 @@ pub fn atom(term: Term) -> Option<Atom> {
     term.decode::<Atom>().ok()
 }
 
+/// `None` for `nil`, else the term decoded by `decode`.
+pub fn optional<'a, T>(
+    term: Term<'a>,
+    decode: impl FnOnce(Term<'a>) -> Decoded<'a, T>,
+) -> Decoded<'a, Option<T>> {
+    if atom(term) == Some(atoms::nil()) {
+        Ok(None)
+    } else {
+        decode(term).map(Some)
+    }
+}
+
 /// Whether the term is `nil` or `:infinity`, both of which mean "no limit".
 pub fn is_unbounded(term: Term) -> bool {
     atom(term).is_some_and(|a| a == atoms::infinity() || a == atoms::nil())

@@ -11,7 +11,7 @@ use rustler::{Encoder, Env, NifMap, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::decode::atom;
+use crate::decode::optional;
 
 rustler::atoms! {
     unavailable,
@@ -45,15 +45,10 @@ impl From<Gpu> for GpuTerm {
 
 /// `nil` or a binary (not necessarily UTF-8, as CUDA reads bytes).
 fn decode_visible(term: Term) -> Decoded<Option<String>> {
-    if atom(term) == Some(atoms::nil()) {
-        return Ok(None);
-    }
-    match term.decode::<rustler::Binary>() {
-        Ok(binary) => Ok(Some(
-            String::from_utf8_lossy(binary.as_slice()).into_owned(),
-        )),
-        Err(_) => bad("CUDA_VISIBLE_DEVICES", "nil or a string", term),
-    }
+    optional(term, |t| match t.decode::<rustler::Binary>() {
+        Ok(binary) => Ok(String::from_utf8_lossy(binary.as_slice()).into_owned()),
+        Err(_) => bad("CUDA_VISIBLE_DEVICES", "nil or a string", t),
+    })
 }
 
 /// `{:ok, driver_version, count}` or `{:unavailable, reason}`.

@@ -6,7 +6,7 @@ use rustler::{Atom, Encoder, Env, ListIterator, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::decode::{atom, bytes, index};
+use crate::decode::{atom, bytes, index, optional};
 use crate::placement::Encoded;
 
 /// Reads the known keys of a load-option keyword list; unknown keys are
@@ -75,11 +75,7 @@ fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> D
     } else if key == gpu_overhead() {
         opts.gpu_overhead = bytes(value, "option :gpu_overhead")?;
     } else if key == atoms::kv_bytes_per_token() {
-        opts.kv_bytes_per_token = if atom(value) == Some(atoms::nil()) {
-            None
-        } else {
-            Some(bytes(value, "option :kv_bytes_per_token")?)
-        };
+        opts.kv_bytes_per_token = optional(value, |t| bytes(t, "option :kv_bytes_per_token"))?;
     }
     Ok(())
 }

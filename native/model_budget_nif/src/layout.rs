@@ -5,7 +5,7 @@ use model_budget_core::layout::{self, estimate::Estimate, kv, Breakdown, ModelSh
 use rustler::{Encoder, Env, ListIterator, NifMap, Term};
 
 use crate::badarg::{bad, reply, Decoded};
-use crate::decode::{atom, bytes, index};
+use crate::decode::{atom, bytes, index, optional};
 use crate::distribute::{decode_options, gpu_count, positive};
 use crate::placement::Encoded;
 
@@ -26,7 +26,6 @@ rustler::atoms! {
     sliding_window,
     sliding_window_layers,
     kv_cache_budget,
-    infinity,
 }
 
 const MODEL: &str = "a %ModelBudget.Model{} with its layer layout and attention dimensions";
@@ -107,16 +106,8 @@ pub fn decode_model(model: Term) -> Decoded<ModelShape> {
         head_dim_v: known(model, head_dim_v(), "head_dim_v")?,
         n_embd: known(model, n_embd(), "n_embd")?,
         n_vocab: known(model, n_vocab(), "n_vocab")?,
-        context_length: if atom(context) == Some(crate::atoms::nil()) {
-            0
-        } else {
-            bytes(context, "model context_length")?
-        },
-        sliding_window: if atom(window) == Some(crate::atoms::nil()) {
-            None
-        } else {
-            Some(bytes(window, "model sliding_window")?)
-        },
+        context_length: optional(context, |t| bytes(t, "model context_length"))?.unwrap_or(0),
+        sliding_window: optional(window, |t| bytes(t, "model sliding_window"))?,
         swa_layers,
         layer_bytes,
     })
@@ -301,7 +292,7 @@ fn max_context_length<'a>(
         };
         let shape = kv_shape(model_or_dims, opts)?;
         Ok(match shape.max_context(limit) {
-            u64::MAX => infinity().encode(env),
+            u64::MAX => crate::atoms::infinity().encode(env),
             n => n.encode(env),
         })
     })();

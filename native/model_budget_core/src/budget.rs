@@ -50,20 +50,6 @@ pub enum Budget {
     PerDevice { ram: Limit, vram: VramLimits },
 }
 
-impl Budget {
-    /// How many GPUs the budget names explicitly (the highest index named plus
-    /// one), or `None` when it names none.
-    pub fn named_gpus(&self) -> Option<u32> {
-        match self {
-            Budget::PerDevice {
-                vram: VramLimits::PerGpu(map),
-                ..
-            } => map.keys().next_back().map(|last| last.saturating_add(1)),
-            _ => None,
-        }
-    }
-}
-
 /// RAM part of a per-device `:memory_budget`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RamSpec {
@@ -223,7 +209,6 @@ mod tests {
             vram: VramSpec::PerGpu([(1, Limit::Bytes(3))].into()),
         };
         let budget = resolve(&spec, 0, &GPUS).unwrap();
-        assert_eq!(budget.named_gpus(), Some(2));
         assert_eq!(
             budget,
             Budget::PerDevice {

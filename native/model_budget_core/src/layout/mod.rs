@@ -118,6 +118,10 @@ impl ModelShape {
     }
 }
 
+fn device_overflow() -> crate::Error {
+    invalid("model", "its placement exceeds 2^64 bytes on one device")
+}
+
 /// One device's share, split the way llama.cpp's memory breakdown reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Share {
@@ -132,7 +136,7 @@ impl Share {
         [self.kv_cache, self.compute, self.overhead]
             .iter()
             .try_fold(self.weights, |acc, b| acc.checked_add(*b))
-            .ok_or_else(|| invalid("model", "its placement exceeds 2^64 bytes on one device"))
+            .ok_or_else(device_overflow)
     }
 }
 
@@ -155,9 +159,7 @@ impl Breakdown {
 
     fn add(&mut self, home: Home, part: fn(&mut Share) -> &mut u64, bytes: u64) -> Result<()> {
         let slot = part(self.share(home));
-        *slot = slot
-            .checked_add(bytes)
-            .ok_or_else(|| invalid("model", "its placement exceeds 2^64 bytes on one device"))?;
+        *slot = slot.checked_add(bytes).ok_or_else(device_overflow)?;
         Ok(())
     }
 

@@ -83,21 +83,23 @@ impl Arch {
     }
 }
 
+/// Checks that a per-layer list stated at `at` has one entry per layer.
+fn one_per_layer<T>(at: &At<T>, len: usize, n_layers: u64) -> Result<()> {
+    if len as u64 != n_layers {
+        return Err(invalid(
+            at.offset,
+            format!("{} has {len} entries for {n_layers} layers", at.key),
+        ));
+    }
+    Ok(())
+}
+
 /// A per-layer count checked against `n_layers`.
 pub(crate) fn per_layer(count: &At<Count>, n_layers: u64) -> Result<PerLayer> {
     match &count.value {
         Count::One(n) => Ok(PerLayer::Uniform(*n)),
         Count::List(values) => {
-            if values.len() as u64 != n_layers {
-                return Err(invalid(
-                    count.offset,
-                    format!(
-                        "{} has {} entries for {n_layers} layers",
-                        count.key,
-                        values.len()
-                    ),
-                ));
-            }
+            one_per_layer(count, values.len(), n_layers)?;
             Ok(PerLayer::from_list(values.clone()))
         }
     }
@@ -113,16 +115,7 @@ pub(crate) fn swa_flags(rule: &At<SwaLayers>, n_layers: u64) -> Result<Vec<bool>
         SwaLayers::From(first) => layers.map(|il| il >= *first).collect(),
         SwaLayers::Unknown => layers.map(|_| false).collect(),
         SwaLayers::Flags(flags) => {
-            if flags.len() as u64 != n_layers {
-                return Err(invalid(
-                    rule.offset,
-                    format!(
-                        "{} has {} entries for {n_layers} layers",
-                        rule.key,
-                        flags.len()
-                    ),
-                ));
-            }
+            one_per_layer(rule, flags.len(), n_layers)?;
             flags.clone()
         }
     })

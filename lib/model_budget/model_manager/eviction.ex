@@ -382,7 +382,8 @@ defmodule ModelBudget.ModelManager.Eviction do
   end
 
   def residuals(_budget, evicted, placement) do
-    excess = subtract(Enum.reduce(evicted, ModelBudget.empty_usage(), &add/2), placement)
+    held = Enum.reduce(evicted, ModelBudget.empty_usage(), &ModelBudget.fold(&2, &1))
+    excess = subtract(held, placement)
     {residuals, _} = Enum.map_reduce(evicted, excess, &take_each/2)
     residuals
   end
@@ -414,9 +415,6 @@ defmodule ModelBudget.ModelManager.Eviction do
 
     {taken, subtract(left, taken)}
   end
-
-  defp add(a, b),
-    do: %{ram: a.ram + b.ram, vram: Map.merge(a.vram, b.vram, fn _, x, y -> x + y end)}
 
   # Per device, never below 0; GPUs left with nothing are dropped.
   defp subtract(a, b) do

@@ -197,6 +197,8 @@ defmodule ModelBudget.Plan.Catalog do
     head_params = if tied, do: 0, else: embeddings
     head_stored = if tied, do: bytes(s.n_embd, @f32), else: output_bytes
 
+    stored = s.n_layers * block_bytes + input_bytes + head_stored + other_bytes
+
     tensors_per_block =
       if(experts, do: 10, else: 9) + if(bias > 0, do: 3, else: 0) + (div(norms, s.n_embd) - 2)
 
@@ -204,8 +206,9 @@ defmodule ModelBudget.Plan.Catalog do
       format: :gguf,
       architecture: s.architecture,
       name: s.name,
-      file_bytes: s.n_layers * block_bytes + input_bytes + head_stored + other_bytes,
-      weight_bytes: s.n_layers * block_bytes + input_bytes + head_stored + other_bytes,
+      # The header and tokenizer are not counted: the file is its tensors.
+      file_bytes: stored,
+      weight_bytes: stored,
       n_params:
         s.n_layers * (matrices + bias + norms) + embeddings + head_params + s.n_embd + other,
       n_tensors:

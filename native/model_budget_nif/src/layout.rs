@@ -152,7 +152,7 @@ fn breakdown_term<'a>(b: &Breakdown) -> Decoded<'a, BreakdownTerm> {
 }
 
 /// The `(model, opts, n_gpus)` arguments of `distribute/3` and `breakdown/3`.
-fn placement_args<'a>(
+pub fn placement_args<'a>(
     model: Term<'a>,
     opts: Term<'a>,
     n_gpus: Term<'a>,

@@ -9,8 +9,7 @@ use rustler::{Atom, Encoder, Env, Term};
 
 use crate::badarg::{bad, reply};
 use crate::check::Details;
-use crate::distribute::{decode_options, gpu_count};
-use crate::layout::decode_model;
+use crate::layout::placement_args;
 use crate::{atoms, budget, placement};
 
 rustler::atoms! {
@@ -78,9 +77,7 @@ fn plan_search<'a>(
     used: Term<'a>,
 ) -> Term<'a> {
     let result = (|| {
-        let shape = decode_model(model)?;
-        let opts = decode_options(opts)?;
-        let n_gpus = gpu_count(n_gpus)?;
+        let (shape, opts, n_gpus) = placement_args(model, opts, n_gpus)?;
         let budget = budget::decode(budget)?;
         let used = placement::decode(used, "used")?;
         let target = Target {

@@ -1,6 +1,6 @@
 //! `ModelBudget.Model.read/1`: a model file's header as a `%ModelBudget.Model{}`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -66,8 +66,8 @@ struct ModelTerm {
     types: HashMap<String, TypeTerm>,
     n_ff: Option<u64>,
     n_ff_exp: Option<u64>,
-    layer_matrices: Vec<BTreeMap<String, u64>>,
-    head_matrices: BTreeMap<String, u64>,
+    layer_matrices: Vec<HashMap<String, u64>>,
+    head_matrices: HashMap<String, u64>,
 }
 
 fn count(c: PerLayer) -> CountTerm {
@@ -134,8 +134,8 @@ impl From<model::Model> for ModelTerm {
             types,
             n_ff: m.n_ff,
             n_ff_exp: m.n_ff_exp,
-            layer_matrices: m.layer_matrices,
-            head_matrices: m.head_matrices,
+            layer_matrices: m.layer_matrices.into_iter().map(HashMap::from_iter).collect(),
+            head_matrices: HashMap::from_iter(m.head_matrices),
         }
     }
 }

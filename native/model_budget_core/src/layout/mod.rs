@@ -68,13 +68,21 @@ fn narrow(value: Option<u64>, name: &str) -> Result<u32> {
     let v = value.ok_or_else(|| {
         invalid(
             "model",
-            format!("a model whose {name} is known (the header did not say)"),
+            format!("expected a model whose {name} is known (the header did not say)"),
         )
     })?;
     u32::try_from(v).map_err(|_| invalid("model", format!("{name} {v} exceeds 2^32")))
 }
 
 fn per_layer(count: &Option<PerLayer>, name: &str, n: usize) -> Result<Vec<u32>> {
+    if let Some(PerLayer::Layers(list)) = count {
+        if list.len() != n {
+            return Err(invalid(
+                "model",
+                format!("{name} lists {} layers but the model has {n}", list.len()),
+            ));
+        }
+    }
     (0..n)
         .map(|il| narrow(count.as_ref().and_then(|c| c.layer(il)), name))
         .collect()

@@ -721,7 +721,7 @@ defmodule ModelBudget.ModelManagerTest do
       assert [%{id: :a, loads: 2, evictions: 1}] = ModelManager.list(manager)
       assert {:error, _} = load(manager, :c, {:test, 2_000})
       assert {:ok, [:a]} = ModelManager.fence(manager, :total, 500)
-      assert ModelManager.stats(manager) == %{loads: 3, evictions: 3, refused: 1, fences: 1}
+      assert ModelManager.stats(manager) == %{loads: 3, evictions: 3, refused: 1, fences: 1, expired: 0}
     end
   end
 
@@ -879,11 +879,18 @@ defmodule ModelBudget.ModelManagerTest do
   end
 
   describe "unexpected messages" do
-    test "are ignored" do
+    test "are logged, and the manager goes on" do
       manager = start_manager()
-      send(manager, {:stray, make_ref()})
-      send(manager, make_ref())
-      assert {:ok, _} = load(manager, :a, {:test, 1})
+
+      log =
+        capture_log(fn ->
+          send(manager, {:stray, make_ref()})
+          send(manager, {make_ref(), :a_reply_nobody_waits_for})
+          assert {:ok, _} = load(manager, :a, {:test, 1})
+        end)
+
+      assert log =~ "got an unexpected message: {:stray, #Reference<"
+      assert log =~ "got an unexpected reply: {#Reference<"
       assert Process.alive?(manager)
     end
   end

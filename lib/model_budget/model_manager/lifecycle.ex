@@ -47,6 +47,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   def load(state, %{id: id, placement: placement} = request, from) do
     if Ledger.taken?(state.ledger, id) do
       reply(from, {:error, :already_loaded})
+      state
     else
       case admit_swept(state, placement, Ledger.ahead(state.ledger, nil)) do
         {:ok, evictions, state} ->
@@ -505,7 +506,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   @spec settle(t()) :: t()
   def settle(%__MODULE__{ledger: %Ledger{queue: []}} = state), do: state
 
-  def settle(state) do
+  def settle(%__MODULE__{} = state) do
     state =
       Enum.reduce(state.ledger.queue, state, fn waiter, state ->
         ahead = Ledger.ahead(state.ledger, waiter.ref)

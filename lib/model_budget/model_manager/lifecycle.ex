@@ -114,21 +114,25 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   # The evicted models (already claimed) start unloading; the load waits for
   # them, then its backend load runs.
-  defp start_load(state, {caller, _} = from, request, evictions) do
+  defp start_load(state, from, request, evictions) do
     gate = Leases.new_gate(state.clock.())
-    caller_ref = Process.monitor(caller)
-
-    entry = %{
-      Entry.new(request, gate, Table.history_of(state.table, request.id))
-      | caller: from,
-        caller_ref: caller_ref
-    }
-
+    entry = %{Entry.new(request, gate, Table.history_of(state.table, request.id)) | caller: from}
     {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
-    state = %{state | ledger: ledger, refs: Map.put(state.refs, caller_ref, {:caller, entry.id})}
-    state = save(state, [entry.id | Enum.map(evicted, & &1.id)])
-    state = evict(state, evictions, evicted, "the load of #{inspect(entry.id)}")
-    if evictions == [], do: run_load(state, entry.id), else: state
+    state = %{state | ledger: ledger}
+
+    if evictions == [] and inline?(state) do
+      # Loaded within this step: nothing to cancel, no one sees it loading.
+      run_load(state, entry.id)
+    else
+      # The caller is watched while it waits: its death cancels the load.
+      {caller, _} = from
+      caller_ref = Process.monitor(caller)
+      state = %{state | refs: Map.put(state.refs, caller_ref, {:caller, entry.id})}
+      state = update(state, entry.id, &%{&1 | caller_ref: caller_ref})
+      state = save(state, Enum.map(evicted, & &1.id))
+      state = evict(state, evictions, evicted, {:load, entry.id})
+      if evictions == [], do: run_load(state, entry.id), else: state
+    end
   end
 
   defp run_load(state, id) do
@@ -194,7 +198,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         Leases.open(ready.gate)
         state = put(state, ready)
         Table.bump(state.table, :loads)
-        reply(entry.caller, {:ok, info(state, ready)})
+        # No lease can have been taken yet: the gate opened in this step.
+        reply(entry.caller, {:ok, Map.merge(Entry.info(ready), %{leases: 0, last_used: now})})
         state
 
       {false, failed} ->
@@ -368,7 +373,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     entry = %{entry | status: :unloading, draining: false, handle_ref: nil}
 
     if inline?(state) do
-      state = put(state, entry)
+      # Released within this step: readers never see it unloading.
+      state = %{state | ledger: Ledger.put(state.ledger, entry)}
       finished_unload(state, entry.id, run_inline(fn -> state.backend.unload(entry.handle) end))
     else
       task = Task.Supervisor.async_nolink(state.task_sup, state.backend, :unload, [entry.handle])
@@ -414,19 +420,25 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
-  # The claimed models start unloading, logged with the reason; `target`
-  # says what for.
-  defp evict(state, evictions, evicted, target) do
+  # The claimed models start unloading, logged with the reason; `for` says
+  # what for (the evicted entries' :evicted_for).
+  defp evict(state, evictions, evicted, for) do
     Enum.zip(evictions, evicted)
     |> Enum.reduce(state, fn {eviction, entry}, state ->
-      log_eviction(state, entry, eviction, target)
+      log_eviction(state, entry, eviction, for)
       Table.bump(state.table, :evictions)
       Table.bump_history(state.table, entry.id, :evictions)
       begin_unload(state, entry)
     end)
   end
 
-  defp log_eviction(state, entry, eviction, target) do
+  defp log_eviction(state, entry, eviction, for) do
+    target =
+      case for do
+        {:load, id} -> "the load of #{inspect(id)}"
+        {:fence, _ref} -> "a fence"
+      end
+
     reason =
       case eviction.reason do
         :constraint ->
@@ -467,7 +479,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         ids = Enum.map(evictions, & &1.id)
         fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
         state = %{state | ledger: ledger, fences: Map.put(state.fences, ref, fence)}
-        evict(state, evictions, evicted, "a fence")
+        evict(state, evictions, evicted, {:fence, ref})
 
       {refused, state} ->
         refuse(state, from, refused)
@@ -642,8 +654,6 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         Map.merge(info, %{leases: 0, last_used: info.loaded_at})
     end
   end
-
-  defp info(state, %Entry{} = entry), do: view(state, Entry.info(entry))
 
   defp put(state, entry), do: save(%{state | ledger: Ledger.put(state.ledger, entry)}, [entry.id])
 

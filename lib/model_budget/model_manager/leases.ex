@@ -115,10 +115,17 @@ defmodule ModelBudget.ModelManager.Leases do
       @open ->
         {:ok, lease}
 
-      # The manager is deciding, in one step, whether to evict or expire it.
+      # The manager is deciding, in one step, whether to evict or expire it
+      # (unless it died meanwhile: then nothing will be decided).
       @claiming ->
         :erlang.yield()
-        confirm(lease)
+
+        if Process.alive?(lease.manager) do
+          confirm(lease)
+        else
+          :ets.delete(lease.leases, lease.key)
+          {:error, :not_loaded}
+        end
 
       _closed ->
         :ets.delete(lease.leases, lease.key)

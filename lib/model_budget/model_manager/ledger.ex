@@ -144,16 +144,32 @@ defmodule ModelBudget.ModelManager.Ledger do
 
   def candidates(ledger, probe) do
     idle_since = probe.now - ledger.min_idle_ms
+    exclude = probe.exclude
+    last_use = probe.last_use
 
+    # One pass over the entries and a key sort, only when a plan pulls the
+    # first candidate: the order comes from the gates, which requests stamp
+    # without telling the manager.
     [ledger.entries]
     |> Stream.flat_map(fn entries ->
-      for {id, %Entry{status: :ready, pinned: false} = entry} <- entries,
-          not MapSet.member?(probe.exclude, id),
-          {lru, used_at} = probe.last_use.(entry),
-          used_at <= idle_since do
-        {lru, entry}
-      end
-      |> Enum.sort_by(&elem(&1, 0))
+      ready =
+        :maps.fold(
+          fn
+            id, %Entry{status: :ready, pinned: false} = entry, acc ->
+              {lru, used_at} = last_use.(entry)
+
+              if used_at <= idle_since and not MapSet.member?(exclude, id),
+                do: [{lru, entry} | acc],
+                else: acc
+
+            _id, _entry, acc ->
+              acc
+          end,
+          [],
+          entries
+        )
+
+      :lists.keysort(1, ready)
     end)
     |> Stream.reject(fn {_lru, entry} -> probe.leased?.(entry) end)
     |> Stream.map(fn {_lru, entry} -> {entry.id, entry.placement} end)

@@ -50,7 +50,8 @@ defmodule ModelBudget.ModelManager.Ledger do
 
     * `:now` - the manager's clock, in ms.
     * `:last_use` - an entry's `{lru, used_at}`: its position in the LRU
-      order (greater is more recent) and the clock at its last use.
+      order (any term; greater is more recent) and the clock at its last
+      use.
     * `:leased?` - whether an entry holds leases; asked lazily, of the
       candidates a plan reaches.
     * `:free` - the live free bytes per device, for rules that read `free`
@@ -59,7 +60,7 @@ defmodule ModelBudget.ModelManager.Ledger do
   """
   @type probe :: %{
           now: integer(),
-          last_use: (Entry.t() -> {integer(), integer()}),
+          last_use: (Entry.t() -> {term(), integer()}),
           leased?: (Entry.t() -> boolean()),
           free: map() | nil,
           exclude: MapSet.t()

@@ -79,7 +79,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
     probe = %{
       now: state.clock.(),
-      last_use: &Leases.last_use(&1.gate),
+      last_use: &lru_order/1,
       leased?: &(Leases.count(state.leases, &1.gate) > 0),
       free: Eviction.probe_free(ledger.rules, ledger.budget, placement),
       exclude: exclude
@@ -104,6 +104,12 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       {:error, _} = refused ->
         refused
     end
+  end
+
+  # The LRU position, ties (a coarse clock) broken by admission order.
+  defp lru_order(%Entry{gate: {inc, _} = gate}) do
+    {lru, used_at} = Leases.last_use(gate)
+    {{lru, inc}, used_at}
   end
 
   defp refuse(state, from, refused) do

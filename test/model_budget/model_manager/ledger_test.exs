@@ -89,7 +89,9 @@ defmodule ModelBudget.ModelManager.LedgerTest do
 
   describe "hand_over/4" do
     test "evicted models keep counting what they hold beyond the new load until released" do
-      books = with_entries(ledger(1_000), [entry(:a, 400), entry(:b, 400)])
+      books =
+        with_entries(ledger(1_000), [entry(:a, 400, use: {1, 0}), entry(:b, 400, use: {2, 0})])
+
       new = entry(:new, 700)
       {:ok, evictions} = Ledger.admit(books, ram(700), [], probe())
       assert Enum.map(evictions, & &1.id) == [:a, :b]

@@ -140,6 +140,9 @@ defmodule ModelBudget.ModelManager.Leases do
     :ets.delete(lease.leases, lease.key)
     used(lease.gate, lease.clock.())
     tell_manager(lease)
+  rescue
+    # The manager is gone, and its lease table with it: so is the lease.
+    ArgumentError -> :ok
   end
 
   @doc "Marks model `id` as used now, unless it is closed or gone."

@@ -154,6 +154,17 @@ defmodule ModelBudget.ModelManager.ServingTest do
       assert {:ok, %{evicted: [:a]}} = load(manager, :b, 600)
     end
 
+    test "checkin/2 of a lease from a manager that is gone returns :ok" do
+      manager = start_manager([])
+      {:ok, _} = load(manager, :a, 10)
+      {:ok, lease} = ModelManager.checkout(manager, :a)
+      Process.unlink(manager)
+      ref = Process.monitor(manager)
+      Process.exit(manager, :kill)
+      assert_receive {:DOWN, ^ref, :process, _, :killed}, @wait
+      assert ModelManager.checkin(manager, lease) == :ok
+    end
+
     test "checkin/2 raises ArgumentError for something that is not a lease" do
       manager = start_manager([])
 

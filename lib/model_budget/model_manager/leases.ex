@@ -89,7 +89,7 @@ defmodule ModelBudget.ModelManager.Leases do
   @doc "Takes a lease on model `id` (see the module doc)."
   @spec checkout(map(), term()) :: {:ok, Lease.t()} | {:error, :not_loaded}
   def checkout(shared, id) do
-    with {:ok, inc, gate} <- Table.gate(shared.table, id),
+    with {:ok, {inc, gate}} <- Table.gate(shared.table, id),
          @open <- :atomics.get(gate, @state) do
       key = {inc, make_ref()}
       :ets.insert(shared.leases, {key, self()})
@@ -148,7 +148,7 @@ defmodule ModelBudget.ModelManager.Leases do
   @doc "Marks model `id` as used now, unless it is closed or gone."
   @spec touch(map(), term()) :: :ok | {:error, :not_loaded}
   def touch(shared, id) do
-    with {:ok, _inc, gate} <- Table.gate(shared.table, id),
+    with {:ok, {_inc, gate}} <- Table.gate(shared.table, id),
          state when state in [@loading, @open, @claiming] <- :atomics.get(gate, @state) do
       used(gate, shared.clock.())
     else
@@ -187,11 +187,11 @@ defmodule ModelBudget.ModelManager.Leases do
   @spec open(gate()) :: :ok
   def open({_inc, gate}), do: :atomics.put(gate, @state, @open)
 
-  @doc "Closes a gate for an unload; returns how many leases still hold it."
-  @spec close(:ets.tid(), gate()) :: non_neg_integer()
+  @doc "Closes a gate for an unload; returns whether leases still hold it."
+  @spec close(:ets.tid(), gate()) :: boolean()
   def close(leases, {_inc, gate} = g) do
     :atomics.put(gate, @state, @closed)
-    count(leases, g)
+    leased?(leases, g)
   end
 
   @doc """
@@ -203,12 +203,19 @@ defmodule ModelBudget.ModelManager.Leases do
   def claim(leases, gates) do
     for {_inc, gate} <- gates, do: :atomics.put(gate, @state, @claiming)
 
-    leased = for {gate, index} <- Enum.with_index(gates), count(leases, gate) > 0, do: index
+    leased = for {gate, index} <- Enum.with_index(gates), leased?(leases, gate), do: index
 
     state = if leased == [], do: @closed, else: @open
     for {_inc, gate} <- gates, do: :atomics.put(gate, @state, state)
     if leased == [], do: :ok, else: {:leased, leased}
   end
+
+  @doc """
+  Whether any lease holds a gate: the first key after `{inc, 0}` (numbers
+  sort before the references of lease keys) is one of its leases.
+  """
+  @spec leased?(:ets.tid(), gate()) :: boolean()
+  def leased?(leases, {inc, _gate}), do: match?({^inc, _}, :ets.next(leases, {inc, 0}))
 
   @doc "How many leases hold a gate."
   @spec count(:ets.tid(), gate()) :: non_neg_integer()
@@ -217,9 +224,9 @@ defmodule ModelBudget.ModelManager.Leases do
 
   @doc "Ends every lease of a gate (a forced unload, or the model is gone)."
   @spec drop(:ets.tid(), gate()) :: :ok
-  def drop(leases, {inc, _gate} = g) do
-    :atomics.put(elem(g, 1), @state, @closed)
-    :ets.select_delete(leases, [{{{inc, :_}, :_}, [], [true]}])
+  def drop(leases, {inc, gate} = g) do
+    :atomics.put(gate, @state, @closed)
+    if leased?(leases, g), do: :ets.select_delete(leases, [{{{inc, :_}, :_}, [], [true]}])
     :ok
   end
 

@@ -80,7 +80,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     probe = %{
       now: state.clock.(),
       last_use: &lru_order/1,
-      leased?: &(Leases.count(state.leases, &1.gate) > 0),
+      leased?: &Leases.leased?(state.leases, &1.gate),
       free: Eviction.probe_free(ledger.rules, ledger.budget, placement),
       exclude: exclude
     }
@@ -319,15 +319,13 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # Closes the gate (checkouts fail from now on) and unloads once no lease
   # is left; a checkin or a holder's death tells the manager when.
   defp drain(state, entry, from, timeout) do
-    case Leases.close(state.leases, entry.gate) do
-      0 ->
-        begin_unload(state, %{entry | unload_waiters: [{from, nil}]})
-
-      _leases ->
-        timer = timer(timeout, {:unload_timeout, entry.id})
-        entry = %{entry | status: :unloading, draining: true, unload_waiters: [{from, timer}]}
-        {_reaped, state} = sweep_holders(put(state, entry))
-        drained(state, entry.id)
+    if Leases.close(state.leases, entry.gate) do
+      timer = timer(timeout, {:unload_timeout, entry.id})
+      entry = %{entry | status: :unloading, draining: true, unload_waiters: [{from, timer}]}
+      {_reaped, state} = sweep_holders(put(state, entry))
+      drained(state, entry.id)
+    else
+      begin_unload(state, %{entry | unload_waiters: [{from, nil}]})
     end
   end
 
@@ -345,7 +343,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # A draining model unloads once its last lease is gone.
   defp drained(state, id) do
     with {:ok, %Entry{draining: true} = entry} <- Ledger.fetch(state.ledger, id),
-         0 <- Leases.count(state.leases, entry.gate) do
+         false <- Leases.leased?(state.leases, entry.gate) do
       waiters = for {from, timer} <- entry.unload_waiters, do: {from, cancel_timer(timer)}
       begin_unload(state, %{entry | draining: false, unload_waiters: waiters})
     else
@@ -651,10 +649,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   @spec view(map(), map()) :: map()
   def view(shared, info) do
     case Table.gate(shared.table, info.id) do
-      {:ok, inc, atomics} ->
-        {_lru, used_at} = Leases.last_use({inc, atomics})
-
-        Map.merge(info, %{leases: Leases.count(shared.leases, {inc, atomics}), last_used: used_at})
+      {:ok, gate} ->
+        {_lru, used_at} = Leases.last_use(gate)
+        Map.merge(info, %{leases: Leases.count(shared.leases, gate), last_used: used_at})
 
       :error ->
         Map.merge(info, %{leases: 0, last_used: info.loaded_at})

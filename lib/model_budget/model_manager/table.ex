@@ -8,9 +8,9 @@ defmodule ModelBudget.ModelManager.Table do
   #     as the entries that change it, so a reader never sees one without
   #     the other.
   #   * stats_row(...): the manager's totals, bumped with update_counter.
-  #   * {{:model, id}, info}: an entry's public fields (Entry.info/1).
+  #   * {{:model, id}, info, gate}: an entry's public fields (Entry.info/1)
+  #     and its lease gate ({inc, atomics}, read alone by checkout).
   #   * {{:history, id}, loads, evictions}: per id, kept for the manager's life.
-  #   * {{:gate, id}, inc, atomics}: the lease gate of a listed model.
 
   require Record
 
@@ -46,13 +46,12 @@ defmodule ModelBudget.ModelManager.Table do
 
   ## Writes (the manager only)
 
-  @doc "Writes entries and the usage in one insert; a new entry's gate too."
+  @doc "Writes entries and the usage in one insert."
   @spec put(:ets.tid(), ModelBudget.placement(), [Entry.t()]) :: true
   def put(table, usage, entries) do
     rows =
-      for %Entry{id: id, gate: {inc, atomics}} = entry <- entries,
-          row <- [{{:model, id}, Entry.info(entry)}, {{:gate, id}, inc, atomics}],
-          do: row
+      for %Entry{id: id, gate: gate} = entry <- entries,
+          do: {{:model, id}, Entry.info(entry), gate}
 
     :ets.insert(table, [usage_row(placement: usage) | rows])
   end
@@ -60,7 +59,6 @@ defmodule ModelBudget.ModelManager.Table do
   @doc "Removes an entry and writes the usage without it."
   @spec delete(:ets.tid(), ModelBudget.placement(), term()) :: true
   def delete(table, usage, id) do
-    :ets.delete(table, {:gate, id})
     :ets.delete(table, {:model, id})
     :ets.insert(table, usage_row(placement: usage))
   end
@@ -92,7 +90,7 @@ defmodule ModelBudget.ModelManager.Table do
   @spec info(:ets.tid(), term()) :: {:ok, map()} | :error
   def info(table, id) do
     case :ets.lookup(table, {:model, id}) do
-      [{_key, info}] -> {:ok, info}
+      [{_key, info, _gate}] -> {:ok, info}
       [] -> :error
     end
   end
@@ -100,19 +98,19 @@ defmodule ModelBudget.ModelManager.Table do
   @doc "Every model's public fields, in no order."
   @spec infos(:ets.tid()) :: [map()]
   def infos(table),
-    do: :ets.select(table, [{{{:model, :_}, :"$1"}, [], [:"$1"]}])
+    do: :ets.select(table, [{{{:model, :_}, :"$1", :_}, [], [:"$1"]}])
 
   @doc "Whether model `id` is listed."
   @spec member?(:ets.tid(), term()) :: boolean()
   def member?(table, id), do: :ets.member(table, {:model, id})
 
-  @doc "The lease gate of model `id`."
-  @spec gate(:ets.tid(), term()) :: {:ok, pos_integer(), :atomics.atomics_ref()} | :error
+  @doc "The lease gate of model `id`: `{inc, atomics}`."
+  @spec gate(:ets.tid(), term()) :: {:ok, {pos_integer(), :atomics.atomics_ref()}} | :error
   def gate(table, id) do
-    case :ets.lookup(table, {:gate, id}) do
-      [{_key, inc, atomics}] -> {:ok, inc, atomics}
-      [] -> :error
-    end
+    {:ok, :ets.lookup_element(table, {:model, id}, 3)}
+  rescue
+    # No such row (a missing table raises the same; readers check it first).
+    ArgumentError -> :error
   end
 
   @doc "The folded usage."

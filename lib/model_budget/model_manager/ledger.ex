@@ -199,6 +199,9 @@ defmodule ModelBudget.ModelManager.Ledger do
   """
   @spec hand_over(t(), Entry.t() | nil, [Eviction.eviction()], Entry.evicted_for()) ::
           {t(), [Entry.t()]}
+  def hand_over(ledger, entry, [], _for),
+    do: {if(entry, do: add(ledger, entry), else: ledger), []}
+
   def hand_over(ledger, entry, evictions, for) do
     placements = Enum.map(evictions, & &1.placement)
 

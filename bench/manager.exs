@@ -33,8 +33,17 @@ defmodule Bench.Manager do
     end
   end
 
-  # Admissions per second and every load latency of one round.
+  # The VM's CPU time (all schedulers) in µs: what a round costs, whatever
+  # else the machine runs.
+  def cpu_us do
+    {ms, _} = :erlang.statistics(:runtime)
+    ms * 1000
+  end
+
+  # Admissions per second, CPU µs per admission and every load latency of
+  # one round.
   def round(manager, callers, per_caller) do
+    cpu0 = cpu_us()
     t0 = System.monotonic_time(:nanosecond)
 
     latencies =
@@ -44,7 +53,8 @@ defmodule Bench.Manager do
       |> List.flatten()
 
     seconds = (System.monotonic_time(:nanosecond) - t0) / 1.0e9
-    {callers * per_caller / seconds, latencies}
+    n = callers * per_caller
+    {n / seconds, latencies, (cpu_us() - cpu0) / n}
   end
 
   # One process's checkout + checkin pairs on `id`; pair latencies in ns.
@@ -57,8 +67,10 @@ defmodule Bench.Manager do
     end
   end
 
-  # Pairs per second and every pair latency of one round of `procs` processes.
+  # Pairs per second, CPU µs per pair and every pair latency of one round
+  # of `procs` processes.
   def lease_round(manager, id, procs, per_proc) do
+    cpu0 = cpu_us()
     t0 = System.monotonic_time(:nanosecond)
 
     latencies =
@@ -68,7 +80,8 @@ defmodule Bench.Manager do
       |> List.flatten()
 
     seconds = (System.monotonic_time(:nanosecond) - t0) / 1.0e9
-    {procs * per_proc / seconds, latencies}
+    n = procs * per_proc
+    {n / seconds, latencies, (cpu_us() - cpu0) / n}
   end
 
   # Callers cycling loads and unloads until told to stop, to measure against.
@@ -106,6 +119,7 @@ Bench.Manager.lease_round(manager, :served, 100, per_proc)
 results = for _ <- 1..rounds, do: Bench.Manager.lease_round(manager, :served, 100, per_proc)
 for pid <- loaders, do: send(pid, :stop)
 rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
+cpu = Timing.summary(Enum.map(results, &elem(&1, 2)))
 latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
 
 IO.puts(
@@ -113,7 +127,8 @@ IO.puts(
     "#{round(rates.median)} pairs/s (p10 #{round(rates.p10)}, p90 #{round(rates.p90)}) " <>
     "over #{rounds} rounds of #{100 * per_proc}; pair latency median " <>
     "#{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.5))} µs, " <>
-    "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs"
+    "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs; " <>
+    "VM CPU per pair (loaders included) #{Float.round(cpu.median, 2)} µs"
 )
 
 total = 20_000
@@ -124,13 +139,15 @@ for callers <- [1, 100] do
   Bench.Manager.round(manager, callers, per_caller)
   results = for _ <- 1..rounds, do: Bench.Manager.round(manager, callers, per_caller)
   rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
+  cpu = Timing.summary(Enum.map(results, &elem(&1, 2)))
   latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
 
   IO.puts(
     "#{callers} caller(s): #{round(rates.median)} admissions/s " <>
       "(p10 #{round(rates.p10)}, p90 #{round(rates.p90)}) over #{rounds} rounds of #{total}; " <>
       "load/4 latency median #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.5))} µs, " <>
-      "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs"
+      "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs; " <>
+      "VM CPU per admission #{Float.round(cpu.median, 1)} µs"
   )
 end
 
@@ -190,6 +207,13 @@ pieces = [
 
 IO.puts("-- where an admission's time goes (one process)")
 for {name, fun} <- pieces, do: IO.puts(Timing.line(name, Timing.per_call(fun, 21, 1_000)))
+
+cpu0 = Bench.Manager.cpu_us()
+for _ <- 1..20_000, do: manager_step.()
+
+IO.puts(
+  "manager step, VM CPU time: #{Float.round((Bench.Manager.cpu_us() - cpu0) / 20_000, 1)} µs"
+)
 
 reads = [
   {"info/2 (ETS + atomics)", fn -> ModelManager.info(manager, :served) end, 51, 2_000},

@@ -523,6 +523,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   def settle(%__MODULE__{ledger: %Ledger{queue: []}} = state), do: state
 
   def settle(%__MODULE__{} = state) do
+    # Armed before the leases are looked at: a lease that ends after this
+    # point tells the manager (the checkin deletes its row, then reads the
+    # flag), one that ended before is seen by the admissions below.
+    Leases.arm(state.flags, true)
+
     state =
       Enum.reduce(state.ledger.queue, state, fn waiter, state ->
         ahead = Ledger.ahead(state.ledger, waiter.ref)
@@ -533,7 +538,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         end
       end)
 
-    Leases.arm(state.flags, state.ledger.queue != [])
+    if state.ledger.queue == [], do: Leases.arm(state.flags, false)
     state
   end
 

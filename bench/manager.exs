@@ -131,6 +131,25 @@ IO.puts(
     "VM CPU per pair (loaders included) #{Float.round(cpu.median, 2)} µs"
 )
 
+# The same pairs from as many processes as schedulers: what a pair costs
+# when no process waits for another's time slice.
+schedulers = System.schedulers_online()
+per_sched = 100_000
+Bench.Manager.lease_round(manager, :served, schedulers, per_sched)
+
+results =
+  for _ <- 1..rounds, do: Bench.Manager.lease_round(manager, :served, schedulers, per_sched)
+
+rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
+latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
+
+IO.puts(
+  "checkout+checkin, #{schedulers} processes (one per scheduler), nothing else: " <>
+    "#{round(rates.median)} pairs/s (p10 #{round(rates.p10)}, p90 #{round(rates.p90)}); " <>
+    "pair latency median #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.5))} µs, " <>
+    "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs"
+)
+
 total = 20_000
 
 for callers <- [1, 100] do

@@ -79,9 +79,11 @@ defmodule ModelBudget.ModelManager do
        two loads can never both be admitted into room that only one fits.
     3. In a task the manager supervises, once the models evicted for it have
        been unloaded: the backend's `c:ModelBudget.Backend.load/3` does the
-       slow work while the manager goes on serving other loads, unloads and
-       touches. Success makes the model `:ready`; a failure or crash
-       releases the reservation.
+       slow work while the manager goes on serving other loads and unloads.
+       Success makes the model `:ready` (and open to leases); a failure or
+       crash releases the reservation. (`ModelBudget.Backend.Reservation`
+       has no work to do: the manager calls its load and unload in its own
+       step, without a task.)
 
   The caller is monitored while its load runs: if it dies, the load is
   cancelled (its task killed) and the reservation released. A handle that
@@ -344,7 +346,7 @@ defmodule ModelBudget.ModelManager do
       idle models before a load (see "Eviction" above for the variables);
       `[]` evicts only what a load needs to fit. Defaults to
       `["memory_required > available * 0.70"]`.
-    * `:min_idle_ms` - models admitted, loaded or touched within this many
+    * `:min_idle_ms` - models admitted, loaded, checked in or touched within this many
       milliseconds are not evicted; `:infinity` turns eviction off (a load
       that does not fit is refused). Defaults to `0`.
     * `:clock` - a function of no arguments returning the time in

@@ -89,8 +89,9 @@ defmodule ModelBudget.ModelManager.Leases do
   @doc "Takes a lease on model `id` (see the module doc)."
   @spec checkout(map(), term()) :: {:ok, Lease.t()} | {:error, :not_loaded}
   def checkout(shared, id) do
+    # A claimed gate may stay open: confirm/1 waits for the verdict.
     with {:ok, {inc, gate}} <- Table.gate(shared.table, id),
-         @open <- :atomics.get(gate, @state) do
+         state when state in [@open, @claiming] <- :atomics.get(gate, @state) do
       key = {inc, make_ref()}
       :ets.insert(shared.leases, {key, self()})
 

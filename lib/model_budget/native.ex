@@ -20,6 +20,10 @@ defmodule ModelBudget.Native do
   end
 
   def noop, do: not_loaded()
+  def floor_check(_budget, _placement, _used), do: not_loaded()
+  def floor_usage(_used, _placement), do: not_loaded()
+  def floor_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
+  def floor_resolve(_spec, _gpus, _ram_limit), do: not_loaded()
   def empty_usage, do: not_loaded()
   def fold(_used, _placement), do: not_loaded()
   def release(_used, _placement), do: not_loaded()

@@ -216,7 +216,10 @@ mod tests {
             0..1u64 << 40,
             proptest::collection::btree_map(0u32..4, 0..1u64 << 40, 0..4),
         )
-            .prop_map(|(ram, vram)| Placement { ram, vram })
+            .prop_map(|(ram, vram)| Placement {
+                ram,
+                vram: vram.into_iter().collect(),
+            })
     }
 
     fn budget() -> impl Strategy<Value = Budget> {
@@ -230,7 +233,7 @@ mod tests {
                 .prop_map(|(ram, vram): (Limit, BTreeMap<u32, Limit>)| {
                     Budget::PerDevice {
                         ram,
-                        vram: VramLimits::PerGpu(vram),
+                        vram: VramLimits::PerGpu(vram.into_iter().collect()),
                     }
                 }),
         ]

@@ -3,16 +3,15 @@
 //! A placement is kept canonical: a GPU holding zero bytes is absent, so two
 //! placements that describe the same memory compare equal.
 
-use std::collections::BTreeMap;
-
 use crate::error::{invalid, Result};
+use crate::gpu_map::GpuMap;
 
 /// Bytes in RAM and on each GPU (by CUDA index). Also used as a usage
 /// accumulator: the fold of every resident placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Placement {
     pub ram: u64,
-    pub vram: BTreeMap<u32, u64>,
+    pub vram: GpuMap<u64>,
 }
 
 impl Placement {
@@ -34,7 +33,7 @@ impl Placement {
     pub fn in_ram(bytes: u64) -> Self {
         Placement {
             ram: bytes,
-            vram: BTreeMap::new(),
+            vram: GpuMap::new(),
         }
     }
 
@@ -68,7 +67,7 @@ impl Placement {
         let mut out = self.clone();
         out.ram = out.ram.checked_add(other.ram).ok_or_else(overflow)?;
         for (gpu, bytes) in &other.vram {
-            let slot = out.vram.entry(*gpu).or_insert(0);
+            let slot = out.vram.get_or_insert(*gpu, 0);
             *slot = slot.checked_add(*bytes).ok_or_else(overflow)?;
         }
         Ok(out.canonical())
@@ -162,7 +161,13 @@ mod tests {
             0..u64::MAX / 4,
             proptest::collection::btree_map(0u32..8, 0..u64::MAX / 4, 0..4),
         )
-            .prop_map(|(ram, vram)| Placement { ram, vram }.canonical())
+            .prop_map(|(ram, vram)| {
+                Placement {
+                    ram,
+                    vram: vram.into_iter().collect(),
+                }
+                .canonical()
+            })
     }
 
     proptest! {

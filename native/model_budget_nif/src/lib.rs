@@ -5,6 +5,7 @@ mod atoms;
 mod badarg;
 mod budget;
 mod check;
+mod codec;
 mod constraint;
 mod decode;
 mod devices;
@@ -15,6 +16,7 @@ mod layout;
 mod model;
 mod placement;
 mod plan;
+mod raw;
 mod system;
 
 rustler::init!("Elixir.ModelBudget.Native");

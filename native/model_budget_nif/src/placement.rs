@@ -1,17 +1,27 @@
-//! `placement()` terms: `%{ram: bytes, vram: %{gpu_index => bytes}}`.
+//! `placement()` terms: `%{ram: bytes, vram: %{gpu_index => bytes}}`, and
+//! the usage arithmetic over them. The codec in `codec` is the fast path;
+//! `explain` says what is wrong with a term it refused.
 
 use model_budget_core::Placement;
-use rustler::{Encoder, Env, Term};
+use rustler::types::map::MapIterator;
+use rustler::{Encoder, Env, NifResult, Term};
 
 use crate::atoms;
-use rustler::types::map::MapIterator;
-
 use crate::badarg::{bad, reply, Decoded};
+use crate::codec::{encode_placement, PlacementTerm};
 use crate::decode::{bytes, exact_map, index};
 
 const EXPECTED: &str = "a map %{ram: bytes, vram: %{gpu_index => bytes}}";
 
+/// A placement argument named `arg`: the codec, or on failure the explanation.
 pub fn decode<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Placement> {
+    match term.decode::<PlacementTerm>() {
+        Ok(p) => Ok(p.0),
+        Err(_) => explain(term, arg),
+    }
+}
+
+fn explain<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Placement> {
     let [ram, vram] = exact_map(term, [atoms::ram(), atoms::vram()], arg, EXPECTED)?;
     // The whole placement is shown on error: a bad byte count reads best in context.
     let Ok(ram) = bytes(ram, arg) else {
@@ -35,44 +45,47 @@ pub struct Encoded(pub Placement);
 
 impl Encoder for Encoded {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let keys: Vec<Term> = self.0.vram.keys().map(|k| k.encode(env)).collect();
-        let values: Vec<Term> = self.0.vram.values().map(|v| v.encode(env)).collect();
-        let vram = Term::map_from_term_arrays(env, &keys, &values)
-            .expect("distinct GPU indices make a valid map");
-        Term::map_from_term_arrays(
-            env,
-            &[atoms::ram().encode(env), atoms::vram().encode(env)],
-            &[self.0.ram.encode(env), vram],
-        )
-        .expect("two distinct keys make a valid map")
+        encode_placement(env, &self.0)
     }
 }
 
 #[rustler::nif]
 fn empty_usage(env: Env) -> Term {
-    Encoded(Placement::empty()).encode(env)
+    encode_placement(env, &Placement::empty())
+}
+
+/// `used` and `placement`, both through the codec.
+fn both(used: Term, placement: Term) -> NifResult<(Placement, Placement)> {
+    Ok((
+        used.decode::<PlacementTerm>()?.0,
+        placement.decode::<PlacementTerm>()?.0,
+    ))
+}
+
+/// Applies `op` to the decoded pair; the slow decoders only run when the
+/// codec refused an argument.
+fn usage_op<'a>(
+    env: Env<'a>,
+    used: Term<'a>,
+    placement: Term<'a>,
+    op: fn(&Placement, &Placement) -> model_budget_core::Result<Placement>,
+) -> Term<'a> {
+    let result = (|| {
+        let (used, placement) = match both(used, placement) {
+            Ok(pair) => pair,
+            Err(_) => (decode(used, "used")?, decode(placement, "placement")?),
+        };
+        Ok(Encoded(op(&used, &placement)?))
+    })();
+    reply(env, result)
 }
 
 #[rustler::nif]
 fn fold<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
-    reply(
-        env,
-        (|| {
-            let used = decode(used, "used")?;
-            let placement = decode(placement, "placement")?;
-            Ok(Encoded(used.fold(&placement)?))
-        })(),
-    )
+    usage_op(env, used, placement, Placement::fold)
 }
 
 #[rustler::nif]
 fn release<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
-    reply(
-        env,
-        (|| {
-            let used = decode(used, "used")?;
-            let placement = decode(placement, "placement")?;
-            Ok(Encoded(used.release(&placement)?))
-        })(),
-    )
+    usage_op(env, used, placement, Placement::release)
 }

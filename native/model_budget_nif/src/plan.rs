@@ -8,7 +8,7 @@ use model_budget_core::plan::{search, Search, Target};
 use rustler::{Atom, Encoder, Env, Term};
 
 use crate::badarg::{bad, reply};
-use crate::check::Details;
+use crate::codec::InsufficientTerm;
 use crate::layout::placement_args;
 use crate::{atoms, budget, placement};
 
@@ -46,7 +46,7 @@ fn cache_type_atom(t: CacheType) -> Atom {
 /// `[device:, required:, available:]`), `:n_ctx`, `:longest_context`,
 /// `:n_gpu_layers` and `:cache_type` (the last three `nil` when absent).
 fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
-    let short_list: Vec<Details> = s.short.into_iter().map(Details).collect();
+    let short_list: Vec<InsufficientTerm> = s.short.into_iter().map(InsufficientTerm).collect();
     let pairs = [
         (short().encode(env), short_list.encode(env)),
         (atoms::n_ctx().encode(env), s.n_ctx.encode(env)),

@@ -10,6 +10,7 @@ mod constraint;
 mod decode;
 mod devices;
 mod distribute;
+mod echo;
 mod floor;
 mod json;
 mod layout;

@@ -10,6 +10,7 @@ pub mod constraint;
 pub mod devices;
 pub mod distribute;
 pub mod error;
+pub mod evict;
 pub mod gpu_map;
 pub mod layout;
 pub mod model;

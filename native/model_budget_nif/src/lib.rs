@@ -11,6 +11,7 @@ mod decode;
 mod devices;
 mod distribute;
 mod echo;
+mod evict;
 mod floor;
 mod json;
 mod layout;

@@ -61,7 +61,7 @@ defmodule ModelBudget.Native do
   def probe_machine(_cuda_visible_devices), do: not_loaded()
   def model_read(_path), do: not_loaded()
   def evict_choose(_ledger, _placement, _candidates), do: not_loaded()
-  def plan_search(_model, _opts, _n_gpus, _budget, _used), do: not_loaded()
+  def fit_search(_model, _opts, _n_gpus, _budget, _used), do: not_loaded()
   def plan_parse_size(_text), do: not_loaded()
   def json_encode(_term, _opts), do: not_loaded()
   def json_decode(_text), do: not_loaded()

@@ -70,6 +70,13 @@ defmodule ModelBudget.Plan do
           | {:n_ctx, pos_integer()}
           | {:cache_type, atom()}
 
+  @typedoc """
+  Something the user should know about the options: `{:n_ctx_beyond_trained,
+  n_ctx, trained}` when the context asked for is beyond the model's trained
+  context.
+  """
+  @type warning :: {:n_ctx_beyond_trained, pos_integer(), pos_integer()}
+
   @typedoc "The verdict for one model."
   @type entry :: %{
           name: String.t(),
@@ -80,7 +87,8 @@ defmodule ModelBudget.Plan do
           longest_context: pos_integer() | nil,
           devices: [device_share()],
           short: [shortfall()],
-          suggestions: [suggestion()]
+          suggestions: [suggestion()],
+          warnings: [warning()]
         }
 
   @type t :: %__MODULE__{
@@ -242,16 +250,16 @@ defmodule ModelBudget.Plan do
         }
 
   @doc """
-  Places `model` under the load options `opts` on `target` and searches for
-  what would fit, each answer found by placing the model again and
+  The fit search: places `model` under the load options `opts` on `target`
+  and searches for what would fit, each answer found by placing the model again and
   checking it (in the Rust core):
 
     * `:short` - every device that is short (`ModelBudget.check/3` names
       only the first), in its order; `[]` when the model fits.
     * `:n_ctx` - the context the KV cache is sized for.
-    * `:longest_context` - the largest context, up to the longer of the
-      model's trained context and `:n_ctx`, that fits with the other
-      options unchanged; `nil` when not even one token does.
+    * `:longest_context` - the largest context, up to the model's trained
+      context (`:n_ctx` when the header does not say), that fits with the
+      other options unchanged; `nil` when not even one token does.
     * `:n_gpu_layers` - when the model does not fit and there are GPUs, the
       largest `n_gpu_layers` from `0` to `n_layers + 1` (which also offloads
       the output head) that fits; `nil` when none does.
@@ -264,16 +272,16 @@ defmodule ModelBudget.Plan do
       iex> budget = ModelBudget.resolve(%{ram: 6 * 2**30, vram: []})
       iex> target = %{budget: budget, used: ModelBudget.empty_usage(), n_gpus: 0}
       iex> %{short: [[device: :ram, required: _, available: 6442450944]], longest_context: n, cache_type: :q8_0} =
-      ...>   ModelBudget.Plan.search(model, [n_ctx: 16_384], target)
+      ...>   ModelBudget.Plan.fit_search(model, [n_ctx: 16_384], target)
       iex> n < 16_384
       true
   """
-  @spec search(Model.t(), keyword(), target()) :: search()
-  def search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus}),
-    do: Errors.call(Native.plan_search(model, opts, n_gpus, budget, used))
+  @spec fit_search(Model.t(), keyword(), target()) :: search()
+  def fit_search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus}),
+    do: Errors.call(Native.fit_search(model, opts, n_gpus, budget, used))
 
   defp entry(source, model, load, target) do
-    found = search(model, load, target)
+    found = fit_search(model, load, target)
     opts = Keyword.put(load, :n_ctx, found.n_ctx)
     breakdown = ModelBudget.breakdown(model, opts, target.n_gpus)
 
@@ -286,9 +294,21 @@ defmodule ModelBudget.Plan do
       longest_context: found.longest_context,
       devices: devices(breakdown, target),
       short: Enum.map(found.short, &shortfall/1),
-      suggestions: suggestions(found)
+      suggestions: suggestions(found),
+      warnings: warnings(load, model)
     }
   end
+
+  # A context beyond the trained one: llama.cpp warns that the model may
+  # not cope, and so does the report.
+  defp warnings(load, %{context_length: trained}) when is_integer(trained) and trained > 0 do
+    case Keyword.get(load, :n_ctx) do
+      n when is_integer(n) and n > trained -> [{:n_ctx_beyond_trained, n, trained}]
+      _ -> []
+    end
+  end
+
+  defp warnings(_load, _model), do: []
 
   defp shortfall(details) do
     %{
@@ -446,6 +466,10 @@ defmodule ModelBudget.Plan do
       longest_context: e.longest_context,
       devices: Enum.map(e.devices, &Map.merge(&1, device_json(&1.device))),
       short: Enum.map(e.short, &Map.merge(&1, device_json(&1.device))),
+      warnings:
+        Enum.map(e.warnings, fn {:n_ctx_beyond_trained, n, trained} ->
+          %{warning: "n_ctx_beyond_trained", n_ctx: n, trained_context: trained}
+        end),
       suggestions: %{
         n_gpu_layers: e.suggestions[:n_gpu_layers],
         n_ctx: e.suggestions[:n_ctx],

@@ -99,7 +99,7 @@ defmodule ModelBudget.PlanTest do
 
       [entry] = plan.models
       target = %{budget: plan.budget, used: ModelBudget.empty_usage(), n_gpus: 0}
-      found = Plan.search(fetch!("llama-3.1-8b"), load, target)
+      found = Plan.fit_search(fetch!("llama-3.1-8b"), load, target)
       assert entry.suggestions == [n_ctx: found.longest_context, cache_type: found.cache_type]
       assert entry.longest_context == found.longest_context
     end
@@ -130,7 +130,7 @@ defmodule ModelBudget.PlanTest do
     test "a model that fits: no shortfall, the trained context", %{model: model, empty: empty} do
       target = %{budget: ModelBudget.resolve(%{ram: 64 * @gib, vram: []}), used: empty, n_gpus: 0}
 
-      assert Plan.search(model, [], target) ==
+      assert Plan.fit_search(model, [], target) ==
                %{
                  short: [],
                  n_ctx: 8192,
@@ -145,7 +145,7 @@ defmodule ModelBudget.PlanTest do
       target = %{budget: budget, used: empty, n_gpus: 0}
 
       %{longest_context: n, short: [[device: :ram, required: _, available: _]]} =
-        Plan.search(model, [n_ctx: 65_536], target)
+        Plan.fit_search(model, [n_ctx: 65_536], target)
 
       fits? = fn ctx ->
         ModelBudget.check(budget, ModelBudget.distribute(model, [n_ctx: ctx], 0), empty) == :ok
@@ -159,7 +159,7 @@ defmodule ModelBudget.PlanTest do
       budget = ModelBudget.resolve(%{ram: 64 * @gib, vram: [2 * @gib, 2 * @gib]})
       target = %{budget: budget, used: empty, n_gpus: 2}
       opts = [split_mode: :layer]
-      found = Plan.search(model, opts, target)
+      found = Plan.fit_search(model, opts, target)
 
       assert [
                [device: {:gpu, 0}, required: _, available: _],
@@ -186,7 +186,7 @@ defmodule ModelBudget.PlanTest do
       assert_raise ArgumentError,
                    "invalid option :cache_type_k: expected :f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1 or :iq4_nl, got: :q9",
                    fn ->
-                     Plan.search(model, [cache_type_k: :q9], target)
+                     Plan.fit_search(model, [cache_type_k: :q9], target)
                    end
     end
   end

@@ -23,9 +23,9 @@ defmodule ModelBudget.RobustnessTest do
     json_decode: {&ModelBudget.JSON.decode/1, 1}
   ]
 
-  # ModelBudget.Plan.search/3 with each part of its target random.
+  # ModelBudget.Plan.fit_search/3 with each part of its target random.
   def plan_search(model, opts, n_gpus, budget, used),
-    do: ModelBudget.Plan.search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus})
+    do: ModelBudget.Plan.fit_search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus})
 
   for {name, {fun, arity}} <- @calls do
     @tag timeout: 120_000

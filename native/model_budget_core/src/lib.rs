@@ -11,12 +11,12 @@ pub mod devices;
 pub mod distribute;
 pub mod error;
 pub mod evict;
+pub mod fit;
 pub mod gpu_map;
 pub mod layout;
 pub mod model;
 pub mod options;
 pub mod placement;
-pub mod plan;
 pub mod split;
 pub mod system;
 

@@ -12,12 +12,12 @@ mod devices;
 mod distribute;
 mod echo;
 mod evict;
+mod fit;
 mod floor;
 mod json;
 mod layout;
 mod model;
 mod placement;
-mod plan;
 mod raw;
 mod system;
 

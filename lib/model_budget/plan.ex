@@ -242,7 +242,14 @@ defmodule ModelBudget.Plan do
 
   @typedoc "What `search/3` finds."
   @type search :: %{
-          short: [[device: device(), required: non_neg_integer(), available: non_neg_integer()]],
+          short: [
+            [
+              device: device(),
+              required: non_neg_integer(),
+              available: non_neg_integer(),
+              short_by: pos_integer()
+            ]
+          ],
           n_ctx: pos_integer(),
           longest_context: pos_integer() | nil,
           n_gpu_layers: non_neg_integer() | nil,
@@ -255,7 +262,8 @@ defmodule ModelBudget.Plan do
   checking it (in the Rust core):
 
     * `:short` - every device that is short (`ModelBudget.check/3` names
-      only the first), in its order; `[]` when the model fits.
+      only the first), in its order, with what it is short by; `[]` when
+      the model fits.
     * `:n_ctx` - the context the KV cache is sized for.
     * `:longest_context` - the largest context, up to the model's trained
       context (`:n_ctx` when the header does not say), that fits with the
@@ -315,7 +323,7 @@ defmodule ModelBudget.Plan do
       device: details[:device],
       required: details[:required],
       available: details[:available],
-      short_by: details[:required] - details[:available]
+      short_by: details[:short_by]
     }
   end
 
@@ -346,13 +354,13 @@ defmodule ModelBudget.Plan do
     rows = [ram | gpus]
 
     case budget do
-      %{mode: :combined, limit: limit} ->
+      %{mode: :combined} ->
+        # The pool row adds up the rows above it, as a table's total line.
         sum = fn key -> rows |> Enum.map(& &1[key]) |> Enum.sum() end
-        used_total = used.ram + Enum.sum(Map.values(used.vram))
 
         pool =
           Map.new([:weights, :kv_cache, :compute, :overhead, :total], &{&1, sum.(&1)})
-          |> Map.merge(%{device: :total, available: max(limit - used_total, 0)})
+          |> Map.merge(%{device: :total, available: left(budget, :total, used)})
 
         rows ++ [pool]
 
@@ -361,20 +369,9 @@ defmodule ModelBudget.Plan do
     end
   end
 
-  defp left(%{mode: :per_device, ram: limit}, :ram, used), do: minus(limit, used.ram)
-
-  defp left(%{mode: :per_device, vram: vram}, {:gpu, i}, used) do
-    limit = if vram == :infinity, do: :infinity, else: Map.get(vram, i, :infinity)
-    minus(limit, Map.get(used.vram, i, 0))
-  end
-
-  defp left(%{mode: :unlimited}, _device, _used), do: :infinity
-
   # Inside a combined pool a device has no limit of its own: the pool row has it.
-  defp left(%{mode: :combined}, _device, _used), do: nil
-
-  defp minus(:infinity, _used), do: :infinity
-  defp minus(limit, used), do: max(limit - used, 0)
+  defp left(%{mode: :combined}, device, _used) when device != :total, do: nil
+  defp left(budget, device, used), do: Errors.call(Native.available(budget, used, device))
 
   @doc """
   The task's exit status for a report: `0` when every model fits, `1` when

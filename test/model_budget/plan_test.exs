@@ -144,8 +144,10 @@ defmodule ModelBudget.PlanTest do
       budget = ModelBudget.resolve(%{ram: 6 * @gib, vram: []})
       target = %{budget: budget, used: empty, n_gpus: 0}
 
-      %{longest_context: n, short: [[device: :ram, required: _, available: _]]} =
+      %{longest_context: n, short: [[device: :ram, required: r, available: a, short_by: by]]} =
         Plan.fit_search(model, [n_ctx: 65_536], target)
+
+      assert by == r - a and by > 0
 
       fits? = fn ctx ->
         ModelBudget.check(budget, ModelBudget.distribute(model, [n_ctx: ctx], 0), empty) == :ok
@@ -162,8 +164,8 @@ defmodule ModelBudget.PlanTest do
       found = Plan.fit_search(model, opts, target)
 
       assert [
-               [device: {:gpu, 0}, required: _, available: _],
-               [device: {:gpu, 1}, required: _, available: _]
+               [device: {:gpu, 0}, required: _, available: _, short_by: _],
+               [device: {:gpu, 1}, required: _, available: _, short_by: _]
              ] = found.short
 
       k = found.n_gpu_layers

@@ -6,7 +6,7 @@
 //! Elixir. This is the third of the things once all called "plan".)
 
 use crate::budget::{Budget, Limit};
-use crate::check::{check, Device, Insufficient};
+use crate::check::{check, limit, share, Device, Insufficient};
 use crate::constraint::Constraint;
 use crate::error::{invalid, Result};
 use crate::gpu_map::GpuMap;
@@ -124,25 +124,6 @@ pub fn devices(budget: &Budget, placement: &Placement) -> Vec<Device> {
 
 fn clamp(n: u128) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
-}
-
-/// Bytes `p` holds on `device`.
-pub fn share(p: &Placement, device: Device) -> u64 {
-    match device {
-        Device::Total => clamp(p.total()),
-        Device::Ram => p.ram,
-        Device::Gpu(g) => p.gpu(g),
-    }
-}
-
-/// The limit of `device` under `budget`.
-pub fn limit(budget: &Budget, device: Device) -> Limit {
-    match (budget, device) {
-        (Budget::Combined { limit }, _) => Limit::Bytes(*limit),
-        (Budget::PerDevice { ram, .. }, Device::Ram) => *ram,
-        (Budget::PerDevice { vram, .. }, Device::Gpu(g)) => vram.limit(g),
-        _ => Limit::Infinity,
-    }
 }
 
 /// The variables' values (in [`VARIABLES`] order) on `device` for a load of

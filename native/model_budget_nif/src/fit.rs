@@ -7,21 +7,34 @@ use model_budget_core::fit::{search, Search, Target};
 use rustler::{Encoder, Env, Term};
 
 use crate::badarg::{bad, reply};
-use crate::codec::{CacheTypeTerm, InsufficientTerm};
+use crate::codec::{CacheTypeTerm, DeviceTerm};
 use crate::layout::placement_args;
 use crate::{atoms, budget, placement};
 
 rustler::atoms! {
     short,
+    short_by,
     longest_context,
     cache_type,
 }
 
 /// `ModelBudget.Plan.fit_search/3`'s answer: a map with `:short` (a list of
-/// `[device:, required:, available:]`), `:n_ctx`, `:longest_context`,
+/// `[device:, required:, available:, short_by:]`), `:n_ctx`, `:longest_context`,
 /// `:n_gpu_layers` and `:cache_type` (the last three `nil` when absent).
 fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
-    let short_list: Vec<InsufficientTerm> = s.short.into_iter().map(InsufficientTerm).collect();
+    let short_list: Vec<Term> = s
+        .short
+        .into_iter()
+        .map(|i| {
+            [
+                (atoms::device(), DeviceTerm::from(i.device).encode(env)),
+                (atoms::required(), i.required.encode(env)),
+                (atoms::available(), i.available.encode(env)),
+                (short_by(), i.short_by().encode(env)),
+            ]
+            .encode(env)
+        })
+        .collect();
     let pairs = [
         (short().encode(env), short_list.encode(env)),
         (atoms::n_ctx().encode(env), s.n_ctx.encode(env)),

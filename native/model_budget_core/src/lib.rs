@@ -4,6 +4,7 @@
 //!
 //! Every byte count is a `u64`; sums are checked so that nothing wraps.
 
+pub mod admission;
 pub mod budget;
 pub mod check;
 pub mod constraint;

@@ -1,6 +1,7 @@
 //! The Erlang NIF boundary of ModelBudget: decode terms, call the core,
 //! encode results. No budgeting logic lives here.
 
+mod admission;
 mod atoms;
 mod badarg;
 mod budget;

@@ -279,7 +279,7 @@ defmodule ModelBudget.Plan do
       iex> {:ok, model} = ModelBudget.Plan.Catalog.fetch("llama-3.1-8b")
       iex> budget = ModelBudget.resolve(%{ram: 6 * 2**30, vram: []})
       iex> target = %{budget: budget, used: ModelBudget.empty_usage(), n_gpus: 0}
-      iex> %{short: [[device: :ram, required: _, available: 6442450944]], longest_context: n, cache_type: :q8_0} =
+      iex> %{short: [[device: :ram, required: _, available: 6442450944, short_by: _]], longest_context: n, cache_type: :q8_0} =
       ...>   ModelBudget.Plan.fit_search(model, [n_ctx: 16_384], target)
       iex> n < 16_384
       true

@@ -26,7 +26,10 @@ impl Admissions {
     /// Admits `placement` when it fits on top of the usage: the usage grows
     /// by it. When it does not fit, nothing changes and the first short
     /// device is named, as [`check`] names it.
-    pub fn admit(&mut self, placement: &Placement) -> Result<std::result::Result<(), Insufficient>> {
+    pub fn admit(
+        &mut self,
+        placement: &Placement,
+    ) -> Result<std::result::Result<(), Insufficient>> {
         if let Err(short) = check(&self.budget, placement, &self.usage) {
             return Ok(Err(short));
         }

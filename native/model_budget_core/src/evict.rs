@@ -386,7 +386,10 @@ mod tests {
     }
 
     fn small() -> impl Strategy<Value = Placement> {
-        (0..1000u64, proptest::collection::btree_map(0u32..3, 0..1000u64, 0..3))
+        (
+            0..1000u64,
+            proptest::collection::btree_map(0u32..3, 0..1000u64, 0..3),
+        )
             .prop_map(|(ram, vram)| {
                 Placement {
                     ram,
@@ -404,12 +407,14 @@ mod tests {
         prop_oneof![
             Just(Budget::Unlimited),
             (1..6000u64).prop_map(|limit| Budget::Combined { limit }),
-            (limit(), proptest::collection::btree_map(0u32..3, limit(), 0..3)).prop_map(
-                |(ram, vram)| Budget::PerDevice {
+            (
+                limit(),
+                proptest::collection::btree_map(0u32..3, limit(), 0..3)
+            )
+                .prop_map(|(ram, vram)| Budget::PerDevice {
                     ram,
                     vram: VramLimits::PerGpu(vram.into_iter().collect()),
-                }
-            ),
+                }),
         ]
     }
 

@@ -39,7 +39,9 @@ impl From<Reason> for ReasonTerm {
 const LEDGER: &str = "a map with :budget, :usage, :resident_count, :free (nil or %{device => bytes}) and :rules (nil or a compiled constraint reference)";
 
 fn field<'a>(ledger: Term<'a>, key: rustler::Atom) -> Decoded<'a, Term<'a>> {
-    ledger.map_get(key).or_else(|_| bad("ledger", LEDGER, ledger))
+    ledger
+        .map_get(key)
+        .or_else(|_| bad("ledger", LEDGER, ledger))
 }
 
 fn decode_free(term: Term) -> Decoded<Option<Free>> {
@@ -72,9 +74,13 @@ fn decode_rules(term: Term) -> Decoded<Option<ResourceArc<Compiled>>> {
     if term.decode::<rustler::Atom>().ok() == Some(atoms::nil()) {
         return Ok(None);
     }
-    term.decode()
-        .map(Some)
-        .or_else(|_| bad("ledger :rules", "nil or a compiled constraint reference", term))
+    term.decode().map(Some).or_else(|_| {
+        bad(
+            "ledger :rules",
+            "nil or a compiled constraint reference",
+            term,
+        )
+    })
 }
 
 fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {

@@ -33,14 +33,13 @@ impl Admissions {
         if let Err(short) = check(&self.budget, placement, &self.usage) {
             return Ok(Err(short));
         }
-        self.usage = self.usage.fold(placement)?;
+        self.usage.fold_in(placement)?;
         Ok(Ok(()))
     }
 
     /// Takes an admitted `placement` back out (see [`Placement::release`]).
     pub fn release(&mut self, placement: &Placement) -> Result<()> {
-        self.usage = self.usage.release(placement)?;
-        Ok(())
+        self.usage.release_from(placement)
     }
 }
 

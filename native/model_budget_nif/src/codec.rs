@@ -225,8 +225,9 @@ pub struct PlacementTerm(pub Placement);
 impl<'a> Decoder<'a> for PlacementTerm {
     fn decode(term: Term<'a>) -> NifResult<Self> {
         exact_size(term, 2)?;
-        let PlacementFields { ram, vram } = term.decode()?;
-        Ok(PlacementTerm(Placement { ram, vram: vram.0 }.canonical()))
+        let PlacementFields { ram, mut vram } = term.decode()?;
+        vram.0.retain(|_, bytes| *bytes > 0);
+        Ok(PlacementTerm(Placement { ram, vram: vram.0 }))
     }
 }
 

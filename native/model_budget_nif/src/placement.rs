@@ -62,30 +62,31 @@ fn both(used: Term, placement: Term) -> NifResult<(Placement, Placement)> {
     ))
 }
 
-/// Applies `op` to the decoded pair; the slow decoders only run when the
-/// codec refused an argument.
+/// Applies `op` to the decoded usage in place; the slow decoders only run
+/// when the codec refused an argument.
 fn usage_op<'a>(
     env: Env<'a>,
     used: Term<'a>,
     placement: Term<'a>,
-    op: fn(&Placement, &Placement) -> model_budget_core::Result<Placement>,
+    op: fn(&mut Placement, &Placement) -> model_budget_core::Result<()>,
 ) -> Term<'a> {
     let result = (|| {
-        let (used, placement) = match both(used, placement) {
+        let (mut used, placement) = match both(used, placement) {
             Ok(pair) => pair,
             Err(_) => (decode(used, "used")?, decode(placement, "placement")?),
         };
-        Ok(Encoded(op(&used, &placement)?))
+        op(&mut used, &placement)?;
+        Ok(encode_placement(env, &used))
     })();
     reply(env, result)
 }
 
 #[rustler::nif]
 fn fold<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
-    usage_op(env, used, placement, Placement::fold)
+    usage_op(env, used, placement, Placement::fold_in)
 }
 
 #[rustler::nif]
 fn release<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
-    usage_op(env, used, placement, Placement::release)
+    usage_op(env, used, placement, Placement::release_from)
 }

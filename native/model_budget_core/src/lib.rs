@@ -18,6 +18,7 @@ pub mod layout;
 pub mod model;
 pub mod options;
 pub mod placement;
+pub mod shape;
 pub mod split;
 pub mod system;
 

@@ -2,6 +2,7 @@
 //! longest context that fits.
 
 use model_budget_core::layout::{self, estimate::Estimate, kv, Breakdown, ModelShape, Share};
+use model_budget_core::shape;
 use rustler::{Encoder, Env, ListIterator, NifMap, Term};
 
 use crate::badarg::{bad, reply, Decoded};
@@ -94,14 +95,9 @@ pub fn decode_model(model: Term) -> Decoded<ModelShape> {
     let window = field(model, sliding_window())?;
     let context = field(model, context_length())?;
     Ok(ModelShape {
-        // Tensors outside blocks, embeddings and head (rope tables and the
-        // like) stay on the host with the embeddings.
-        input_bytes: input.saturating_add(other),
+        input_bytes: shape::host_input_bytes(input, other),
         output_bytes: bytes(field(model, output_bytes())?, "model output_bytes")?,
-        n_head: per_layer(model, n_head(), "n_head", n)?
-            .into_iter()
-            .max()
-            .unwrap_or(0),
+        n_head: shape::attention_heads(&per_layer(model, n_head(), "n_head", n)?),
         n_head_kv: per_layer(model, n_head_kv(), "n_head_kv", n)?,
         head_dim_k: known(model, head_dim_k(), "head_dim_k")?,
         head_dim_v: known(model, head_dim_v(), "head_dim_v")?,

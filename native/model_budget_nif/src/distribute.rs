@@ -129,11 +129,15 @@ rustler::atoms! {
 pub fn cache_type<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, CacheType> {
     match term.decode::<CacheTypeTerm>() {
         Ok(t) => Ok(t.into()),
-        Err(_) => bad(
-            arg,
-            ":f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1 or :iq4_nl",
-            term,
-        ),
+        Err(_) => {
+            // The names come from the core's one table of cache types.
+            let names: Vec<String> = CacheType::ALL
+                .iter()
+                .map(|t| format!(":{}", t.name()))
+                .collect();
+            let (last, rest) = names.split_last().expect("cache types exist");
+            bad(arg, &format!("{} or {last}", rest.join(", ")), term)
+        }
     }
 }
 

@@ -15,8 +15,12 @@ defmodule Mix.Tasks.Compile.ModelBudgetNativeTest do
   end
 
   describe "clean/0" do
-    @tag :tmp_dir
-    test "removes the installed library", %{tmp_dir: dir} do
+    test "removes the installed library" do
+      # Outside the project, so that cargo finds no workspace to clean.
+      dir =
+        Path.join(System.tmp_dir!(), "model_budget_clean_#{System.unique_integer([:positive])}")
+
+      on_exit(fn -> File.rm_rf!(dir) end)
       lib = Path.join([dir, "priv", "native", "model_budget_nif.so"])
       File.mkdir_p!(Path.dirname(lib))
       File.write!(lib, "not a library")

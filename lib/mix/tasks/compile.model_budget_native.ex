@@ -58,12 +58,19 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
   @impl true
   def clean do
     root = File.cwd!()
+    clean(root, target_dir(root))
+  end
+
+  @doc false
+  # Removes the library installed under `root` and cargo's build of the
+  # crate in `target`.
+  def clean(root, target) do
     File.rm(installed_path(root))
 
     if cargo = System.find_executable("cargo") do
       System.cmd(cargo, ["clean", "--release", "--quiet", "-p", @crate],
         cd: root,
-        env: [{"CARGO_TARGET_DIR", target_dir(root)}],
+        env: [{"CARGO_TARGET_DIR", target}],
         stderr_to_stdout: true
       )
     end

@@ -1,6 +1,5 @@
 defmodule Mix.Tasks.Compile.ModelBudgetNativeTest do
-  # Changes the working directory: not async.
-  use ExUnit.Case, async: false
+  use ExUnit.Case, async: true
 
   alias Mix.Tasks.Compile.ModelBudgetNative
 
@@ -24,14 +23,7 @@ defmodule Mix.Tasks.Compile.ModelBudgetNativeTest do
       lib = Path.join([dir, "priv", "native", "model_budget_nif.so"])
       File.mkdir_p!(Path.dirname(lib))
       File.write!(lib, "not a library")
-      System.put_env("CARGO_TARGET_DIR", Path.join(dir, "target"))
-
-      try do
-        File.cd!(dir, fn -> assert ModelBudgetNative.clean() == :ok end)
-      after
-        System.delete_env("CARGO_TARGET_DIR")
-      end
-
+      assert ModelBudgetNative.clean(dir, Path.join(dir, "target")) == :ok
       refute File.exists?(lib)
     end
   end

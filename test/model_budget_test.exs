@@ -243,6 +243,33 @@ defmodule ModelBudgetTest do
       # :gpu_overhead belongs to the model path; the byte count ignores it.
       assert ModelBudget.distribute(1, [mode: :direct, gpu_overhead: :bad], 0) ==
                %{ram: 1, vram: %{}}
+
+      # :kv_bytes_per_token belongs to the byte count; the model path ignores
+      # it, sizes its KV cache for the total :n_ctx whatever the slots, and
+      # refuses near misses too.
+      model = %{
+        layer_bytes: [1000, 1000],
+        input_bytes: 100,
+        output_bytes: 100,
+        other_bytes: 0,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim_k: 64,
+        head_dim_v: 64,
+        n_embd: 256,
+        n_vocab: 1000,
+        context_length: 4096,
+        sliding_window: nil,
+        sliding_window_layers: []
+      }
+
+      base = ModelBudget.breakdown(model, [n_ctx: 1024], 1)
+      assert ModelBudget.breakdown(model, [n_ctx: 1024, kv_bytes_per_token: :bad], 1) == base
+      assert ModelBudget.breakdown(model, [n_ctx: 1024, n_parallel: 4], 1) == base
+
+      assert_raise ArgumentError, ~r/did you mean :n_gpu_layers\?/, fn ->
+        ModelBudget.breakdown(model, [n_gpu_layer: 0], 1)
+      end
     end
 
     test "unknown keys are ignored and the first of duplicate keys wins" do

@@ -80,6 +80,11 @@ impl<V> GpuMap<V> {
         self.0.iter().map(|(_, v)| v)
     }
 
+    /// Removes every entry, keeping the storage.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

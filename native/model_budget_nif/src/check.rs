@@ -3,30 +3,31 @@
 use rustler::{Encoder, Env, NifResult, Term};
 
 use crate::badarg::{bad, reply};
-use crate::codec::{encode_check, BudgetTerm, DeviceTerm, PlacementTerm};
+use crate::codec::{encode_check, read_placement, BudgetTerm, DeviceTerm};
 use crate::{atoms, budget, placement};
+use model_budget_core::{Budget, Placement};
 
 #[rustler::nif]
 fn check<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>) -> Term<'a> {
-    let fast = || -> NifResult<_> {
-        Ok((
-            budget.decode::<BudgetTerm>()?.0,
-            placement.decode::<PlacementTerm>()?.0,
-            used.decode::<PlacementTerm>()?.0,
-        ))
+    let (mut added, mut usage) = (Placement::empty(), Placement::empty());
+    let fast = |added: &mut Placement, usage: &mut Placement| -> NifResult<Budget> {
+        let b = budget.decode::<BudgetTerm>()?.0;
+        read_placement(placement, added)?;
+        read_placement(used, usage)?;
+        Ok(b)
     };
     let result = (|| {
-        let (budget, placement, used) = match fast() {
-            Ok(args) => args,
-            Err(_) => (
-                budget::decode(budget)?,
-                placement::decode(placement, "placement")?,
-                placement::decode(used, "used")?,
-            ),
+        let budget = match fast(&mut added, &mut usage) {
+            Ok(b) => b,
+            Err(_) => {
+                added = placement::decode(placement, "placement")?;
+                usage = placement::decode(used, "used")?;
+                budget::decode(budget)?
+            }
         };
         Ok(encode_check(
             env,
-            model_budget_core::check(&budget, &placement, &used),
+            model_budget_core::check(&budget, &added, &usage),
         ))
     })();
     reply(env, result)

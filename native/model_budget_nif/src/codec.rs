@@ -187,13 +187,26 @@ pub struct GpuMapTerm<V>(pub GpuMap<V>);
 impl<'a, V: GpuValue> Decoder<'a> for GpuMapTerm<V> {
     fn decode(term: Term<'a>) -> NifResult<Self> {
         let mut map = GpuMap::new();
-        raw::for_each(term, |gpu, value| {
-            map.insert(gpu.decode::<u32>()?, V::decode_value(value)?);
-            Ok(())
-        })
-        .ok_or_else(|| Error::BadArg)??;
+        read_gpu_map(term, &mut map, |_| true)?;
         Ok(GpuMapTerm(map))
     }
+}
+
+/// Reads a GPU map into `map` (appending), keeping the entries `keep`
+/// accepts.
+fn read_gpu_map<V: GpuValue>(
+    term: Term,
+    map: &mut GpuMap<V>,
+    keep: impl Fn(&V) -> bool,
+) -> NifResult<()> {
+    raw::for_each(term, |gpu, value| {
+        let (gpu, value) = (gpu.decode::<u32>()?, V::decode_value(value)?);
+        if keep(&value) {
+            map.insert(gpu, value);
+        }
+        Ok(())
+    })
+    .ok_or(Error::BadArg)?
 }
 
 impl<V: GpuValue> Encoder for GpuMapTerm<V> {
@@ -229,6 +242,18 @@ impl<'a> Decoder<'a> for PlacementTerm {
         vram.0.retain(|_, bytes| *bytes > 0);
         Ok(PlacementTerm(Placement { ram, vram: vram.0 }))
     }
+}
+
+/// What `PlacementTerm` decodes, read into `out` in place: the hot paths
+/// use it so that the inline GPU map is written once instead of being
+/// moved through each wrapper and `Result` on its way out.
+pub fn read_placement(term: Term, out: &mut Placement) -> NifResult<()> {
+    exact_size(term, 2)?;
+    out.ram = term.map_get(atoms::ram())?.decode()?;
+    out.vram.clear();
+    read_gpu_map(term.map_get(atoms::vram())?, &mut out.vram, |bytes| {
+        *bytes > 0
+    })
 }
 
 impl Encoder for PlacementTerm {

@@ -4,19 +4,20 @@
 
 use model_budget_core::Placement;
 use rustler::types::map::MapIterator;
-use rustler::{Encoder, Env, NifResult, Term};
+use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_placement, PlacementTerm};
+use crate::codec::{encode_placement, read_placement};
 use crate::decode::{bytes, exact_map, index};
 
 const EXPECTED: &str = "a map %{ram: bytes, vram: %{gpu_index => bytes}}";
 
 /// A placement argument named `arg`: the codec, or on failure the explanation.
 pub fn decode<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Placement> {
-    match term.decode::<PlacementTerm>() {
-        Ok(p) => Ok(p.0),
+    let mut placement = Placement::empty();
+    match read_placement(term, &mut placement) {
+        Ok(()) => Ok(placement),
         Err(_) => explain(term, arg),
     }
 }
@@ -54,14 +55,6 @@ fn empty_usage(env: Env) -> Term {
     encode_placement(env, &Placement::empty())
 }
 
-/// `used` and `placement`, both through the codec.
-fn both(used: Term, placement: Term) -> NifResult<(Placement, Placement)> {
-    Ok((
-        used.decode::<PlacementTerm>()?.0,
-        placement.decode::<PlacementTerm>()?.0,
-    ))
-}
-
 /// Applies `op` to the decoded usage in place; the slow decoders only run
 /// when the codec refused an argument.
 fn usage_op<'a>(
@@ -70,13 +63,16 @@ fn usage_op<'a>(
     placement: Term<'a>,
     op: fn(&mut Placement, &Placement) -> model_budget_core::Result<()>,
 ) -> Term<'a> {
+    let (mut usage, mut added) = (Placement::empty(), Placement::empty());
     let result = (|| {
-        let (mut used, placement) = match both(used, placement) {
-            Ok(pair) => pair,
-            Err(_) => (decode(used, "used")?, decode(placement, "placement")?),
-        };
-        op(&mut used, &placement)?;
-        Ok(encode_placement(env, &used))
+        let fast =
+            read_placement(used, &mut usage).and_then(|_| read_placement(placement, &mut added));
+        if fast.is_err() {
+            usage = decode(used, "used")?;
+            added = decode(placement, "placement")?;
+        }
+        op(&mut usage, &added)?;
+        Ok(encode_placement(env, &usage))
     })();
     reply(env, result)
 }

@@ -1,32 +1,115 @@
-# Per-call cost of the budget engine against an empty NIF call (the floor).
-# Target (issue 2): each call within 3x of the floor.
+# Per-call cost of the budget calls, side by side in one run on the same
+# inputs: ModelBudget (the NIF, through the public API), a pure-Elixir
+# implementation of the same contract (bench/support/pure_budget.exs), and
+# the floor: a NIF that only reads the same argument terms and returns :ok.
+# Target (issue 13): every call within 1.25x of its floor.
 #
 #     mix run bench/budget.exs
 Code.require_file("support/timing.exs", __DIR__)
-alias Bench.Timing
+Code.require_file("support/pure_budget.exs", __DIR__)
+alias Bench.{PureBudget, Timing}
+alias ModelBudget.Native
 
 gib = 2 ** 30
-IO.puts("budget engine, #{Timing.machine()}")
-floor = Timing.per_call(fn -> ModelBudget.Native.noop() end)
-IO.puts(Timing.line("empty NIF (floor)", floor))
+IO.puts("budget calls, #{Timing.machine()}")
+IO.puts(Timing.line("empty NIF", Timing.per_call(fn -> Native.noop() end)))
 
-for n <- [1, 2, 8] do
-  gpus = for i <- 0..(n - 1), do: %{gpu_index: i, memory_free: 24 * gib}
-  budget = ModelBudget.resolve(%{ram: 64 * gib, vram: :auto}, gpus)
-  opts = [split_mode: :layer, tensor_split: Enum.to_list(1..n), n_ctx: 4096, n_parallel: 2]
-  placement = ModelBudget.distribute(20 * gib, opts, n)
-  used = ModelBudget.fold(ModelBudget.empty_usage(), placement)
-
-  IO.puts("-- #{n} GPU(s)")
-
-  for {name, fun} <- [
-        {"check/3", fn -> ModelBudget.check(budget, placement, used) end},
-        {"distribute/3 (layer split)", fn -> ModelBudget.distribute(20 * gib, opts, n) end},
-        {"fold/2", fn -> ModelBudget.fold(used, placement) end},
-        {"release/2", fn -> ModelBudget.release(used, placement) end},
-        {"resolve/2 (%{ram: bytes, vram: :auto})",
-         fn -> ModelBudget.resolve(%{ram: 64 * gib, vram: :auto}, gpus) end}
-      ] do
-    IO.puts(Timing.line("#{name}, #{n} GPU(s)", Timing.per_call(fun), floor))
-  end
+# One case: the three timings and the ratios.
+measure = fn name, ours, pure, floor ->
+  f = Timing.per_call(floor)
+  o = Timing.per_call(ours)
+  p = Timing.per_call(pure)
+  IO.puts("-- #{name}")
+  IO.puts(Timing.line("  floor (read the terms)", f))
+  IO.puts(Timing.line("  pure Elixir", p, f))
+  IO.puts(Timing.line("  ModelBudget", o, f) <> "  #{Timing.ratio(o, p)}x pure")
 end
+
+for n <- [1, 8] do
+  gpus = for i <- 0..(n - 1), do: %{gpu_index: i, memory_free: 24 * gib}
+  spec = %{ram: 64 * gib, vram: :auto}
+  per_device = ModelBudget.resolve(spec, gpus)
+  combined = ModelBudget.resolve((64 + 24 * n) * gib)
+  opts = [split_mode: :layer, tensor_split: Enum.to_list(1..n), n_ctx: 4096, n_parallel: 2]
+  placement = ModelBudget.distribute(6 * gib, opts, n)
+  # Two models resident: the new one still fits.
+  used = ModelBudget.fold(placement, placement)
+  ^used = PureBudget.fold(placement, placement)
+  :ok = ModelBudget.check(per_device, placement, used)
+  :ok = PureBudget.check(per_device, placement, used)
+  ^placement = PureBudget.distribute(6 * gib, opts, n)
+
+  for {budget, label} <- [{per_device, "per-device"}, {combined, "combined"}] do
+    measure.(
+      "check/3, #{label}, #{n} GPU(s)",
+      fn -> ModelBudget.check(budget, placement, used) end,
+      fn -> PureBudget.check(budget, placement, used) end,
+      fn -> Native.floor_check(budget, placement, used) end
+    )
+  end
+
+  measure.(
+    "distribute/3, layer split, #{n} GPU(s)",
+    fn -> ModelBudget.distribute(6 * gib, opts, n) end,
+    fn -> PureBudget.distribute(6 * gib, opts, n) end,
+    fn -> Native.floor_distribute(6 * gib, opts, n) end
+  )
+
+  measure.(
+    "fold/2, #{n} GPU(s)",
+    fn -> ModelBudget.fold(used, placement) end,
+    fn -> PureBudget.fold(used, placement) end,
+    fn -> Native.floor_usage(used, placement) end
+  )
+
+  measure.(
+    "release/2, #{n} GPU(s)",
+    fn -> ModelBudget.release(used, placement) end,
+    fn -> PureBudget.release(used, placement) end,
+    fn -> Native.floor_usage(used, placement) end
+  )
+
+  measure.(
+    "resolve/2 on %{ram: bytes, vram: :auto}, #{n} GPU(s)",
+    fn -> ModelBudget.resolve(spec, gpus) end,
+    fn -> PureBudget.resolve(spec, gpus) end,
+    fn -> Native.floor_resolve(spec, gpus, nil) end
+  )
+end
+
+# The manager's admission path: the budget and the usage stay in the NIF
+# (ModelBudget.Ledger) and only the new placement crosses, against the
+# pure-Elixir check/3 plus fold/2 on the same ledger. The budget is large
+# enough that every admission in the run fits.
+for n <- [1, 8] do
+  huge = 2 ** 62
+  budget = %{mode: :per_device, ram: huge, vram: Map.new(0..(n - 1), &{&1, huge})}
+  opts = [split_mode: :layer, tensor_split: Enum.to_list(1..n), n_ctx: 4096]
+  placement = ModelBudget.distribute(6 * gib, opts, n)
+  used = ModelBudget.fold(placement, placement)
+  ledger = ModelBudget.Ledger.new(budget)
+  :ok = ModelBudget.Ledger.admit(ledger, used)
+
+  pure =
+    Timing.per_call(fn ->
+      :ok = PureBudget.check(budget, placement, used)
+      PureBudget.fold(used, placement)
+    end)
+
+  ours = Timing.per_call(fn -> ModelBudget.Ledger.admit(ledger, placement) end)
+  IO.puts("-- admission (check + fold), #{n} GPU(s)")
+  IO.puts(Timing.line("  pure Elixir check/3 + fold/2", pure))
+
+  IO.puts(
+    Timing.line("  ModelBudget.Ledger.admit/2", ours) <> "  #{Timing.ratio(ours, pure)}x pure"
+  )
+end
+
+# :auto probes this machine (GPUs through NVML on a dirty scheduler, the
+# cached memory limit); the pure-Elixir baseline reads /proc/meminfo.
+measure.(
+  "resolve/2 on :auto (this machine)",
+  fn -> ModelBudget.resolve(:auto) end,
+  fn -> PureBudget.resolve(:auto, []) end,
+  fn -> Native.floor_resolve(:auto, nil, nil) end
+)

@@ -52,7 +52,8 @@ defmodule ModelBudget do
   @typedoc """
   The `:memory_budget` option as a user writes it: `:infinity` or `nil`
   (no limit), a positive byte count (one pool of RAM plus all VRAM), `:auto`,
-  or a map `%{ram: ram, vram: vram}` with a limit per device.
+  or a map `%{ram: ram, vram: vram}` with a limit per device; a map with
+  only one of the two leaves the other `:infinity`.
   """
   @type budget_option ::
           nil
@@ -60,8 +61,8 @@ defmodule ModelBudget do
           | :auto
           | pos_integer()
           | %{
-              ram: non_neg_integer() | :infinity | nil | :auto,
-              vram:
+              optional(:ram) => non_neg_integer() | :infinity | nil | :auto,
+              optional(:vram) =>
                 :infinity
                 | nil
                 | :auto
@@ -125,7 +126,8 @@ defmodule ModelBudget do
     * `%{ram: ram, vram: vram}` - a limit per device. `ram` is a byte count,
       `:infinity`, `nil` or `:auto`; `vram` is `:infinity`, `nil`, `:auto`, a
       list of limits indexed by GPU, or a map of GPU index to limit. GPUs the
-      map does not name are unbounded.
+      map does not name are unbounded. Either key may be left out: the
+      missing one is `:infinity` (`%{vram: [24 * 2**30]}` limits GPU 0 only).
 
   ## Examples
 
@@ -135,6 +137,9 @@ defmodule ModelBudget do
 
       iex> ModelBudget.resolve(%{ram: nil, vram: [100, :infinity]}, [])
       %{mode: :per_device, ram: :infinity, vram: %{0 => 100, 1 => :infinity}}
+
+      iex> ModelBudget.resolve(%{vram: [100]}, [])
+      %{mode: :per_device, ram: :infinity, vram: %{0 => 100}}
 
       iex> ModelBudget.resolve("8GB", [])
       ** (ArgumentError) invalid memory budget: expected :infinity, nil, :auto, a positive integer, or a map with :ram and :vram keys, got: "8GB"
@@ -268,8 +273,7 @@ defmodule ModelBudget do
 
     * **a byte count** (the file size) - a conservative estimate: any offload
       is charged as a full offload (it may refuse a load that would fit,
-      never the reverse) and the KV cache is `n_ctx * n_parallel *
-      kv_bytes_per_token`.
+      never the reverse) and the KV cache is `n_ctx * kv_bytes_per_token`.
     * **a `%ModelBudget.Model{}`** (from `ModelBudget.Model.read/1`) - placed
       layer by layer as llama.cpp does: token embeddings stay in RAM; with
       `n_gpu_layers: k` the last `min(k, n_layers)` blocks go to the GPUs and
@@ -282,7 +286,9 @@ defmodule ModelBudget do
       parts. The defaults are llama-server's (build 11434).
 
   `opts` may be a caller's whole load options: unknown keys are ignored,
-  known keys with bad values raise `ArgumentError`.
+  known keys with bad values raise `ArgumentError`, and so does a key one or
+  two edits from an option (`n_gpu_layer: 0`), naming the option it
+  resembles, since a typo would otherwise silently change the placement.
 
   ## Options
 
@@ -301,32 +307,36 @@ defmodule ModelBudget do
       compute for `:row`); must be below `n_gpus`. Defaults to `0`.
     * `:offload_kqv` - whether the KV cache sits on the GPU(s); when `false`
       it is charged to RAM. Defaults to `true`.
-    * `:n_ctx` - context tokens. For a byte count, per slot (multiplied by
-      `:n_parallel`); for a model, the server's total context (llama.cpp's
-      `-c`), padded to 256 and shared by the slots. Defaults to `8192` for a
-      byte count and to the model's trained context for a model
-      (llama-server's `-c 0`).
-    * `:n_parallel` - slots (llama-server's `--parallel`). Defaults to `4`,
-      llama-server's automatic choice.
-    * `:kv_unified` - for a model, whether the slots share one KV cache
-      (`--kv-unified`); apart, each slot keeps `n_ctx / n_parallel` cells and
-      its own sliding window. Defaults to `true`, as llama-server.
-    * `:n_batch` - for a model, the logical batch (`--batch-size`); the
-      compute buffer is sized for `min(n_ubatch, n_batch, n_ctx)` tokens.
-      Defaults to `2048`.
-    * `:repack` - for a model, which weight matrices the CPU copies into its
-      repacked layout (an extra host buffer): `:auto` (this machine's CPU),
-      `true` (x86-64 with AVX2), `false`, `:none`, `:x86_avx2`,
-      `:x86_avx512` or `:arm_dotprod`. Defaults to `:auto`.
-    * `:mmap` - for a model, whether the file is memory-mapped: mapped, the
-      whole host part of the file counts and repacked matrices come on top;
-      loaded, they replace their copy. Defaults to `true`.
+    * `:n_ctx` - context tokens in total, as llama.cpp's `-c`: the slots
+      share them. Defaults to `32768` (4 slots of 8192) for a byte count and
+      to the model's trained context for a model (llama-server's `-c 0`); a
+      model's context is padded to 256, as llama.cpp does.
+    * `:n_parallel` - slots (llama.cpp's `-np`). They divide `:n_ctx`; for a
+      model they also size the output buffer and, with caches apart,
+      sliding-window caches. Defaults to `4`, llama-server's automatic choice.
+
+  Only for a byte count:
+
+    * `:kv_bytes_per_token` - KV bytes per token. Defaults to `2048`.
+
+  Only for a `%ModelBudget.Model{}`:
+
+    * `:kv_unified` - whether the slots share one KV cache (`--kv-unified`);
+      apart, each slot keeps `n_ctx / n_parallel` cells and its own sliding
+      window. Defaults to `true`, as llama-server.
+    * `:n_batch` - the logical batch (`--batch-size`); the compute buffer is
+      sized for `min(n_ubatch, n_batch, n_ctx)` tokens. Defaults to `2048`.
+    * `:repack` - which weight matrices the CPU copies into its repacked
+      layout (an extra host buffer): `:auto` (this machine's CPU), `true`
+      (x86-64 with AVX2), `false`, `:none`, `:x86_avx2`, `:x86_avx512` or
+      `:arm_dotprod`. Defaults to `:auto`.
+    * `:mmap` - whether the file is memory-mapped: mapped, the whole host
+      part of the file counts and repacked matrices come on top; loaded,
+      they replace their copy. Defaults to `true`.
     * `:cache_ram` - bytes of llama-server's prompt cache in RAM
       (`--cache-ram`, which fills while it serves), in `:server` mode.
       Defaults to `8589934592` (8192 MiB, llama-server's default); `0` for a
       program that is not llama-server.
-    * `:kv_bytes_per_token` - KV bytes per token, for the byte-count
-      estimate. Defaults to `2048`.
     * `:cache_type_k`, `:cache_type_v` - KV element types, one of `:f32`,
       `:f16`, `:bf16`, `:q8_0`, `:q4_0`, `:q4_1`, `:q5_0`, `:q5_1`, `:iq4_nl`.
       Defaults to `:f16`.
@@ -335,6 +345,8 @@ defmodule ModelBudget do
       buffers). Defaults to `true` (llama.cpp's `auto` on a backend that has it).
     * `:gpu_overhead` - bytes added to each GPU that receives anything (the
       driver's context). Defaults to `536870912` (512 MiB).
+
+  Each path ignores the other's options.
 
   With `n_gpus` of `0` everything is charged to RAM.
 
@@ -346,8 +358,11 @@ defmodule ModelBudget do
       iex> ModelBudget.distribute(1_000, [mode: :direct, split_mode: :layer, tensor_split: [3, 1]], 2)
       %{ram: 0, vram: %{0 => 750, 1 => 250}}
 
-      iex> ModelBudget.distribute(1_000, [n_ctx: 10, n_parallel: 1, kv_bytes_per_token: 5, offload_kqv: false], 1)
+      iex> ModelBudget.distribute(1_000, [n_ctx: 10, kv_bytes_per_token: 5, offload_kqv: false], 1)
       %{ram: 50, vram: %{0 => 1000}}
+
+      iex> ModelBudget.distribute(1_000, [n_gpu_layer: 0], 1)
+      ** (ArgumentError) invalid option :n_gpu_layer: no such option; did you mean :n_gpu_layers?
 
       iex> ModelBudget.distribute(1_000, [split_mode: :sideways], 1)
       ** (ArgumentError) invalid option :split_mode: expected :none, :layer or :row, got: :sideways

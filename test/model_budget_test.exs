@@ -79,16 +79,30 @@ defmodule ModelBudgetTest do
             {"8GB", ~s(got: "8GB")},
             {@u64_max + 1, "got: 18446744073709551616"},
             {:unlimited, "got: :unlimited"},
-            {%{ram: 1}, "got: %{ram: 1}"},
-            {%{vram: 1}, "got: %{vram: 1}"},
-            {%{ram: 1, vram: 1, gpu: 2}, "only :ram and :vram"},
-            {%{"ram" => 1, "vram" => 1}, "only :ram and :vram"},
+            {%{}, "got: %{}"},
+            {%{vram: 1}, "got: 1"},
+            {%{ram: 1, vram: 1, gpu: 2}, ":ram and/or :vram keys and no others"},
+            {%{ram: 1, gpu: 2}, ":ram and/or :vram keys and no others"},
+            {%{"ram" => 1, "vram" => 1}, ":ram and/or :vram keys and no others"},
             {[ram: 1, vram: 1], "got: [ram: 1, vram: 1]"}
           ] do
         error = assert_raise ArgumentError, fn -> ModelBudget.resolve(bad, []) end
         assert error.message =~ "invalid memory budget"
         assert error.message =~ fragment
       end
+    end
+
+    test "a map with only :ram or only :vram leaves the other :infinity" do
+      assert ModelBudget.resolve(%{ram: 100}, []) ==
+               %{mode: :per_device, ram: 100, vram: :infinity}
+
+      assert ModelBudget.resolve(%{vram: [24, 12]}, []) ==
+               %{mode: :per_device, ram: :infinity, vram: %{0 => 24, 1 => 12}}
+
+      gpus = [%{gpu_index: 0, memory_free: 7}]
+
+      assert ModelBudget.resolve(%{vram: :auto}, gpus) ==
+               %{mode: :per_device, ram: :infinity, vram: %{0 => 7}}
     end
 
     test "bad RAM and VRAM parts name the part" do
@@ -186,14 +200,76 @@ defmodule ModelBudgetTest do
                %{ram: @kv, vram: %{0 => 100}}
     end
 
-    test ":n_ctx, :n_parallel and :kv_bytes_per_token size the KV estimate" do
-      assert ModelBudget.distribute(0, [n_ctx: 1000, n_parallel: 2], 0) == %{
-               ram: 4_096_000,
-               vram: %{}
-             }
+    test ":n_ctx (total, shared by the slots) and :kv_bytes_per_token size the KV estimate" do
+      for n_parallel <- [1, 2, 8] do
+        assert ModelBudget.distribute(0, [n_ctx: 1000, n_parallel: n_parallel], 0) == %{
+                 ram: 2_048_000,
+                 vram: %{}
+               }
 
-      assert ModelBudget.distribute(0, [n_ctx: 1000, n_parallel: 2, kv_bytes_per_token: 3], 0) ==
-               %{ram: 6000, vram: %{}}
+        assert ModelBudget.distribute(
+                 0,
+                 [n_ctx: 1000, n_parallel: n_parallel, kv_bytes_per_token: 3],
+                 0
+               ) ==
+                 %{ram: 3000, vram: %{}}
+      end
+
+      # The default context is 32768 tokens (4 slots of 8192).
+      assert ModelBudget.distribute(0, [], 0) == %{ram: 32768 * 2048, vram: %{}}
+    end
+
+    test "a key one or two edits from an option raises, naming the option" do
+      for {typo, known} <- [
+            n_gpu_layer: :n_gpu_layers,
+            tensor_spilt: :tensor_split,
+            n_ctxx: :n_ctx,
+            cache_type_kk: :cache_type_k,
+            mdoe: :mode
+          ] do
+        error = assert_raise ArgumentError, fn -> ModelBudget.distribute(1, [{typo, 0}], 1) end
+
+        assert error.message ==
+                 "invalid option :#{typo}: no such option; did you mean :#{inspect(known) |> String.trim_leading(":")}?"
+      end
+
+      # Other programs' options near ours, and far-off keys, stay allowed.
+      for key <- [:model, :n_batch, :node, :temperature, :keep_alive] do
+        assert ModelBudget.distribute(1, [{key, 0}, mode: :direct], 0) == %{ram: 1, vram: %{}}
+      end
+    end
+
+    test "each path reads its own options: the other path's keys are ignored" do
+      # :gpu_overhead belongs to the model path; the byte count ignores it.
+      assert ModelBudget.distribute(1, [mode: :direct, gpu_overhead: :bad], 0) ==
+               %{ram: 1, vram: %{}}
+
+      # :kv_bytes_per_token belongs to the byte count; the model path ignores
+      # it, sizes its KV cache for the total :n_ctx whatever the slots, and
+      # refuses near misses too.
+      model = %{
+        layer_bytes: [1000, 1000],
+        input_bytes: 100,
+        output_bytes: 100,
+        other_bytes: 0,
+        n_head: 4,
+        n_head_kv: 2,
+        head_dim_k: 64,
+        head_dim_v: 64,
+        n_embd: 256,
+        n_vocab: 1000,
+        context_length: 4096,
+        sliding_window: nil,
+        sliding_window_layers: []
+      }
+
+      base = ModelBudget.breakdown(model, [n_ctx: 1024], 1)
+      assert ModelBudget.breakdown(model, [n_ctx: 1024, kv_bytes_per_token: :bad], 1) == base
+      assert ModelBudget.breakdown(model, [n_ctx: 1024, n_parallel: 4], 1) == base
+
+      assert_raise ArgumentError, ~r/did you mean :n_gpu_layers\?/, fn ->
+        ModelBudget.breakdown(model, [n_gpu_layer: 0], 1)
+      end
     end
 
     test "unknown keys are ignored and the first of duplicate keys wins" do

@@ -44,6 +44,9 @@ defmodule Bench.Timing do
       " ns  (p10 #{fmt(lo, 0)}, p90 #{fmt(hi, 0)})" <> ratio
   end
 
+  @doc "The ratio of two medians, as text with two decimals."
+  def ratio(%{median: a}, %{median: b}), do: fmt(a / b, 2)
+
   defp fmt(x, decimals), do: :erlang.float_to_binary(x * 1.0, decimals: decimals)
 
   @doc "The machine a benchmark ran on, for RESULTS.md."

@@ -6,24 +6,46 @@ defmodule ModelBudget.Native do
 
   @on_load :load_nif
 
-  # The Elixir compiler loads each module it compiles, before the cargo step
-  # has built the library: a missing library then loads the stubs quietly.
-  # At run time the stubs raise a clear error if it is still missing.
+  # A library that is missing or does not load is an error at load, naming
+  # the path and the reason: the module then fails to load instead of
+  # leaving stubs behind. (On a first build the Elixir compiler loads this
+  # module before cargo has built the library: that one error is logged,
+  # and the compile step loads the module again once the library is in.)
+  @doc false
   def load_nif do
     path = :filename.join(:code.priv_dir(:model_budget), ~c"native/model_budget_nif")
 
-    if File.exists?(List.to_string(path) <> ".so") do
-      :erlang.load_nif(path, 0)
-    else
-      :ok
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :ok
+
+      {:error, {reason, text}} ->
+        {:error, {:model_budget_nif_not_loaded, List.to_string(path) <> ".so", reason, text}}
     end
   end
 
   def noop, do: not_loaded()
+  # One echo per codec (native/model_budget_nif/src/echo.rs), for tests.
+  def echo_mode(_term), do: not_loaded()
+  def echo_split_mode(_term), do: not_loaded()
+  def echo_cache_type(_term), do: not_loaded()
+  def echo_device(_term), do: not_loaded()
+  def echo_limit(_term), do: not_loaded()
+  def echo_gpu_bytes(_term), do: not_loaded()
+  def echo_gpu_limits(_term), do: not_loaded()
+  def echo_placement(_term), do: not_loaded()
+  def echo_budget(_term), do: not_loaded()
+  def echo_insufficient(_term), do: not_loaded()
+  # Benchmark floors (native/model_budget_nif/src/floor.rs).
+  def floor_check(_budget, _placement, _used), do: not_loaded()
+  def floor_usage(_used, _placement), do: not_loaded()
+  def floor_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
+  def floor_resolve(_spec, _gpus, _ram_limit), do: not_loaded()
   def empty_usage, do: not_loaded()
   def fold(_used, _placement), do: not_loaded()
   def release(_used, _placement), do: not_loaded()
   def check(_budget, _placement, _used), do: not_loaded()
+  def available(_budget, _used, _device), do: not_loaded()
   def resolve(_spec, _gpus, _ram_limit), do: not_loaded()
   def distribute(_file_bytes, _opts, _n_gpus), do: not_loaded()
   def system_memory, do: not_loaded()
@@ -40,14 +62,17 @@ defmodule ModelBudget.Native do
   def probe_machine(_cuda_visible_devices), do: not_loaded()
   def model_read(_path), do: not_loaded()
   def model_from_gguf_header(_header), do: not_loaded()
-  def plan_search(_model, _opts, _n_gpus, _budget, _used), do: not_loaded()
+  def ledger_new(_budget), do: not_loaded()
+  def ledger_admit(_ledger, _placement), do: not_loaded()
+  def ledger_release(_ledger, _placement), do: not_loaded()
+  def ledger_usage(_ledger), do: not_loaded()
+  def evict_choose(_ledger, _placement, _candidates), do: not_loaded()
+  def fit_search(_model, _opts, _n_gpus, _budget, _used), do: not_loaded()
   def plan_parse_size(_text), do: not_loaded()
   def json_encode(_term, _opts), do: not_loaded()
   def json_decode(_text), do: not_loaded()
 
-  defp not_loaded do
-    :erlang.nif_error(
-      {:nif_not_loaded, "priv/native/model_budget_nif.so is missing: run `mix compile`"}
-    )
-  end
+  # Only reached if the module was loaded without its library, which
+  # load_nif/0 refuses; kept so that each stub has a body.
+  defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -73,6 +73,13 @@ defmodule ModelBudget.Plan do
           | {:n_ctx, pos_integer()}
           | {:cache_type, atom()}
 
+  @typedoc """
+  Something the user should know about the options: `{:n_ctx_beyond_trained,
+  n_ctx, trained}` when the context asked for is beyond the model's trained
+  context.
+  """
+  @type warning :: {:n_ctx_beyond_trained, pos_integer(), pos_integer()}
+
   @typedoc "The verdict for one model."
   @type entry :: %{
           name: String.t(),
@@ -83,7 +90,8 @@ defmodule ModelBudget.Plan do
           longest_context: pos_integer() | nil,
           devices: [device_share()],
           short: [shortfall()],
-          suggestions: [suggestion()]
+          suggestions: [suggestion()],
+          warnings: [warning()]
         }
 
   @type t :: %__MODULE__{
@@ -237,7 +245,14 @@ defmodule ModelBudget.Plan do
 
   @typedoc "What `search/3` finds."
   @type search :: %{
-          short: [[device: device(), required: non_neg_integer(), available: non_neg_integer()]],
+          short: [
+            [
+              device: device(),
+              required: non_neg_integer(),
+              available: non_neg_integer(),
+              short_by: pos_integer()
+            ]
+          ],
           n_ctx: pos_integer(),
           longest_context: pos_integer() | nil,
           n_gpu_layers: non_neg_integer() | nil,
@@ -245,17 +260,18 @@ defmodule ModelBudget.Plan do
         }
 
   @doc """
-  Places `model` under the load options `opts` on `target` and searches for
-  what would fit, each answer found by placing the model again and
+  The fit search: places `model` under the load options `opts` on `target`
+  and searches for what would fit, each answer found by placing the model again and
   checking it (in the Rust core):
 
     * `:short` - every device that is short (`ModelBudget.check/3` names
-      only the first), in its order; `[]` when the model fits.
+      only the first), in its order, with what it is short by; `[]` when
+      the model fits.
     * `:n_ctx` - the context the KV cache is sized for.
-    * `:longest_context` - the largest context, up to the longer of the
-      model's trained context and `:n_ctx`, that fits with the other
-      options unchanged (a multiple of 256: llama.cpp pads the context);
-      `nil` when not even one token does.
+    * `:longest_context` - the largest context, up to the model's trained
+      context (`:n_ctx` when the header does not say), that fits with the
+      other options unchanged (a multiple of 256: llama.cpp pads the
+      context); `nil` when not even one token does.
     * `:n_gpu_layers` - when the model does not fit and there are GPUs, the
       largest `n_gpu_layers` from `0` to `n_layers + 1` (which also offloads
       the output head) that fits; `nil` when none does.
@@ -267,17 +283,17 @@ defmodule ModelBudget.Plan do
       iex> {:ok, model} = ModelBudget.Plan.Catalog.fetch("llama-3.1-8b")
       iex> budget = ModelBudget.resolve(%{ram: 6 * 2**30, vram: []})
       iex> target = %{budget: budget, used: ModelBudget.empty_usage(), n_gpus: 0}
-      iex> %{short: [[device: :ram, required: _, available: 6442450944]], longest_context: n, cache_type: :q8_0} =
-      ...>   ModelBudget.Plan.search(model, [n_ctx: 16_384, n_parallel: 1, cache_ram: 0, repack: false], target)
+      iex> %{short: [[device: :ram, required: _, available: 6442450944, short_by: _]], longest_context: n, cache_type: :q8_0} =
+      ...>   ModelBudget.Plan.fit_search(model, [n_ctx: 16_384, n_parallel: 1, cache_ram: 0, repack: false], target)
       iex> {n < 16_384, rem(n, 256)}
       {true, 0}
   """
-  @spec search(Model.t(), keyword(), target()) :: search()
-  def search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus}),
-    do: Errors.call(Native.plan_search(model, opts, n_gpus, budget, used))
+  @spec fit_search(Model.t(), keyword(), target()) :: search()
+  def fit_search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus}),
+    do: Errors.call(Native.fit_search(model, opts, n_gpus, budget, used))
 
   defp entry(source, model, load, target) do
-    found = search(model, load, target)
+    found = fit_search(model, load, target)
     opts = Keyword.put(load, :n_ctx, found.n_ctx)
     breakdown = ModelBudget.breakdown(model, opts, target.n_gpus)
 
@@ -290,16 +306,28 @@ defmodule ModelBudget.Plan do
       longest_context: found.longest_context,
       devices: devices(breakdown, target),
       short: Enum.map(found.short, &shortfall/1),
-      suggestions: suggestions(found)
+      suggestions: suggestions(found),
+      warnings: warnings(load, model)
     }
   end
+
+  # A context beyond the trained one: llama.cpp warns that the model may
+  # not cope, and so does the report.
+  defp warnings(load, %{context_length: trained}) when is_integer(trained) and trained > 0 do
+    case Keyword.get(load, :n_ctx) do
+      n when is_integer(n) and n > trained -> [{:n_ctx_beyond_trained, n, trained}]
+      _ -> []
+    end
+  end
+
+  defp warnings(_load, _model), do: []
 
   defp shortfall(details) do
     %{
       device: details[:device],
       required: details[:required],
       available: details[:available],
-      short_by: details[:required] - details[:available]
+      short_by: details[:short_by]
     }
   end
 
@@ -330,16 +358,16 @@ defmodule ModelBudget.Plan do
     rows = [ram | gpus]
 
     case budget do
-      %{mode: :combined, limit: limit} ->
+      %{mode: :combined} ->
+        # The pool row adds up the rows above it, as a table's total line.
         sum = fn key -> rows |> Enum.map(& &1[key]) |> Enum.sum() end
-        used_total = used.ram + Enum.sum(Map.values(used.vram))
 
         pool =
           Map.new(
             [:weights, :repack, :kv_cache, :compute, :output, :prompt_cache, :overhead, :total],
             &{&1, sum.(&1)}
           )
-          |> Map.merge(%{device: :total, available: max(limit - used_total, 0)})
+          |> Map.merge(%{device: :total, available: left(budget, :total, used)})
 
         rows ++ [pool]
 
@@ -348,20 +376,9 @@ defmodule ModelBudget.Plan do
     end
   end
 
-  defp left(%{mode: :per_device, ram: limit}, :ram, used), do: minus(limit, used.ram)
-
-  defp left(%{mode: :per_device, vram: vram}, {:gpu, i}, used) do
-    limit = if vram == :infinity, do: :infinity, else: Map.get(vram, i, :infinity)
-    minus(limit, Map.get(used.vram, i, 0))
-  end
-
-  defp left(%{mode: :unlimited}, _device, _used), do: :infinity
-
   # Inside a combined pool a device has no limit of its own: the pool row has it.
-  defp left(%{mode: :combined}, _device, _used), do: nil
-
-  defp minus(:infinity, _used), do: :infinity
-  defp minus(limit, used), do: max(limit - used, 0)
+  defp left(%{mode: :combined}, device, _used) when device != :total, do: nil
+  defp left(budget, device, used), do: Errors.call(Native.available(budget, used, device))
 
   @doc """
   The task's exit status for a report: `0` when every model fits, `1` when
@@ -453,6 +470,10 @@ defmodule ModelBudget.Plan do
       longest_context: e.longest_context,
       devices: Enum.map(e.devices, &Map.merge(&1, device_json(&1.device))),
       short: Enum.map(e.short, &Map.merge(&1, device_json(&1.device))),
+      warnings:
+        Enum.map(e.warnings, fn {:n_ctx_beyond_trained, n, trained} ->
+          %{warning: "n_ctx_beyond_trained", n_ctx: n, trained_context: trained}
+        end),
       suggestions: %{
         n_gpu_layers: e.suggestions[:n_gpu_layers],
         n_ctx: e.suggestions[:n_ctx],

@@ -110,7 +110,7 @@ defmodule ModelBudget.PlanTest do
 
       [entry] = plan.models
       target = %{budget: plan.budget, used: ModelBudget.empty_usage(), n_gpus: 0}
-      found = Plan.search(fetch!("llama-3.1-8b"), load, target)
+      found = Plan.fit_search(fetch!("llama-3.1-8b"), load, target)
       assert entry.suggestions == [n_ctx: found.longest_context, cache_type: found.cache_type]
       assert entry.longest_context == found.longest_context
     end
@@ -142,7 +142,7 @@ defmodule ModelBudget.PlanTest do
       target = %{budget: ModelBudget.resolve(%{ram: 64 * @gib, vram: []}), used: empty, n_gpus: 0}
 
       # llama-server's default context is the trained one.
-      assert Plan.search(model, [], target) ==
+      assert Plan.fit_search(model, [], target) ==
                %{
                  short: [],
                  n_ctx: 131_072,
@@ -158,8 +158,10 @@ defmodule ModelBudget.PlanTest do
 
       opts = [n_ctx: 65_536] ++ @pinned
 
-      %{longest_context: n, short: [[device: :ram, required: _, available: _]]} =
-        Plan.search(model, opts, target)
+      %{longest_context: n, short: [[device: :ram, required: r, available: a, short_by: by]]} =
+        Plan.fit_search(model, opts, target)
+
+      assert by == r - a and by > 0
 
       fits? = fn ctx ->
         placement = ModelBudget.distribute(model, Keyword.put(opts, :n_ctx, ctx), 0)
@@ -176,11 +178,11 @@ defmodule ModelBudget.PlanTest do
       budget = ModelBudget.resolve(%{ram: 64 * @gib, vram: [2 * @gib, 2 * @gib]})
       target = %{budget: budget, used: empty, n_gpus: 2}
       opts = [split_mode: :layer]
-      found = Plan.search(model, opts, target)
+      found = Plan.fit_search(model, opts, target)
 
       assert [
-               [device: {:gpu, 0}, required: _, available: _],
-               [device: {:gpu, 1}, required: _, available: _]
+               [device: {:gpu, 0}, required: _, available: _, short_by: _],
+               [device: {:gpu, 1}, required: _, available: _, short_by: _]
              ] = found.short
 
       k = found.n_gpu_layers
@@ -203,7 +205,7 @@ defmodule ModelBudget.PlanTest do
       assert_raise ArgumentError,
                    "invalid option :cache_type_k: expected :f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1 or :iq4_nl, got: :q9",
                    fn ->
-                     Plan.search(model, [cache_type_k: :q9], target)
+                     Plan.fit_search(model, [cache_type_k: :q9], target)
                    end
     end
   end

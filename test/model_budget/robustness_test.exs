@@ -17,15 +17,15 @@ defmodule ModelBudget.RobustnessTest do
     breakdown: {&ModelBudget.breakdown/3, 3},
     estimate: {&ModelBudget.estimate/3, 3},
     max_context_length: {&ModelBudget.max_context_length/3, 3},
-    plan_search: {&__MODULE__.plan_search/5, 5},
+    fit_search: {&__MODULE__.fit_search/5, 5},
     parse_bytes: {&ModelBudget.Format.parse_bytes/1, 1},
     json_encode: {&ModelBudget.JSON.encode!/1, 1},
     json_decode: {&ModelBudget.JSON.decode/1, 1}
   ]
 
-  # ModelBudget.Plan.search/3 with each part of its target random.
-  def plan_search(model, opts, n_gpus, budget, used),
-    do: ModelBudget.Plan.search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus})
+  # ModelBudget.Plan.fit_search/3 with each part of its target random.
+  def fit_search(model, opts, n_gpus, budget, used),
+    do: ModelBudget.Plan.fit_search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus})
 
   for {name, {fun, arity}} <- @calls do
     @tag timeout: 120_000
@@ -33,17 +33,14 @@ defmodule ModelBudget.RobustnessTest do
       fun = unquote(fun)
       arity = unquote(arity)
 
-      {results, errors} =
-        Enum.reduce(1..@runs, {0, 0}, fn _, {ok, err} ->
+      # outcome/1 lets any exception but ArgumentError fail the test; a
+      # crash of the VM fails the run.
+      errors =
+        Enum.count(1..@runs, fn _ ->
           args = Enum.map(1..arity, fn _ -> RandomTerm.term() end)
-
-          case outcome(fn -> apply(fun, args) end) do
-            {:ok, _} -> {ok + 1, err}
-            :argument_error -> {ok, err + 1}
-          end
+          outcome(fn -> apply(fun, args) end) == :argument_error
         end)
 
-      assert results + errors == @runs
       # Errors must occur, or the generator is not reaching the decoders.
       assert errors > 0
     end

@@ -1,13 +1,23 @@
 defmodule Mix.Tasks.Compile.ModelBudgetNative do
   @shortdoc "Builds the Rust NIF crate with cargo"
   @moduledoc """
-  Builds `native/model_budget_nif` with `cargo build --release` and copies the
-  library to `priv/native/model_budget_nif.so`, where `ModelBudget.Native`
-  loads it from.
+  Builds `native/model_budget_nif` with `cargo build --release` and installs
+  the library as `priv/native/model_budget_nif.so`, where
+  `ModelBudget.Native` loads it from (`:erlang.load_nif/2` adds `.so` on
+  every Unix, macOS included; cargo names it `.dylib` there).
 
-  Cargo decides what to rebuild, so editing Rust source triggers a rebuild on
-  the next `mix compile`. The cargo target directory is the workspace's
-  `target/` (or `CARGO_TARGET_DIR`), shared with `cargo test`.
+  It runs after the Elixir compiler (it is itself compiled by it). The
+  Elixir compiler loads each module it compiles, so on a first build
+  `ModelBudget.Native` fails to load (no library yet: its on-load error,
+  with the path, is logged once) and on later builds it loads the library
+  of the build before. Whenever a new library is installed, a
+  `ModelBudget.Native` already loaded in this VM is loaded again, so that
+  `mix test` and `recompile` in IEx run the library just built.
+
+  Cargo decides what to rebuild, so editing Rust source triggers a rebuild
+  on the next `mix compile`. The cargo target directory is the workspace's
+  `target/` (or `CARGO_TARGET_DIR`), shared with `cargo test`. `mix clean`
+  removes the installed library and cargo's build of this crate.
   """
   use Mix.Task.Compiler
 
@@ -15,48 +25,88 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
 
   @impl true
   def run(_args) do
-    cargo = System.find_executable("cargo") || Mix.raise(missing_cargo())
+    cargo = cargo!()
     root = File.cwd!()
-    target = System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
 
     {_, status} =
       System.cmd(cargo, ["build", "--release", "--quiet", "-p", @crate],
         cd: root,
-        env: [{"CARGO_TARGET_DIR", target}],
+        env: [{"CARGO_TARGET_DIR", target_dir(root)}],
         stderr_to_stdout: true,
         into: IO.stream(:stdio, :line)
       )
 
     if status != 0, do: Mix.raise("cargo build of #{@crate} failed (exit status #{status})")
 
-    built = Path.join([target, "release", "lib#{@crate}.so"])
-    installed = Path.join([root, "priv", "native", "#{@crate}.so"])
+    built = Path.join([target_dir(root), "release", built_name(:os.type())])
+    installed = installed_path(root)
 
-    result =
-      if same_file?(built, installed) do
-        {:noop, []}
-      else
-        File.mkdir_p!(Path.dirname(installed))
-        # Delete first: a running VM may have the old file mapped, and
-        # overwriting it in place would corrupt that mapping.
-        File.rm(installed)
-        File.cp!(built, installed)
-        Mix.shell().info("Installed NIF #{Path.relative_to_cwd(installed)}")
-        {:ok, []}
-      end
-
-    reload_stubs()
-    result
+    if same_file?(built, installed) do
+      {:noop, []}
+    else
+      File.mkdir_p!(Path.dirname(installed))
+      # Delete first: a running VM may have the old file mapped, and
+      # overwriting it in place would corrupt that mapping.
+      File.rm(installed)
+      File.cp!(built, installed)
+      Mix.shell().info("Installed NIF #{Path.relative_to_cwd(installed)}")
+      reload_native()
+      {:ok, []}
+    end
   end
 
-  # The Elixir compiler, which runs before this step, loads every module it
-  # compiles; on a first build ModelBudget.Native is then loaded without its
-  # library (the stubs). Reload it so that this VM (mix test, mix run) gets
-  # the NIFs.
-  defp reload_stubs do
+  @impl true
+  def clean do
+    root = File.cwd!()
+    clean(root, target_dir(root))
+  end
+
+  @doc false
+  # Removes the library installed under `root` and cargo's build of the
+  # crate in `target`.
+  def clean(root, target) do
+    File.rm(installed_path(root))
+
+    if cargo = System.find_executable("cargo") do
+      System.cmd(cargo, ["clean", "--release", "--quiet", "-p", @crate],
+        cd: root,
+        env: [{"CARGO_TARGET_DIR", target}],
+        stderr_to_stdout: true
+      )
+    end
+
+    :ok
+  end
+
+  @doc """
+  The file name cargo gives the crate's `cdylib` on an OS, as `:os.type/0`
+  reports it.
+
+  ## Examples
+
+      iex> Mix.Tasks.Compile.ModelBudgetNative.built_name({:unix, :darwin})
+      "libmodel_budget_nif.dylib"
+
+      iex> Mix.Tasks.Compile.ModelBudgetNative.built_name({:unix, :linux})
+      "libmodel_budget_nif.so"
+  """
+  @spec built_name({atom(), atom()}) :: String.t()
+  def built_name({:unix, :darwin}), do: "lib#{@crate}.dylib"
+  def built_name({:win32, _}), do: "#{@crate}.dll"
+  def built_name({:unix, _}), do: "lib#{@crate}.so"
+
+  defp installed_path(root), do: Path.join([root, "priv", "native", "#{@crate}.so"])
+
+  defp target_dir(root), do: System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
+
+  defp cargo!, do: System.find_executable("cargo") || Mix.raise(missing_cargo())
+
+  # A VM that loaded the module before this build keeps the old library
+  # until the module is loaded again.
+  defp reload_native do
     native = ModelBudget.Native
 
-    if :code.is_loaded(native) != false and not nif_loaded?(native) do
+    if :code.is_loaded(native) != false do
       :code.purge(native)
       :code.delete(native)
       :code.purge(native)
@@ -64,13 +114,6 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
     end
 
     :ok
-  end
-
-  defp nif_loaded?(native) do
-    native.noop()
-    true
-  rescue
-    ErlangError -> false
   end
 
   defp same_file?(a, b) do

@@ -61,6 +61,11 @@ defmodule Mix.Tasks.ModelBudget.Plan do
       part left out is `auto`). Listing VRAM limits plans for that many
       GPUs, so you can ask about a machine you are not on. Defaults to `auto`.
     * `--json` - print the report as JSON (see `ModelBudget.Plan.to_json/1`).
+    * `--help`, `-h` - print this usage.
+
+  A `--ctx` beyond a model's trained context gets a warning (as llama.cpp
+  gives one), and a "fits with `--ctx N`" suggestion never goes beyond the
+  trained context.
 
   Colour is used only when standard output is a terminal.
 
@@ -73,6 +78,7 @@ defmodule Mix.Tasks.ModelBudget.Plan do
   """
   use Mix.Task
 
+  alias ModelBudget.Native.Errors
   alias ModelBudget.Plan
 
   @impl true
@@ -86,10 +92,22 @@ defmodule Mix.Tasks.ModelBudget.Plan do
   end
 
   @doc false
-  # Prints the report (or the error) and returns the exit status.
+  # Prints the report (or the error, or the usage) and returns the exit status.
   def main(args, colour) do
+    if Enum.any?(args, &(&1 in ["--help", "-h"])) do
+      IO.puts(usage())
+      0
+    else
+      report(args, colour)
+    end
+  end
+
+  # What `mix help model_budget.plan` prints.
+  defp usage, do: "mix model_budget.plan\n\n" <> Mix.Task.moduledoc(__MODULE__)
+
+  defp report(args, colour) do
     with {:ok, %{plan: opts, json: json}} <- Plan.Args.parse(args),
-         {:ok, plan} <- with_switches(Plan.run(opts)) do
+         {:ok, plan} <- Errors.with_names(Plan.Args.switch_names(), fn -> Plan.run(opts) end) do
       output =
         if json,
           do: ModelBudget.JSON.encode!(Plan.to_json(plan), pretty: true),
@@ -103,9 +121,6 @@ defmodule Mix.Tasks.ModelBudget.Plan do
         2
     end
   end
-
-  defp with_switches({:error, message}), do: {:error, Plan.Args.cli_message(message)}
-  defp with_switches(ok), do: ok
 
   # Colour only when this process writes to the VM's own standard output
   # (not captured) and that is a terminal, which IO.ANSI.enabled?/0 tells.

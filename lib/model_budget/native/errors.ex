@@ -23,8 +23,25 @@ defmodule ModelBudget.Native.Errors do
     end
   end
 
-  def message({:model_budget_badarg, arg, message}), do: "invalid #{arg}: #{message}"
+  # The argument's name as the caller knows it: a CLI names its switches
+  # (see with_names/2) instead of the options they set.
+  def message({:model_budget_badarg, arg, message}), do: "invalid #{name(arg)}: #{message}"
 
   def message({:model_budget_badarg, arg, message, value}),
-    do: "invalid #{arg}: #{message}, got: #{inspect(value)}"
+    do: "invalid #{name(arg)}: #{message}, got: #{inspect(value)}"
+
+  defp name(arg), do: Map.get(Process.get(__MODULE__, %{}), arg, arg)
+
+  # Runs `fun` with bad-input errors naming arguments by `names` (argument
+  # as the NIF names it => name to show), so that a front end speaks of
+  # what its user typed without rewriting messages afterwards.
+  def with_names(names, fun) when is_map(names) do
+    previous = Process.put(__MODULE__, names)
+
+    try do
+      fun.()
+    after
+      if previous, do: Process.put(__MODULE__, previous), else: Process.delete(__MODULE__)
+    end
+  end
 end

@@ -115,20 +115,16 @@ defmodule ModelBudget.Plan.Args do
   ]
 
   @doc """
-  Rewrites a message of `ModelBudget.Plan.run/1` about an option into one
-  about the switch that set it.
+  The switch that sets each argument a bad-input error may name, for
+  `ModelBudget.Plan.run/1`'s errors to speak of switches.
 
   ## Examples
 
-      iex> ModelBudget.Plan.Args.cli_message("invalid option :main_gpu: must be below the GPU count 1, got: 2")
-      "invalid --main-gpu: must be below the GPU count 1, got: 2"
+      iex> ModelBudget.Plan.Args.switch_names()["option :main_gpu"]
+      "--main-gpu"
   """
-  @spec cli_message(String.t()) :: String.t()
-  def cli_message(message) do
-    Enum.reduce(@switch_of, message, fn {option, switch}, acc ->
-      String.replace(acc, "invalid " <> option <> ":", "invalid " <> switch <> ":")
-    end)
-  end
+  @spec switch_names() :: %{String.t() => String.t()}
+  def switch_names, do: Map.new(@switch_of)
 
   defp expected(switch) do
     name = switch |> String.trim_leading("-") |> String.replace("-", "_")

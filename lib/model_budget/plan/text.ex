@@ -174,7 +174,7 @@ defmodule ModelBudget.Plan.Text do
       heading(e.name, c) <> ": " <> verdict,
       devices(e, c),
       "  " <> context(e, plan)
-      | advice(e, c)
+      | Enum.map(e.warnings, &warning(&1, c)) ++ advice(e, c)
     ]
     |> Enum.join("\n")
   end
@@ -225,6 +225,13 @@ defmodule ModelBudget.Plan.Text do
       end
 
     "Context #{e.n_ctx} tokens#{slots}: #{longest}#{trained}."
+  end
+
+  defp warning({:n_ctx_beyond_trained, n, trained}, c) do
+    "  " <>
+      paint(c.({:yellow, "Warning:"})) <>
+      " --ctx #{n} is beyond the #{trained} tokens the model was trained on; " <>
+      "it may not cope with a longer context."
   end
 
   defp advice(%{fits: true}, _c), do: []

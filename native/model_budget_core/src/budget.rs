@@ -1,9 +1,8 @@
 //! Memory budgets: what a caller asks for (`BudgetSpec`) and what it resolves
 //! to on this machine (`Budget`).
 
-use std::collections::BTreeMap;
-
 use crate::error::{invalid, Result};
+use crate::gpu_map::GpuMap;
 
 /// A ceiling on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -24,10 +23,13 @@ impl Limit {
 }
 
 /// VRAM ceilings of a per-device budget. GPUs absent from the map are unbounded.
+// Inline GPU maps make the map variants large; boxing them would bring
+// back the allocation per call that `GpuMap` exists to avoid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum VramLimits {
     Infinity,
-    PerGpu(BTreeMap<u32, Limit>),
+    PerGpu(GpuMap<Limit>),
 }
 
 impl VramLimits {
@@ -40,6 +42,9 @@ impl VramLimits {
 }
 
 /// A resolved budget, the shape `check` works against.
+// Inline GPU maps make the map variants large; boxing them would bring
+// back the allocation per call that `GpuMap` exists to avoid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Budget {
     /// No limit at all.
@@ -60,15 +65,21 @@ pub enum RamSpec {
 }
 
 /// VRAM part of a per-device `:memory_budget`.
+// Inline GPU maps make the map variants large; boxing them would bring
+// back the allocation per call that `GpuMap` exists to avoid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VramSpec {
     Infinity,
     /// Each GPU's free memory.
     Auto,
-    PerGpu(BTreeMap<u32, Limit>),
+    PerGpu(GpuMap<Limit>),
 }
 
 /// The `:memory_budget` option as the user wrote it.
+// Inline GPU maps make the map variants large; boxing them would bring
+// back the allocation per call that `GpuMap` exists to avoid.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BudgetSpec {
     Unlimited,
@@ -125,7 +136,7 @@ pub fn auto_ram(bytes: u64) -> u64 {
 /// GPUs. Each is consulted only when the spec says `:auto` for it.
 pub fn resolve(spec: &BudgetSpec, ram_limit: u64, gpus: &[GpuFree]) -> Result<Budget> {
     let auto_vram = || -> Result<VramLimits> {
-        let mut map = BTreeMap::new();
+        let mut map = GpuMap::new();
         for gpu in gpus {
             if map
                 .insert(gpu.gpu_index, Limit::Bytes(gpu.memory_free))

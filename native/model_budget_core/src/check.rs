@@ -22,6 +22,39 @@ pub struct Insufficient {
     pub available: u64,
 }
 
+impl Insufficient {
+    /// How many bytes the device is short by (`required - available`).
+    pub fn short_by(&self) -> u64 {
+        self.required.saturating_sub(self.available)
+    }
+}
+
+/// Bytes `p` holds on `device` (`Total`: everywhere, clamped to u64).
+pub fn share(p: &Placement, device: Device) -> u64 {
+    match device {
+        Device::Total => u64::try_from(p.total()).unwrap_or(u64::MAX),
+        Device::Ram => p.ram,
+        Device::Gpu(g) => p.gpu(g),
+    }
+}
+
+/// The limit of `device` under `budget`: a combined budget's pool for any
+/// device, unbounded for an unlimited budget.
+pub fn limit(budget: &Budget, device: Device) -> Limit {
+    match (budget, device) {
+        (Budget::Combined { limit }, _) => Limit::Bytes(*limit),
+        (Budget::PerDevice { ram, .. }, Device::Ram) => *ram,
+        (Budget::PerDevice { vram, .. }, Device::Gpu(g)) => vram.limit(g),
+        _ => Limit::Infinity,
+    }
+}
+
+/// Bytes still free on `device` given `used` (`max(limit - used, 0)`), or
+/// `None` when it is unbounded.
+pub fn available(budget: &Budget, used: &Placement, device: Device) -> Option<u64> {
+    limit(budget, device).available(share(used, device))
+}
+
 /// Checks `placement` against `budget` given `used`. A fit exactly at the
 /// limit is accepted. RAM is checked before GPUs, GPUs in index order.
 pub fn check(budget: &Budget, placement: &Placement, used: &Placement) -> Result<(), Insufficient> {
@@ -216,7 +249,10 @@ mod tests {
             0..1u64 << 40,
             proptest::collection::btree_map(0u32..4, 0..1u64 << 40, 0..4),
         )
-            .prop_map(|(ram, vram)| Placement { ram, vram })
+            .prop_map(|(ram, vram)| Placement {
+                ram,
+                vram: vram.into_iter().collect(),
+            })
     }
 
     fn budget() -> impl Strategy<Value = Budget> {
@@ -230,7 +266,7 @@ mod tests {
                 .prop_map(|(ram, vram): (Limit, BTreeMap<u32, Limit>)| {
                     Budget::PerDevice {
                         ram,
-                        vram: VramLimits::PerGpu(vram),
+                        vram: VramLimits::PerGpu(vram.into_iter().collect()),
                     }
                 }),
         ]
@@ -271,6 +307,20 @@ mod tests {
             Device::Ram => u128::from(used.ram),
             Device::Gpu(g) => u128::from(used.gpu(g)),
         }
+    }
+
+    #[test]
+    fn available_is_what_is_left_or_none_when_unbounded() {
+        let budget = per_device(Limit::Bytes(10), &[(0, Limit::Bytes(5))]);
+        let used = Placement::new(4, &[(0, 7)]);
+        assert_eq!(available(&budget, &used, Device::Ram), Some(6));
+        assert_eq!(available(&budget, &used, Device::Gpu(0)), Some(0));
+        assert_eq!(available(&budget, &used, Device::Gpu(1)), None);
+        let pool = Budget::Combined { limit: 20 };
+        assert_eq!(available(&pool, &used, Device::Total), Some(9));
+        assert_eq!(available(&Budget::Unlimited, &used, Device::Ram), None);
+        let short = check(&budget, &Placement::new(9, &[]), &used).unwrap_err();
+        assert_eq!(short.short_by(), 3);
     }
 
     proptest! {

@@ -9,7 +9,7 @@ use crate::error::{invalid, Result};
 use crate::layout::kv::CacheType;
 use crate::layout::repack::Repack;
 use crate::placement::Placement;
-use crate::split::{apportion, integer_weights};
+use crate::split::{apportion, integer_weights, Weights};
 
 /// The most GPUs a placement may span. CUDA builds of llama.cpp cap devices
 /// at 16; this leaves room while keeping allocations bounded.
@@ -18,8 +18,9 @@ pub const MAX_GPUS: u32 = 1024;
 /// Coarse KV-cache bytes per token when the caller gives none.
 pub const DEFAULT_KV_BYTES_PER_TOKEN: u64 = 2048;
 
-/// Context of the coarse KV estimate when the caller gives none.
-pub const DEFAULT_N_CTX: u64 = 8192;
+/// Context (total tokens, shared by all slots) of the coarse KV estimate
+/// when the caller gives none: 4 slots of 8192.
+pub const DEFAULT_N_CTX: u64 = 32768;
 
 /// Driver context per used GPU (CUDA's context is a few hundred MiB).
 pub const DEFAULT_GPU_OVERHEAD: u64 = 512 << 20;
@@ -61,12 +62,13 @@ pub struct DistributeOptions {
     pub main_gpu: u32,
     /// Whether the KV cache sits on the GPU(s).
     pub offload_kqv: bool,
-    /// Context tokens; `None` means the default (8192 for the byte-count
-    /// path, the model's trained length for a model, as llama-server's
-    /// `-c 0`). On the model path it is llama.cpp's `n_ctx`: the whole
-    /// cache, shared by all slots.
+    /// Context tokens in total, as llama.cpp's `-c`: the slots share them.
+    /// `None` means the default ([`DEFAULT_N_CTX`] for the byte-count path,
+    /// the model's trained length for a model, as llama-server's `-c 0`).
     pub n_ctx: Option<u64>,
-    /// Sequences (llama-server's slots, `--parallel`).
+    /// Slots (llama.cpp's `-np`). They divide `n_ctx`; on the model path
+    /// they also size the output buffer and, with caches apart
+    /// (`kv_unified: false`), sliding-window caches.
     pub n_parallel: u64,
     /// Whether all slots share one KV cache (`--kv-unified`).
     pub kv_unified: bool,
@@ -121,7 +123,7 @@ impl Default for DistributeOptions {
 impl DistributeOptions {
     /// Checks the options against the GPU count; returns the integer weight of
     /// each of the `n_gpus` GPUs for a split.
-    pub fn gpu_weights(&self, n_gpus: u32) -> Result<Vec<u128>> {
+    pub fn gpu_weights(&self, n_gpus: u32) -> Result<Weights> {
         if n_gpus > MAX_GPUS {
             return Err(invalid(
                 "n_gpus",
@@ -169,7 +171,7 @@ impl DistributeOptions {
             }
         }
         let mut weights = if split.is_empty() {
-            vec![1; n_gpus as usize]
+            smallvec::smallvec![1; n_gpus as usize]
         } else {
             integer_weights(split)
         };
@@ -187,18 +189,14 @@ impl DistributeOptions {
             .kv_bytes_per_token
             .unwrap_or(DEFAULT_KV_BYTES_PER_TOKEN);
         let n_ctx = self.n_ctx.unwrap_or(DEFAULT_N_CTX);
-        n_ctx
-            .checked_mul(self.n_parallel)
-            .and_then(|t| t.checked_mul(per_token))
-            .ok_or_else(|| {
-                invalid(
-                    "opts",
-                    format!(
-                        "the KV cache of n_ctx {n_ctx} x n_parallel {} x {per_token} bytes per token exceeds 2^64 bytes",
-                        self.n_parallel
-                    ),
-                )
-            })
+        n_ctx.checked_mul(per_token).ok_or_else(|| {
+            invalid(
+                "opts",
+                format!(
+                    "the KV cache of n_ctx {n_ctx} x {per_token} bytes per token exceeds 2^64 bytes"
+                ),
+            )
+        })
     }
 
     /// The GPUs the split puts bytes on, and their weights.
@@ -257,7 +255,7 @@ mod tests {
 
     #[test]
     fn default_server_mode_adds_the_coarse_kv_estimate_on_the_main_gpu() {
-        // 8192 tokens x 4 slots x 2048 bytes = 64 MiB.
+        // 32768 tokens (4 slots of 8192) x 2048 bytes = 64 MiB.
         let got = distribute(GIB, &opts(), 1).unwrap();
         assert_eq!(got, Placement::new(0, &[(0, GIB + 64 * 1024 * 1024)]));
     }
@@ -275,14 +273,17 @@ mod tests {
     }
 
     #[test]
-    fn kv_bytes_per_token_sizes_the_cache() {
-        let o = DistributeOptions {
-            n_ctx: Some(100),
-            n_parallel: 2,
-            kv_bytes_per_token: Some(10),
-            ..opts()
-        };
-        assert_eq!(distribute(0, &o, 0).unwrap(), Placement::new(2000, &[]));
+    fn kv_bytes_per_token_sizes_the_cache_of_the_total_context() {
+        for n_parallel in [1, 2, 7] {
+            let o = DistributeOptions {
+                n_ctx: Some(100),
+                n_parallel,
+                kv_bytes_per_token: Some(10),
+                ..opts()
+            };
+            // The slots share n_ctx: 100 tokens whatever their number.
+            assert_eq!(distribute(0, &o, 0).unwrap(), Placement::new(1000, &[]));
+        }
     }
 
     #[test]

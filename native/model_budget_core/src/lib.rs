@@ -4,16 +4,21 @@
 //!
 //! Every byte count is a `u64`; sums are checked so that nothing wraps.
 
+pub mod admission;
 pub mod budget;
 pub mod check;
 pub mod constraint;
 pub mod devices;
 pub mod distribute;
 pub mod error;
+pub mod evict;
+pub mod fit;
+pub mod gpu_map;
 pub mod layout;
 pub mod model;
+pub mod options;
 pub mod placement;
-pub mod plan;
+pub mod shape;
 pub mod split;
 pub mod system;
 
@@ -22,5 +27,7 @@ pub use check::{check, Device, Insufficient};
 pub use constraint::{CompileError, Constraint, InvalidExpression};
 pub use distribute::{distribute, DistributeOptions, Mode, SplitMode};
 pub use error::{Error, Result};
+pub use gpu_map::GpuMap;
 pub use model::{Format, Model, PerLayer, TypeStats};
+pub use options::OptionSet;
 pub use placement::Placement;

@@ -3,16 +3,15 @@
 //! A placement is kept canonical: a GPU holding zero bytes is absent, so two
 //! placements that describe the same memory compare equal.
 
-use std::collections::BTreeMap;
-
 use crate::error::{invalid, Result};
+use crate::gpu_map::GpuMap;
 
 /// Bytes in RAM and on each GPU (by CUDA index). Also used as a usage
 /// accumulator: the fold of every resident placement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Placement {
     pub ram: u64,
-    pub vram: BTreeMap<u32, u64>,
+    pub vram: GpuMap<u64>,
 }
 
 impl Placement {
@@ -34,7 +33,7 @@ impl Placement {
     pub fn in_ram(bytes: u64) -> Self {
         Placement {
             ram: bytes,
-            vram: BTreeMap::new(),
+            vram: GpuMap::new(),
         }
     }
 
@@ -59,19 +58,30 @@ impl Placement {
 
     /// Adds `other` into `self` device by device. Fails instead of wrapping.
     pub fn fold(&self, other: &Placement) -> Result<Placement> {
-        let overflow = || {
-            invalid(
+        let mut out = self.clone();
+        out.fold_in(other)?;
+        Ok(out)
+    }
+
+    /// [`Placement::fold`] in place, without copying `self`; on error `self`
+    /// is unchanged.
+    pub fn fold_in(&mut self, other: &Placement) -> Result<()> {
+        let fits = self.ram.checked_add(other.ram).is_some()
+            && other
+                .vram
+                .iter()
+                .all(|(gpu, bytes)| self.gpu(*gpu).checked_add(*bytes).is_some());
+        if !fits {
+            return Err(invalid(
                 "placement",
                 "folding it into the usage would exceed 18446744073709551615 bytes on one device",
-            )
-        };
-        let mut out = self.clone();
-        out.ram = out.ram.checked_add(other.ram).ok_or_else(overflow)?;
-        for (gpu, bytes) in &other.vram {
-            let slot = out.vram.entry(*gpu).or_insert(0);
-            *slot = slot.checked_add(*bytes).ok_or_else(overflow)?;
+            ));
         }
-        Ok(out.canonical())
+        self.ram += other.ram;
+        for (gpu, bytes) in other.vram.iter().filter(|(_, b)| **b > 0) {
+            *self.vram.get_or_insert(*gpu, 0) += *bytes;
+        }
+        Ok(())
     }
 
     /// Takes `other` out of `self`, the inverse of [`Placement::fold`].
@@ -79,26 +89,36 @@ impl Placement {
     /// negative or wrapped number.
     pub fn release(&self, other: &Placement) -> Result<Placement> {
         let mut out = self.clone();
-        out.ram = self.ram.checked_sub(other.ram).ok_or_else(|| {
-            invalid(
+        out.release_from(other)?;
+        Ok(out)
+    }
+
+    /// [`Placement::release`] in place; on error `self` is unchanged.
+    pub fn release_from(&mut self, other: &Placement) -> Result<()> {
+        if other.ram > self.ram {
+            return Err(invalid(
                 "placement",
                 format!(
                     "releases {} bytes of RAM but only {} are held",
                     other.ram, self.ram
                 ),
-            )
-        })?;
-        for (gpu, bytes) in &other.vram {
+            ));
+        }
+        for (gpu, bytes) in other.vram.iter() {
             let held = self.gpu(*gpu);
-            let left = held.checked_sub(*bytes).ok_or_else(|| {
-                invalid(
+            if *bytes > held {
+                return Err(invalid(
                     "placement",
                     format!("releases {bytes} bytes of GPU {gpu} but only {held} are held"),
-                )
-            })?;
-            out.vram.insert(*gpu, left);
+                ));
+            }
         }
-        Ok(out.canonical())
+        self.ram -= other.ram;
+        for (gpu, bytes) in other.vram.iter().filter(|(_, b)| **b > 0) {
+            *self.vram.get_or_insert(*gpu, 0) -= *bytes;
+        }
+        self.vram.retain(|_, b| *b > 0);
+        Ok(())
     }
 }
 
@@ -162,7 +182,13 @@ mod tests {
             0..u64::MAX / 4,
             proptest::collection::btree_map(0u32..8, 0..u64::MAX / 4, 0..4),
         )
-            .prop_map(|(ram, vram)| Placement { ram, vram }.canonical())
+            .prop_map(|(ram, vram)| {
+                Placement {
+                    ram,
+                    vram: vram.into_iter().collect(),
+                }
+                .canonical()
+            })
     }
 
     proptest! {

@@ -1,12 +1,24 @@
-//! Exact integer apportionment of bytes over weighted GPUs.
+//! Exact integer apportionment of bytes over weighted GPUs. Vectors are
+//! inline up to `INLINE_GPUS` GPUs: a placement allocates nothing.
+
+use smallvec::SmallVec;
+
+use crate::gpu_map::INLINE_GPUS;
+
+/// Integer weights, one per GPU.
+pub type Weights = SmallVec<[u128; INLINE_GPUS]>;
+
+/// Bytes per GPU, one per weight.
+pub type Shares = SmallVec<[u64; INLINE_GPUS]>;
 
 /// Turns `:tensor_split` weights (finite, non-negative) into integers with
 /// exactly the same proportions. An f64 is `m * 2^e`, so aligning the
 /// exponents gives exact integers whenever the weights span at most 64 bits
 /// of magnitude (any real split); beyond that the smallest are rounded, and a
 /// positive weight never becomes zero.
-pub fn integer_weights(weights: &[f64]) -> Vec<u128> {
-    let parts: Vec<Option<(u64, i32)>> = weights.iter().map(|w| mantissa_exponent(*w)).collect();
+pub fn integer_weights(weights: &[f64]) -> Weights {
+    let parts: SmallVec<[Option<(u64, i32)>; INLINE_GPUS]> =
+        weights.iter().map(|w| mantissa_exponent(*w)).collect();
     let top = parts
         .iter()
         .flatten()
@@ -14,7 +26,7 @@ pub fn integer_weights(weights: &[f64]) -> Vec<u128> {
         .max();
     let low = parts.iter().flatten().map(|(_, e)| *e).min();
     let (Some(top), Some(low)) = (top, low) else {
-        return vec![0; weights.len()];
+        return smallvec::smallvec![0; weights.len()];
     };
     let base = low.max(top - 64);
     parts
@@ -53,14 +65,15 @@ pub(crate) fn mantissa_exponent(w: f64) -> Option<(u64, i32)> {
 /// is `total * w / sum` rounded down, and the bytes left over go one each to
 /// the largest remainders (ties to the lower index). The shares always sum to
 /// `total` exactly. Returns all zeros when every weight is zero.
-pub fn apportion(total: u64, weights: &[u128]) -> Vec<u64> {
+pub fn apportion(total: u64, weights: &[u128]) -> Shares {
     let sum: u128 = weights.iter().sum();
     if sum == 0 {
-        return vec![0; weights.len()];
+        return smallvec::smallvec![0; weights.len()];
     }
     let total = u128::from(total);
-    let mut shares: Vec<u64> = Vec::with_capacity(weights.len());
-    let mut remainders: Vec<(u128, usize)> = Vec::with_capacity(weights.len());
+    let mut shares = Shares::with_capacity(weights.len());
+    let mut remainders: SmallVec<[(u128, usize); INLINE_GPUS]> =
+        SmallVec::with_capacity(weights.len());
     for (i, &w) in weights.iter().enumerate() {
         // total < 2^64 and w <= 2^64, so the product fits in u128.
         let scaled = total * w;
@@ -70,7 +83,7 @@ pub fn apportion(total: u64, weights: &[u128]) -> Vec<u64> {
     }
     let given: u128 = shares.iter().map(|s| u128::from(*s)).sum();
     let left = (total - given) as usize;
-    remainders.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     for &(_, i) in remainders.iter().take(left) {
         shares[i] += 1;
     }
@@ -84,32 +97,35 @@ mod tests {
 
     #[test]
     fn equal_weights_split_evenly_with_leftovers_to_the_first() {
-        assert_eq!(apportion(10, &[1, 1, 1]), vec![4, 3, 3]);
-        assert_eq!(apportion(9, &[1, 1, 1]), vec![3, 3, 3]);
+        assert_eq!(apportion(10, &[1, 1, 1]).to_vec(), vec![4, 3, 3]);
+        assert_eq!(apportion(9, &[1, 1, 1]).to_vec(), vec![3, 3, 3]);
     }
 
     #[test]
     fn largest_remainder_wins_the_leftover() {
         // 3:1 of 10 is 7.5 and 2.5; the tie goes to GPU 0.
-        assert_eq!(apportion(10, &[3, 1]), vec![8, 2]);
+        assert_eq!(apportion(10, &[3, 1]).to_vec(), vec![8, 2]);
         // 1:2 of 10 is 3.33 and 6.67.
-        assert_eq!(apportion(10, &[1, 2]), vec![3, 7]);
+        assert_eq!(apportion(10, &[1, 2]).to_vec(), vec![3, 7]);
     }
 
     #[test]
     fn zero_weights_get_nothing() {
-        assert_eq!(apportion(u64::MAX, &[0, 1, 0]), vec![0, u64::MAX, 0]);
-        assert_eq!(apportion(5, &[0, 0]), vec![0, 0]);
+        assert_eq!(
+            apportion(u64::MAX, &[0, 1, 0]).to_vec(),
+            vec![0, u64::MAX, 0]
+        );
+        assert_eq!(apportion(5, &[0, 0]).to_vec(), vec![0, 0]);
     }
 
     #[test]
     fn float_weights_keep_their_proportions() {
-        assert_eq!(integer_weights(&[0.75, 0.25, 0.0]), vec![3, 1, 0]);
-        assert_eq!(integer_weights(&[3.0, 1.0]), vec![3, 1]);
-        assert_eq!(integer_weights(&[24.0, 48.0]), vec![3, 6]);
+        assert_eq!(integer_weights(&[0.75, 0.25, 0.0]).to_vec(), vec![3, 1, 0]);
+        assert_eq!(integer_weights(&[3.0, 1.0]).to_vec(), vec![3, 1]);
+        assert_eq!(integer_weights(&[24.0, 48.0]).to_vec(), vec![3, 6]);
         let tenths = integer_weights(&[0.1, 0.2]);
         assert_eq!(tenths[1], 2 * tenths[0]);
-        assert_eq!(integer_weights(&[0.0, 0.0]), vec![0, 0]);
+        assert_eq!(integer_weights(&[0.0, 0.0]).to_vec(), vec![0, 0]);
         // Beyond 64 bits of range the smallest weight rounds, but stays positive.
         assert_eq!(integer_weights(&[1e300, 1e-300])[1], 1);
     }

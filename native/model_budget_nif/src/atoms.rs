@@ -37,4 +37,5 @@ rustler::atoms! {
     model_budget_badarg,
     probe,
     gpus,
+    budget,
 }

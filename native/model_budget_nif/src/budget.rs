@@ -1,25 +1,31 @@
 //! Budget terms: the `:memory_budget` option as written (decoded into a
-//! `BudgetSpec`), and resolved budgets in and out (`budget()`).
-
-use std::collections::BTreeMap;
+//! `BudgetSpec`), and resolved budgets in and out (`budget()`). The derived
+//! codecs in `codec` are the fast path; the decoders here explain bad input.
 
 use model_budget_core::budget::{
     self, Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec,
 };
+use model_budget_core::GpuMap;
 use rustler::types::map::MapIterator;
-use rustler::{Encoder, Env, ListIterator, Term};
+use rustler::{Encoder, Env, ListIterator, NifMap, Term};
+use smallvec::SmallVec;
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
+use crate::codec::{encode_budget, BudgetTerm};
 use crate::decode::{atom, bytes, exact_map, index, is_unbounded, optional};
 
+// The wording predates one-key maps; ModelManager's doctests (issue 14's
+// files) quote it, so it stays until they change together.
 const SPEC: &str = ":infinity, nil, :auto, a positive integer, or a map with :ram and :vram keys";
 const RAM: &str = "a byte count, :infinity, nil or :auto";
 const VRAM: &str =
     ":infinity, nil, :auto, a list of byte counts, or a map of GPU index => byte count or :infinity";
 const BUDGET: &str = "a budget: %{mode: :unlimited}, %{mode: :combined, limit: pos_integer}, or %{mode: :per_device, ram: limit, vram: :infinity | %{gpu_index => limit}}";
 
-/// Decodes the `:memory_budget` option as a user writes it.
+/// Decodes the `:memory_budget` option as a user writes it. A map may give
+/// only `:ram` or only `:vram`; the missing one is `:infinity` (as in
+/// LlamaCppEx, which accepts `%{vram: [...]}`).
 fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
     const ARG: &str = "memory budget";
     if is_unbounded(term) {
@@ -35,18 +41,18 @@ fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
             bad(ARG, SPEC, term)
         };
     }
-    let Some(entries) = MapIterator::new(term) else {
+    let Ok(size) = term.map_size() else {
         return bad(ARG, SPEC, term);
     };
-    for (key, _) in entries {
-        if atom(key) != Some(atoms::ram()) && atom(key) != Some(atoms::vram()) {
-            return bad(ARG, "a map with only :ram and :vram keys", term);
-        }
+    let ram = term.map_get(atoms::ram()).ok();
+    let vram = term.map_get(atoms::vram()).ok();
+    let found = usize::from(ram.is_some()) + usize::from(vram.is_some());
+    if size == 0 || found != size {
+        return bad(ARG, "a map with :ram and/or :vram keys and no others", term);
     }
-    let [ram, vram] = exact_map(term, [atoms::ram(), atoms::vram()], ARG, SPEC)?;
     Ok(BudgetSpec::PerDevice {
-        ram: decode_ram_spec(ram)?,
-        vram: decode_vram_spec(vram)?,
+        ram: ram.map_or(Ok(RamSpec::Infinity), decode_ram_spec)?,
+        vram: vram.map_or(Ok(VramSpec::Infinity), decode_vram_spec)?,
     })
 }
 
@@ -70,7 +76,7 @@ fn decode_vram_spec(term: Term) -> Decoded<VramSpec> {
     if atom(term) == Some(atoms::auto()) {
         return Ok(VramSpec::Auto);
     }
-    let mut map = BTreeMap::new();
+    let mut map = GpuMap::new();
     if let Ok(list) = term.decode::<ListIterator>() {
         for (gpu, limit) in list.enumerate() {
             let Ok(gpu) = u32::try_from(gpu) else {
@@ -108,8 +114,17 @@ fn decode_limit<'a>(
     bad(arg, expected, whole)
 }
 
-/// Decodes a resolved `budget()`, as `check/3` receives it.
+/// Decodes a resolved `budget()`, as `check/3` receives it: the codec, or
+/// on failure the explanation.
 pub fn decode(term: Term) -> Decoded<Budget> {
+    match term.decode::<BudgetTerm>() {
+        Ok(b) => Ok(b.0),
+        Err(_) => explain(term),
+    }
+}
+
+/// Re-reads a budget the codec refused, to say what is wrong with it.
+fn explain(term: Term) -> Decoded<Budget> {
     const ARG: &str = "budget";
     let mode = match term.map_get(atoms::mode()) {
         Ok(mode) => atom(mode),
@@ -141,7 +156,7 @@ pub fn decode(term: Term) -> Decoded<Budget> {
                 let Some(entries) = MapIterator::new(vram) else {
                     return bad(ARG, BUDGET, term);
                 };
-                let mut map = BTreeMap::new();
+                let mut map = GpuMap::new();
                 for (gpu, limit) in entries {
                     let Ok(gpu) = gpu.decode::<u32>() else {
                         return bad(ARG, BUDGET, term);
@@ -156,53 +171,35 @@ pub fn decode(term: Term) -> Decoded<Budget> {
     }
 }
 
-struct LimitTerm(Limit);
-
-impl Encoder for LimitTerm {
-    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        match self.0 {
-            Limit::Bytes(b) => b.encode(env),
-            Limit::Infinity => atoms::infinity().encode(env),
-        }
-    }
+/// A GPU entry; other keys are ignored.
+#[derive(NifMap)]
+struct GpuFreeFields {
+    gpu_index: u32,
+    memory_free: u64,
 }
 
-/// Encoder for a resolved budget.
-pub struct Encoded(pub Budget);
-
-impl Encoder for Encoded {
-    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let pairs: Vec<(Term, Term)> = match &self.0 {
-            Budget::Unlimited => vec![(atoms::mode().encode(env), atoms::unlimited().encode(env))],
-            Budget::Combined { limit } => vec![
-                (atoms::mode().encode(env), atoms::combined().encode(env)),
-                (atoms::limit().encode(env), limit.encode(env)),
-            ],
-            Budget::PerDevice { ram, vram } => {
-                let vram = match vram {
-                    VramLimits::Infinity => atoms::infinity().encode(env),
-                    VramLimits::PerGpu(map) => {
-                        let keys: Vec<Term> = map.keys().map(|k| k.encode(env)).collect();
-                        let values: Vec<Term> =
-                            map.values().map(|v| LimitTerm(*v).encode(env)).collect();
-                        Term::map_from_term_arrays(env, &keys, &values)
-                            .expect("distinct GPU indices make a valid map")
-                    }
-                };
-                vec![
-                    (atoms::mode().encode(env), atoms::per_device().encode(env)),
-                    (atoms::ram().encode(env), LimitTerm(*ram).encode(env)),
-                    (atoms::vram().encode(env), vram),
-                ]
-            }
-        };
-        Term::map_from_pairs(env, &pairs).expect("distinct keys make a valid map")
-    }
-}
+type Gpus = SmallVec<[GpuFree; 8]>;
 
 /// GPU entries as `LlamaCppEx.devices/0` and `ModelBudget.devices/0` give
 /// them: maps with at least `:gpu_index` and `:memory_free`.
-fn decode_gpus(term: Term) -> Decoded<Vec<GpuFree>> {
+fn decode_gpus(term: Term) -> Decoded<Gpus> {
+    let fast = term.decode::<ListIterator>().and_then(|list| {
+        list.map(|gpu| {
+            let GpuFreeFields {
+                gpu_index,
+                memory_free,
+            } = gpu.decode()?;
+            Ok(GpuFree {
+                gpu_index,
+                memory_free,
+            })
+        })
+        .collect::<rustler::NifResult<Gpus>>()
+    });
+    fast.or_else(|_| explain_gpus(term))
+}
+
+fn explain_gpus(term: Term) -> Decoded<Gpus> {
     const ARG: &str = "gpu_devices";
     const EXPECTED: &str = "a list of maps with :gpu_index and :memory_free";
     let Ok(list) = term.decode::<ListIterator>() else {
@@ -243,7 +240,7 @@ fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>
             ram_limit.unwrap_or(0),
             gpus.as_deref().unwrap_or(&[]),
         )?;
-        Ok(Encoded(resolved).encode(env))
+        Ok(encode_budget(env, &resolved))
     })();
     reply(env, result)
 }

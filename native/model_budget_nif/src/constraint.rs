@@ -11,8 +11,8 @@ rustler::atoms! {
     invalid_constraint,
 }
 
-struct Compiled {
-    constraint: Constraint,
+pub(crate) struct Compiled {
+    pub(crate) constraint: Constraint,
     /// Each variable's atom, where one existed at compile time, so that the
     /// usual atom-keyed values map is read without an atom-table lookup.
     atoms: Vec<Option<Atom>>,

@@ -2,87 +2,128 @@
 
 use model_budget_core::layout::kv::CacheType;
 use model_budget_core::layout::repack::Repack;
-use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, Mode, SplitMode};
-use rustler::{Atom, Encoder, Env, ListIterator, Term};
+use model_budget_core::options::near_miss;
+use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, OptionSet};
+use rustler::{Atom, Env, ListIterator, Term};
 
 use crate::atoms;
-use crate::badarg::{bad, reply, Decoded};
+use crate::badarg::{bad, reply, BadArg, Decoded};
+use crate::codec::{encode_placement, CacheTypeTerm, ModeTerm, SplitModeTerm};
 use crate::decode::{atom, bytes, index, optional};
-use crate::placement::Encoded;
 
-/// Reads the known keys of a load-option keyword list; unknown keys are
-/// ignored (callers pass their whole load options), and the first occurrence
-/// of a key wins, as with `Keyword.get/2`.
-pub fn decode_options(term: Term) -> Decoded<DistributeOptions> {
+/// Reads the keys `set` knows of a load-option keyword list. Unknown keys
+/// are ignored (callers pass their whole load options) unless they are a
+/// near miss of an option; keys of the other path are ignored; the first
+/// occurrence of a key wins, as with `Keyword.get/2`.
+pub fn decode_options(term: Term, set: OptionSet) -> Decoded<DistributeOptions> {
     let Ok(list) = term.decode::<ListIterator>() else {
         return bad("opts", "a keyword list", term);
     };
     let mut opts = DistributeOptions::default();
-    let mut seen: Vec<Atom> = Vec::new();
+    // One bit per known key seen, so that later duplicates are skipped.
+    let mut seen = 0u32;
     for item in list {
         let Ok((key, value)) = item.decode::<(Atom, Term)>() else {
             return bad("opts", "a keyword list", term);
         };
-        if seen.contains(&key) {
+        let Some(bit) = KEYS.iter().position(|(k, _)| k() == key) else {
+            reject_near_miss(key, term)?;
+            continue;
+        };
+        let (_, name) = KEYS[bit];
+        if seen & (1 << bit) != 0 || !set.reads(name) {
             continue;
         }
-        seen.push(key);
-        set_option(&mut opts, key, value)?;
+        seen |= 1 << bit;
+        set_option(&mut opts, bit, value)?;
     }
     Ok(opts)
 }
 
-fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> Decoded<'a, ()> {
-    let choice = |choices: &[Atom]| atom(value).filter(|a| choices.contains(a));
-    if key == atoms::mode() {
-        opts.mode = match choice(&[atoms::server(), atoms::direct()]) {
-            Some(a) if a == atoms::server() => Mode::Server,
-            Some(_) => Mode::Direct,
-            None => return bad("option :mode", ":server or :direct", value),
-        };
-    } else if key == atoms::n_gpu_layers() {
-        opts.n_gpu_layers = value
-            .decode::<i64>()
-            .or_else(|_| bad("option :n_gpu_layers", "an integer", value))?;
-    } else if key == atoms::split_mode() {
-        opts.split_mode = match choice(&[atoms::none(), atoms::layer(), atoms::row()]) {
-            Some(a) if a == atoms::none() => SplitMode::None,
-            Some(a) if a == atoms::layer() => SplitMode::Layer,
-            Some(_) => SplitMode::Row,
-            None => return bad("option :split_mode", ":none, :layer or :row", value),
-        };
-    } else if key == atoms::tensor_split() {
-        opts.tensor_split = decode_weights(value)?;
-    } else if key == atoms::main_gpu() {
-        opts.main_gpu = index(value, "option :main_gpu")?;
-    } else if key == atoms::offload_kqv() {
-        opts.offload_kqv = boolean(value, "option :offload_kqv")?;
-    } else if key == atoms::n_ctx() {
-        opts.n_ctx = Some(positive(value, "option :n_ctx")?);
-    } else if key == atoms::n_parallel() {
-        opts.n_parallel = positive(value, "option :n_parallel")?;
-    } else if key == cache_type_k() {
-        opts.cache_type_k = cache_type(value, "option :cache_type_k")?;
-    } else if key == cache_type_v() {
-        opts.cache_type_v = cache_type(value, "option :cache_type_v")?;
-    } else if key == n_ubatch() {
-        opts.n_ubatch = positive(value, "option :n_ubatch")?;
-    } else if key == flash_attn() {
-        opts.flash_attn = boolean(value, "option :flash_attn")?;
-    } else if key == n_batch() {
-        opts.n_batch = positive(value, "option :n_batch")?;
-    } else if key == kv_unified() {
-        opts.kv_unified = boolean(value, "option :kv_unified")?;
-    } else if key == mmap() {
-        opts.mmap = boolean(value, "option :mmap")?;
-    } else if key == repack() {
-        opts.repack = decode_repack(value)?;
-    } else if key == cache_ram() {
-        opts.cache_ram = bytes(value, "option :cache_ram")?;
-    } else if key == gpu_overhead() {
-        opts.gpu_overhead = bytes(value, "option :gpu_overhead")?;
-    } else if key == atoms::kv_bytes_per_token() {
-        opts.kv_bytes_per_token = optional(value, |t| bytes(t, "option :kv_bytes_per_token"))?;
+/// An option's atom (made on first use) and name.
+type Key = (fn() -> Atom, &'static str);
+
+/// The options either path reads, by atom and name; a key's position is
+/// its bit in `decode_options`'s `seen`.
+const KEYS: [Key; 19] = [
+    (atoms::mode, "mode"),
+    (atoms::n_gpu_layers, "n_gpu_layers"),
+    (atoms::split_mode, "split_mode"),
+    (atoms::tensor_split, "tensor_split"),
+    (atoms::main_gpu, "main_gpu"),
+    (atoms::offload_kqv, "offload_kqv"),
+    (atoms::n_ctx, "n_ctx"),
+    (atoms::n_parallel, "n_parallel"),
+    (atoms::kv_bytes_per_token, "kv_bytes_per_token"),
+    (cache_type_k, "cache_type_k"),
+    (cache_type_v, "cache_type_v"),
+    (n_ubatch, "n_ubatch"),
+    (flash_attn, "flash_attn"),
+    (gpu_overhead, "gpu_overhead"),
+    (n_batch, "n_batch"),
+    (kv_unified, "kv_unified"),
+    (mmap, "mmap"),
+    (repack, "repack"),
+    (cache_ram, "cache_ram"),
+];
+
+/// An unknown key one or two edits from an option is refused.
+fn reject_near_miss<'a>(key: Atom, opts: Term<'a>) -> Decoded<'a, ()> {
+    let Ok(name) = key.to_term(opts.get_env()).atom_to_string() else {
+        return Ok(());
+    };
+    match near_miss(&name) {
+        Some(known) => Err(Box::new(BadArg {
+            arg: format!("option :{name}"),
+            message: format!("no such option; did you mean :{known}?"),
+            value: None,
+        })),
+        None => Ok(()),
+    }
+}
+
+fn set_option<'a>(opts: &mut DistributeOptions, bit: usize, value: Term<'a>) -> Decoded<'a, ()> {
+    let boolean = |name: &str| {
+        value
+            .decode::<bool>()
+            .or_else(|_| bad(&format!("option :{name}"), "a boolean", value))
+    };
+    match KEYS[bit].1 {
+        "mode" => {
+            opts.mode = value
+                .decode::<ModeTerm>()
+                .or_else(|_| bad("option :mode", ":server or :direct", value))?
+                .into();
+        }
+        "n_gpu_layers" => {
+            opts.n_gpu_layers = value
+                .decode::<i64>()
+                .or_else(|_| bad("option :n_gpu_layers", "an integer", value))?;
+        }
+        "split_mode" => {
+            opts.split_mode = value
+                .decode::<SplitModeTerm>()
+                .or_else(|_| bad("option :split_mode", ":none, :layer or :row", value))?
+                .into();
+        }
+        "tensor_split" => opts.tensor_split = decode_weights(value)?,
+        "main_gpu" => opts.main_gpu = index(value, "option :main_gpu")?,
+        "offload_kqv" => opts.offload_kqv = boolean("offload_kqv")?,
+        "n_ctx" => opts.n_ctx = Some(positive(value, "option :n_ctx")?),
+        "n_parallel" => opts.n_parallel = positive(value, "option :n_parallel")?,
+        "kv_bytes_per_token" => {
+            opts.kv_bytes_per_token = optional(value, |t| bytes(t, "option :kv_bytes_per_token"))?;
+        }
+        "cache_type_k" => opts.cache_type_k = cache_type(value, "option :cache_type_k")?,
+        "cache_type_v" => opts.cache_type_v = cache_type(value, "option :cache_type_v")?,
+        "n_ubatch" => opts.n_ubatch = positive(value, "option :n_ubatch")?,
+        "flash_attn" => opts.flash_attn = boolean("flash_attn")?,
+        "n_batch" => opts.n_batch = positive(value, "option :n_batch")?,
+        "kv_unified" => opts.kv_unified = boolean("kv_unified")?,
+        "mmap" => opts.mmap = boolean("mmap")?,
+        "repack" => opts.repack = decode_repack(value)?,
+        "cache_ram" => opts.cache_ram = bytes(value, "option :cache_ram")?,
+        _ => opts.gpu_overhead = bytes(value, "option :gpu_overhead")?,
     }
     Ok(())
 }
@@ -91,22 +132,17 @@ rustler::atoms! {
     cache_type_k,
     cache_type_v,
     n_ubatch,
+    flash_attn,
+    gpu_overhead,
     n_batch,
     kv_unified,
     mmap,
     repack,
     cache_ram,
-    flash_attn,
-    gpu_overhead,
     auto,
     x86_avx2,
     x86_avx512,
     arm_dotprod,
-}
-
-fn boolean<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, bool> {
-    term.decode::<bool>()
-        .or_else(|_| bad(arg, "a boolean", term))
 }
 
 /// `:repack`: `:auto` (this machine's CPU), `true` (x86-64 with AVX2, the
@@ -131,14 +167,17 @@ fn decode_repack(term: Term) -> Decoded<Repack> {
 
 /// A KV cache type atom such as `:q8_0`.
 pub fn cache_type<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, CacheType> {
-    let name = atom(term).and_then(|a| a.to_term(term.get_env()).atom_to_string().ok());
-    match name.as_deref().and_then(CacheType::from_name) {
-        Some(t) => Ok(t),
-        None => bad(
-            arg,
-            ":f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1 or :iq4_nl",
-            term,
-        ),
+    match term.decode::<CacheTypeTerm>() {
+        Ok(t) => Ok(t.into()),
+        Err(_) => {
+            // The names come from the core's one table of cache types.
+            let names: Vec<String> = CacheType::ALL
+                .iter()
+                .map(|t| format!(":{}", t.name()))
+                .collect();
+            let (last, rest) = names.split_last().expect("cache types exist");
+            bad(arg, &format!("{} or {last}", rest.join(", ")), term)
+        }
     }
 }
 
@@ -186,9 +225,10 @@ fn distribute<'a>(
 ) -> Term<'a> {
     let result = (|| {
         let file_bytes = bytes(file_bytes, "file_bytes")?;
-        let opts = decode_options(opts)?;
+        let opts = decode_options(opts, OptionSet::Bytes)?;
         let n_gpus = gpu_count(n_gpus)?;
-        Ok(Encoded(model_budget_core::distribute(file_bytes, &opts, n_gpus)?).encode(env))
+        let placement = model_budget_core::distribute(file_bytes, &opts, n_gpus)?;
+        Ok(encode_placement(env, &placement))
     })();
     reply(env, result)
 }

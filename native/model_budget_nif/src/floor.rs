@@ -1,6 +1,117 @@
-//! An empty NIF: the floor that benchmarks compare every call against.
+//! The floors that benchmarks compare every call against: an empty NIF, and
+//! NIFs that only read their argument terms through rustler (every map
+//! entry, list element, integer and atom, with the primitives the codecs
+//! use) and return `:ok`, with no validation, no arithmetic and no result
+//! term.
+
+use rustler::types::tuple::get_tuple;
+use rustler::{Atom, ListIterator, Term, TermType};
+
+use crate::{atoms, raw};
 
 #[rustler::nif]
-fn noop() -> rustler::Atom {
-    crate::atoms::ok()
+fn noop() -> Atom {
+    atoms::ok()
+}
+
+/// Reads every leaf of `term`; the result only
+/// feeds `black_box`, so that the reads cannot be optimised away.
+fn read(term: Term) -> u64 {
+    match term.get_type() {
+        TermType::Integer => term.decode::<u64>().unwrap_or(1),
+        TermType::Atom => u64::from(term.decode::<Atom>().is_ok()),
+        TermType::Float => term.decode::<f64>().map(|f| f as u64).unwrap_or(0),
+        TermType::Map => {
+            let mut acc = 0u64;
+            raw::for_each(term, |k, v| {
+                acc = acc.wrapping_add(read(k) ^ read(v));
+                Ok::<(), ()>(())
+            });
+            acc
+        }
+        TermType::List => term
+            .decode::<ListIterator>()
+            .map(|items| items.fold(0u64, |acc, t| acc.wrapping_add(read(t))))
+            .unwrap_or(0),
+        TermType::Tuple => get_tuple(term)
+            .map(|items| {
+                items
+                    .into_iter()
+                    .fold(0u64, |acc, t| acc.wrapping_add(read(t)))
+            })
+            .unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// A placement read with the codec's primitives: two lookups and the GPU map.
+fn read_placement(term: Term) -> u64 {
+    let ram = term
+        .map_get(atoms::ram())
+        .map_or(0, |t| t.decode::<u64>().unwrap_or(0));
+    ram.wrapping_add(term.map_get(atoms::vram()).map_or(0, read_gpu_map))
+}
+
+/// A GPU map of byte counts or limits.
+fn read_gpu_map(term: Term) -> u64 {
+    let mut acc = 0u64;
+    raw::for_each(term, |k, v| {
+        let v = v.decode::<u64>().unwrap_or(0);
+        acc = acc.wrapping_add(u64::from(k.decode::<u32>().unwrap_or(0)) ^ v);
+        Ok::<(), ()>(())
+    });
+    acc
+}
+
+/// `check/3`'s arguments: the budget's keys by lookup, two placements.
+#[rustler::nif]
+fn floor_check(budget: Term, placement: Term, used: Term) -> Atom {
+    let mode = budget.map_get(atoms::mode()).map(read).unwrap_or(0);
+    let limits = [atoms::limit(), atoms::ram()]
+        .into_iter()
+        .filter_map(|key| budget.map_get(key).ok())
+        .fold(mode, |acc, t| acc.wrapping_add(read(t)));
+    let vram = budget.map_get(atoms::vram()).map_or(0, read_gpu_map);
+    std::hint::black_box(
+        limits
+            .wrapping_add(vram)
+            .wrapping_add(read_placement(placement))
+            .wrapping_add(read_placement(used)),
+    );
+    atoms::ok()
+}
+
+/// `fold/2` and `release/2`'s arguments: two placements.
+#[rustler::nif]
+fn floor_usage(used: Term, placement: Term) -> Atom {
+    std::hint::black_box(read_placement(used).wrapping_add(read_placement(placement)));
+    atoms::ok()
+}
+
+/// `distribute/3`'s arguments: a byte count, each option's key and value,
+/// a count.
+#[rustler::nif]
+fn floor_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
+    let opts = opts.decode::<ListIterator>().map_or(0, |items| {
+        items.fold(0u64, |acc, item| {
+            let value = item.decode::<(Atom, Term)>().map_or(0, |(_, v)| read(v));
+            acc.wrapping_add(value)
+        })
+    });
+    std::hint::black_box(read(bytes).wrapping_add(opts).wrapping_add(read(n_gpus)));
+    atoms::ok()
+}
+
+/// `resolve`'s arguments: the spec, each GPU's two keys by lookup, a count.
+#[rustler::nif]
+fn floor_resolve(spec: Term, gpus: Term, ram_limit: Term) -> Atom {
+    let gpus = gpus.decode::<ListIterator>().map_or(0, |items| {
+        items.fold(0u64, |acc, gpu| {
+            let index = gpu.map_get(atoms::gpu_index()).map_or(0, read);
+            let free = gpu.map_get(atoms::memory_free()).map_or(0, read);
+            acc.wrapping_add(index ^ free)
+        })
+    });
+    std::hint::black_box(read(spec).wrapping_add(gpus).wrapping_add(read(ram_limit)));
+    atoms::ok()
 }

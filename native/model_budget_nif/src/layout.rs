@@ -10,6 +10,7 @@ use crate::badarg::{bad, reply, Decoded};
 use crate::decode::{bytes, optional};
 use crate::distribute::{decode_options, gpu_count, positive};
 use crate::placement::Encoded;
+use model_budget_core::OptionSet;
 
 rustler::atoms! {
     embedding_bytes,
@@ -201,7 +202,7 @@ pub fn placement_args<'a>(
 ) -> Decoded<'a, (ModelShape, model_budget_core::DistributeOptions, u32)> {
     Ok((
         decode_model(model)?,
-        decode_options(opts)?,
+        decode_options(opts, OptionSet::Model)?,
         gpu_count(n_gpus)?,
     ))
 }
@@ -269,7 +270,7 @@ fn estimate<'a>(env: Env<'a>, total_mib: Term<'a>, params: Term<'a>, bits: Term<
 
 /// `model_or_dims`: a model, or `[n_layers:, n_head_kv:, head_dim:]`.
 fn kv_shape<'a>(model_or_dims: Term<'a>, opts_term: Term<'a>) -> Decoded<'a, kv::KvShape> {
-    let opts = decode_options(opts_term)?;
+    let opts = decode_options(opts_term, OptionSet::Model)?;
     if model_or_dims.decode::<ListIterator>().is_ok() {
         let dims: Vec<(rustler::Atom, Term)> = model_or_dims.decode().or_else(|_| {
             bad(

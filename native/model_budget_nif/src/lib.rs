@@ -1,20 +1,25 @@
 //! The Erlang NIF boundary of ModelBudget: decode terms, call the core,
 //! encode results. No budgeting logic lives here.
 
+mod admission;
 mod atoms;
 mod badarg;
 mod budget;
 mod check;
+mod codec;
 mod constraint;
 mod decode;
 mod devices;
 mod distribute;
+mod echo;
+mod evict;
+mod fit;
 mod floor;
 mod json;
 mod layout;
 mod model;
 mod placement;
-mod plan;
+mod raw;
 mod system;
 
 rustler::init!("Elixir.ModelBudget.Native");

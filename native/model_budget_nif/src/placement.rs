@@ -1,17 +1,28 @@
-//! `placement()` terms: `%{ram: bytes, vram: %{gpu_index => bytes}}`.
+//! `placement()` terms: `%{ram: bytes, vram: %{gpu_index => bytes}}`, and
+//! the usage arithmetic over them. The codec in `codec` is the fast path;
+//! `explain` says what is wrong with a term it refused.
 
 use model_budget_core::Placement;
+use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
-use rustler::types::map::MapIterator;
-
 use crate::badarg::{bad, reply, Decoded};
+use crate::codec::{encode_placement, read_placement};
 use crate::decode::{bytes, exact_map, index};
 
 const EXPECTED: &str = "a map %{ram: bytes, vram: %{gpu_index => bytes}}";
 
+/// A placement argument named `arg`: the codec, or on failure the explanation.
 pub fn decode<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Placement> {
+    let mut placement = Placement::empty();
+    match read_placement(term, &mut placement) {
+        Ok(()) => Ok(placement),
+        Err(_) => explain(term, arg),
+    }
+}
+
+fn explain<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Placement> {
     let [ram, vram] = exact_map(term, [atoms::ram(), atoms::vram()], arg, EXPECTED)?;
     // The whole placement is shown on error: a bad byte count reads best in context.
     let Ok(ram) = bytes(ram, arg) else {
@@ -35,44 +46,43 @@ pub struct Encoded(pub Placement);
 
 impl Encoder for Encoded {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let keys: Vec<Term> = self.0.vram.keys().map(|k| k.encode(env)).collect();
-        let values: Vec<Term> = self.0.vram.values().map(|v| v.encode(env)).collect();
-        let vram = Term::map_from_term_arrays(env, &keys, &values)
-            .expect("distinct GPU indices make a valid map");
-        Term::map_from_term_arrays(
-            env,
-            &[atoms::ram().encode(env), atoms::vram().encode(env)],
-            &[self.0.ram.encode(env), vram],
-        )
-        .expect("two distinct keys make a valid map")
+        encode_placement(env, &self.0)
     }
 }
 
 #[rustler::nif]
 fn empty_usage(env: Env) -> Term {
-    Encoded(Placement::empty()).encode(env)
+    encode_placement(env, &Placement::empty())
+}
+
+/// Applies `op` to the decoded usage in place; the slow decoders only run
+/// when the codec refused an argument.
+fn usage_op<'a>(
+    env: Env<'a>,
+    used: Term<'a>,
+    placement: Term<'a>,
+    op: fn(&mut Placement, &Placement) -> model_budget_core::Result<()>,
+) -> Term<'a> {
+    let (mut usage, mut added) = (Placement::empty(), Placement::empty());
+    let result = (|| {
+        let fast =
+            read_placement(used, &mut usage).and_then(|_| read_placement(placement, &mut added));
+        if fast.is_err() {
+            usage = decode(used, "used")?;
+            added = decode(placement, "placement")?;
+        }
+        op(&mut usage, &added)?;
+        Ok(encode_placement(env, &usage))
+    })();
+    reply(env, result)
 }
 
 #[rustler::nif]
 fn fold<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
-    reply(
-        env,
-        (|| {
-            let used = decode(used, "used")?;
-            let placement = decode(placement, "placement")?;
-            Ok(Encoded(used.fold(&placement)?))
-        })(),
-    )
+    usage_op(env, used, placement, Placement::fold_in)
 }
 
 #[rustler::nif]
 fn release<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
-    reply(
-        env,
-        (|| {
-            let used = decode(used, "used")?;
-            let placement = decode(placement, "placement")?;
-            Ok(Encoded(used.release(&placement)?))
-        })(),
-    )
+    usage_op(env, used, placement, Placement::release_from)
 }

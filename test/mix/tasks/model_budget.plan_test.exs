@@ -359,6 +359,29 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       assert {1, _, _} = plan(args ++ ["--n-gpu-layers", "#{k + 1}"])
     end
 
+    test "--ctx beyond the trained context warns, and the suggested context stays within it",
+         %{gguf: gguf} do
+      # A RAM budget that holds the tiny model (trained on 4096) at 6000 tokens.
+      {0, report} = json([gguf.path, "--budget", "unlimited", "--ctx", "6000", "--no-kv-offload"])
+      [%{"devices" => devices}] = report["models"]
+      ram = Enum.find(devices, &(&1["device"] == "ram"))["total"]
+      args = [gguf.path, "--budget", "ram=#{ram},vram=none", "--ctx", "8192"]
+
+      {1, out, ""} = plan(args)
+      assert out =~ "Warning: --ctx 8192 is beyond the 4096 tokens the model was trained on"
+      {1, report} = json(args)
+      [model] = report["models"]
+      assert model["suggestions"]["n_ctx"] == 4096
+      assert model["longest_context"] == 4096
+
+      assert model["warnings"] == [
+               %{"warning" => "n_ctx_beyond_trained", "n_ctx" => 8192, "trained_context" => 4096}
+             ]
+
+      {0, out, ""} = plan([gguf.path, "--budget", "unlimited", "--ctx", "4096"])
+      refute out =~ "Warning"
+    end
+
     test "none when even the weights do not fit" do
       {1, out, ""} = plan(["llama-3.1-70b", "--budget", "ram=8GiB,vram=none"])
       assert out =~ "no context fits"
@@ -438,6 +461,17 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       {0, report} = json(["llama-3.1-8b", "--budget", "unlimited", "--cache-ram", "1024"])
       assert report["options"] == %{"cache_ram" => 2 ** 30}
       assert hd(hd(report["models"])["devices"])["prompt_cache"] == 2 ** 30
+    end
+  end
+
+  describe "--help" do
+    test "prints the usage, as mix help model_budget.plan does" do
+      for flag <- ["--help", "-h"] do
+        {0, out, ""} = plan(["llama-3.1-8b", flag])
+        assert out =~ "mix model_budget.plan [PATH | NAME ...] [options]"
+        assert out =~ "--n-gpu-layers N"
+        refute out =~ "FITS"
+      end
     end
   end
 

@@ -70,15 +70,37 @@ defmodule ModelBudget.Plan.ArgsTest do
     end
   end
 
-  describe "cli_message/1" do
-    test "names switches instead of options" do
-      assert Args.cli_message(
-               "invalid option :n_ctx: expected a positive integer below 2^64, got: 0"
-             ) ==
-               "invalid --ctx: expected a positive integer below 2^64, got: 0"
+  describe "switch_names/0" do
+    test "errors from a plan name the switch instead of the option" do
+      names = Args.switch_names()
 
-      assert Args.cli_message("invalid memory budget: x") == "invalid --budget: x"
-      assert Args.cli_message("invalid model: y") == "invalid model: y"
+      run = fn load ->
+        ModelBudget.Native.Errors.with_names(names, fn ->
+          ModelBudget.Plan.run(models: ["llama-3.1-8b"], load: load, machine: machine())
+        end)
+      end
+
+      assert {:error, "invalid --ctx: expected a positive integer below 2^64, got: 0"} =
+               run.(n_ctx: 0)
+
+      assert {:error, "invalid --main-gpu: must be below the GPU count 1, got: 3"} =
+               run.(main_gpu: 3)
+
+      # Outside, the same error names the option.
+      assert {:error, "invalid option :n_ctx: " <> _} =
+               ModelBudget.Plan.run(
+                 models: ["llama-3.1-8b"],
+                 load: [n_ctx: 0],
+                 machine: machine()
+               )
     end
+  end
+
+  defp machine do
+    %{
+      memory: %{total: 2 ** 36, available: 2 ** 36, limit: 2 ** 36},
+      gpus: [%{gpu_index: 0, memory_free: 2 ** 34}],
+      gpu_status: {:ok, "test", 1}
+    }
   end
 end

@@ -2,6 +2,7 @@
 //! fits a byte budget.
 
 use crate::error::{invalid, Result};
+use crate::model::ggml_type::{self, GgmlType};
 
 /// Element types llama.cpp accepts for `--cache-type-k/-v`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,19 +36,25 @@ impl CacheType {
         Self::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// (elements per block, bytes per block), from ggml's type traits.
-    pub fn block(self) -> (u64, u64) {
+    /// The ggml type the cache stores, from the one GGML type table.
+    pub fn ggml_type(self) -> GgmlType {
         match self {
-            CacheType::F32 => (1, 4),
-            CacheType::F16 | CacheType::Bf16 => (1, 2),
-            // 32 quants plus an f16 scale (and an f16 min for the _1 types;
-            // 32 high bits for the q5 types).
-            CacheType::Q8_0 => (32, 34),
-            CacheType::Q4_0 | CacheType::Iq4Nl => (32, 18),
-            CacheType::Q4_1 => (32, 20),
-            CacheType::Q5_0 => (32, 22),
-            CacheType::Q5_1 => (32, 24),
+            CacheType::F32 => const { ggml_type::by_id(0) },
+            CacheType::F16 => const { ggml_type::by_id(1) },
+            CacheType::Bf16 => const { ggml_type::by_id(30) },
+            CacheType::Q8_0 => const { ggml_type::by_id(8) },
+            CacheType::Q4_0 => const { ggml_type::by_id(2) },
+            CacheType::Q4_1 => const { ggml_type::by_id(3) },
+            CacheType::Q5_0 => const { ggml_type::by_id(6) },
+            CacheType::Q5_1 => const { ggml_type::by_id(7) },
+            CacheType::Iq4Nl => const { ggml_type::by_id(20) },
         }
+    }
+
+    /// (elements per block, bytes per block), from the GGML type table.
+    pub fn block(self) -> (u64, u64) {
+        let t = self.ggml_type();
+        (t.block_size, t.type_size)
     }
 
     /// Bytes of a row of `elements`, rounding a partial block up (llama.cpp

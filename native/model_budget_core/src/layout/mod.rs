@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use crate::distribute::{DistributeOptions, Mode, SplitMode, MAX_GPUS};
 use crate::error::{invalid, Result};
-use crate::model::{MatrixBytes, Model, PerLayer};
+use crate::model::MatrixBytes;
 use crate::placement::Placement;
 use assign::Home;
 use kv::{Cells, KvLayer, KvShape};
@@ -62,67 +62,6 @@ pub struct ModelShape {
     pub sliding_window: Option<u64>,
     /// Which layers use the sliding window (empty: none).
     pub swa_layers: Vec<bool>,
-}
-
-fn narrow(value: Option<u64>, name: &str) -> Result<u32> {
-    let v = value.ok_or_else(|| {
-        invalid(
-            "model",
-            format!("expected a model whose {name} is known (the header did not say)"),
-        )
-    })?;
-    u32::try_from(v).map_err(|_| invalid("model", format!("{name} {v} exceeds 2^32")))
-}
-
-fn per_layer(count: &Option<PerLayer>, name: &str, n: usize) -> Result<Vec<u32>> {
-    if let Some(PerLayer::Layers(list)) = count {
-        if list.len() != n {
-            return Err(invalid(
-                "model",
-                format!("{name} lists {} layers but the model has {n}", list.len()),
-            ));
-        }
-    }
-    (0..n)
-        .map(|il| narrow(count.as_ref().and_then(|c| c.layer(il)), name))
-        .collect()
-}
-
-impl TryFrom<&Model> for ModelShape {
-    type Error = crate::Error;
-
-    /// The placement view of a model read from its header. Tensors outside
-    /// the blocks, the embeddings and the head (rope tables and the like)
-    /// stay on the host with the embeddings.
-    fn try_from(m: &Model) -> Result<ModelShape> {
-        let n = m.layer_bytes.len();
-        let shape = ModelShape {
-            layer_bytes: m.layer_bytes.clone(),
-            input_bytes: m.input_bytes.saturating_add(m.other_bytes),
-            output_bytes: m.output_bytes,
-            embedding_bytes: m.embedding_bytes,
-            tied_embeddings: m.tied_embeddings,
-            layer_matrices: m.layer_matrices.clone(),
-            head_matrices: m.head_matrices.clone(),
-            n_head: per_layer(&m.n_head, "n_head", n)?
-                .into_iter()
-                .max()
-                .unwrap_or(0),
-            n_head_kv: per_layer(&m.n_head_kv, "n_head_kv", n)?,
-            head_dim_k: narrow(m.head_dim_k, "head_dim_k")?,
-            head_dim_v: narrow(m.head_dim_v, "head_dim_v")?,
-            n_embd: narrow(m.n_embd, "n_embd")?,
-            n_vocab: narrow(m.n_vocab, "n_vocab")?,
-            n_ff: m.n_ff.unwrap_or(0),
-            n_ff_exp: m.n_ff_exp.unwrap_or(0),
-            n_expert_used: m.n_experts_used.unwrap_or(0),
-            context_length: m.context_length.unwrap_or(0),
-            sliding_window: m.sliding_window,
-            swa_layers: m.sliding_window_layers.clone(),
-        };
-        shape.validate()?;
-        Ok(shape)
-    }
 }
 
 impl ModelShape {

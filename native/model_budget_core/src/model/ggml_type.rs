@@ -78,6 +78,18 @@ const REMOVED: &[(u32, &str)] = &[
     (38, "IQ4_NL_8_8"),
 ];
 
+/// The type with this id, at compile time (a missing id fails the build).
+pub const fn by_id(id: u32) -> GgmlType {
+    let mut i = 0;
+    while i < TYPES.len() {
+        if TYPES[i].id == id {
+            return TYPES[i];
+        }
+        i += 1;
+    }
+    panic!("no ggml type with this id")
+}
+
 impl GgmlType {
     /// The type with this id, or why there is none.
     pub fn from_id(id: u32) -> Result<GgmlType, String> {

@@ -1,4 +1,4 @@
-//! What `mix model_budget.plan` asks of each model: which devices are short
+//! The fit search: what `mix model_budget.plan` asks of each model: which devices are short
 //! and by how much, the longest context that fits, and the changes to the
 //! load options that would make it fit. Every answer is found by placing the
 //! model again and checking it, never by a rule of thumb.
@@ -61,9 +61,10 @@ pub struct Search {
     pub short: Vec<Insufficient>,
     /// The context the requested options size the KV cache for.
     pub n_ctx: u64,
-    /// The largest context up to the longer of the trained one and `n_ctx`
-    /// that fits with the other options unchanged; `None` when not even one
-    /// token does.
+    /// The largest context up to the trained one (`n_ctx` when the model
+    /// does not say) that fits with the other options unchanged, so that a
+    /// suggestion never goes beyond what the model was trained for; `None`
+    /// when not even one token does.
     pub longest_context: Option<u64>,
     /// When the model does not fit and there are GPUs: the largest
     /// `n_gpu_layers` in `0..=n_layers + 1` that fits (`n_layers + 1` also
@@ -84,7 +85,11 @@ pub fn search(model: &ModelShape, opts: &DistributeOptions, target: Target) -> R
     let short = shortfalls(target.budget, &placement, target.used);
     let n_ctx = opts.n_ctx.unwrap_or_else(|| model.default_context());
     let fits = short.is_empty();
-    let upper = n_ctx.max(model.context_length);
+    let upper = if model.context_length > 0 {
+        model.context_length
+    } else {
+        n_ctx
+    };
     let longest_context = if fits && upper == n_ctx {
         Some(n_ctx)
     } else {
@@ -455,7 +460,7 @@ mod tests {
             let with_ctx = |n| DistributeOptions { n_ctx: Some(n), ..o.clone() };
             let at_n_ctx = with_ctx(s.n_ctx);
             prop_assert_eq!(s.short.is_empty(), target.fits(&m, &at_n_ctx).unwrap());
-            let upper = s.n_ctx.max(m.context_length);
+            let upper = if m.context_length > 0 { m.context_length } else { s.n_ctx };
             match s.longest_context {
                 Some(n) => {
                     prop_assert!(target.fits(&m, &with_ctx(n)).unwrap());

@@ -3,50 +3,38 @@
 //! written with units.
 
 use model_budget_core::constraint;
-use model_budget_core::layout::kv::CacheType;
-use model_budget_core::plan::{search, Search, Target};
-use rustler::{Atom, Encoder, Env, Term};
+use model_budget_core::fit::{search, Search, Target};
+use rustler::{Encoder, Env, Term};
 
 use crate::badarg::{bad, reply};
-use crate::check::Details;
+use crate::codec::{CacheTypeTerm, DeviceTerm};
 use crate::layout::placement_args;
 use crate::{atoms, budget, placement};
 
 rustler::atoms! {
-    f32,
-    f16,
-    bf16,
-    q8_0,
-    q4_0,
-    q4_1,
-    q5_0,
-    q5_1,
-    iq4_nl,
     short,
+    short_by,
     longest_context,
     cache_type,
 }
 
-/// The atom `distribute/3` takes for a cache type.
-fn cache_type_atom(t: CacheType) -> Atom {
-    match t {
-        CacheType::F32 => f32(),
-        CacheType::F16 => f16(),
-        CacheType::Bf16 => bf16(),
-        CacheType::Q8_0 => q8_0(),
-        CacheType::Q4_0 => q4_0(),
-        CacheType::Q4_1 => q4_1(),
-        CacheType::Q5_0 => q5_0(),
-        CacheType::Q5_1 => q5_1(),
-        CacheType::Iq4Nl => iq4_nl(),
-    }
-}
-
-/// `ModelBudget.Plan.search/3`'s answer: a map with `:short` (a list of
-/// `[device:, required:, available:]`), `:n_ctx`, `:longest_context`,
+/// `ModelBudget.Plan.fit_search/3`'s answer: a map with `:short` (a list of
+/// `[device:, required:, available:, short_by:]`), `:n_ctx`, `:longest_context`,
 /// `:n_gpu_layers` and `:cache_type` (the last three `nil` when absent).
 fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
-    let short_list: Vec<Details> = s.short.into_iter().map(Details).collect();
+    let short_list: Vec<Term> = s
+        .short
+        .into_iter()
+        .map(|i| {
+            [
+                (atoms::device(), DeviceTerm::from(i.device).encode(env)),
+                (atoms::required(), i.required.encode(env)),
+                (atoms::available(), i.available.encode(env)),
+                (short_by(), i.short_by().encode(env)),
+            ]
+            .encode(env)
+        })
+        .collect();
     let pairs = [
         (short().encode(env), short_list.encode(env)),
         (atoms::n_ctx().encode(env), s.n_ctx.encode(env)),
@@ -57,7 +45,7 @@ fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
         ),
         (
             cache_type().encode(env),
-            s.cache_type.map(cache_type_atom).encode(env),
+            s.cache_type.map(CacheTypeTerm::from).encode(env),
         ),
     ];
     let (keys, values): (Vec<Term>, Vec<Term>) = pairs.into_iter().unzip();
@@ -68,7 +56,7 @@ fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
 /// A search places the model up to a few thousand times: a dirty CPU
 /// scheduler keeps that off the normal schedulers.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn plan_search<'a>(
+fn fit_search<'a>(
     env: Env<'a>,
     model: Term<'a>,
     opts: Term<'a>,

@@ -1,0 +1,452 @@
+//! Derived and hand-written codecs between terms and the core's types: the
+//! fast path of every budget call. They decode straight into the core's
+//! types (GPU maps inline, no intermediate collections) and build results
+//! from stack arrays.
+//!
+//! A codec only answers "this term is well-formed" or not; when one fails,
+//! the NIF re-reads its arguments with the slow decoders (`budget`,
+//! `placement`, `options`), which say which argument was wrong and how.
+//! So every term a codec accepts, the slow decoder accepts with the same
+//! meaning; `test/model_budget/native_codec_test.exs` round-trips each.
+
+use model_budget_core::budget::{Budget, Limit, VramLimits};
+use model_budget_core::gpu_map::INLINE_GPUS;
+use model_budget_core::layout::kv::CacheType;
+use model_budget_core::{Device, GpuMap, Insufficient, Mode, Placement, SplitMode};
+use rustler::sys::ErlNifTerm;
+use rustler::{
+    Atom, Decoder, Encoder, Env, Error, NifMap, NifResult, NifTaggedEnum, NifUnitEnum, Term,
+};
+use smallvec::SmallVec;
+
+use crate::atoms;
+use crate::raw::{self, raw};
+
+/// `:server | :direct`.
+#[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeTerm {
+    Server,
+    Direct,
+}
+
+impl From<ModeTerm> for Mode {
+    fn from(m: ModeTerm) -> Self {
+        match m {
+            ModeTerm::Server => Mode::Server,
+            ModeTerm::Direct => Mode::Direct,
+        }
+    }
+}
+
+/// `:none | :layer | :row`.
+#[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SplitModeTerm {
+    None,
+    Layer,
+    Row,
+}
+
+impl From<SplitModeTerm> for SplitMode {
+    fn from(m: SplitModeTerm) -> Self {
+        match m {
+            SplitModeTerm::None => SplitMode::None,
+            SplitModeTerm::Layer => SplitMode::Layer,
+            SplitModeTerm::Row => SplitMode::Row,
+        }
+    }
+}
+
+/// A KV cache type atom: the one table of names, mapped both ways.
+#[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheTypeTerm {
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Iq4Nl,
+}
+
+impl From<CacheTypeTerm> for CacheType {
+    fn from(t: CacheTypeTerm) -> Self {
+        match t {
+            CacheTypeTerm::F32 => CacheType::F32,
+            CacheTypeTerm::F16 => CacheType::F16,
+            CacheTypeTerm::Bf16 => CacheType::Bf16,
+            CacheTypeTerm::Q8_0 => CacheType::Q8_0,
+            CacheTypeTerm::Q4_0 => CacheType::Q4_0,
+            CacheTypeTerm::Q4_1 => CacheType::Q4_1,
+            CacheTypeTerm::Q5_0 => CacheType::Q5_0,
+            CacheTypeTerm::Q5_1 => CacheType::Q5_1,
+            CacheTypeTerm::Iq4Nl => CacheType::Iq4Nl,
+        }
+    }
+}
+
+impl From<CacheType> for CacheTypeTerm {
+    fn from(t: CacheType) -> Self {
+        match t {
+            CacheType::F32 => CacheTypeTerm::F32,
+            CacheType::F16 => CacheTypeTerm::F16,
+            CacheType::Bf16 => CacheTypeTerm::Bf16,
+            CacheType::Q8_0 => CacheTypeTerm::Q8_0,
+            CacheType::Q4_0 => CacheTypeTerm::Q4_0,
+            CacheType::Q4_1 => CacheTypeTerm::Q4_1,
+            CacheType::Q5_0 => CacheTypeTerm::Q5_0,
+            CacheType::Q5_1 => CacheTypeTerm::Q5_1,
+            CacheType::Iq4Nl => CacheTypeTerm::Iq4Nl,
+        }
+    }
+}
+
+/// `:total | :ram | {:gpu, index}`.
+#[derive(NifTaggedEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceTerm {
+    Total,
+    Ram,
+    Gpu(u32),
+}
+
+impl From<Device> for DeviceTerm {
+    fn from(d: Device) -> Self {
+        match d {
+            Device::Total => DeviceTerm::Total,
+            Device::Ram => DeviceTerm::Ram,
+            Device::Gpu(i) => DeviceTerm::Gpu(i),
+        }
+    }
+}
+
+impl From<DeviceTerm> for Device {
+    fn from(d: DeviceTerm) -> Self {
+        match d {
+            DeviceTerm::Total => Device::Total,
+            DeviceTerm::Ram => Device::Ram,
+            DeviceTerm::Gpu(i) => Device::Gpu(i),
+        }
+    }
+}
+
+/// A byte count or `:infinity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitTerm(pub Limit);
+
+impl<'a> Decoder<'a> for LimitTerm {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        if let Ok(bytes) = term.decode::<u64>() {
+            return Ok(LimitTerm(Limit::Bytes(bytes)));
+        }
+        if term.decode::<Atom>()? == atoms::infinity() {
+            return Ok(LimitTerm(Limit::Infinity));
+        }
+        Err(Error::BadArg)
+    }
+}
+
+impl Encoder for LimitTerm {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self.0 {
+            Limit::Bytes(b) => b.encode(env),
+            Limit::Infinity => atoms::infinity().encode(env),
+        }
+    }
+}
+
+/// A value a GPU map holds, converted to and from its term.
+pub trait GpuValue: Sized + Copy + 'static {
+    fn decode_value(term: Term) -> NifResult<Self>;
+    fn encode_value<'a>(&self, env: Env<'a>) -> Term<'a>;
+}
+
+impl GpuValue for u64 {
+    fn decode_value(term: Term) -> NifResult<Self> {
+        term.decode()
+    }
+    fn encode_value<'a>(&self, env: Env<'a>) -> Term<'a> {
+        self.encode(env)
+    }
+}
+
+impl GpuValue for Limit {
+    fn decode_value(term: Term) -> NifResult<Self> {
+        Ok(term.decode::<LimitTerm>()?.0)
+    }
+    fn encode_value<'a>(&self, env: Env<'a>) -> Term<'a> {
+        LimitTerm(*self).encode(env)
+    }
+}
+
+/// `%{gpu_index => value}`, decoded into the core's inline `GpuMap`. Small
+/// maps iterate in key order, so each entry is an append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuMapTerm<V>(pub GpuMap<V>);
+
+impl<'a, V: GpuValue> Decoder<'a> for GpuMapTerm<V> {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        let mut map = GpuMap::new();
+        read_gpu_map(term, &mut map, |_| true)?;
+        Ok(GpuMapTerm(map))
+    }
+}
+
+/// Reads a GPU map into `map` (appending), keeping the entries `keep`
+/// accepts.
+fn read_gpu_map<V: GpuValue>(
+    term: Term,
+    map: &mut GpuMap<V>,
+    keep: impl Fn(&V) -> bool,
+) -> NifResult<()> {
+    raw::for_each(term, |gpu, value| {
+        let (gpu, value) = (gpu.decode::<u32>()?, V::decode_value(value)?);
+        if keep(&value) {
+            map.insert(gpu, value);
+        }
+        Ok(())
+    })
+    .ok_or(Error::BadArg)?
+}
+
+impl<V: GpuValue> Encoder for GpuMapTerm<V> {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        encode_gpu_map(env, &self.0)
+    }
+}
+
+/// A GPU map as a term, keys and values gathered on the stack.
+pub fn encode_gpu_map<'a, V: GpuValue>(env: Env<'a>, map: &GpuMap<V>) -> Term<'a> {
+    let keys: SmallVec<[ErlNifTerm; INLINE_GPUS]> =
+        map.keys().map(|k| raw(k.encode(env))).collect();
+    let values: SmallVec<[ErlNifTerm; INLINE_GPUS]> =
+        map.values().map(|v| raw(v.encode_value(env))).collect();
+    raw::map_from_arrays(env, &keys, &values)
+}
+
+/// `%{ram: bytes, vram: %{gpu_index => bytes}}` and nothing else.
+#[derive(NifMap)]
+struct PlacementFields {
+    ram: u64,
+    vram: GpuMapTerm<u64>,
+}
+
+/// A placement term, decoded canonical (GPUs holding zero dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlacementTerm(pub Placement);
+
+impl<'a> Decoder<'a> for PlacementTerm {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        exact_size(term, 2)?;
+        let PlacementFields { ram, mut vram } = term.decode()?;
+        vram.0.retain(|_, bytes| *bytes > 0);
+        Ok(PlacementTerm(Placement { ram, vram: vram.0 }))
+    }
+}
+
+/// What `PlacementTerm` decodes, read into `out` in place: the hot paths
+/// use it so that the inline GPU map is written once instead of being
+/// moved through each wrapper and `Result` on its way out.
+pub fn read_placement(term: Term, out: &mut Placement) -> NifResult<()> {
+    exact_size(term, 2)?;
+    out.ram = term.map_get(atoms::ram())?.decode()?;
+    out.vram.clear();
+    read_gpu_map(term.map_get(atoms::vram())?, &mut out.vram, |bytes| {
+        *bytes > 0
+    })
+}
+
+impl Encoder for PlacementTerm {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        encode_placement(env, &self.0)
+    }
+}
+
+/// A placement as a term, without copying it.
+pub fn encode_placement<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
+    raw::map_from_arrays(
+        env,
+        &[
+            raw(atoms::ram().encode(env)),
+            raw(atoms::vram().encode(env)),
+        ],
+        &[raw(p.ram.encode(env)), raw(encode_gpu_map(env, &p.vram))],
+    )
+}
+
+/// A map of exactly `n` keys: derived `NifMap` decoders ignore extra keys,
+/// and the contract allows none.
+fn exact_size(term: Term, n: usize) -> NifResult<()> {
+    if term.map_size()? == n {
+        Ok(())
+    } else {
+        Err(Error::BadArg)
+    }
+}
+
+/// The `:mode` of a budget map.
+#[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum BudgetMode {
+    Unlimited,
+    Combined,
+    PerDevice,
+}
+
+#[derive(NifMap)]
+struct UnlimitedFields {
+    mode: BudgetMode,
+}
+
+#[derive(NifMap)]
+struct CombinedFields {
+    mode: BudgetMode,
+    limit: u64,
+}
+
+#[derive(NifMap)]
+struct PerDeviceFields {
+    mode: BudgetMode,
+    ram: LimitTerm,
+    vram: VramTerm,
+}
+
+/// `:infinity | %{gpu_index => limit}`.
+struct VramTerm(VramLimits);
+
+impl<'a> Decoder<'a> for VramTerm {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        if let Ok(map) = term.decode::<GpuMapTerm<Limit>>() {
+            return Ok(VramTerm(VramLimits::PerGpu(map.0)));
+        }
+        if term.decode::<Atom>()? == atoms::infinity() {
+            return Ok(VramTerm(VramLimits::Infinity));
+        }
+        Err(Error::BadArg)
+    }
+}
+
+impl Encoder for VramTerm {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match &self.0 {
+            VramLimits::Infinity => atoms::infinity().encode(env),
+            VramLimits::PerGpu(map) => encode_gpu_map(env, map),
+        }
+    }
+}
+
+/// A resolved `budget()`; the map's size tells its shape, the `:mode` must
+/// agree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetTerm(pub Budget);
+
+impl<'a> Decoder<'a> for BudgetTerm {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        let budget = match term.map_size()? {
+            1 => match term.decode::<UnlimitedFields>()?.mode {
+                BudgetMode::Unlimited => Budget::Unlimited,
+                _ => return Err(Error::BadArg),
+            },
+            2 => match term.decode::<CombinedFields>()? {
+                CombinedFields {
+                    mode: BudgetMode::Combined,
+                    limit,
+                } if limit > 0 => Budget::Combined { limit },
+                _ => return Err(Error::BadArg),
+            },
+            3 => match term.decode::<PerDeviceFields>()? {
+                PerDeviceFields {
+                    mode: BudgetMode::PerDevice,
+                    ram,
+                    vram,
+                } => Budget::PerDevice {
+                    ram: ram.0,
+                    vram: vram.0,
+                },
+                _ => return Err(Error::BadArg),
+            },
+            _ => return Err(Error::BadArg),
+        };
+        Ok(BudgetTerm(budget))
+    }
+}
+
+impl Encoder for BudgetTerm {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        encode_budget(env, &self.0)
+    }
+}
+
+/// A budget as a term, without copying it.
+pub fn encode_budget<'a>(env: Env<'a>, budget: &Budget) -> Term<'a> {
+    match budget {
+        Budget::Unlimited => UnlimitedFields {
+            mode: BudgetMode::Unlimited,
+        }
+        .encode(env),
+        Budget::Combined { limit } => CombinedFields {
+            mode: BudgetMode::Combined,
+            limit: *limit,
+        }
+        .encode(env),
+        Budget::PerDevice { ram, vram } => raw::map_from_arrays(
+            env,
+            &[
+                raw(atoms::mode().encode(env)),
+                raw(atoms::ram().encode(env)),
+                raw(atoms::vram().encode(env)),
+            ],
+            &[
+                raw(BudgetMode::PerDevice.encode(env)),
+                raw(LimitTerm(*ram).encode(env)),
+                raw(match vram {
+                    VramLimits::Infinity => atoms::infinity().encode(env),
+                    VramLimits::PerGpu(map) => encode_gpu_map(env, map),
+                }),
+            ],
+        ),
+    }
+}
+
+/// `[device: d, required: r, available: a]`, in DESIGN.md's order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InsufficientTerm(pub Insufficient);
+
+impl Encoder for InsufficientTerm {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let items = [
+            raw((atoms::device(), DeviceTerm::from(self.0.device)).encode(env)),
+            raw((atoms::required(), self.0.required).encode(env)),
+            raw((atoms::available(), self.0.available).encode(env)),
+        ];
+        raw::list(env, &items)
+    }
+}
+
+impl<'a> Decoder<'a> for InsufficientTerm {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        let [(k1, device), (k2, required), (k3, available)]: [(Atom, Term); 3] = {
+            let items: Vec<(Atom, Term)> = term.decode()?;
+            items.try_into().map_err(|_| Error::BadArg)?
+        };
+        if (k1, k2, k3) != (atoms::device(), atoms::required(), atoms::available()) {
+            return Err(Error::BadArg);
+        }
+        Ok(InsufficientTerm(Insufficient {
+            device: device.decode::<DeviceTerm>()?.into(),
+            required: required.decode()?,
+            available: available.decode()?,
+        }))
+    }
+}
+
+/// `:ok` or `{:error, {:insufficient_memory, details}}`: `check/3`'s answer.
+pub fn encode_check<'a>(env: Env<'a>, result: Result<(), Insufficient>) -> Term<'a> {
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(short) => (
+            atoms::error(),
+            (atoms::insufficient_memory(), InsufficientTerm(short)),
+        )
+            .encode(env),
+    }
+}

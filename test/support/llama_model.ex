@@ -16,9 +16,11 @@ defmodule ModelBudget.Test.LlamaModel do
   @doc false
   def n_vocab, do: length(vocab())
 
-  # Writes the model to `path`; `shape` overrides entries of @shape.
+  # Writes the model to `path`; `opts` override entries of @shape, and
+  # `drop: names` leaves those tensors out (a model llama.cpp rejects).
   @doc false
-  def write!(path, shape \\ []) do
+  def write!(path, opts \\ []) do
+    {drop, shape} = Keyword.pop(opts, :drop, [])
     s = Keyword.merge(@shape, shape)
     kv_width = div(s[:embd], s[:heads]) * s[:kv]
     n_vocab = n_vocab()
@@ -43,6 +45,7 @@ defmodule ModelBudget.Test.LlamaModel do
         List.flatten(blocks) ++
         [norm("output_norm.weight", s[:embd]), matrix("output.weight", [s[:embd], n_vocab])]
 
+    tensors = Enum.reject(tensors, fn {name, _, _, _} -> name in drop end)
     GGUF.write_data!(path, metadata(s, n_vocab), tensors)
   end
 

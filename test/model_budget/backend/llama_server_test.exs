@@ -272,6 +272,77 @@ defmodule ModelBudget.Backend.LlamaServerTest do
     def unload(handle), do: LlamaServer.unload(handle)
   end
 
+  # A stand-in that never answers /health: it records its OS pid and sleeps.
+  defp never_ready!(dir) do
+    script = Path.join(dir, "never-ready")
+    File.write!(script, "#!/bin/sh\necho $$ > '#{dir}/pid'\nexec sleep 600\n")
+    File.chmod!(script, 0o755)
+    {script, Path.join(dir, "pid")}
+  end
+
+  defp read_pid(file) do
+    eventually(fn -> match?({:ok, <<_, _::binary>>}, File.read(file)) end)
+    file |> File.read!() |> String.trim() |> String.to_integer()
+  end
+
+  describe "a load that never gets ready" do
+    test "a cancelled load (its caller died) kills the server", %{tmp_dir: dir} do
+      path = model!(dir)
+      {script, pid_file} = never_ready!(dir)
+      manager = manager!()
+
+      caller =
+        spawn(fn -> ModelManager.load(manager, :tiny, {:path, path}, opts(command: script)) end)
+
+      os_pid = read_pid(pid_file)
+      assert Real.alive?(os_pid)
+      Process.exit(caller, :kill)
+
+      eventually(fn -> ModelManager.info(manager, :tiny) == {:error, :not_loaded} end)
+      eventually(fn -> not Real.alive?(os_pid) end)
+      assert ModelManager.usage(manager) == %{ram: 0, vram: %{}}
+    end
+
+    test "times out after :ready_timeout, the server killed first", %{tmp_dir: dir} do
+      path = model!(dir)
+      {script, pid_file} = never_ready!(dir)
+      manager = manager!()
+
+      assert {:error, {:load_failed, {:ready_timeout, 500, []}}} =
+               ModelManager.load(
+                 manager,
+                 :tiny,
+                 {:path, path},
+                 opts(command: script, ready_timeout: 500)
+               )
+
+      refute Real.alive?(read_pid(pid_file))
+      assert ModelManager.usage(manager) == %{ram: 0, vram: %{}}
+    end
+  end
+
+  describe "unload/1" do
+    test "of a server that already died returns :ok", %{tmp_dir: dir} do
+      path = model!(dir)
+      # Loaded in a task that returns, as the manager does: the server is
+      # linked to its loader only until then.
+      {:ok, handle} =
+        Task.await(
+          Task.async(fn -> LlamaServer.load({:path, path}, %{ram: 0, vram: %{}}, opts()) end)
+        )
+
+      ref = Process.monitor(handle.pid)
+
+      capture_log(fn ->
+        System.cmd("kill", ["-9", Integer.to_string(handle.os_pid)])
+        assert_receive {:DOWN, ^ref, :process, _, {:shutdown, {:server_exited, 137}}}, 10_000
+      end)
+
+      assert :ok = LlamaServer.unload(handle)
+      assert LlamaServer.last_lines(handle) == []
+    end
+  end
+
   describe "eviction" do
     test "the evicted server is gone before the new one starts", %{tmp_dir: dir} do
       a = model!(dir, "a.gguf")

@@ -98,7 +98,7 @@ defmodule ModelBudget.Backend.LlamaServer.Server do
         {:os_pid, os_pid} = Port.info(port, :os_pid)
         # Linked only now: a failed start must not send the parent an exit signal.
         Process.link(spec.parent)
-        send(self(), :poll)
+        Process.send_after(self(), :poll, @poll_ms)
 
         {:ok,
          %{

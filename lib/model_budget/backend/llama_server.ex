@@ -29,10 +29,27 @@ defmodule ModelBudget.Backend.LlamaServer do
   ## Options
 
   The estimator's options, with its names and defaults (see
-  `ModelBudget.distribute/3`): `:n_ctx` (default: the model's trained
-  context capped at 8192, as the estimator places it), `:n_gpu_layers`,
-  `:split_mode`, `:tensor_split`, `:main_gpu`, `:flash_attn`,
-  `:cache_type_k`, `:cache_type_v`, `:n_ubatch`, `:offload_kqv`; and:
+  `ModelBudget.distribute/3`; they are llama-server's own defaults except
+  where noted), each passed to the server explicitly: `:n_ctx` (default:
+  the context the estimator sized the KV cache for, the model's trained
+  one), `:n_gpu_layers` (`99`; a negative value is `all`), `:split_mode`
+  (`:none`), `:tensor_split`, `:main_gpu`, `:flash_attn`, `:cache_type_k`,
+  `:cache_type_v`, `:n_batch`, `:n_ubatch`, `:offload_kqv`, and:
+
+    * `:n_parallel` - server slots (`--parallel`). Defaults to `4`, the
+      server's automatic choice.
+    * `:kv_unified` - one KV cache shared by the slots (`--kv-unified`).
+      Defaults to `true`, as the server's automatic choice.
+    * `:cache_ram` - bytes of the server's RAM prompt cache (`--cache-ram`,
+      rounded up to whole MiB). Defaults to 8 GiB, the server's default,
+      which the estimate reserves in RAM; `0` turns it off.
+    * `:repack` - `false` or `:none` turns weight repacking off
+      (`--no-repack`); any other value of the estimator's (`:auto`, `true`,
+      a CPU's name) leaves it on. Defaults to `:auto`.
+    * `:mmap` - `true` maps the model file, `false` reads it
+      (`--load-mode`). Defaults to `true`.
+
+  Options of this backend alone:
 
     * `:command` - the `llama-server` executable: a path, or a name looked
       up on `PATH`. Defaults to `llama-server` on `PATH`, else the
@@ -40,18 +57,6 @@ defmodule ModelBudget.Backend.LlamaServer do
     * `:port` - the port to listen on; a port already in use fails the load
       with `{:port_in_use, port}`. Defaults to a free port.
     * `:host` - the address to listen on. Defaults to `"127.0.0.1"`.
-    * `:n_parallel` - server slots (`--parallel`). Defaults to `4`, the
-      server's own automatic choice.
-    * `:kv_unified` - one KV cache shared by the slots (`--kv-unified`).
-      Defaults to `true`, as the server's automatic choice.
-    * `:cache_ram` - bytes of the server's RAM prompt cache (`--cache-ram`,
-      rounded up to MiB). Defaults to `0` (off): the estimate does not count
-      it, so memory given to it is not reserved.
-    * `:n_batch` - logical batch size (`--batch-size`). Defaults to the server's.
-    * `:repack` - `true`/`false` turns weight repacking on or off. Defaults
-      to the server's (on).
-    * `:mmap` - `true` maps the model file, `false` reads it
-      (`--load-mode`). Defaults to the server's (map where possible).
     * `:extra_args` - more command-line arguments, passed last. Defaults to `[]`.
     * `:ready_timeout` - milliseconds to wait for `/health`; the server is
       then killed and the load fails with its last log lines. Defaults to
@@ -230,12 +235,13 @@ defmodule ModelBudget.Backend.LlamaServer do
     end
   end
 
-  # The context the estimator placed: the option, else the model's trained
-  # context capped as ModelBudget.breakdown/3 caps it.
+  # The context the estimator sized the KV cache for: the option, else the
+  # model's default as ModelBudget.breakdown/3 pads it for these slots.
   defp n_ctx(_path, %{n_ctx: n_ctx}) when is_integer(n_ctx), do: {:ok, n_ctx}
 
-  defp n_ctx(path, _opts) do
-    with {:ok, model} <- read_gguf(path), do: {:ok, ModelBudget.breakdown(model, [], 0).n_ctx}
+  defp n_ctx(path, opts) do
+    slots = [n_parallel: opts.n_parallel, kv_unified: opts.kv_unified]
+    with {:ok, model} <- read_gguf(path), do: {:ok, ModelBudget.breakdown(model, slots, 0).n_ctx}
   end
 
   defp listen_port(opts) do

@@ -5,13 +5,12 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
 
   The options the estimator takes (`ModelBudget.distribute/3`) keep their
   names and defaults, and every one that llama-server defaults differently
-  is passed explicitly, so the server starts what was reserved: the
+  is passed explicitly too, so the server starts what was reserved: the
   context, the GPU layers, the split mode, flash attention, the KV cache
-  types and offload, the micro-batch, the slots and whether their KV cache
-  is unified, and the RAM prompt cache (off unless asked for: the estimate
-  does not count it). llama.cpp's `--fit`, which would shrink the context or
-  the offload to what it thinks fits, is always off. Without GPUs in the
-  placement the server gets `--device none`.
+  types and offload, the batch sizes, the slots and whether their KV cache
+  is unified, the RAM prompt cache, repacking and mmap. llama.cpp's `--fit`,
+  which would shrink the context or the offload to what it thinks fits, is
+  always off. Without GPUs in the placement the server gets `--device none`.
   """
 
   @log_verbosity 4
@@ -33,15 +32,18 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
     cache_type_v: :f16,
     n_parallel: 4,
     kv_unified: true,
-    cache_ram: 0,
-    n_batch: nil,
+    # The estimator's defaults, which are llama-server's (build 11434).
+    cache_ram: 8192 * 1024 * 1024,
+    n_batch: 2048,
     n_ubatch: 512,
     offload_kqv: true,
-    repack: nil,
-    mmap: nil
+    repack: :auto,
+    mmap: true
   ]
 
   @cache_types [:f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1, :iq4_nl]
+  # The estimator's :repack values: a CPU's repacking rules, or none.
+  @repacks [:auto, true, false, :none, :x86_avx2, :x86_avx512, :arm_dotprod]
   @split_modes [:none, :layer, :row]
   @mib 1024 * 1024
 
@@ -97,7 +99,7 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
 
   defp check!(:extra_args, value), do: invalid!(:extra_args, "a list of strings", value)
 
-  defp check!(key, nil) when key in [:n_ctx, :n_batch, :repack, :mmap], do: nil
+  defp check!(:n_ctx, nil), do: nil
 
   defp check!(key, value) when key in [:n_ctx, :n_batch, :n_ubatch, :n_parallel] do
     if is_integer(value) and value > 0,
@@ -134,7 +136,12 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   defp check!(:cache_ram, value),
     do: invalid!(:cache_ram, "a non-negative integer (bytes)", value)
 
-  defp check!(key, value) when key in [:flash_attn, :kv_unified, :offload_kqv, :repack, :mmap] do
+  defp check!(:repack, value) when value in @repacks, do: value
+
+  defp check!(:repack, value),
+    do: invalid!(:repack, Enum.map_join(@repacks, ", ", &inspect/1), value)
+
+  defp check!(key, value) when key in [:flash_attn, :kv_unified, :offload_kqv, :mmap] do
     if is_boolean(value), do: value, else: invalid!(key, "a boolean", value)
   end
 
@@ -170,18 +177,11 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
       ["--cache-type-k", to_string(opts.cache_type_k)],
       ["--cache-type-v", to_string(opts.cache_type_v)],
       if(opts.offload_kqv, do: "--kv-offload", else: "--no-kv-offload"),
-      ["--ubatch-size", to_string(opts.n_ubatch)],
-      if(opts.n_batch, do: ["--batch-size", to_string(opts.n_batch)], else: []),
-      case opts.repack do
-        nil -> []
-        true -> "--repack"
-        false -> "--no-repack"
-      end,
-      case opts.mmap do
-        nil -> []
-        true -> ["--load-mode", "mmap"]
-        false -> ["--load-mode", "none"]
-      end,
+      ["--batch-size", to_string(opts.n_batch), "--ubatch-size", to_string(opts.n_ubatch)],
+      # The server repacks for the CPU it runs on, whichever rules the
+      # estimate assumed.
+      if(opts.repack in [false, :none], do: "--no-repack", else: "--repack"),
+      ["--load-mode", if(opts.mmap, do: "mmap", else: "none")],
       # llama.cpp logs its buffer sizes (what `measured/1` reports) only at
       # trace verbosity.
       ["--verbosity", to_string(@log_verbosity)],

@@ -17,8 +17,9 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
       assert opts.split_mode == :none
       assert opts.flash_attn == true
       assert {opts.cache_type_k, opts.cache_type_v} == {:f16, :f16}
-      assert {opts.n_parallel, opts.kv_unified, opts.cache_ram} == {4, true, 0}
-      assert opts.n_ubatch == 512
+      assert {opts.n_parallel, opts.kv_unified, opts.cache_ram} == {4, true, 8 * 2 ** 30}
+      assert {opts.n_batch, opts.n_ubatch} == {2048, 512}
+      assert {opts.repack, opts.mmap} == {:auto, true}
       refute Map.has_key?(opts, :unknown_to_us)
     end
 
@@ -49,6 +50,7 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
             kv_unified: nil,
             offload_kqv: 1,
             repack: "yes",
+            repack: nil,
             mmap: :lazy
           ] do
         message = "invalid option #{inspect(key)}: expected"
@@ -63,19 +65,21 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
   end
 
   describe "build/5" do
-    test "always passes slots, unified KV, the prompt cache, --fit off and the trace verbosity" do
+    test "always passes the estimator's defaults, --fit off and the trace verbosity" do
       args = build([])
       assert ["--ctx-size", "512"] in pairs(args)
       assert ["--parallel", "4"] in pairs(args)
       assert "--kv-unified" in args
-      assert ["--cache-ram", "0"] in pairs(args)
+      assert ["--cache-ram", "8192"] in pairs(args)
+      assert ["--batch-size", "2048"] in pairs(args)
+      assert "--repack" in args
+      assert ["--load-mode", "mmap"] in pairs(args)
       assert ["--fit", "off"] in pairs(args)
       assert ["--flash-attn", "on"] in pairs(args)
       assert ["--cache-type-k", "f16"] in pairs(args)
       assert "--kv-offload" in args
       assert ["--ubatch-size", "512"] in pairs(args)
       assert ["--verbosity", "4"] in pairs(args)
-      refute "--batch-size" in args or "--repack" in args or "--load-mode" in args
     end
 
     test "without GPUs in the placement: no devices, no layers offloaded" do
@@ -131,7 +135,10 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
       assert ["--host", "0.0.0.0"] in pairs(args)
       assert Enum.take(args, -2) == ["--threads", "1"]
 
-      assert "--repack" in build(repack: true)
+      for repack <- [true, :auto, :x86_avx2, :x86_avx512, :arm_dotprod],
+          do: assert("--repack" in build(repack: repack))
+
+      assert "--no-repack" in build(repack: :none)
       assert ["--load-mode", "mmap"] in pairs(build(mmap: true))
       assert ["--cache-ram", "2"] in pairs(build(cache_ram: 1024 * 1024 + 1))
     end

@@ -1,7 +1,15 @@
-# ModelManager with the reservation-only backend: admissions per second
-# (load + unload) with 1 and 100 concurrent callers, the median and 99th
-# percentile latency of load/4, and the cost of reads (info/2, usage/1)
-# against a call through the manager (touch/2), idle and while loads run.
+# ModelManager with the reservation-only backend:
+#
+#   * checkout/2 + checkin/2 pairs per second from 100 concurrent processes
+#     on one model while 4 other processes load and unload, and the pair's
+#     median and 99th percentile latency;
+#   * admissions per second (load + unload) with 1 and 100 concurrent
+#     callers, and the median and 99th percentile latency of load/4;
+#   * where an admission's time goes: the manager's own step (load and
+#     unload handled in this process, no message), the NIF calls it and the
+#     caller make, and a bare GenServer round trip;
+#   * the cost of reads (info/2, usage/1) and touch/2, idle and while
+#     loads run.
 #
 #     mix run bench/manager.exs
 Code.require_file("support/timing.exs", __DIR__)
@@ -25,8 +33,17 @@ defmodule Bench.Manager do
     end
   end
 
-  # Admissions per second and every load latency of one round.
+  # The VM's CPU time (all schedulers) in µs: what a round costs, whatever
+  # else the machine runs.
+  def cpu_us do
+    {ms, _} = :erlang.statistics(:runtime)
+    ms * 1000
+  end
+
+  # Admissions per second, CPU µs per admission and every load latency of
+  # one round.
   def round(manager, callers, per_caller) do
+    cpu0 = cpu_us()
     t0 = System.monotonic_time(:nanosecond)
 
     latencies =
@@ -36,10 +53,38 @@ defmodule Bench.Manager do
       |> List.flatten()
 
     seconds = (System.monotonic_time(:nanosecond) - t0) / 1.0e9
-    {callers * per_caller / seconds, latencies}
+    n = callers * per_caller
+    {n / seconds, latencies, (cpu_us() - cpu0) / n}
   end
 
-  # Callers cycling until told to stop, to read against.
+  # One process's checkout + checkin pairs on `id`; pair latencies in ns.
+  def pairs(manager, id, n) do
+    for _ <- 1..n do
+      t0 = System.monotonic_time(:nanosecond)
+      {:ok, lease} = ModelManager.checkout(manager, id)
+      :ok = ModelManager.checkin(manager, lease)
+      System.monotonic_time(:nanosecond) - t0
+    end
+  end
+
+  # Pairs per second, CPU µs per pair and every pair latency of one round
+  # of `procs` processes.
+  def lease_round(manager, id, procs, per_proc) do
+    cpu0 = cpu_us()
+    t0 = System.monotonic_time(:nanosecond)
+
+    latencies =
+      1..procs
+      |> Enum.map(fn _ -> Task.async(fn -> pairs(manager, id, per_proc) end) end)
+      |> Task.await_many(:infinity)
+      |> List.flatten()
+
+    seconds = (System.monotonic_time(:nanosecond) - t0) / 1.0e9
+    n = procs * per_proc
+    {n / seconds, latencies, (cpu_us() - cpu0) / n}
+  end
+
+  # Callers cycling loads and unloads until told to stop, to measure against.
   def background(manager, callers) do
     for c <- 1..callers do
       spawn_link(fn -> loop(manager, {:bg, c}, 0) end)
@@ -58,11 +103,53 @@ defmodule Bench.Manager do
   end
 
   def percentile(sorted, q), do: Enum.at(sorted, round(q * (length(sorted) - 1)))
+
+  def us(ns), do: :erlang.float_to_binary(ns / 1000, decimals: 1)
 end
 
 IO.puts("ModelManager, #{Timing.machine()}")
 {:ok, manager} = ModelManager.start_link(memory_budget: 2 ** 40)
 rounds = 7
+
+# Leases first: 100 processes on one model while 4 callers load and unload.
+{:ok, _} = ModelManager.load(manager, :served, {:bytes, 1_000}, mode: :direct, n_gpus: 0)
+loaders = Bench.Manager.background(manager, 4)
+per_proc = 2_000
+Bench.Manager.lease_round(manager, :served, 100, per_proc)
+results = for _ <- 1..rounds, do: Bench.Manager.lease_round(manager, :served, 100, per_proc)
+for pid <- loaders, do: send(pid, :stop)
+rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
+cpu = Timing.summary(Enum.map(results, &elem(&1, 2)))
+latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
+
+IO.puts(
+  "checkout+checkin, 100 processes on one model, 4 callers loading: " <>
+    "#{round(rates.median)} pairs/s (p10 #{round(rates.p10)}, p90 #{round(rates.p90)}) " <>
+    "over #{rounds} rounds of #{100 * per_proc}; pair latency median " <>
+    "#{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.5))} µs, " <>
+    "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs; " <>
+    "VM CPU per pair (loaders included) #{Float.round(cpu.median, 2)} µs"
+)
+
+# The same pairs from as many processes as schedulers: what a pair costs
+# when no process waits for another's time slice.
+schedulers = System.schedulers_online()
+per_sched = 100_000
+Bench.Manager.lease_round(manager, :served, schedulers, per_sched)
+
+results =
+  for _ <- 1..rounds, do: Bench.Manager.lease_round(manager, :served, schedulers, per_sched)
+
+rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
+latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
+
+IO.puts(
+  "checkout+checkin, #{schedulers} processes (one per scheduler), nothing else: " <>
+    "#{round(rates.median)} pairs/s (p10 #{round(rates.p10)}, p90 #{round(rates.p90)}); " <>
+    "pair latency median #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.5))} µs, " <>
+    "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs"
+)
+
 total = 20_000
 
 for callers <- [1, 100] do
@@ -71,28 +158,97 @@ for callers <- [1, 100] do
   Bench.Manager.round(manager, callers, per_caller)
   results = for _ <- 1..rounds, do: Bench.Manager.round(manager, callers, per_caller)
   rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
+  cpu = Timing.summary(Enum.map(results, &elem(&1, 2)))
   latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
 
   IO.puts(
     "#{callers} caller(s): #{round(rates.median)} admissions/s " <>
       "(p10 #{round(rates.p10)}, p90 #{round(rates.p90)}) over #{rounds} rounds of #{total}; " <>
-      "load/4 latency median #{round(Bench.Manager.percentile(latencies, 0.5) / 1000)} µs, " <>
-      "p99 #{round(Bench.Manager.percentile(latencies, 0.99) / 1000)} µs"
+      "load/4 latency median #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.5))} µs, " <>
+      "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs; " <>
+      "VM CPU per admission #{Float.round(cpu.median, 1)} µs"
   )
 end
 
-{:ok, _} = ModelManager.load(manager, :resident, {:bytes, 1_000}, mode: :direct, n_gpus: 0)
+# Where an admission's time goes, one piece at a time (no concurrency).
+defmodule Bench.Echo do
+  use GenServer
+  def init(state), do: {:ok, state}
+  def handle_call(_request, _from, state), do: {:reply, :ok, state}
+end
+
+{:ok, echo} = GenServer.start_link(Bench.Echo, nil)
+# The manager's init/1 and callbacks, called in this process: its own step,
+# without the messages.
+{:ok, step_state} = ModelManager.init(ModelManager.Options.start!(memory_budget: 2 ** 40))
+placement = %{ram: 1_000, vram: %{}}
+
+request = fn id ->
+  %{id: id, source: {:bytes, 1_000}, opts: [], bytes: 1_000, placement: placement}
+end
+
+counter = :counters.new(1, [])
+
+manager_step = fn ->
+  :counters.add(counter, 1, 1)
+  id = :counters.get(counter, 1)
+  from = {self(), make_ref()}
+  {:noreply, s} = ModelManager.handle_call({ModelManager, :load, request.(id)}, from, step_state)
+
+  {:noreply, _} =
+    ModelManager.handle_call(
+      {ModelManager, :unload, id, %{timeout: :infinity, force: false}},
+      from,
+      s
+    )
+
+  # The two replies GenServer.reply/2 sent here.
+  receive do: ({_, {:ok, _}} -> :ok)
+  receive do: ({_, :ok} -> :ok)
+end
+
+rules = ModelManager.Eviction.compile!(ModelManager.Eviction.default_rules())
+budget = ModelManager.budget(manager)
+
+pieces = [
+  {"manager step: load + unload, no message", manager_step},
+  {"GenServer.call round trip (echo)", fn -> GenServer.call(echo, :x) end},
+  {"ModelBudget.distribute/3 (caller)",
+   fn -> ModelBudget.distribute(1_000, [mode: :direct], 0) end},
+  {"ModelBudget.check/3", fn -> ModelBudget.check(budget, placement, placement) end},
+  {"ModelBudget.fold/2", fn -> ModelBudget.fold(placement, placement) end},
+  {"ModelBudget.release/2", fn -> ModelBudget.release(placement, placement) end},
+  {"Constraint.met?/2 (default rule)",
+   fn ->
+     ModelBudget.Constraint.met?(rules.constraint, %{memory_required: 1_000, available: 2 ** 40})
+   end}
+]
+
+IO.puts("-- where an admission's time goes (one process)")
+for {name, fun} <- pieces, do: IO.puts(Timing.line(name, Timing.per_call(fun, 21, 1_000)))
+
+cpu0 = Bench.Manager.cpu_us()
+for _ <- 1..20_000, do: manager_step.()
+
+IO.puts(
+  "manager step, VM CPU time: #{Float.round((Bench.Manager.cpu_us() - cpu0) / 20_000, 1)} µs"
+)
 
 reads = [
-  {"info/2 (ETS)", fn -> ModelManager.info(manager, :resident) end, 51, 2_000},
+  {"info/2 (ETS + atomics)", fn -> ModelManager.info(manager, :served) end, 51, 2_000},
   {"usage/1 (ETS)", fn -> ModelManager.usage(manager) end, 51, 2_000},
-  {"touch/2 (a call through the manager)", fn -> ModelManager.touch(manager, :resident) end, 21,
-   200}
+  {"touch/2 (atomics)", fn -> ModelManager.touch(manager, :served) end, 51, 2_000},
+  {"checkout/2 + checkin/2, one process",
+   fn ->
+     {:ok, lease} = ModelManager.checkout(manager, :served)
+     ModelManager.checkin(manager, lease)
+   end, 51, 2_000}
 ]
 
 IO.puts("-- idle manager")
-idle = for {name, fun, batches, per} <- reads, do: {name, Timing.per_call(fun, batches, per)}
-for {name, t} <- idle, do: IO.puts(Timing.line(name, t))
+
+for {name, fun, batches, per} <- reads,
+    do: IO.puts(Timing.line(name, Timing.per_call(fun, batches, per)))
 
 IO.puts("-- while 100 callers load and unload")
 busy_callers = Bench.Manager.background(manager, 100)

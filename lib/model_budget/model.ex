@@ -46,17 +46,26 @@ defmodule ModelBudget.Model do
     * `:input_bytes` - token (and position) embeddings, which llama.cpp
       keeps in RAM.
     * `:output_bytes` - the output head and final norm. When the head is
-      tied to the token embeddings (`:tied_embeddings`), the embedding
-      matrix is counted here again, because llama.cpp loads a second copy
-      of it for the output layer.
+      tied to the token embeddings (`:tied_embeddings`) the embedding
+      matrix is not counted here: llama.cpp maps it once while the head
+      stays on the host, and copies it only to a GPU that runs the head
+      (placement adds that copy).
+    * `:embedding_bytes` - the token embedding matrix (part of `:input_bytes`).
     * `:other_bytes` - tensors outside the blocks, the embeddings and the
       head (rope tables, vision towers, blocks past `:n_layers`).
     * `:tied_embeddings` - whether the head reuses the token embeddings.
     * `:types` - per type name (`"Q4_K"`, `"BF16"`, ...), a map with
       `:n_tensors`, `:n_params` and `:bytes`.
+    * `:n_ff` - the widest feed-forward projection of a dense block, or `nil`.
+    * `:n_ff_exp` - one expert's feed-forward width in a MoE block, or `nil`.
+    * `:layer_matrices` - per block, a map from ggml type name to the bytes
+      of its weight matrices of that type (those with a multiple of 8
+      rows): what llama.cpp's CPU backend may repack into a buffer of its
+      own. `[]` for safetensors.
+    * `:head_matrices` - the same for the output head.
 
-  Without tied embeddings, `Enum.sum(layer_bytes) + input_bytes +
-  output_bytes + other_bytes == weight_bytes`.
+  `Enum.sum(layer_bytes) + input_bytes + output_bytes + other_bytes ==
+  weight_bytes`.
   """
 
   alias ModelBudget.Native
@@ -87,8 +96,13 @@ defmodule ModelBudget.Model do
     input_bytes: 0,
     output_bytes: 0,
     other_bytes: 0,
+    embedding_bytes: 0,
     tied_embeddings: false,
-    types: %{}
+    types: %{},
+    n_ff: nil,
+    n_ff_exp: nil,
+    layer_matrices: [],
+    head_matrices: %{}
   ]
 
   @typedoc "A count that is the same for every layer, or one per layer."
@@ -125,8 +139,13 @@ defmodule ModelBudget.Model do
           input_bytes: non_neg_integer(),
           output_bytes: non_neg_integer(),
           other_bytes: non_neg_integer(),
+          embedding_bytes: non_neg_integer(),
           tied_embeddings: boolean(),
-          types: %{String.t() => type_stats()}
+          types: %{String.t() => type_stats()},
+          n_ff: pos_integer() | nil,
+          n_ff_exp: pos_integer() | nil,
+          layer_matrices: [%{String.t() => non_neg_integer()}],
+          head_matrices: %{String.t() => non_neg_integer()}
         }
 
   @typedoc """
@@ -166,4 +185,20 @@ defmodule ModelBudget.Model do
     path = if is_list(path), do: IO.chardata_to_string(path), else: path
     Errors.call(Native.model_read(path))
   end
+
+  @doc """
+  Reads a GGUF header held in memory, with no tensor data after it: what
+  `scripts/llama_cpp_truth.py` writes for the built-in catalog and the
+  calibration table. `:file_bytes` is the header's size plus the tensors'.
+
+  ## Examples
+
+      iex> ModelBudget.Model.from_gguf_header("GGUF" <> <<1::little-32>>)
+      {:error, {:invalid_model, "GGUF version 1 is not supported (versions 2 and 3 are) at byte 4"}}
+
+      iex> ModelBudget.Model.from_gguf_header(:header)
+      ** (ArgumentError) invalid header: expected a binary, got: :header
+  """
+  @spec from_gguf_header(binary()) :: {:ok, t()} | {:error, error()}
+  def from_gguf_header(header), do: Errors.call(Native.model_from_gguf_header(header))
 end

@@ -1,7 +1,14 @@
 defmodule ModelBudget.ModelManager do
   @moduledoc """
   A process that admits, places and refuses model loads against a
-  `:memory_budget`, and keeps the ledger of what is loaded.
+  `:memory_budget`, keeps the ledger of what is loaded, and hands out
+  leases on loaded models. **The default policy:** a load that does not
+  fit, or that would take more than 70% of what is left
+  (`:evict_when`), evicts the least recently used idle models until it fits;
+  a model that is pinned, loading, unloading or leased (`checkout/2`) is
+  never evicted; no model is unloaded for being idle unless its load gave a
+  `:keep_alive`; and a load that cannot fit is refused at once, unless its
+  `:timeout` lets it wait for room.
 
   Start one (or several: one per GPU pool, say) in your supervision tree:
 
@@ -10,9 +17,52 @@ defmodule ModelBudget.ModelManager do
          name: MyApp.Models, memory_budget: %{ram: 32 * 2**30, vram: [24 * 2**30]}}
       ]
 
-  and send every model load through it:
+  send every model load through it:
 
       {:ok, info} = ModelBudget.ModelManager.load(MyApp.Models, :llama, {:path, "llama.gguf"})
+
+  and serve each request under a lease:
+
+      ModelBudget.ModelManager.with_model(MyApp.Models, :llama, fn info ->
+        MyApp.Llama.complete(info.handle, prompt)
+      end)
+
+  ## Leases
+
+  `checkout/2` takes a lease on a ready model, `checkin/2` gives it back,
+  `with_model/3` does both around a function. While a model has a lease it
+  is never evicted, its keep-alive does not run, and `unload/3` waits for
+  the lease to end (or gives up after its `:timeout`, or does not wait with
+  `force: true`). A lease also ends when the process that took it exits.
+  Checkins count as use for the least-recently-used order and the
+  keep-alive.
+
+  Checkout and checkin are the per-request path: they never send the
+  manager a message in the ordinary case, and never wait for it. Each
+  model has a gate (an `:atomics` array: open or closed, and the time of
+  its last use) and each lease is one row in an ETS table of the manager's
+  (`{{model_incarnation, lease_ref}, holder_pid}`). Checkout reads the gate,
+  inserts its row, and reads the gate again; checkin deletes its row and
+  stamps the gate's last use. To unload or evict a model, the manager
+  closes its gate, then counts its rows: each side writes before it reads,
+  and atomics are mutually ordered, so either the manager sees the lease or
+  the checkout sees the closed gate and takes its row back. Evictions and
+  keep-alive expiry claim a gate instead of closing it outright (a
+  checkout meanwhile waits, within the manager's same step, for the
+  verdict), so a model that turns out to be leased stays open and no
+  checkout fails for it. Only two cases send the manager a message from a
+  checkin: a model whose unload waits for its leases, and, once per wake-up,
+  loads waiting for room.
+
+  A lease holder's death is noticed without a message per checkout: the
+  manager sweeps the lease table (every `:sweep_ms`, when an unload starts
+  waiting for leases, when a load starts waiting for room, and before it
+  refuses a load): the rows of dead holders go at once, live holders it
+  does not watch yet get a monitor (one per process, however many leases it
+  takes), and a later `:DOWN` deletes their rows. Each lease being one row,
+  a holder killed at any instant leaves a row (ended by the sweep) or none:
+  never a count that no process owns. Checking a lease in twice does
+  nothing the second time.
 
   ## How a load goes
 
@@ -29,9 +79,11 @@ defmodule ModelBudget.ModelManager do
        two loads can never both be admitted into room that only one fits.
     3. In a task the manager supervises, once the models evicted for it have
        been unloaded: the backend's `c:ModelBudget.Backend.load/3` does the
-       slow work while the manager goes on serving other loads, unloads and
-       touches. Success makes the model `:ready`; a failure or crash
-       releases the reservation.
+       slow work while the manager goes on serving other loads and unloads.
+       Success makes the model `:ready` (and open to leases); a failure or
+       crash releases the reservation. (`ModelBudget.Backend.Reservation`
+       has no work to do: the manager calls its load and unload in its own
+       step, without a task.)
 
   The caller is monitored while its load runs: if it dies, the load is
   cancelled (its task killed) and the reservation released. A handle that
@@ -46,9 +98,11 @@ defmodule ModelBudget.ModelManager do
   holds memory on that device, while the load does not fit there or any
   `:evict_when` rule holds, measuring the device again after each. It stops
   as soon as the load fits and no rule holds. A model is idle when it is
-  `:ready`, not pinned (the `:pinned` load option), and was not admitted,
-  loaded or touched within `:min_idle_ms` (`:infinity` turns eviction off);
-  loading and unloading models are never evicted. Rules that still hold once
+  `:ready`, not pinned (the `:pinned` load option), holds no lease, and was
+  not admitted, loaded, checked in or touched within `:min_idle_ms`
+  (`:infinity` turns eviction off); the least recently used is the one
+  whose last such use is oldest. Loading, unloading and leased models are
+  never evicted. Rules that still hold once
   no idle model is left do not refuse a load that fits.
 
   **Plan first, then act.** The evictions are simulated on the ledger; if
@@ -115,14 +169,46 @@ defmodule ModelBudget.ModelManager do
   ETS row each, kept for its life): ids are meant to name models, not
   requests.
 
+  ## Keep-alive
+
+  A model loaded with `keep_alive: ms` is unloaded by the manager once it
+  has been ready without a lease for `ms` milliseconds (by the `:clock`,
+  since its load, last checkin or `touch/2`), at the next sweep (every
+  `:sweep_ms`, or `sweep/1`). The unload is logged at info level with the
+  reason and counted in `stats/1` (`:expired`). Pinning does not stop it:
+  the keep-alive is the model's own setting.
+
+  ## Loads that wait
+
+  A load with `timeout: ms` that does not fit now (with the evictions the
+  rules allow) waits, if it would fit with every unpinned model gone;
+  otherwise it is refused at once. Waiting loads form one queue, first come
+  first served: each is admitted as soon as it fits (its backend load then
+  runs as usual), checked again whenever room may have freed (an unload or
+  a failed load releasing memory, a lease ending, a keep-alive running out,
+  a waiting load leaving). A load waiting ahead counts as held for the ones
+  behind it and for new loads, so none of them takes its room. At the
+  deadline it gets the refusal a load without timeout would get then. A
+  caller that exits leaves the queue.
+
+  ## History
+
+  `info/2` and `list/1` count, per model id, how many times this manager
+  loaded it (`:loads`) and evicted it (`:evictions`), and list the ids
+  evicted to admit it (`:evicted`). `stats/1` has the manager's totals. The
+  manager remembers the two counters of every id it has loaded (one small
+  ETS row each, kept for its life): ids are meant to name models, not
+  requests.
+
   ## Reads
 
-  `info/2`, `list/1`, `usage/1`, `budget/1` and `stats/1` read an ETS table
-  the manager owns, without a message to the manager, so they stay fast
-  while it is busy (they must run on the manager's node). The total usage is one row of that
-  table, rewritten with every change (in the same insert as an entry that is
-  added or updated), so `usage/1` is always the usage of some state of the
-  ledger, never a half-updated one.
+  `info/2`, `list/1`, `usage/1`, `budget/1`, `stats/1`, `checkout/2`,
+  `checkin/2` and `touch/2` read (or write) ETS tables and atomics the
+  manager owns, without a message to the manager, so they stay fast while
+  it is busy (they must run on the manager's node). The total usage is one
+  row of that table, rewritten with every change (in the same insert as an
+  entry that is added or updated), so `usage/1` is always the usage of some
+  state of the ledger, never a half-updated one.
 
   ## Restarts
 
@@ -140,8 +226,7 @@ defmodule ModelBudget.ModelManager do
   use GenServer
   require Logger
 
-  alias ModelBudget.Backend.Reservation
-  alias ModelBudget.ModelManager.Eviction
+  alias ModelBudget.ModelManager.{Lease, Leases, Ledger, Lifecycle, Options, Table}
 
   @typedoc "A manager: a pid or any `GenServer` name."
   @type manager :: GenServer.server()
@@ -154,17 +239,20 @@ defmodule ModelBudget.ModelManager do
 
     * `:id` - the model's id.
     * `:status` - `:loading` (admitted, memory reserved, the backend still
-      loading), `:ready`, or `:unloading` (the backend still unloading; the
-      memory stays reserved until it is done).
+      loading), `:ready`, or `:unloading` (waiting for its leases to end, or
+      the backend still unloading; the memory stays reserved until it is
+      done).
     * `:source` - the source the load was given.
     * `:placement` - the bytes reserved in RAM and on each GPU.
     * `:bytes` - the backend's footprint before placement (a model's weight bytes).
     * `:pinned` - the `:pinned` load option.
+    * `:keep_alive` - the `:keep_alive` load option.
+    * `:leases` - how many leases hold the model now.
     * `:handle` - what the backend's load returned; `nil` while loading.
-    * `:loaded_at` - when the load finished, in `System.monotonic_time(:millisecond)`;
+    * `:loaded_at` - when the load finished, by the manager's `:clock`;
       `nil` while loading.
-    * `:last_used` - when the model was admitted, loaded or last touched
-      (`touch/2`), in `System.monotonic_time(:millisecond)`.
+    * `:last_used` - when the model was admitted, loaded, last checked in
+      or touched, by the manager's `:clock`.
     * `:evicted` - the ids evicted to make room for this load, in order.
     * `:loads` - how many times this manager has loaded this id, this load
       included once it is ready.
@@ -178,6 +266,8 @@ defmodule ModelBudget.ModelManager do
           placement: ModelBudget.placement(),
           bytes: non_neg_integer(),
           pinned: boolean(),
+          keep_alive: non_neg_integer() | :infinity,
+          leases: non_neg_integer(),
           handle: term(),
           loaded_at: integer() | nil,
           last_used: integer(),
@@ -193,12 +283,14 @@ defmodule ModelBudget.ModelManager do
     * `:evictions` - models evicted, for loads and fences.
     * `:refused` - loads and fences refused for lack of memory.
     * `:fences` - fences granted.
+    * `:expired` - models unloaded because their keep-alive ran out.
   """
   @type stats :: %{
           loads: non_neg_integer(),
           evictions: non_neg_integer(),
           refused: non_neg_integer(),
-          fences: non_neg_integer()
+          fences: non_neg_integer(),
+          expired: non_neg_integer()
         }
 
   @typedoc "Why a load did not happen."
@@ -208,30 +300,8 @@ defmodule ModelBudget.ModelManager do
           | {:load_failed, term()}
           | {:load_crashed, term()}
 
-  @start_schema [
-    :name,
-    memory_budget: :infinity,
-    backend: Reservation,
-    models: [],
-    evict_when: Eviction.default_rules(),
-    min_idle_ms: 0
-  ]
-  @info_keys [
-    :id,
-    :status,
-    :source,
-    :placement,
-    :bytes,
-    :pinned,
-    :handle,
-    :loaded_at,
-    :last_used,
-    :evicted,
-    :loads,
-    :evictions
-  ]
-  # Positions of the totals in the table's {:stats, ...} row.
-  @stats [loads: 2, evictions: 3, refused: 4, fences: 5]
+  @typedoc "A lease on a model (see `ModelBudget.ModelManager.Lease`)."
+  @type lease :: Lease.t()
 
   @doc """
   A child specification for a supervisor: starts the manager with
@@ -276,9 +346,16 @@ defmodule ModelBudget.ModelManager do
       idle models before a load (see "Eviction" above for the variables);
       `[]` evicts only what a load needs to fit. Defaults to
       `["memory_required > available * 0.70"]`.
-    * `:min_idle_ms` - models admitted, loaded or touched within this many
+    * `:min_idle_ms` - models admitted, loaded, checked in or touched within this many
       milliseconds are not evicted; `:infinity` turns eviction off (a load
       that does not fit is refused). Defaults to `0`.
+    * `:clock` - a function of no arguments returning the time in
+      milliseconds, for `:keep_alive`, `:min_idle_ms` and `info/2`'s
+      `:last_used` (tests pass their own). Defaults to
+      `System.monotonic_time(:millisecond)`.
+    * `:sweep_ms` - how often the manager sweeps (see `sweep/1`): ends the
+      leases of dead holders it does not monitor yet, and unloads models
+      whose keep-alive ran out. Defaults to `1000`.
     * `:name` - any `GenServer` name (an atom, `{:global, term}`,
       `{:via, module, term}`). Defaults to no name.
 
@@ -296,22 +373,8 @@ defmodule ModelBudget.ModelManager do
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
-    unless is_list(opts) do
-      raise ArgumentError, "expected a keyword list of options, got: #{inspect(opts)}"
-    end
-
-    opts = Keyword.validate!(opts, @start_schema)
-
-    config = %{
-      budget: ModelBudget.resolve(opts[:memory_budget]),
-      backend: validate_backend!(opts[:backend]),
-      models: validate_models!(opts[:models]),
-      rules: Eviction.compile!(opts[:evict_when]),
-      min_idle_ms: validate_min_idle!(opts[:min_idle_ms]),
-      name: opts[:name]
-    }
-
-    gen_opts = if opts[:name], do: [name: opts[:name]], else: []
+    config = Options.start!(opts)
+    gen_opts = if config.name, do: [name: config.name], else: []
     GenServer.start_link(__MODULE__, config, gen_opts)
   end
 
@@ -319,16 +382,19 @@ defmodule ModelBudget.ModelManager do
   Loads model `id` from `source` through the backend, if its placement fits.
 
   Idle models may be evicted first to make room (see "Eviction" above).
-  Blocks until they are unloaded and the backend's load has finished (there
-  is no timeout; run it in a task and shut the task down to give up: the
-  load is then cancelled). Returns `{:ok, info}` with the model `:ready` and
+  Blocks until they are unloaded and the backend's load has finished (the
+  backend's load has no timeout; run it in a task and shut the task down to
+  give up: the load is then cancelled). With `:timeout`, a load that does
+  not fit yet waits for room first (see "Loads that wait" above). Returns `{:ok, info}` with the model `:ready` and
   `info.evicted` the ids evicted for it, or `{:error, reason}`:
 
     * `:already_loaded` - `id` is loading, loaded or unloading.
     * `{:insufficient_memory, [device: d, required: r, available: a]}` -
-      `ModelBudget.check/3`'s refusal, against everything held or reserved,
-      when evicting every idle model would not make room; nothing was
-      evicted.
+      `ModelBudget.check/3`'s refusal, against everything held or reserved
+      (and the loads waiting before it), when evicting every idle model
+      would not make room; nothing was evicted. With a `:timeout`, at the
+      deadline; at once when the load would not fit even with every unpinned
+      model gone.
     * `{:load_failed, reason}` - the backend could not size or load the
       source (`{:error, reason}` from `footprint/2` or `load/3`), or
       `reason` is `:cancelled`: the model was unloaded while loading.
@@ -347,7 +413,15 @@ defmodule ModelBudget.ModelManager do
       per-device budget names (one past its highest VRAM index), else the
       number of GPUs `ModelBudget.devices/0` found when the manager started.
     * `:pinned` - keeps the model resident: it is never evicted (an
-      explicit `unload/2` still unloads it). Defaults to `false`.
+      explicit `unload/2` or its `:keep_alive` still unloads it). Defaults
+      to `false`.
+    * `:keep_alive` - milliseconds, or `:infinity`: once the model has had
+      no lease (and no touch) for that long, the manager unloads it, logs
+      why and counts it in `stats/1`'s `:expired`; checked every
+      `:sweep_ms`. Defaults to `:infinity`.
+    * `:timeout` - milliseconds, or `:infinity`, that a load which does not
+      fit may wait for room (leases ending, keep-alives running out,
+      unloads finishing). Defaults to `0`: refused at once.
     * every `ModelBudget.distribute/3` option (`:mode`, `:n_gpu_layers`,
       `:split_mode`, ...), with its defaults.
 
@@ -367,10 +441,11 @@ defmodule ModelBudget.ModelManager do
   """
   @spec load(manager(), id(), term(), keyword()) :: {:ok, info()} | {:error, load_error()}
   def load(manager, id, source, opts \\ []) do
-    validate_load_opts!(opts)
-    config = config!(manager, :load, [manager, id, source, opts])
+    Options.load!(opts)
+    args = [manager, id, source, opts]
+    config = config!(manager, :load, args)
 
-    if read(config, :load, [manager, id, source, opts], &:ets.member(&1, {:model, id})) do
+    if read(config, :load, args, &Table.member?(&1, id)) do
       {:error, :already_loaded}
     else
       with {:ok, size} <- footprint(config.backend, source, opts) do
@@ -378,7 +453,7 @@ defmodule ModelBudget.ModelManager do
         placement = ModelBudget.distribute(size, opts, n_gpus)
         bytes = if is_integer(size), do: size, else: size.weight_bytes
         request = %{id: id, source: source, opts: opts, bytes: bytes, placement: placement}
-        GenServer.call(manager, {:load, request}, :infinity)
+        GenServer.call(manager, {__MODULE__, :load, request}, :infinity)
       end
     end
   end
@@ -386,15 +461,32 @@ defmodule ModelBudget.ModelManager do
   @doc """
   Unloads model `id` and frees its share of the budget.
 
-  Returns once the backend's unload has finished, with the memory released:
-  `:ok`, or `{:error, :not_loaded}`. Unloading a model that is still loading
-  cancels the load (its caller gets `{:error, {:load_failed, :cancelled}}`).
-  A backend unload that crashes is logged; the memory is released anyway.
+  Closes the model to new leases (`checkout/2` answers `:not_loaded`, and
+  `info/2` shows it `:unloading`), waits for its leases to end, then
+  unloads it through the backend and returns once that has finished, with
+  the memory released: `:ok`, or `{:error, :not_loaded}`. Unloading a model
+  that is still loading cancels the load (its caller gets
+  `{:error, {:load_failed, :cancelled}}`). A backend unload that crashes is
+  logged; the memory is released anyway.
+
+  ## Options
+
+    * `:timeout` - how long to wait for the leases to end, in milliseconds
+      or `:infinity`; then this call returns `{:error, :busy}` and, unless
+      another `unload/3` still waits, the model serves again. Once the
+      backend's unload has started it is always waited for. Defaults to
+      `:infinity`.
+    * `:force` - unload at once, ending every lease (their checkins do
+      nothing). Defaults to `false`.
 
   ## Examples
 
       iex> {:ok, manager} = ModelBudget.ModelManager.start_link(memory_budget: 1_000)
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 600}, mode: :direct)
+      iex> {:ok, lease} = ModelBudget.ModelManager.checkout(manager, :a)
+      iex> ModelBudget.ModelManager.unload(manager, :a, timeout: 0)
+      {:error, :busy}
+      iex> :ok = ModelBudget.ModelManager.checkin(manager, lease)
       iex> ModelBudget.ModelManager.unload(manager, :a)
       :ok
       iex> ModelBudget.ModelManager.usage(manager)
@@ -402,11 +494,89 @@ defmodule ModelBudget.ModelManager do
       iex> ModelBudget.ModelManager.unload(manager, :a)
       {:error, :not_loaded}
   """
-  @spec unload(manager(), id()) :: :ok | {:error, :not_loaded}
-  def unload(manager, id), do: GenServer.call(manager, {:unload, id}, :infinity)
+  @spec unload(manager(), id(), keyword()) :: :ok | {:error, :not_loaded | :busy}
+  def unload(manager, id, opts \\ []) do
+    opts = Options.unload!(opts)
+    GenServer.call(manager, {__MODULE__, :unload, id, opts}, :infinity)
+  end
 
   @doc """
-  Marks model `id` as used now, for the least-recently-used order.
+  Takes a lease on model `id`: `{:ok, lease}` while it is ready, else
+  `{:error, :not_loaded}` (also while it is loading or unloading).
+
+  The model is not evicted or unloaded (but by `unload/3` with
+  `force: true`) until the lease ends: at `checkin/2`, or when the calling
+  process exits. No message goes to the manager (see "Leases" above).
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link([])
+      iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 10})
+      iex> {:ok, lease} = ModelBudget.ModelManager.checkout(manager, :a)
+      iex> ModelBudget.ModelManager.info(manager, :a) |> elem(1) |> Map.fetch!(:leases)
+      1
+      iex> ModelBudget.ModelManager.checkin(manager, lease)
+      :ok
+      iex> ModelBudget.ModelManager.checkout(manager, :b)
+      {:error, :not_loaded}
+  """
+  @spec checkout(manager(), id()) :: {:ok, lease()} | {:error, :not_loaded}
+  def checkout(manager, id) do
+    args = [manager, id]
+    config = config!(manager, :checkout, args)
+    read(config, :checkout, args, fn _table -> Leases.checkout(config, id) end)
+  end
+
+  @doc """
+  Ends a lease from `checkout/2` (from any process); returns `:ok`. A lease
+  already ended (checked in, or ended by a forced unload) is left alone.
+  `manager` must be the manager that gave the lease.
+  """
+  @spec checkin(manager(), lease()) :: :ok
+  def checkin(_manager, %Lease{} = lease), do: Leases.checkin(lease)
+
+  def checkin(_manager, lease),
+    do:
+      raise(
+        ArgumentError,
+        "invalid lease: expected a lease from checkout/2, got: #{inspect(lease)}"
+      )
+
+  @doc """
+  Runs `fun.(info)` under a lease on model `id` (`info` as `info/2` gives
+  it) and returns `{:ok, result}`, or `checkout/2`'s `{:error, :not_loaded}`
+  without calling `fun`. The lease ends when `fun` returns, raises, throws
+  or exits; the raise (throw, exit) then goes on to the caller.
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link([])
+      iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 10})
+      iex> ModelBudget.ModelManager.with_model(manager, :a, fn info -> {info.id, info.leases} end)
+      {:ok, {:a, 1}}
+      iex> ModelBudget.ModelManager.with_model(manager, :b, fn _ -> :never end)
+      {:error, :not_loaded}
+  """
+  @spec with_model(manager(), id(), (info() -> result)) :: {:ok, result} | {:error, :not_loaded}
+        when result: term()
+  def with_model(manager, id, fun) when is_function(fun, 1) do
+    with {:ok, lease} <- checkout(manager, id) do
+      try do
+        config = config!(manager, :with_model, [manager, id, fun])
+        {:ok, info} = info_of(config, id)
+        {:ok, fun.(info)}
+      after
+        Leases.checkin(lease)
+      end
+    end
+  end
+
+  def with_model(_manager, _id, fun),
+    do: raise(ArgumentError, "invalid fun: expected a function of arity 1, got: #{inspect(fun)}")
+
+  @doc """
+  Marks model `id` as used now, for the least-recently-used order and the
+  keep-alive, without a lease and without a message to the manager.
 
   Returns `:ok`, or `{:error, :not_loaded}` when `id` is neither loading nor
   ready.
@@ -421,7 +591,11 @@ defmodule ModelBudget.ModelManager do
       {:error, :not_loaded}
   """
   @spec touch(manager(), id()) :: :ok | {:error, :not_loaded}
-  def touch(manager, id), do: GenServer.call(manager, {:touch, id})
+  def touch(manager, id) do
+    args = [manager, id]
+    config = config!(manager, :touch, args)
+    read(config, :touch, args, fn _table -> Leases.touch(config, id) end)
+  end
 
   @doc """
   Makes room for `bytes` on `device` for work that is not a model load (a
@@ -460,8 +634,26 @@ defmodule ModelBudget.ModelManager do
     placement =
       fence_placement!(config!(manager, :fence, [manager, device, bytes]), device, bytes)
 
-    GenServer.call(manager, {:fence, placement}, :infinity)
+    GenServer.call(manager, {__MODULE__, :fence, placement}, :infinity)
   end
+
+  @doc """
+  Runs the manager's periodic sweep now, and returns once it is done: the
+  leases of lease holders that died end, and models whose `:keep_alive` ran
+  out (by the `:clock`) are unloaded (returns before their backend unloads
+  finish). The manager also sweeps every `:sweep_ms` by itself.
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link([])
+      iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 1}, keep_alive: 0)
+      iex> ModelBudget.ModelManager.sweep(manager)
+      :ok
+      iex> ModelBudget.ModelManager.stats(manager).expired
+      1
+  """
+  @spec sweep(manager()) :: :ok
+  def sweep(manager), do: GenServer.call(manager, {__MODULE__, :sweep}, :infinity)
 
   @doc """
   The manager's totals since it started (see `t:stats/0`), read without
@@ -473,13 +665,12 @@ defmodule ModelBudget.ModelManager do
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 600}, mode: :direct, n_gpus: 0)
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :b, {:bytes, 600}, mode: :direct, n_gpus: 0)
       iex> ModelBudget.ModelManager.stats(manager)
-      %{loads: 2, evictions: 1, refused: 0, fences: 0}
+      %{loads: 2, evictions: 1, refused: 0, fences: 0, expired: 0}
   """
   @spec stats(manager()) :: stats()
   def stats(manager) do
     args = [manager]
-    [row] = read(config!(manager, :stats, args), :stats, args, &:ets.lookup(&1, :stats))
-    Map.new(@stats, fn {name, position} -> {name, elem(row, position - 1)} end)
+    read(config!(manager, :stats, args), :stats, args, &Table.stats/1)
   end
 
   @doc """
@@ -489,18 +680,18 @@ defmodule ModelBudget.ModelManager do
 
       iex> {:ok, manager} = ModelBudget.ModelManager.start_link([])
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 10}, mode: :direct, n_gpus: 0)
-      iex> {:ok, %{id: :a, status: :ready, bytes: 10, placement: %{ram: 10, vram: %{}}}} =
+      iex> {:ok, %{id: :a, status: :ready, bytes: 10, leases: 0, placement: %{ram: 10, vram: %{}}}} =
       ...>   ModelBudget.ModelManager.info(manager, :a)
       iex> ModelBudget.ModelManager.info(manager, :b)
       {:error, :not_loaded}
   """
   @spec info(manager(), id()) :: {:ok, info()} | {:error, :not_loaded}
-  def info(manager, id) do
-    args = [manager, id]
+  def info(manager, id), do: info_of(config!(manager, :info, [manager, id]), id)
 
-    case read(config!(manager, :info, args), :info, args, &:ets.lookup(&1, {:model, id})) do
-      [{_, info}] -> {:ok, info}
-      [] -> {:error, :not_loaded}
+  defp info_of(config, id) do
+    case read(config, :info, [config.manager, id], &Table.info(&1, id)) do
+      {:ok, info} -> {:ok, Lifecycle.view(config, info)}
+      :error -> {:error, :not_loaded}
     end
   end
 
@@ -519,10 +710,11 @@ defmodule ModelBudget.ModelManager do
   @spec list(manager()) :: [info()]
   def list(manager) do
     args = [manager]
-    match = [{{{:model, :_}, :"$1"}, [], [:"$1"]}]
+    config = config!(manager, :list, args)
 
-    config!(manager, :list, args)
-    |> read(:list, args, &:ets.select(&1, match))
+    config
+    |> read(:list, args, &Table.infos/1)
+    |> Enum.map(&Lifecycle.view(config, &1))
     |> Enum.sort_by(& &1.id)
   end
 
@@ -541,11 +733,7 @@ defmodule ModelBudget.ModelManager do
   @spec usage(manager()) :: ModelBudget.placement()
   def usage(manager) do
     args = [manager]
-
-    [{:usage, usage}] =
-      read(config!(manager, :usage, args), :usage, args, &:ets.lookup(&1, :usage))
-
-    usage
+    read(config!(manager, :usage, args), :usage, args, &Table.usage/1)
   end
 
   @doc """
@@ -563,8 +751,8 @@ defmodule ModelBudget.ModelManager do
 
   ## Client helpers
 
-  # The manager's fixed settings and table live in a persistent term keyed by
-  # its pid: managers have no fixed names, and reads must not call them.
+  # The manager's fixed settings and tables live in a persistent term keyed
+  # by its pid: managers have no fixed names, and reads must not call them.
   defp config!(manager, fun, args) do
     pid = GenServer.whereis(manager)
 
@@ -585,7 +773,7 @@ defmodule ModelBudget.ModelManager do
     :exit, {reason, _} -> exit({reason, {__MODULE__, fun, args}})
   end
 
-  # The table disappears with its owner; a read racing the manager's death
+  # The tables disappear with their owner; a read racing the manager's death
   # exits the way a call to a dead manager would.
   defp read(%{table: table}, fun, args, read_fun) do
     read_fun.(table)
@@ -600,26 +788,6 @@ defmodule ModelBudget.ModelManager do
       {:error, reason} -> {:error, {:load_failed, reason}}
       other -> {:error, {:load_crashed, {:bad_return, other}}}
     end
-  end
-
-  defp validate_backend!(backend) do
-    if is_atom(backend) and Code.ensure_loaded?(backend) and
-         function_exported?(backend, :footprint, 2) and function_exported?(backend, :load, 3) and
-         function_exported?(backend, :unload, 1) do
-      backend
-    else
-      raise ArgumentError,
-            "invalid option :backend: expected a module implementing ModelBudget.Backend, got: " <>
-              inspect(backend)
-    end
-  end
-
-  defp validate_min_idle!(ms) when (is_integer(ms) and ms >= 0) or ms == :infinity, do: ms
-
-  defp validate_min_idle!(ms) do
-    raise ArgumentError,
-          "invalid option :min_idle_ms: expected a non-negative integer or :infinity, got: " <>
-            inspect(ms)
   end
 
   defp fence_placement!(_config, :ram, bytes), do: %{ram: bytes, vram: %{}}
@@ -641,61 +809,25 @@ defmodule ModelBudget.ModelManager do
           "invalid device: expected :total, :ram or {:gpu, index}, got: #{inspect(device)}"
   end
 
-  defp validate_models!(models) when is_list(models), do: Enum.map(models, &validate_model!/1)
-
-  defp validate_models!(models) do
-    raise ArgumentError,
-          "invalid option :models: expected a list of {id, source} or {id, source, opts}, got: " <>
-            inspect(models)
-  end
-
-  defp validate_model!({id, source}), do: {id, source, []}
-  defp validate_model!({id, source, opts}), do: {id, source, validate_load_opts!(opts)}
-
-  defp validate_model!(entry) do
-    raise ArgumentError,
-          "invalid option :models: expected entries {id, source} or {id, source, opts}, got: " <>
-            inspect(entry)
-  end
-
-  defp validate_load_opts!(opts) do
-    unless is_list(opts) and Keyword.keyword?(opts) do
-      raise ArgumentError, "invalid load options: expected a keyword list, got: #{inspect(opts)}"
-    end
-
-    validate_opt!(opts, :n_gpus, &(is_integer(&1) and &1 >= 0), "a non-negative integer")
-    validate_opt!(opts, :pinned, &is_boolean/1, "a boolean")
-    opts
-  end
-
-  defp validate_opt!(opts, key, valid?, expected) do
-    case Keyword.fetch(opts, key) do
-      {:ok, value} ->
-        valid?.(value) ||
-          raise ArgumentError,
-                "invalid option #{inspect(key)}: expected #{expected}, got: #{inspect(value)}"
-
-      :error ->
-        true
-    end
-  end
-
   ## Server
 
   @impl true
   def init(config) do
     {:ok, task_sup} = Task.Supervisor.start_link()
-    table = :ets.new(__MODULE__, [:set, :protected, read_concurrency: true])
-    :ets.insert(table, [{:usage, ModelBudget.empty_usage()}, {:stats, 0, 0, 0, 0}])
+    table = Table.new()
+    leases = Leases.new_table()
+    flags = Leases.new_flags()
 
-    shared = %{
+    publish_config(%{
+      manager: self(),
       table: table,
+      leases: leases,
+      flags: flags,
+      clock: config.clock,
       budget: config.budget,
       backend: config.backend,
       n_gpus: default_gpu_count(config.budget)
-    }
-
-    publish_config(shared)
+    })
 
     Logger.info(
       "#{inspect(__MODULE__)} #{inspect(config.name || self())} started with an empty ledger: " <>
@@ -707,24 +839,20 @@ defmodule ModelBudget.ModelManager do
       Task.Supervisor.start_child(task_sup, fn -> load_at_start(manager, config.models) end)
     end
 
-    state =
-      Map.merge(shared, %{
-        name: config.name,
-        task_sup: task_sup,
-        rules: config.rules,
-        min_idle_ms: config.min_idle_ms,
-        usage: ModelBudget.empty_usage(),
-        models: %{},
-        # {{lru_tick, id}} of every model, least recently used first: an
-        # ordered set outside the heap, cheap to update on every touch.
-        lru: :ets.new(__MODULE__.LRU, [:ordered_set, :private]),
-        # Fences waiting for their evicted models: ref => %{from, pending, evicted}.
-        fences: %{},
-        # Every monitor and task ref the manager holds: ref => {kind, id}.
-        refs: %{}
-      })
+    schedule_sweep(config.sweep_ms)
 
-    {:ok, state}
+    {:ok,
+     %Lifecycle{
+       name: config.name,
+       table: table,
+       leases: leases,
+       flags: flags,
+       task_sup: task_sup,
+       backend: config.backend,
+       clock: config.clock,
+       sweep_ms: config.sweep_ms,
+       ledger: Ledger.new(config.budget, config.rules, config.min_idle_ms)
+     }}
   end
 
   # A watcher removes the persistent term when the manager dies, however it
@@ -748,6 +876,8 @@ defmodule ModelBudget.ModelManager do
 
   defp default_gpu_count(_budget), do: length(ModelBudget.devices())
 
+  defp schedule_sweep(ms), do: Process.send_after(self(), {__MODULE__, :sweep}, ms)
+
   defp load_at_start(manager, models) do
     for {id, source, opts} <- models do
       result =
@@ -766,441 +896,99 @@ defmodule ModelBudget.ModelManager do
   end
 
   @impl true
-  def handle_call({:load, %{id: id} = request}, from, state) do
-    if Map.has_key?(state.models, id) do
-      {:reply, {:error, :already_loaded}, state}
-    else
-      case admit(state, request.placement) do
-        {:ok, evictions, usage} -> {:noreply, start_load(state, from, request, evictions, usage)}
-        {:error, _} = refused -> {:reply, refused, count(state, :refused)}
-      end
-    end
-  end
+  def handle_call({__MODULE__, :load, request}, from, state),
+    do: {:noreply, Lifecycle.settle(Lifecycle.load(state, request, from))}
 
-  def handle_call({:fence, placement}, from, state) do
-    case admit(state, placement) do
-      {:ok, [], _usage} ->
-        {:reply, {:ok, []}, count(state, :fences)}
+  def handle_call({__MODULE__, :unload, id, opts}, from, state),
+    do: {:noreply, Lifecycle.settle(Lifecycle.unload(state, id, opts, from))}
 
-      {:ok, evictions, _usage} ->
-        ref = make_ref()
-        # Nothing takes the evicted models' memory over: they count in full
-        # until their unloads return, and the fence answers then.
-        {evicted, state} = evict(state, evictions, {:fence, ref}, placements(evictions))
-        ids = Enum.map(evictions, & &1.id)
-        fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
-        state = put_entries(%{state | fences: Map.put(state.fences, ref, fence)}, evicted)
-        {:noreply, count(state, :fences)}
+  def handle_call({__MODULE__, :fence, placement}, from, state),
+    do: {:noreply, Lifecycle.settle(Lifecycle.fence(state, placement, from))}
 
-      {:error, _} = refused ->
-        {:reply, refused, count(state, :refused)}
-    end
-  end
-
-  def handle_call({:unload, id}, from, state) do
-    case Map.fetch(state.models, id) do
-      {:ok, %{status: :ready} = entry} -> {:noreply, start_unload(state, entry, [from])}
-      {:ok, %{status: :loading} = entry} -> {:noreply, cancel_load(state, entry, [from])}
-      # Joins the unload in progress and is answered when it finishes.
-      {:ok, %{status: :unloading} = entry} -> {:noreply, join_unload(state, entry, from)}
-      :error -> {:reply, {:error, :not_loaded}, state}
-    end
-  end
+  def handle_call({__MODULE__, :sweep}, _from, state),
+    do: {:reply, :ok, Lifecycle.settle(Lifecycle.sweep(state))}
 
   def handle_call({__MODULE__, :config}, _from, state),
     do: {:reply, :persistent_term.get({__MODULE__, self()}), state}
 
-  def handle_call({:touch, id}, _from, state) do
-    case Map.fetch(state.models, id) do
-      {:ok, %{status: status} = entry} when status in [:loading, :ready] ->
-        {:reply, :ok, put_entries(state, [used_now(entry)])}
+  def handle_call(request, from, state) do
+    Logger.warning(
+      "#{inspect(__MODULE__)} #{inspect(state.name || self())} got an unexpected call " <>
+        "#{inspect(request)} from #{inspect(from)}"
+    )
 
-      _ ->
-        {:reply, {:error, :not_loaded}, state}
-    end
+    {:reply, {:error, :unexpected_call}, state}
   end
 
   @impl true
   # Task replies (loads and unloads): {task_ref, result}.
   def handle_info({ref, result}, state) when is_reference(ref) do
     case Map.pop(state.refs, ref) do
-      {{kind, id}, refs} ->
+      {{:load, id}, refs} ->
         Process.demonitor(ref, [:flush])
-        {:noreply, finished(%{state | refs: refs}, kind, id, {:ok, result})}
+        state = %{state | refs: refs}
+        {:noreply, Lifecycle.settle(Lifecycle.finished_load(state, id, {:ok, result}))}
+
+      {{:unload, id}, refs} ->
+        Process.demonitor(ref, [:flush])
+        state = %{state | refs: refs}
+        {:noreply, Lifecycle.settle(Lifecycle.finished_unload(state, id, {:ok, result}))}
 
       {nil, _} ->
-        {:noreply, state}
+        unexpected(state, "reply", {ref, result})
     end
   end
 
-  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
-    case Map.pop(state.refs, ref) do
-      {{:caller, id}, refs} ->
-        {:noreply, cancel_load(%{state | refs: refs}, state.models[id], [])}
+  def handle_info({:DOWN, ref, :process, pid, reason} = message, state) do
+    {watched, refs} = Map.pop(state.refs, ref)
+    state = %{state | refs: refs}
 
-      {{:handle, id}, refs} ->
-        {:noreply, model_died(%{state | refs: refs}, id, reason)}
+    case watched do
+      {:load, id} ->
+        {:noreply, Lifecycle.settle(Lifecycle.finished_load(state, id, {:exit, reason}))}
 
-      {{kind, id}, refs} ->
-        {:noreply, finished(%{state | refs: refs}, kind, id, {:exit, reason})}
+      {:unload, id} ->
+        {:noreply, Lifecycle.settle(Lifecycle.finished_unload(state, id, {:exit, reason}))}
 
-      {nil, _} ->
-        {:noreply, state}
+      {:caller, id} ->
+        entry = Ledger.fetch!(state.ledger, id)
+        {:noreply, Lifecycle.settle(Lifecycle.cancel_load(state, %{entry | caller_ref: nil}, []))}
+
+      {:waiter, waiter} ->
+        {:noreply, Lifecycle.settle(Lifecycle.waiter_died(state, waiter))}
+
+      {:handle, id} ->
+        {:noreply, Lifecycle.settle(Lifecycle.handle_died(state, id, reason))}
+
+      nil ->
+        if Map.get(state.holders, pid) == ref,
+          do: {:noreply, Lifecycle.settle(Lifecycle.holder_died(state, pid))},
+          else: unexpected(state, "message", message)
     end
   end
 
-  def handle_info(message, state) do
-    Logger.debug("#{inspect(__MODULE__)} ignored an unexpected message: #{inspect(message)}")
-    {:noreply, state}
+  def handle_info({__MODULE__, :lease_ended, id, inc}, state),
+    do: {:noreply, Lifecycle.settle(Lifecycle.lease_ended(state, id, inc))}
+
+  def handle_info({__MODULE__, :sweep}, state) do
+    schedule_sweep(state.sweep_ms)
+    {:noreply, Lifecycle.settle(Lifecycle.sweep(state))}
   end
 
-  # The one place loads and fences are admitted: plans the evictions that
-  # make room (nothing is evicted yet), then checks the placement against
-  # the ledger without them. Returns the evictions and that ledger's usage.
-  defp admit(state, placement) do
-    ledger = %{
-      budget: state.budget,
-      rules: state.rules,
-      usage: state.usage,
-      resident_count: map_size(state.models),
-      free: Eviction.probe_free(state.rules, state.budget, placement)
-    }
+  def handle_info({:timeout, timer, {__MODULE__, {:unload_timeout, id}}}, state),
+    do: {:noreply, Lifecycle.settle(Lifecycle.unload_timeout(state, id, timer))}
 
-    with {:ok, evictions, usage} <- Eviction.plan(ledger, placement, candidates(state)),
-         :ok <- ModelBudget.check(state.budget, placement, usage) do
-      {:ok, evictions, usage}
-    end
-  end
+  def handle_info({:timeout, _timer, {__MODULE__, {:load_timeout, ref}}}, state),
+    do: {:noreply, Lifecycle.settle(Lifecycle.load_timeout(state, ref))}
 
-  # Idle models, least recently used first, walked lazily.
-  defp candidates(%{min_idle_ms: :infinity}), do: []
+  def handle_info(message, state), do: unexpected(state, "message", message)
 
-  defp candidates(state) do
-    idle_since = now() - state.min_idle_ms
-    Stream.unfold(:ets.first(state.lru), &next_idle(state, idle_since, &1))
-  end
-
-  defp next_idle(_state, _idle_since, :"$end_of_table"), do: nil
-
-  defp next_idle(state, idle_since, {_tick, id} = key) do
-    next = :ets.next(state.lru, key)
-
-    case Map.fetch!(state.models, id) do
-      %{status: :ready, pinned: false, last_used: used, placement: placement}
-      when used <= idle_since ->
-        {{id, placement}, next}
-
-      _busy ->
-        next_idle(state, idle_since, next)
-    end
-  end
-
-  # The evicted models start unloading, each counting `held` in the ledger
-  # from now on; `for` is what waits for them. Their entries are returned for
-  # the caller to write with the rest of its step.
-  defp evict(state, evictions, for, held) do
-    Enum.zip(evictions, held)
-    |> Enum.map_reduce(state, fn {eviction, held}, state ->
-      entry = Map.fetch!(state.models, eviction.id)
-      log_eviction(state, entry, eviction, for)
-      evictions = history(state, entry.id, :evictions)
-      entry = %{entry | held: held, evicted_for: for, evictions: evictions}
-      {state, entry} = begin_unload(count(state, :evictions), entry, [])
-      {entry, store(state, entry)}
-    end)
-  end
-
-  defp placements(evictions), do: Enum.map(evictions, & &1.placement)
-
-  defp log_eviction(state, entry, eviction, for) do
-    target =
-      case for do
-        {:load, id} -> "the load of #{inspect(id)}"
-        {:fence, _} -> "a fence"
-      end
-
-    reason =
-      case eviction.reason do
-        :constraint ->
-          "the :evict_when rules hold (#{Enum.join(state.rules.constraint.expressions, " or ")})"
-
-        {:does_not_fit, required, available} ->
-          "#{required} bytes do not fit in the #{available} available"
-      end
-
-    Logger.info(
-      "#{inspect(__MODULE__)} #{inspect(state.name || self())}: evicting #{inspect(entry.id)} " <>
-        "(idle #{now() - entry.last_used} ms) to make room on #{inspect(eviction.device)} " <>
-        "for #{target}: #{reason}"
-    )
-  end
-
-  # `usage` is the ledger without the evicted models; they keep counting
-  # what they hold beyond the new placement (Eviction.residuals/3) until
-  # their unloads return, and the backend load waits for those.
-  defp start_load(state, {caller, _} = from, request, evictions, usage) do
-    %{id: id, placement: placement} = request
-    held = Eviction.residuals(state.budget, placements(evictions), placement)
-    {evicted, state} = evict(state, evictions, {:load, id}, held)
-    usage = Enum.reduce([placement | held], usage, &ModelBudget.fold(&2, &1))
-    caller_ref = Process.monitor(caller)
-    ids = Enum.map(evictions, & &1.id)
-
-    {loads, evictions} =
-      case :ets.lookup(state.table, {:history, id}) do
-        [{_, loads, evictions}] -> {loads, evictions}
-        [] -> {0, 0}
-      end
-
-    entry =
-      used_now(%{
-        id: id,
-        status: :loading,
-        source: request.source,
-        opts: request.opts,
-        placement: placement,
-        held: placement,
-        bytes: request.bytes,
-        pinned: Keyword.get(request.opts, :pinned, false),
-        handle: nil,
-        loaded_at: nil,
-        evicted: ids,
-        evicted_for: nil,
-        waiting: MapSet.new(ids),
-        loads: loads,
-        evictions: evictions,
-        from: from,
-        task: nil,
-        caller_ref: caller_ref,
-        handle_ref: nil,
-        waiters: []
-      })
-
-    refs = Map.put(state.refs, caller_ref, {:caller, id})
-    state = put_entries(%{state | refs: refs, usage: usage}, [entry | evicted])
-    if ids == [], do: run_load(state, entry), else: state
-  end
-
-  defp run_load(state, entry) do
-    %{source: source, placement: placement, opts: opts} = entry
-
-    task =
-      Task.Supervisor.async_nolink(state.task_sup, state.backend, :load, [source, placement, opts])
-
-    state = %{state | refs: Map.put(state.refs, task.ref, {:load, entry.id})}
-    store(state, %{entry | task: task})
-  end
-
-  defp finished(state, :load, id, outcome) do
-    %{from: from, caller_ref: caller_ref} = entry = Map.fetch!(state.models, id)
-    Process.demonitor(caller_ref, [:flush])
-    state = %{state | refs: Map.delete(state.refs, caller_ref)}
-
-    case outcome do
-      {:ok, {:ok, handle}} ->
-        loads = history(state, id, :loads)
-        entry = %{entry | status: :ready, handle: handle, loaded_at: now(), loads: loads}
-        {state, entry} = monitor_handle(state, used_now(entry))
-        state = put_entries(state, [%{entry | task: nil, caller_ref: nil, from: nil}])
-        GenServer.reply(from, {:ok, info(entry)})
-        count(state, :loads)
-
-      {:ok, {:error, reason}} ->
-        fail_load(state, id, {:load_failed, reason})
-
-      {:ok, other} ->
-        fail_load(state, id, {:load_crashed, {:bad_return, other}})
-
-      {:exit, reason} ->
-        fail_load(state, id, {:load_crashed, reason})
-    end
-  end
-
-  defp finished(state, :unload, id, outcome) do
-    with {:exit, reason} <- outcome do
-      Logger.error(
-        "#{inspect(__MODULE__)} #{inspect(state.name || self())}: unloading #{inspect(id)} " <>
-          "crashed (#{inspect(reason)}); its memory is released anyway"
-      )
-    end
-
-    {entry, state} = drop(state, id)
-    Enum.each(entry.waiters, &GenServer.reply(&1, :ok))
-    evicted(state, entry)
-  end
-
-  # An evicted model is unloaded: what waited for it may go on.
-  defp evicted(state, %{evicted_for: nil}), do: state
-
-  defp evicted(state, %{evicted_for: {:load, id}, id: evicted}) do
-    entry = Map.fetch!(state.models, id)
-    entry = %{entry | waiting: MapSet.delete(entry.waiting, evicted)}
-    if MapSet.size(entry.waiting) == 0, do: run_load(state, entry), else: store(state, entry)
-  end
-
-  defp evicted(state, %{evicted_for: {:fence, ref}, id: evicted}) do
-    fence = Map.fetch!(state.fences, ref)
-    pending = MapSet.delete(fence.pending, evicted)
-
-    if MapSet.size(pending) == 0 do
-      GenServer.reply(fence.from, {:ok, fence.evicted})
-      %{state | fences: Map.delete(state.fences, ref)}
-    else
-      %{state | fences: Map.put(state.fences, ref, %{fence | pending: pending})}
-    end
-  end
-
-  defp fail_load(state, id, reason) do
-    {entry, state} = drop(state, id)
-    GenServer.reply(entry.from, {:error, reason})
-    state
-  end
-
-  defp monitor_handle(state, %{handle: handle, id: id} = entry) when is_pid(handle) do
-    ref = Process.monitor(handle)
-    {%{state | refs: Map.put(state.refs, ref, {:handle, id})}, %{entry | handle_ref: ref}}
-  end
-
-  defp monitor_handle(state, entry), do: {state, entry}
-
-  # Still waiting for its evicted models: they hold their memory until their
-  # unloads return, so they count in full again.
-  defp cancel_load(state, %{task: nil} = entry, waiters) do
-    Process.demonitor(entry.caller_ref, [:flush])
-
-    state =
-      Enum.reduce(entry.waiting, %{state | refs: Map.delete(state.refs, entry.caller_ref)}, fn
-        id, state ->
-          evicted = Map.fetch!(state.models, id)
-
-          usage =
-            state.usage
-            |> ModelBudget.release(evicted.held)
-            |> ModelBudget.fold(evicted.placement)
-
-          store(%{state | usage: usage}, %{evicted | held: evicted.placement, evicted_for: nil})
-      end)
-
-    {_, state} = drop(state, entry.id)
-    Enum.each(waiters, &GenServer.reply(&1, :ok))
-    GenServer.reply(entry.from, {:error, {:load_failed, :cancelled}})
-    state
-  end
-
-  # Kills the load's task and waits for it to be gone, so that a handle it
-  # returned just before is never lost: that reply precedes its :DOWN.
-  defp cancel_load(state, entry, waiters) do
-    %{task: %Task{pid: pid, ref: ref} = task, caller_ref: caller_ref, from: from} = entry
-    Process.demonitor(caller_ref, [:flush])
-    Process.exit(pid, :kill)
-
-    result =
-      receive do
-        {:DOWN, ^ref, :process, _, _} ->
-          receive do
-            {^ref, result} -> result
-          after
-            0 -> nil
-          end
-      end
-
-    state = %{state | refs: Map.drop(state.refs, [task.ref, caller_ref])}
-    entry = %{entry | task: nil, caller_ref: nil, from: nil}
-
-    state =
-      case result do
-        {:ok, handle} ->
-          start_unload(state, %{entry | handle: handle}, waiters)
-
-        _ ->
-          {_, state} = drop(state, entry.id)
-          Enum.each(waiters, &GenServer.reply(&1, :ok))
-          state
-      end
-
-    GenServer.reply(from, {:error, {:load_failed, :cancelled}})
-    state
-  end
-
-  # The memory stays reserved until the backend's unload returns: a runtime
-  # frees it only then.
-  defp start_unload(state, entry, waiters) do
-    {state, entry} = begin_unload(state, entry, waiters)
-    put_entries(state, [entry])
-  end
-
-  defp begin_unload(state, entry, waiters) do
-    if entry.handle_ref, do: Process.demonitor(entry.handle_ref, [:flush])
-
-    task = Task.Supervisor.async_nolink(state.task_sup, state.backend, :unload, [entry.handle])
-    refs = state.refs |> Map.delete(entry.handle_ref) |> Map.put(task.ref, {:unload, entry.id})
-    entry = %{entry | status: :unloading, task: task, handle_ref: nil, waiters: waiters}
-    {%{state | refs: refs}, entry}
-  end
-
-  defp join_unload(state, entry, from),
-    do: store(state, %{entry | waiters: [from | entry.waiters]})
-
-  defp model_died(state, id, reason) do
+  defp unexpected(state, what, message) do
     Logger.warning(
-      "#{inspect(__MODULE__)} #{inspect(state.name || self())}: the process of model " <>
-        "#{inspect(id)} exited (#{inspect(reason)}); releasing its memory"
+      "#{inspect(__MODULE__)} #{inspect(state.name || self())} got an unexpected #{what}: " <>
+        inspect(message)
     )
 
-    {_, state} = drop(state, id)
-    state
-  end
-
-  defp used_now(entry),
-    do: Map.merge(entry, %{last_used: now(), lru_tick: :erlang.unique_integer([:monotonic])})
-
-  defp now, do: System.monotonic_time(:millisecond)
-
-  defp info(entry), do: Map.take(entry, @info_keys)
-
-  # Bumps a total of stats/1.
-  defp count(state, name) do
-    :ets.update_counter(state.table, :stats, {Keyword.fetch!(@stats, name), 1})
-    state
-  end
-
-  # Bumps and returns one of an id's history counters.
-  defp history(state, id, name) do
-    position = if name == :loads, do: 2, else: 3
-    :ets.update_counter(state.table, {:history, id}, {position, 1}, {{:history, id}, 0, 0})
-  end
-
-  # The entries and the usage they imply go to the table in one insert, so a
-  # reader never sees one without the other.
-  defp put_entries(state, entries) do
-    rows = for entry <- entries, do: {{:model, entry.id}, info(entry)}
-    :ets.insert(state.table, [{:usage, state.usage} | rows])
-    Enum.reduce(entries, state, &store(&2, &1))
-  end
-
-  # The manager's own copy of an entry, and its place in the LRU order.
-  defp store(state, %{id: id, lru_tick: tick} = entry) do
-    case state.models do
-      %{^id => %{lru_tick: ^tick}} ->
-        :ok
-
-      %{^id => %{lru_tick: old}} ->
-        :ets.delete(state.lru, {old, id})
-        :ets.insert(state.lru, {{tick, id}})
-
-      %{} ->
-        :ets.insert(state.lru, {{tick, id}})
-    end
-
-    %{state | models: Map.put(state.models, id, entry)}
-  end
-
-  defp drop(state, id) do
-    {entry, models} = Map.pop!(state.models, id)
-    usage = ModelBudget.release(state.usage, entry.held)
-    :ets.delete(state.table, {:model, id})
-    :ets.insert(state.table, {:usage, usage})
-    :ets.delete(state.lru, {entry.lru_tick, id})
-    {entry, %{state | models: models, usage: usage}}
+    {:noreply, state}
   end
 end

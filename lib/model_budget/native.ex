@@ -39,6 +39,7 @@ defmodule ModelBudget.Native do
   def refresh_devices(_cuda_visible_devices), do: not_loaded()
   def probe_machine(_cuda_visible_devices), do: not_loaded()
   def model_read(_path), do: not_loaded()
+  def model_from_gguf_header(_header), do: not_loaded()
   def plan_search(_model, _opts, _n_gpus, _budget, _used), do: not_loaded()
   def plan_parse_size(_text), do: not_loaded()
   def json_encode(_term, _opts), do: not_loaded()

@@ -45,8 +45,11 @@ defmodule ModelBudget.Plan do
   @type device_share :: %{
           device: device(),
           weights: non_neg_integer(),
+          repack: non_neg_integer(),
           kv_cache: non_neg_integer(),
           compute: non_neg_integer(),
+          output: non_neg_integer(),
+          prompt_cache: non_neg_integer(),
           overhead: non_neg_integer(),
           total: non_neg_integer(),
           available: non_neg_integer() | :infinity | nil
@@ -331,7 +334,10 @@ defmodule ModelBudget.Plan do
         used_total = used.ram + Enum.sum(Map.values(used.vram))
 
         pool =
-          Map.new([:weights, :kv_cache, :compute, :overhead, :total], &{&1, sum.(&1)})
+          Map.new(
+            [:weights, :repack, :kv_cache, :compute, :output, :prompt_cache, :overhead, :total],
+            &{&1, sum.(&1)}
+          )
           |> Map.merge(%{device: :total, available: max(limit - used_total, 0)})
 
         rows ++ [pool]

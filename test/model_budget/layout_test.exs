@@ -23,24 +23,53 @@ defmodule ModelBudget.LayoutTest do
     sliding_window_layers: []
   }
 
+  # One slot of 8192 tokens, no prompt cache.
+  @opts [n_ctx: 8192, n_parallel: 1, cache_ram: 0]
+
   describe "breakdown/3" do
     test "a full offload at 8192 tokens holds 1 GiB of f16 KV on the GPU" do
-      b = ModelBudget.breakdown(@llama, [], 1)
+      b = ModelBudget.breakdown(@llama, @opts, 1)
       assert b.n_ctx == 8192
       assert b.vram[0].kv_cache == 2 ** 30
       assert b.vram[0].weights == 32 * @layer + 400 * @mib
       assert b.vram[0].overhead == 512 * @mib
       assert b.ram.weights == 280 * @mib
+      # One slot's logits on the host.
+      assert b.ram.output == 128_256 * 4
 
-      assert b.vram[0].total ==
-               b.vram[0].weights + b.vram[0].kv_cache + b.vram[0].compute + b.vram[0].overhead
+      for share <- [b.ram, b.vram[0]] do
+        assert share.total ==
+                 share.weights + share.repack + share.kv_cache + share.compute + share.output +
+                   share.prompt_cache + share.overhead
+      end
+    end
+
+    test "the defaults are llama-server's: the trained context, 4 slots, an 8 GiB prompt cache" do
+      b = ModelBudget.breakdown(@llama, [], 0)
+      assert b.n_ctx == 131_072
+      assert b.ram.kv_cache == 16 * 2 ** 30
+      assert b.ram.prompt_cache == 8 * 2 ** 30
+      assert b.ram.output == 4 * 128_256 * 4
+    end
+
+    test "repacked weights: their own term on the host, by CPU" do
+      model = Map.put(@llama, :layer_matrices, List.duplicate(%{"Q4_K" => 150 * @mib}, 32))
+      assert ModelBudget.breakdown(model, [repack: :x86_avx2] ++ @opts, 0).ram.repack == 32 * 150 * @mib
+      assert ModelBudget.breakdown(model, [repack: false] ++ @opts, 0).ram.repack == 0
+      # Without mmap the repacked copy replaces the loaded one.
+      b = ModelBudget.breakdown(model, [repack: true, mmap: false] ++ @opts, 0)
+      assert b.ram.weights == 280 * @mib + 32 * 50 * @mib + 400 * @mib
+
+      assert_raise ArgumentError, ~r/invalid option :repack: expected :auto, true, false/, fn ->
+        ModelBudget.breakdown(model, [repack: :sometimes], 0)
+      end
     end
 
     test "partial offload of 10 of 32 layers over two GPUs 3:1" do
       b =
         ModelBudget.breakdown(
           @llama,
-          [n_gpu_layers: 10, split_mode: :layer, tensor_split: [3, 1]],
+          [n_gpu_layers: 10, split_mode: :layer, tensor_split: [3, 1]] ++ @opts,
           2
         )
 
@@ -51,7 +80,7 @@ defmodule ModelBudget.LayoutTest do
     end
 
     test "cache types, per-layer KV heads and sliding windows size the KV cache" do
-      kv = fn model, opts -> ModelBudget.breakdown(model, opts, 1).vram[0].kv_cache end
+      kv = fn model, opts -> ModelBudget.breakdown(model, opts ++ @opts, 1).vram[0].kv_cache end
       assert kv.(@llama, cache_type_k: :q8_0, cache_type_v: :q8_0) == 32 * 8192 * 2 * 32 * 34
       assert kv.(@llama, cache_type_k: :q4_0, cache_type_v: :q4_0) == 32 * 8192 * 2 * 32 * 18
       assert kv.(%{@llama | n_head_kv: 32}, []) == 4 * 2 ** 30
@@ -66,6 +95,12 @@ defmodule ModelBudget.LayoutTest do
       }
 
       assert kv.(swa, n_ctx: 32_768) == 16 * 32_768 * 4096 + 16 * 4608 * 4096
+      # Four slots: a window each, apart or in one unified cache.
+      assert kv.(swa, n_ctx: 32_768, n_parallel: 4, kv_unified: false) ==
+               16 * 32_768 * 4096 + 16 * 4 * 4608 * 4096
+
+      assert kv.(swa, n_ctx: 32_768, n_parallel: 4, kv_unified: true) ==
+               16 * 32_768 * 4096 + 16 * (4 * 4096 + 512) * 4096
     end
 
     test "its totals are distribute/3's placement" do

@@ -5,6 +5,7 @@ defmodule ModelBudget.ModelManagerTest do
 
   alias ModelBudget.ModelManager
   alias ModelBudget.TestBackend
+  alias ModelBudget.TestClock
 
   # Every manager logs its empty ledger when it starts.
   @moduletag :capture_log
@@ -535,9 +536,13 @@ defmodule ModelBudget.ModelManagerTest do
     end
 
     test "keeps models used within :min_idle_ms" do
-      manager = start_manager(memory_budget: 1_000, evict_when: [], min_idle_ms: 500)
+      {clock, advance} = TestClock.new()
+
+      manager =
+        start_manager(memory_budget: 1_000, evict_when: [], min_idle_ms: 500, clock: clock)
+
       assert {:ok, _} = load(manager, :old, {:test, 400})
-      Process.sleep(600)
+      advance.(600)
       assert {:ok, _} = load(manager, :recent, {:test, 400})
 
       # Making room for 700 would take both; :recent is not idle yet.
@@ -545,11 +550,15 @@ defmodule ModelBudget.ModelManagerTest do
       assert ready?(manager, :old) and ready?(manager, :recent)
       assert {:ok, %{evicted: [:old]}} = load(manager, :small, {:test, 500})
 
-      # A touch makes a model recent again.
-      Process.sleep(600)
+      # A touch, or a checkin, makes a model recent again.
+      advance.(600)
       assert :ok = ModelManager.touch(manager, :recent)
       assert {:error, {:insufficient_memory, _}} = load(manager, :other, {:test, 700})
       assert {:ok, %{evicted: [:small]}} = load(manager, :other, {:test, 300})
+      advance.(600)
+      {:ok, lease} = ModelManager.checkout(manager, :recent)
+      :ok = ModelManager.checkin(manager, lease)
+      assert {:ok, %{evicted: [:other]}} = load(manager, :more, {:test, 400})
 
       # :infinity turns eviction off.
       off = start_manager(memory_budget: 1_000, min_idle_ms: :infinity)
@@ -721,7 +730,14 @@ defmodule ModelBudget.ModelManagerTest do
       assert [%{id: :a, loads: 2, evictions: 1}] = ModelManager.list(manager)
       assert {:error, _} = load(manager, :c, {:test, 2_000})
       assert {:ok, [:a]} = ModelManager.fence(manager, :total, 500)
-      assert ModelManager.stats(manager) == %{loads: 3, evictions: 3, refused: 1, fences: 1}
+
+      assert ModelManager.stats(manager) == %{
+               loads: 3,
+               evictions: 3,
+               refused: 1,
+               fences: 1,
+               expired: 0
+             }
     end
   end
 
@@ -879,11 +895,18 @@ defmodule ModelBudget.ModelManagerTest do
   end
 
   describe "unexpected messages" do
-    test "are ignored" do
+    test "are logged, and the manager goes on" do
       manager = start_manager()
-      send(manager, {:stray, make_ref()})
-      send(manager, make_ref())
-      assert {:ok, _} = load(manager, :a, {:test, 1})
+
+      log =
+        capture_log(fn ->
+          send(manager, {:stray, make_ref()})
+          send(manager, {make_ref(), :a_reply_nobody_waits_for})
+          assert {:ok, _} = load(manager, :a, {:test, 1})
+        end)
+
+      assert log =~ "got an unexpected message: {:stray, #Reference<"
+      assert log =~ "got an unexpected reply: {#Reference<"
       assert Process.alive?(manager)
     end
   end

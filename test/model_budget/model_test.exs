@@ -104,8 +104,9 @@ defmodule ModelBudget.ModelTest do
       assert m.tied_embeddings
       embeddings = q8_0(3584 * 256_000)
       assert m.input_bytes == embeddings
-      # llama.cpp loads the tied matrix again for the output layer.
-      assert m.output_bytes == f32(3584) + embeddings
+      # The tied head is the embedding matrix, counted once.
+      assert {m.output_bytes, m.embedding_bytes} == {f32(3584), embeddings}
+      assert m.head_matrices == %{}
       assert m.weight_bytes == embeddings + Enum.sum(m.layer_bytes) + f32(3584)
       assert m.n_params == 9_241_705_984
       assert {m.n_head, m.n_head_kv, m.head_dim_k, m.head_dim_v} == {16, 8, 256, 256}

@@ -27,8 +27,11 @@ defmodule ModelBudget.PlacementFixturesTest do
     }
   end
 
+  # One slot of 8192 tokens unless a test says otherwise.
+  @one_slot [n_ctx: 8192, n_parallel: 1]
+
   defp kv(model, opts, n_gpus \\ 1) do
-    b = ModelBudget.breakdown(model, opts, n_gpus)
+    b = ModelBudget.breakdown(model, opts ++ @one_slot, n_gpus)
     b.ram.kv_cache + Enum.sum(Enum.map(b.vram, fn {_, s} -> s.kv_cache end))
   end
 
@@ -36,8 +39,8 @@ defmodule ModelBudget.PlacementFixturesTest do
     test "Llama-3.1-8B at 8192 tokens with an f16 cache: 1 GiB exactly", %{llama: llama} do
       b = ModelBudget.breakdown(llama, [n_ctx: 8192], 1)
       assert b.vram[0].kv_cache == @gib
-      # The trained context is 131,072; the default context is capped at 8192.
-      assert ModelBudget.breakdown(llama, [], 1).n_ctx == 8192
+      # The default context is the trained one, 131,072 (llama-server's `-c 0`).
+      assert ModelBudget.breakdown(llama, [], 1).n_ctx == 131_072
     end
 
     test "q8_0 and q4_0 caches: 34 and 18 bytes per 32 elements", %{llama: llama} do
@@ -77,7 +80,7 @@ defmodule ModelBudget.PlacementFixturesTest do
     test "partial offload of 10 of 32 layers over 2 GPUs with tensor_split [3, 1]", %{
       llama: llama
     } do
-      opts = [n_gpu_layers: 10, split_mode: :layer, tensor_split: [3, 1]]
+      opts = [n_gpu_layers: 10, split_mode: :layer, tensor_split: [3, 1]] ++ @one_slot
       b = ModelBudget.breakdown(llama, opts, 2)
       layers = llama.layer_bytes
       kv_layer = div(@gib, 32)
@@ -102,9 +105,9 @@ defmodule ModelBudget.PlacementFixturesTest do
     end
 
     test "a partial offload is no longer charged as a full one", %{llama: llama} do
-      partial = ModelBudget.distribute(llama, [n_gpu_layers: 10], 1)
-      full = ModelBudget.distribute(llama, [n_gpu_layers: 99], 1)
-      coarse = ModelBudget.distribute(llama.file_bytes, [n_gpu_layers: 10], 1)
+      partial = ModelBudget.distribute(llama, [n_gpu_layers: 10] ++ @one_slot, 1)
+      full = ModelBudget.distribute(llama, [n_gpu_layers: 99] ++ @one_slot, 1)
+      coarse = ModelBudget.distribute(llama.file_bytes, [n_gpu_layers: 10] ++ @one_slot, 1)
       assert partial.vram[0] < full.vram[0]
       assert partial.ram > full.ram
       assert coarse.vram[0] > partial.vram[0]

@@ -36,9 +36,21 @@ defmodule Mix.Tasks.ModelBudget.Plan do
     * `--tensor-split 3,1` - weights per GPU. Defaults to an even split.
     * `--main-gpu I` - the GPU for `--split-mode none`. Defaults to `0`.
     * `--ctx N` - the server's total context in tokens. Defaults to each
-      model's trained context, at most 8192.
-    * `--parallel N` - slots the context is divided among (shown per slot;
-      it does not change memory). Defaults to `1`.
+      model's trained context, as llama-server's `-c 0`.
+    * `--parallel N` - slots the context is divided among. Defaults to `4`,
+      llama-server's automatic choice.
+    * `--kv-unified`, `--no-kv-unified` - whether the slots share one KV
+      cache (llama-server's default) or each keeps its own; only
+      sliding-window layers (Gemma) hold more KV apart.
+    * `--batch-size N`, `--ubatch-size N` - batch and micro-batch; they size
+      the compute buffer. Default `2048` and `512`.
+    * `--flash-attn on|off` - flash attention. Defaults to `on` (llama.cpp's
+      `auto` where the backend has it).
+    * `--cache-ram MIB` - llama-server's prompt cache in RAM, which fills
+      while it serves. Defaults to `8192`, llama-server's default.
+    * `--no-repack` - plan for a CPU backend that does not repack Q4
+      weights (llama.cpp's `--no-repack`); by default this machine's CPU
+      decides which types repack. `--no-mmap` loads instead of mapping.
     * `--cache-type-k T`, `--cache-type-v T` - KV cache types: `f32`, `f16`,
       `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`. Default `f16`.
     * `--no-kv-offload` - keep the KV cache in RAM.

@@ -15,6 +15,13 @@ defmodule ModelBudget.Plan.Args do
     cache_type_k: :string,
     cache_type_v: :string,
     no_kv_offload: :boolean,
+    batch_size: :integer,
+    ubatch_size: :integer,
+    flash_attn: :string,
+    kv_unified: :boolean,
+    cache_ram: :integer,
+    repack: :boolean,
+    mmap: :boolean,
     budget: :string,
     json: :boolean
   ]
@@ -31,8 +38,15 @@ defmodule ModelBudget.Plan.Args do
     "-np" => "--parallel",
     "-ctk" => "--cache-type-k",
     "-ctv" => "--cache-type-v",
-    "-nkvo" => "--no-kv-offload"
+    "-nkvo" => "--no-kv-offload",
+    "-b" => "--batch-size",
+    "-ub" => "--ubatch-size",
+    "-fa" => "--flash-attn",
+    "-kvu" => "--kv-unified",
+    "-cram" => "--cache-ram"
   }
+
+  @flash_attn %{"on" => true, "off" => false, "auto" => true}
 
   @split_modes %{"none" => :none, "layer" => :layer, "row" => :row}
   @cache_types Map.new(
@@ -94,6 +108,9 @@ defmodule ModelBudget.Plan.Args do
     {"option :cache_type_k", "--cache-type-k"},
     {"option :cache_type_v", "--cache-type-v"},
     {"option :offload_kqv", "--no-kv-offload"},
+    {"option :n_batch", "--batch-size"},
+    {"option :n_ubatch", "--ubatch-size"},
+    {"option :cache_ram", "--cache-ram"},
     {"memory budget", "--budget"}
   ]
 
@@ -147,6 +164,19 @@ defmodule ModelBudget.Plan.Args do
   defp load_option(:parallel, n), do: {:ok, {:n_parallel, n}}
   defp load_option(:no_kv_offload, true), do: {:ok, {:offload_kqv, false}}
   defp load_option(:no_kv_offload, false), do: {:ok, nil}
+  defp load_option(:batch_size, n), do: {:ok, {:n_batch, n}}
+  defp load_option(:ubatch_size, n), do: {:ok, {:n_ubatch, n}}
+  defp load_option(:kv_unified, yes), do: {:ok, {:kv_unified, yes}}
+  defp load_option(:repack, yes), do: {:ok, {:repack, if(yes, do: :auto, else: false)}}
+  defp load_option(:mmap, yes), do: {:ok, {:mmap, yes}}
+  # llama-server's --cache-ram is in MiB; -1 means no limit, which no plan can hold.
+  defp load_option(:cache_ram, mib) when mib >= 0, do: {:ok, {:cache_ram, mib * 2 ** 20}}
+
+  defp load_option(:cache_ram, mib),
+    do: {:error, "--cache-ram: expected a size in MiB (0 or more), got: #{mib}"}
+
+  defp load_option(:flash_attn, value),
+    do: choice("--flash-attn", value, @flash_attn, "on, off or auto", :flash_attn)
 
   defp load_option(:split_mode, mode),
     do: choice("--split-mode", mode, @split_modes, "none, layer or row", :split_mode)

@@ -2,7 +2,8 @@ defmodule ModelBudget.Plan.Text do
   @moduledoc """
   Renders a `%ModelBudget.Plan{}` for people: the machine and its budget, a
   summary table with one line per model, then each model's placement per
-  device (weights, KV cache, compute, overhead), its verdict naming every
+  device (weights, repacked weights, KV cache, compute, output, prompt
+  cache, overhead), its verdict naming every
   device that is short and by how much, the longest context that fits, and
   the options that would make it fit.
   """
@@ -87,7 +88,7 @@ defmodule ModelBudget.Plan.Text do
 
   defp options([]),
     do:
-      "defaults (n_gpu_layers 99, split_mode none, context: trained, at most 8192; f16 KV cache)"
+      "llama-server's defaults (n_gpu_layers 99, split_mode none, the trained context, 4 slots sharing an f16 KV cache, an 8192 MiB prompt cache)"
 
   defp options(load) do
     Enum.map_join(load, ", ", fn
@@ -193,11 +194,13 @@ defmodule ModelBudget.Plan.Text do
         left = if d.available, do: b(d.available), else: "-"
         available = if d.device in short, do: c.({:red, left}), else: left
 
-        [device(d.device), b(d.weights), b(d.kv_cache), b(d.compute), b(d.overhead), b(d.total)] ++
-          [available]
+        [device(d.device), b(d.weights), b(d.repack), b(d.kv_cache), b(d.compute)] ++
+          [b(d.output), b(d.prompt_cache), b(d.overhead), b(d.total), available]
       end)
 
-    header = ["device", "weights", "KV cache", "compute", "overhead", "total", "available"]
+    header =
+      ["device", "weights", "repacked", "KV cache", "compute", "output"] ++
+        ["prompt cache", "overhead", "total", "available"]
     Format.table([header | rows], indent: "  ")
   end
 

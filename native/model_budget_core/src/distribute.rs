@@ -7,6 +7,7 @@
 
 use crate::error::{invalid, Result};
 use crate::layout::kv::CacheType;
+use crate::layout::repack::Repack;
 use crate::placement::Placement;
 use crate::split::{apportion, integer_weights};
 
@@ -22,6 +23,11 @@ pub const DEFAULT_N_CTX: u64 = 8192;
 
 /// Driver context per used GPU (CUDA's context is a few hundred MiB).
 pub const DEFAULT_GPU_OVERHEAD: u64 = 512 << 20;
+
+/// llama-server's prompt cache in RAM (`--cache-ram`, 8192 MiB by default
+/// in build 11434): it fills while the server runs, so a server is planned
+/// with it.
+pub const DEFAULT_CACHE_RAM: u64 = 8192 << 20;
 
 /// Whether the load runs a server with a KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +62,16 @@ pub struct DistributeOptions {
     /// Whether the KV cache sits on the GPU(s).
     pub offload_kqv: bool,
     /// Context tokens; `None` means the default (8192 for the byte-count
-    /// path, the model's trained length capped at 8192 for a model).
+    /// path, the model's trained length for a model, as llama-server's
+    /// `-c 0`). On the model path it is llama.cpp's `n_ctx`: the whole
+    /// cache, shared by all slots.
     pub n_ctx: Option<u64>,
+    /// Sequences (llama-server's slots, `--parallel`).
     pub n_parallel: u64,
+    /// Whether all slots share one KV cache (`--kv-unified`).
+    pub kv_unified: bool,
+    /// Logical batch size (`--batch-size`).
+    pub n_batch: u64,
     pub kv_bytes_per_token: Option<u64>,
     /// KV element types (model-aware path).
     pub cache_type_k: CacheType,
@@ -68,6 +81,12 @@ pub struct DistributeOptions {
     pub flash_attn: bool,
     /// Bytes each GPU that receives anything pays for the driver's context.
     pub gpu_overhead: u64,
+    /// Which weight types the CPU repacks (model-aware path).
+    pub repack: Repack,
+    /// Whether the file is memory-mapped (`--mmap`, llama.cpp's default).
+    pub mmap: bool,
+    /// A server's prompt cache in RAM (`--cache-ram`), server mode only.
+    pub cache_ram: u64,
 }
 
 impl Default for DistributeOptions {
@@ -80,13 +99,21 @@ impl Default for DistributeOptions {
             main_gpu: 0,
             offload_kqv: true,
             n_ctx: None,
+            // llama-server's defaults (build 11434): `--parallel` auto is 4
+            // slots sharing a unified cache, batches of 2048, micro-batches of
+            // 512, flash attention auto (on where the backend has it).
             n_parallel: 4,
+            kv_unified: true,
+            n_batch: 2048,
             kv_bytes_per_token: None,
             cache_type_k: CacheType::F16,
             cache_type_v: CacheType::F16,
             n_ubatch: 512,
             flash_attn: true,
             gpu_overhead: DEFAULT_GPU_OVERHEAD,
+            repack: Repack::detect(),
+            mmap: true,
+            cache_ram: DEFAULT_CACHE_RAM,
         }
     }
 }

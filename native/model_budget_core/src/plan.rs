@@ -208,6 +208,16 @@ mod tests {
         }
     }
 
+    /// The defaults without the parts that depend on this machine's CPU or
+    /// grow while a server runs: no repacking, no prompt cache.
+    fn base() -> DistributeOptions {
+        DistributeOptions {
+            repack: crate::layout::repack::Repack::None,
+            cache_ram: 0,
+            ..DistributeOptions::default()
+        }
+    }
+
     fn placed(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> Placement {
         distribute_model(model, opts, n_gpus).unwrap()
     }
@@ -215,9 +225,10 @@ mod tests {
     #[test]
     fn a_model_that_fits_reports_no_shortfall_and_its_trained_context() {
         let budget = per_device(64 * GIB, &[]);
-        let s = search(&llama_8b(), &DistributeOptions::default(), at(&budget, 0)).unwrap();
+        let s = search(&llama_8b(), &base(), at(&budget, 0)).unwrap();
         assert!(s.short.is_empty());
-        assert_eq!(s.n_ctx, 8192);
+        // The trained context, as llama-server's `-c 0`.
+        assert_eq!(s.n_ctx, 131_072);
         // 131,072 tokens of f16 KV are 16 GiB: fits in 64 GiB with the weights.
         assert_eq!(s.longest_context, Some(131_072));
         assert_eq!((s.n_gpu_layers, s.cache_type), (None, None));
@@ -227,7 +238,7 @@ mod tests {
     fn every_short_device_is_named_with_its_shortfall() {
         let opts = DistributeOptions {
             split_mode: SplitMode::Layer,
-            ..DistributeOptions::default()
+            ..base()
         };
         let p = placed(&llama_8b(), &opts, 2);
         let budget = per_device(GIB / 4, &[GIB, 64 * GIB]);
@@ -247,7 +258,10 @@ mod tests {
     #[test]
     fn usage_already_there_counts() {
         let budget = per_device(16 * GIB, &[]);
-        let opts = DistributeOptions::default();
+        let opts = DistributeOptions {
+            n_ctx: Some(8192),
+            ..base()
+        };
         let alone = search(&llama_8b(), &opts, at(&budget, 0)).unwrap();
         assert!(alone.short.is_empty());
         let used = Placement::in_ram(8 * GIB);
@@ -264,7 +278,7 @@ mod tests {
 
     #[test]
     fn the_longest_context_is_the_exact_edge() {
-        let opts = DistributeOptions::default();
+        let opts = base();
         let at_4096 = placed(
             &llama_8b(),
             &DistributeOptions {
@@ -291,11 +305,11 @@ mod tests {
         // Room on the GPU for 20 blocks with their KV and buffers.
         let opts = DistributeOptions {
             n_gpu_layers: 20,
-            ..DistributeOptions::default()
+            ..base()
         };
         let gpu_at_20 = placed(&llama_8b(), &opts, 1).gpu(0);
         let budget = per_device(64 * GIB, &[gpu_at_20]);
-        let s = search(&llama_8b(), &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        let s = search(&llama_8b(), &base(), at(&budget, 1)).unwrap();
         assert_eq!(s.short.len(), 1);
         assert_eq!(s.short[0].device, Device::Gpu(0));
         assert_eq!(s.n_gpu_layers, Some(20));
@@ -305,9 +319,9 @@ mod tests {
     fn more_gpu_layers_when_ram_is_short() {
         let opts = DistributeOptions {
             n_gpu_layers: 4,
-            ..DistributeOptions::default()
+            ..base()
         };
-        let all = placed(&llama_8b(), &DistributeOptions::default(), 1);
+        let all = placed(&llama_8b(), &base(), 1);
         let budget = per_device(all.ram, &[64 * GIB]);
         let s = search(&llama_8b(), &opts, at(&budget, 1)).unwrap();
         assert_eq!(s.short[0].device, Device::Ram);
@@ -317,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_quantized_cache_when_the_kv_is_what_does_not_fit() {
-        let opts = DistributeOptions::default();
+        let opts = base();
         let q8 = DistributeOptions {
             cache_type_k: CacheType::Q8_0,
             cache_type_v: CacheType::Q8_0,
@@ -345,7 +359,7 @@ mod tests {
     #[test]
     fn nothing_fits_when_the_weights_alone_are_too_large() {
         let budget = per_device(GIB, &[]);
-        let s = search(&llama_8b(), &DistributeOptions::default(), at(&budget, 0)).unwrap();
+        let s = search(&llama_8b(), &base(), at(&budget, 0)).unwrap();
         assert_eq!(
             (s.longest_context, s.n_gpu_layers, s.cache_type),
             (None, None, None)
@@ -357,19 +371,25 @@ mod tests {
         let n = MAX_SEARCHED_LAYERS + 1;
         let huge = ModelShape {
             layer_bytes: vec![MIB; n],
+            layer_matrices: vec![],
             n_head_kv: vec![8; n],
             ..llama_8b()
         };
         let budget = per_device(64 * GIB, &[MIB]);
-        let s = search(&huge, &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        let opts = DistributeOptions {
+            n_ctx: Some(8192),
+            ..base()
+        };
+        let s = search(&huge, &opts, at(&budget, 1)).unwrap();
         assert_eq!(s.short[0].device, Device::Gpu(0));
         assert_eq!(s.n_gpu_layers, None);
         let at_limit = ModelShape {
             layer_bytes: vec![MIB; n - 1],
+            layer_matrices: vec![],
             n_head_kv: vec![8; n - 1],
             ..llama_8b()
         };
-        let s = search(&at_limit, &DistributeOptions::default(), at(&budget, 1)).unwrap();
+        let s = search(&at_limit, &opts, at(&budget, 1)).unwrap();
         // The GPU cannot hold even its overhead: only keeping everything in RAM fits.
         assert_eq!(s.n_gpu_layers, Some(0));
     }
@@ -379,7 +399,7 @@ mod tests {
         let budget = Budget::Unlimited;
         let opts = DistributeOptions {
             main_gpu: 3,
-            ..DistributeOptions::default()
+            ..base()
         };
         assert!(search(&llama_8b(), &opts, at(&budget, 1)).is_err());
     }
@@ -394,6 +414,7 @@ mod tests {
         )
             .prop_map(|(n, layer, kv, window, context)| ModelShape {
                 layer_bytes: vec![layer; n],
+                layer_matrices: vec![],
                 n_head_kv: vec![kv; n],
                 sliding_window: window,
                 swa_layers: (0..n).map(|i| i % 2 == 0).collect(),
@@ -416,7 +437,7 @@ mod tests {
                     offload_kqv,
                     flash_attn,
                     split_mode: SplitMode::Layer,
-                    ..DistributeOptions::default()
+                    ..base()
                 },
             )
     }

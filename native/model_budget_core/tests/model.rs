@@ -78,12 +78,29 @@ fn gguf_llama_counts_are_exact() {
 }
 
 #[test]
-fn gguf_tied_head_counts_the_embeddings_again() {
+fn gguf_tied_head_counts_the_embeddings_once() {
     let m = parse_gguf(&llama(1, 256, 512, 1000, 2, Q8_0, true).bytes()).unwrap();
     assert!(m.tied_embeddings);
-    assert_eq!(m.input_bytes, 272_000);
-    assert_eq!(m.output_bytes, 272_000 + 1024);
+    assert_eq!((m.input_bytes, m.embedding_bytes), (272_000, 272_000));
+    assert_eq!(m.output_bytes, 1024);
     assert_eq!(m.weight_bytes, 272_000 + 1024 + 628_736);
+    // No head matrix to repack: the embeddings are looked up, not multiplied.
+    assert!(m.head_matrices.is_empty());
+}
+
+#[test]
+fn gguf_matrices_by_type_and_ffn_width_per_block() {
+    let m = parse_gguf(&llama(2, 256, 512, 1000, 2, Q8_0, false).bytes()).unwrap();
+    assert_eq!(m.n_ff, Some(512));
+    assert_eq!(m.n_ff_exp, None);
+    assert_eq!(m.layer_matrices.len(), 2);
+    // Every 2-D weight of a block is a Q8_0 matrix; norms are not.
+    let norms = 2 * 256 * 4;
+    for (il, matrices) in m.layer_matrices.iter().enumerate() {
+        assert_eq!(matrices.keys().collect::<Vec<_>>(), ["Q8_0"]);
+        assert_eq!(matrices["Q8_0"], m.layer_bytes[il] - norms);
+    }
+    assert_eq!(m.head_matrices["Q8_0"], 272_000);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `distribute/3`: load options in, `placement()` out.
 
 use model_budget_core::layout::kv::CacheType;
+use model_budget_core::layout::repack::Repack;
 use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, Mode, SplitMode};
 use rustler::{Atom, Encoder, Env, ListIterator, Term};
 
@@ -55,9 +56,7 @@ fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> D
     } else if key == atoms::main_gpu() {
         opts.main_gpu = index(value, "option :main_gpu")?;
     } else if key == atoms::offload_kqv() {
-        opts.offload_kqv = value
-            .decode::<bool>()
-            .or_else(|_| bad("option :offload_kqv", "a boolean", value))?;
+        opts.offload_kqv = boolean(value, "option :offload_kqv")?;
     } else if key == atoms::n_ctx() {
         opts.n_ctx = Some(positive(value, "option :n_ctx")?);
     } else if key == atoms::n_parallel() {
@@ -69,9 +68,17 @@ fn set_option<'a>(opts: &mut DistributeOptions, key: Atom, value: Term<'a>) -> D
     } else if key == n_ubatch() {
         opts.n_ubatch = positive(value, "option :n_ubatch")?;
     } else if key == flash_attn() {
-        opts.flash_attn = value
-            .decode::<bool>()
-            .or_else(|_| bad("option :flash_attn", "a boolean", value))?;
+        opts.flash_attn = boolean(value, "option :flash_attn")?;
+    } else if key == n_batch() {
+        opts.n_batch = positive(value, "option :n_batch")?;
+    } else if key == kv_unified() {
+        opts.kv_unified = boolean(value, "option :kv_unified")?;
+    } else if key == mmap() {
+        opts.mmap = boolean(value, "option :mmap")?;
+    } else if key == repack() {
+        opts.repack = decode_repack(value)?;
+    } else if key == cache_ram() {
+        opts.cache_ram = bytes(value, "option :cache_ram")?;
     } else if key == gpu_overhead() {
         opts.gpu_overhead = bytes(value, "option :gpu_overhead")?;
     } else if key == atoms::kv_bytes_per_token() {
@@ -84,8 +91,41 @@ rustler::atoms! {
     cache_type_k,
     cache_type_v,
     n_ubatch,
+    n_batch,
+    kv_unified,
+    mmap,
+    repack,
+    cache_ram,
     flash_attn,
     gpu_overhead,
+    auto,
+    x86_avx2,
+    x86_avx512,
+    arm_dotprod,
+}
+
+fn boolean<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, bool> {
+    term.decode::<bool>().or_else(|_| bad(arg, "a boolean", term))
+}
+
+/// `:repack`: `:auto` (this machine's CPU), `true` (x86-64 with AVX2, the
+/// common server), `false`, or a named CPU's rules.
+fn decode_repack(term: Term) -> Decoded<Repack> {
+    if let Ok(yes) = term.decode::<bool>() {
+        return Ok(if yes { Repack::X86Avx2 } else { Repack::None });
+    }
+    match atom(term) {
+        Some(a) if a == auto() => Ok(Repack::detect()),
+        Some(a) if a == atoms::none() => Ok(Repack::None),
+        Some(a) if a == x86_avx2() => Ok(Repack::X86Avx2),
+        Some(a) if a == x86_avx512() => Ok(Repack::X86Avx512),
+        Some(a) if a == arm_dotprod() => Ok(Repack::ArmDotprod),
+        _ => bad(
+            "option :repack",
+            ":auto, true, false, :none, :x86_avx2, :x86_avx512 or :arm_dotprod",
+            term,
+        ),
+    }
 }
 
 /// A KV cache type atom such as `:q8_0`.

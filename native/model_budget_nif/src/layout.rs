@@ -2,14 +2,23 @@
 //! longest context that fits.
 
 use model_budget_core::layout::{self, estimate::Estimate, kv, Breakdown, ModelShape, Share};
+use model_budget_core::model::{MatrixBytes, Model};
+use model_budget_core::{Format, PerLayer};
 use rustler::{Encoder, Env, ListIterator, NifMap, Term};
 
 use crate::badarg::{bad, reply, Decoded};
-use crate::decode::{atom, bytes, index, optional};
+use crate::decode::{bytes, optional};
 use crate::distribute::{decode_options, gpu_count, positive};
 use crate::placement::Encoded;
 
 rustler::atoms! {
+    embedding_bytes,
+    tied_embeddings,
+    layer_matrices,
+    head_matrices,
+    n_ff,
+    n_ff_exp,
+    n_experts_used,
     layer_bytes,
     input_bytes,
     output_bytes,
@@ -35,17 +44,16 @@ fn field<'a>(model: Term<'a>, key: rustler::Atom) -> Decoded<'a, Term<'a>> {
     model.map_get(key).or_else(|_| bad("model", MODEL, model))
 }
 
-/// A count that must be known for placement; `nil` names what is missing.
-fn known<'a>(model: Term<'a>, key: rustler::Atom, name: &str) -> Decoded<'a, u32> {
-    let value = field(model, key)?;
-    if atom(value) == Some(crate::atoms::nil()) {
-        return bad(
-            "model",
-            &format!("a model whose {name} is known (the header did not say)"),
-            model,
-        );
+/// A field that may be absent or `nil`.
+fn maybe<'a, T>(
+    model: Term<'a>,
+    key: rustler::Atom,
+    decode: impl FnOnce(Term<'a>) -> Decoded<'a, T>,
+) -> Decoded<'a, Option<T>> {
+    match model.map_get(key) {
+        Ok(t) => optional(t, decode),
+        Err(_) => Ok(None),
     }
-    index(value, &format!("model {name}"))
 }
 
 fn u64_list<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Vec<u64>> {
@@ -56,68 +64,95 @@ fn u64_list<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Vec<u64>> {
 }
 
 /// An integer, or a per-layer list of them (`n_head`, `n_head_kv`).
-fn per_layer<'a>(
-    model: Term<'a>,
-    key: rustler::Atom,
-    name: &str,
-    n: usize,
-) -> Decoded<'a, Vec<u32>> {
-    let value = field(model, key)?;
-    if let Ok(list) = value.decode::<ListIterator>() {
-        return list.map(|t| index(t, &format!("model {name}"))).collect();
+fn count<'a>(term: Term<'a>, name: &str) -> Decoded<'a, PerLayer> {
+    if term.decode::<ListIterator>().is_ok() {
+        return Ok(PerLayer::Layers(u64_list(term, &format!("model {name}"))?));
     }
-    Ok(vec![known(model, key, name)?; n])
+    Ok(PerLayer::Uniform(bytes(term, &format!("model {name}"))?))
 }
 
-pub fn decode_model(model: Term) -> Decoded<ModelShape> {
-    let layer_bytes = u64_list(field(model, layer_bytes())?, "model layer_bytes")?;
-    let n = layer_bytes.len();
-    let input = bytes(field(model, input_bytes())?, "model input_bytes")?;
-    let other = match model.map_get(other_bytes()) {
-        Ok(t) => bytes(t, "model other_bytes")?,
-        Err(_) => 0,
+/// `%{"Q4_K" => bytes, ...}`.
+fn matrices<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, MatrixBytes> {
+    let Ok(map) = term.decode::<std::collections::HashMap<String, Term>>() else {
+        return bad(arg, "a map of ggml type names to byte counts", term);
     };
-    let swa_layers = match model.map_get(sliding_window_layers()) {
+    map.into_iter()
+        .map(|(name, b)| Ok((name, bytes(b, arg)?)))
+        .collect()
+}
+
+/// A `%ModelBudget.Model{}`, or a map with its layout keys, as the core's
+/// model; the fields placement does not use may be absent.
+pub fn decode_model(term: Term) -> Decoded<ModelShape> {
+    if term.map_size().is_err() {
+        return bad("model", MODEL, term);
+    }
+    let layer_bytes = u64_list(field(term, layer_bytes())?, "model layer_bytes")?;
+    let sliding_window_layers = match term.map_get(sliding_window_layers()) {
+        Ok(t) => t
+            .decode::<Vec<bool>>()
+            .or_else(|_| bad("model sliding_window_layers", "a list of booleans", t))?,
+        Err(_) => Vec::new(),
+    };
+    let layer_matrices = match term.map_get(layer_matrices()) {
         Ok(t) => {
             let Ok(list) = t.decode::<ListIterator>() else {
-                return bad("model sliding_window_layers", "a list of booleans", t);
+                return bad("model layer_matrices", "a list of maps", t);
             };
-            list.map(|b| {
-                b.decode::<bool>()
-                    .or_else(|_| bad("model sliding_window_layers", "a list of booleans", t))
-            })
-            .collect::<Decoded<Vec<bool>>>()?
+            list.map(|m| matrices(m, "model layer_matrices"))
+                .collect::<Decoded<_>>()?
         }
         Err(_) => Vec::new(),
     };
-    let window = field(model, sliding_window())?;
-    let context = field(model, context_length())?;
-    Ok(ModelShape {
-        // Tensors outside blocks, embeddings and head (rope tables and the
-        // like) stay on the host with the embeddings.
-        input_bytes: input.saturating_add(other),
-        output_bytes: bytes(field(model, output_bytes())?, "model output_bytes")?,
-        n_head: per_layer(model, n_head(), "n_head", n)?
-            .into_iter()
-            .max()
-            .unwrap_or(0),
-        n_head_kv: per_layer(model, n_head_kv(), "n_head_kv", n)?,
-        head_dim_k: known(model, head_dim_k(), "head_dim_k")?,
-        head_dim_v: known(model, head_dim_v(), "head_dim_v")?,
-        n_embd: known(model, n_embd(), "n_embd")?,
-        n_vocab: known(model, n_vocab(), "n_vocab")?,
-        context_length: optional(context, |t| bytes(t, "model context_length"))?.unwrap_or(0),
-        sliding_window: optional(window, |t| bytes(t, "model sliding_window"))?,
-        swa_layers,
+    let model = Model {
+        format: Format::Gguf,
+        architecture: None,
+        name: None,
+        file_bytes: 0,
+        weight_bytes: 0,
+        n_params: 0,
+        n_tensors: 0,
+        n_layers: layer_bytes.len() as u64,
+        n_head: maybe(term, n_head(), |t| count(t, "n_head"))?,
+        n_head_kv: maybe(term, n_head_kv(), |t| count(t, "n_head_kv"))?,
+        head_dim_k: maybe(term, head_dim_k(), |t| bytes(t, "model head_dim_k"))?,
+        head_dim_v: maybe(term, head_dim_v(), |t| bytes(t, "model head_dim_v"))?,
+        n_embd: maybe(term, n_embd(), |t| bytes(t, "model n_embd"))?,
+        n_vocab: maybe(term, n_vocab(), |t| bytes(t, "model n_vocab"))?,
+        context_length: maybe(term, context_length(), |t| bytes(t, "model context_length"))?,
+        sliding_window: maybe(term, sliding_window(), |t| bytes(t, "model sliding_window"))?,
+        sliding_window_layers,
+        n_experts: None,
+        n_experts_used: maybe(term, n_experts_used(), |t| bytes(t, "model n_experts_used"))?,
         layer_bytes,
-    })
+        input_bytes: bytes(field(term, input_bytes())?, "model input_bytes")?,
+        output_bytes: bytes(field(term, output_bytes())?, "model output_bytes")?,
+        other_bytes: maybe(term, other_bytes(), |t| bytes(t, "model other_bytes"))?.unwrap_or(0),
+        embedding_bytes: maybe(term, embedding_bytes(), |t| bytes(t, "model embedding_bytes"))?
+            .unwrap_or(0),
+        tied_embeddings: maybe(term, tied_embeddings(), |t| {
+            t.decode::<bool>()
+                .or_else(|_| bad("model tied_embeddings", "a boolean", t))
+        })?
+        .unwrap_or(false),
+        types: Default::default(),
+        n_ff: maybe(term, n_ff(), |t| bytes(t, "model n_ff"))?,
+        n_ff_exp: maybe(term, n_ff_exp(), |t| bytes(t, "model n_ff_exp"))?,
+        layer_matrices,
+        head_matrices: maybe(term, head_matrices(), |t| matrices(t, "model head_matrices"))?
+            .unwrap_or_default(),
+    };
+    Ok(ModelShape::try_from(&model)?)
 }
 
 #[derive(NifMap)]
 struct ShareTerm {
     weights: u64,
+    repack: u64,
     kv_cache: u64,
     compute: u64,
+    output: u64,
+    prompt_cache: u64,
     overhead: u64,
     total: u64,
 }
@@ -125,8 +160,11 @@ struct ShareTerm {
 fn share_term<'a>(share: &Share) -> Decoded<'a, ShareTerm> {
     Ok(ShareTerm {
         weights: share.weights,
+        repack: share.repack,
         kv_cache: share.kv_cache,
         compute: share.compute,
+        output: share.output,
+        prompt_cache: share.prompt_cache,
         overhead: share.overhead,
         total: share.total()?,
     })
@@ -271,9 +309,7 @@ fn kv_shape<'a>(model_or_dims: Term<'a>, opts_term: Term<'a>) -> Decoded<'a, kv:
             model_or_dims,
         );
     }
-    let shape = decode_model(model_or_dims)?;
-    shape.validate()?;
-    Ok(shape.kv_shape(&opts))
+    Ok(decode_model(model_or_dims)?.kv_shape(&opts))
 }
 
 /// The largest context whose KV cache fits `budget` (bytes, or an estimate

@@ -61,8 +61,13 @@ struct ModelTerm {
     input_bytes: u64,
     output_bytes: u64,
     other_bytes: u64,
+    embedding_bytes: u64,
     tied_embeddings: bool,
     types: HashMap<String, TypeTerm>,
+    n_ff: Option<u64>,
+    n_ff_exp: Option<u64>,
+    layer_matrices: Vec<HashMap<String, u64>>,
+    head_matrices: HashMap<String, u64>,
 }
 
 fn count(c: PerLayer) -> CountTerm {
@@ -124,8 +129,13 @@ impl From<model::Model> for ModelTerm {
             input_bytes: m.input_bytes,
             output_bytes: m.output_bytes,
             other_bytes: m.other_bytes,
+            embedding_bytes: m.embedding_bytes,
             tied_embeddings: m.tied_embeddings,
             types,
+            n_ff: m.n_ff,
+            n_ff_exp: m.n_ff_exp,
+            layer_matrices: m.layer_matrices.into_iter().map(HashMap::from_iter).collect(),
+            head_matrices: HashMap::from_iter(m.head_matrices),
         }
     }
 }
@@ -145,6 +155,21 @@ fn error_reason<'a>(env: Env<'a>, err: Error) -> Decoded<'a, Term<'a>> {
         other => return Err(other.into()),
     };
     Ok((atoms::error(), reason).encode(env))
+}
+
+/// `ModelBudget.Model.from_gguf_header/1`: a GGUF header held in memory.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn model_from_gguf_header<'a>(env: Env<'a>, header: Term<'a>) -> Term<'a> {
+    let result = (|| {
+        let Ok(bytes) = header.decode::<Binary>() else {
+            return bad("header", "a binary", header);
+        };
+        match model::read_gguf_header(bytes.as_slice()) {
+            Ok(m) => Ok((atoms::ok(), ModelTerm::from(m)).encode(env)),
+            Err(err) => error_reason(env, err),
+        }
+    })();
+    reply(env, result)
 }
 
 #[rustler::nif(schedule = "DirtyIo")]

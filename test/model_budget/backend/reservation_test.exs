@@ -82,7 +82,7 @@ defmodule ModelBudget.Backend.ReservationTest do
       {:ok, model} = ModelBudget.Model.read(path)
 
       manager = start_supervised!({ModelBudget.ModelManager, memory_budget: :infinity})
-      opts = [n_gpu_layers: 10, n_gpus: 1]
+      opts = [n_gpu_layers: 10, n_gpus: 1, n_ctx: 8192, n_parallel: 1]
       assert {:ok, info} = ModelBudget.ModelManager.load(manager, :llama, {:path, path}, opts)
       assert info.placement == ModelBudget.distribute(model, opts, 1)
       assert info.bytes == model.weight_bytes

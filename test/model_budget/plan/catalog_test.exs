@@ -33,12 +33,36 @@ defmodule ModelBudget.Plan.CatalogTest do
       end
     end
 
-    test "byte counts add up the way ModelBudget.Model's do" do
+    test "byte counts add up the way ModelBudget.Model's do, heads as published" do
+      head_dims = %{
+        "Llama-3.1-8B-Instruct-Q4_K_M" => 128,
+        "Gemma-2-9B-it-Q4_K_M" => 256,
+        "Qwen2.5-32B-Instruct-Q4_K_M" => 128,
+        "Mixtral-8x7B-Instruct-v0.1-Q4_K_M" => 128,
+        "Llama-3.1-70B-Instruct-Q4_K_M" => 128
+      }
+
       for m <- Catalog.models() do
-        head = if m.tied_embeddings, do: m.output_bytes - m.input_bytes, else: m.output_bytes
-        assert Enum.sum(m.layer_bytes) + m.input_bytes + head + m.other_bytes == m.weight_bytes
+        assert Enum.sum(m.layer_bytes) + m.input_bytes + m.output_bytes + m.other_bytes ==
+                 m.weight_bytes
+
         assert length(m.layer_bytes) == m.n_layers
-        assert (m.head_dim_k * m.n_head) in [m.n_embd, 4096]
+        assert {m.head_dim_k, m.head_dim_v} == {head_dims[m.name], head_dims[m.name]}
+      end
+    end
+
+    test "each agrees with the recorded llama.cpp file of the same model" do
+      dir = Path.expand("../../fixtures/llama_cpp_truth", __DIR__)
+
+      for {short, recorded} <- [
+            {"llama-3.1-8b", "llama-3.1-8b-Q4_K_M.gguf"},
+            {"gemma-2-9b", "gemma-2-9b-Q4_K_M.gguf"},
+            {"mixtral-8x7b", "mixtral-8x7b-Q4_K_M.gguf"}
+          ] do
+        {:ok, model} = Catalog.fetch(short)
+        {:ok, truth} = ModelBudget.Model.from_gguf_header(File.read!(Path.join(dir, recorded)))
+        # Everything but the name and the header's own size.
+        assert %{model | name: nil, file_bytes: 0} == %{truth | name: nil, file_bytes: 0}
       end
     end
 
@@ -53,7 +77,7 @@ defmodule ModelBudget.Plan.CatalogTest do
       assert {mixtral.n_experts, mixtral.n_experts_used, mixtral.sliding_window} == {8, 2, nil}
       {:ok, llama} = Catalog.fetch("llama-3.1-8b")
       # Placed at 8192 tokens of f16 KV: exactly 1 GiB of cache (GQA: 8 KV heads).
-      assert ModelBudget.breakdown(llama, [], 0).ram.kv_cache == 2 ** 30
+      assert ModelBudget.breakdown(llama, [n_ctx: 8192, n_parallel: 1], 0).ram.kv_cache == 2 ** 30
     end
   end
 

@@ -76,8 +76,77 @@ impl CacheType {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvLayer {
     pub n_head_kv: u32,
-    /// Tokens this layer keeps at most (a sliding window), or `None`.
+    /// The sliding window this layer attends to (`n_swa`), or `None`.
     pub window: Option<u64>,
+}
+
+/// llama.cpp pads contexts and sliding-window caches to this many cells.
+pub const CELL_PAD: u64 = 256;
+
+/// The longest context llama.cpp takes (`n_ctx` is a `uint32_t`).
+pub const MAX_CONTEXT: u64 = u32::MAX as u64;
+
+fn pad(cells: u64) -> u64 {
+    cells.div_ceil(CELL_PAD) * CELL_PAD
+}
+
+/// How llama.cpp lays out its cache cells for a context (llama-context.cpp
+/// and llama-kv-cache-iswa.cpp): `n_ctx` is padded to 256; a unified cache
+/// keeps one stream of `n_ctx` cells that all sequences share; otherwise
+/// each of `n_seq` sequences has its own stream of `n_ctx / n_seq` cells
+/// (padded). A sliding-window layer keeps `n_swa + n_ubatch` cells per
+/// stream (`n_swa * n_seq + n_ubatch` for a unified cache), padded, and at
+/// most a full-attention layer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cells {
+    pub n_seq: u64,
+    pub unified: bool,
+    pub n_ubatch: u64,
+}
+
+impl Default for Cells {
+    /// One sequence: cells are the padded context.
+    fn default() -> Self {
+        Cells {
+            n_seq: 1,
+            unified: true,
+            n_ubatch: 0,
+        }
+    }
+}
+
+impl Cells {
+    /// Streams the cache keeps (one per sequence unless unified).
+    pub fn streams(&self) -> u64 {
+        if self.unified {
+            1
+        } else {
+            self.n_seq.max(1)
+        }
+    }
+
+    /// Cells of one stream of a full-attention layer (`n_ctx_seq` when not
+    /// unified), for `n_ctx` no larger than [`MAX_CONTEXT`].
+    pub fn per_stream(&self, n_ctx: u64) -> u64 {
+        let n_ctx = pad(n_ctx.min(MAX_CONTEXT));
+        if self.unified {
+            n_ctx
+        } else {
+            pad(n_ctx / self.n_seq.max(1))
+        }
+    }
+
+    /// Cells of one stream of `layer`.
+    pub fn layer_per_stream(&self, layer: &KvLayer, n_ctx: u64) -> u64 {
+        let base = self.per_stream(n_ctx);
+        match layer.window {
+            None => base,
+            Some(w) => {
+                let seqs = if self.unified { self.n_seq.max(1) } else { 1 };
+                pad(base.min(w.saturating_mul(seqs).saturating_add(self.n_ubatch)))
+            }
+        }
+    }
 }
 
 /// The KV cache's dimensions and element types.
@@ -88,6 +157,7 @@ pub struct KvShape {
     pub head_dim_v: u32,
     pub type_k: CacheType,
     pub type_v: CacheType,
+    pub cells: Cells,
 }
 
 impl KvShape {
@@ -98,14 +168,15 @@ impl KvShape {
             + self.type_v.row_bytes(heads * u64::from(self.head_dim_v))
     }
 
-    /// Cells one layer holds for a context of `n_ctx`.
-    pub fn cells(layer: &KvLayer, n_ctx: u64) -> u64 {
-        layer.window.map_or(n_ctx, |w| w.min(n_ctx))
+    /// Cells one layer holds for a context of `n_ctx`, over all streams.
+    pub fn layer_cells(&self, layer: &KvLayer, n_ctx: u64) -> u64 {
+        self.cells.layer_per_stream(layer, n_ctx) * self.cells.streams()
     }
 
     /// KV bytes of one layer at `n_ctx` tokens, or `None` past u64.
     pub fn layer_bytes(&self, layer: &KvLayer, n_ctx: u64) -> Option<u64> {
-        Self::cells(layer, n_ctx).checked_mul(self.bytes_per_token(layer))
+        self.layer_cells(layer, n_ctx)
+            .checked_mul(self.bytes_per_token(layer))
     }
 
     /// KV bytes of the whole model at `n_ctx` tokens, in u128 so that it
@@ -113,36 +184,22 @@ impl KvShape {
     pub fn total_bytes(&self, n_ctx: u64) -> u128 {
         self.layers
             .iter()
-            .map(|l| u128::from(Self::cells(l, n_ctx)) * u128::from(self.bytes_per_token(l)))
+            .map(|l| u128::from(self.layer_cells(l, n_ctx)) * u128::from(self.bytes_per_token(l)))
             .sum()
     }
 
-    /// The largest context whose KV cache fits in `budget` bytes (the cache
-    /// grows monotonically with the context, so a binary search is exact).
-    /// `u64::MAX` when every layer has a window that fits.
+    /// The largest context whose KV cache fits in `budget` bytes: a multiple
+    /// of 256, as llama.cpp pads it (the cache grows monotonically with the
+    /// context, so a binary search is exact). `u64::MAX` when every layer
+    /// has a window and the longest context llama.cpp takes fits.
     pub fn max_context(&self, budget: u64) -> u64 {
-        // Per-token bytes of global layers, summed once; windowed layers kept
-        // apart, since they stop growing at their window.
-        let mut global = 0u128;
-        let mut windowed: Vec<(u64, u128)> = Vec::new();
-        for layer in &self.layers {
-            let bpt = u128::from(self.bytes_per_token(layer));
-            match layer.window {
-                None => global += bpt,
-                Some(w) => windowed.push((w, bpt)),
-            }
+        let fits = |n: u64| self.total_bytes(n) <= u128::from(budget);
+        if self.layers.iter().all(|l| l.window.is_some()) && fits(MAX_CONTEXT) {
+            return u64::MAX;
         }
-        let fits = |n: u64| {
-            let grown: u128 = windowed
-                .iter()
-                .map(|(w, bpt)| u128::from(n.min(*w)) * bpt)
-                .sum();
-            global
-                .checked_mul(u128::from(n))
-                .and_then(|g| g.checked_add(grown))
-                .is_some_and(|total| total <= u128::from(budget))
-        };
-        largest_fitting(u64::MAX, fits)
+        let n = largest_fitting(MAX_CONTEXT, fits);
+        // Contexts pad up to a multiple of 256, so the largest that fits is one.
+        n - n % CELL_PAD
     }
 }
 
@@ -195,6 +252,7 @@ pub fn uniform(
         head_dim_v: head_dim,
         type_k,
         type_v,
+        cells: Cells::default(),
     })
 }
 
@@ -247,14 +305,59 @@ mod tests {
             shape.total_bytes(8192),
             16 * 8192 * per_layer_token + 16 * 4096 * per_layer_token
         );
-        assert_eq!(shape.total_bytes(100), 32 * 100 * per_layer_token);
+        // Contexts are padded to 256 cells.
+        assert_eq!(shape.total_bytes(100), 32 * 256 * per_layer_token);
+    }
+
+    fn windowed(cells: Cells) -> KvShape {
+        KvShape {
+            layers: vec![KvLayer {
+                n_head_kv: 1,
+                window: Some(4096),
+            }],
+            cells,
+            ..uniform(1, 1, 1, CacheType::F16, CacheType::F16).unwrap()
+        }
+    }
+
+    #[test]
+    fn separate_slots_each_keep_a_window_and_a_unified_cache_keeps_one_per_slot() {
+        let split = Cells {
+            n_seq: 4,
+            unified: false,
+            n_ubatch: 512,
+        };
+        // 4 streams of min(32768 / 4, 4096 + 512) cells.
+        assert_eq!(windowed(split).layer_cells(&windowed(split).layers[0], 32_768), 4 * 4608);
+        // A stream shorter than the window is not padded past its length.
+        assert_eq!(windowed(split).layer_cells(&windowed(split).layers[0], 8192), 4 * 2048);
+        let unified = Cells {
+            unified: true,
+            ..split
+        };
+        // One stream of 4 * 4096 + 512 cells, at most the context.
+        assert_eq!(windowed(unified).layer_cells(&windowed(unified).layers[0], 32_768), 16_896);
+        assert_eq!(windowed(unified).layer_cells(&windowed(unified).layers[0], 8192), 8192);
+    }
+
+    #[test]
+    fn separate_slots_split_the_context_and_pad_each_share() {
+        let mut shape = llama_8b(CacheType::F16);
+        shape.cells = Cells {
+            n_seq: 3,
+            unified: false,
+            n_ubatch: 512,
+        };
+        // 8192 / 3 = 2730, padded to 2816 cells per slot, three slots.
+        assert_eq!(shape.total_bytes(8192), (1 << 30) / 8192 * 3 * 2816);
     }
 
     #[test]
     fn max_context_of_a_budget() {
         let shape = llama_8b(CacheType::F16);
         assert_eq!(shape.max_context(1 << 30), 8192);
-        assert_eq!(shape.max_context((1 << 30) - 1), 8191);
+        // One byte short of 8192 cells: the next multiple of 256 down.
+        assert_eq!(shape.max_context((1 << 30) - 1), 7936);
         assert_eq!(shape.max_context(0), 0);
         let windowed = KvShape {
             layers: vec![KvLayer {
@@ -285,7 +388,8 @@ mod tests {
             }
             let n = shape.max_context(budget);
             prop_assert!(shape.total_bytes(n) <= u128::from(budget));
-            if n < u64::MAX {
+            prop_assert_eq!(n % CELL_PAD, if n == u64::MAX { u64::MAX % CELL_PAD } else { 0 });
+            if n < MAX_CONTEXT - CELL_PAD {
                 prop_assert!(shape.total_bytes(n + 1) > u128::from(budget));
             }
         }

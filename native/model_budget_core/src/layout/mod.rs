@@ -9,31 +9,41 @@ pub mod assign;
 pub mod compute;
 pub mod estimate;
 pub mod kv;
+pub mod repack;
 
 use std::collections::BTreeMap;
 
-use crate::distribute::{DistributeOptions, MAX_GPUS};
+use crate::distribute::{DistributeOptions, Mode, SplitMode, MAX_GPUS};
 use crate::error::{invalid, Result};
+use crate::model::{MatrixBytes, Model, PerLayer};
 use crate::placement::Placement;
 use assign::Home;
-use kv::{KvLayer, KvShape};
+use kv::{Cells, KvLayer, KvShape};
 
-/// The context a model-aware placement assumes when the caller gives none:
-/// the model's trained length, capped here.
-pub const DEFAULT_CONTEXT_CAP: u64 = 8192;
-
-/// llama.cpp pads a sliding-window cache to this many cells.
-const SWA_PAD: u64 = 256;
+/// The context a model-aware placement assumes when the options give none
+/// and the model does not say what it was trained for.
+pub const DEFAULT_CONTEXT: u64 = 4096;
 
 /// What placement needs to know about a model (from its file header).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ModelShape {
     /// Bytes of each repeating block, in order.
     pub layer_bytes: Vec<u64>,
-    /// Token embeddings (and anything not in a block or the output).
+    /// Token embeddings and anything not in a block or the output, which
+    /// llama.cpp keeps on the host.
     pub input_bytes: u64,
     /// Output head and final norm.
     pub output_bytes: u64,
+    /// The token embedding matrix (in `input_bytes`).
+    pub embedding_bytes: u64,
+    /// Whether the output head is the token embedding matrix: llama.cpp
+    /// then copies it only to a GPU that runs the head.
+    pub tied_embeddings: bool,
+    /// Per block, bytes of its weight matrices by ggml type name: what the
+    /// CPU may repack (empty when unknown: nothing repacks).
+    pub layer_matrices: Vec<MatrixBytes>,
+    /// The same for the output head.
+    pub head_matrices: MatrixBytes,
     pub n_head: u32,
     /// KV heads per layer (one entry per layer).
     pub n_head_kv: Vec<u32>,
@@ -41,11 +51,78 @@ pub struct ModelShape {
     pub head_dim_v: u32,
     pub n_embd: u32,
     pub n_vocab: u32,
+    /// The widest dense feed-forward projection (0 when unknown: taken as
+    /// four times the embedding, wider than any common model's).
+    pub n_ff: u64,
+    /// One expert's feed-forward width, and experts used per token (MoE).
+    pub n_ff_exp: u64,
+    pub n_expert_used: u64,
     /// Trained context length (0 when unknown).
     pub context_length: u64,
     pub sliding_window: Option<u64>,
     /// Which layers use the sliding window (empty: none).
     pub swa_layers: Vec<bool>,
+}
+
+fn narrow(value: Option<u64>, name: &str) -> Result<u32> {
+    let v = value.ok_or_else(|| {
+        invalid(
+            "model",
+            format!("expected a model whose {name} is known (the header did not say)"),
+        )
+    })?;
+    u32::try_from(v).map_err(|_| invalid("model", format!("{name} {v} exceeds 2^32")))
+}
+
+fn per_layer(count: &Option<PerLayer>, name: &str, n: usize) -> Result<Vec<u32>> {
+    if let Some(PerLayer::Layers(list)) = count {
+        if list.len() != n {
+            return Err(invalid(
+                "model",
+                format!("{name} lists {} layers but the model has {n}", list.len()),
+            ));
+        }
+    }
+    (0..n)
+        .map(|il| narrow(count.as_ref().and_then(|c| c.layer(il)), name))
+        .collect()
+}
+
+impl TryFrom<&Model> for ModelShape {
+    type Error = crate::Error;
+
+    /// The placement view of a model read from its header. Tensors outside
+    /// the blocks, the embeddings and the head (rope tables and the like)
+    /// stay on the host with the embeddings.
+    fn try_from(m: &Model) -> Result<ModelShape> {
+        let n = m.layer_bytes.len();
+        let shape = ModelShape {
+            layer_bytes: m.layer_bytes.clone(),
+            input_bytes: m.input_bytes.saturating_add(m.other_bytes),
+            output_bytes: m.output_bytes,
+            embedding_bytes: m.embedding_bytes,
+            tied_embeddings: m.tied_embeddings,
+            layer_matrices: m.layer_matrices.clone(),
+            head_matrices: m.head_matrices.clone(),
+            n_head: per_layer(&m.n_head, "n_head", n)?
+                .into_iter()
+                .max()
+                .unwrap_or(0),
+            n_head_kv: per_layer(&m.n_head_kv, "n_head_kv", n)?,
+            head_dim_k: narrow(m.head_dim_k, "head_dim_k")?,
+            head_dim_v: narrow(m.head_dim_v, "head_dim_v")?,
+            n_embd: narrow(m.n_embd, "n_embd")?,
+            n_vocab: narrow(m.n_vocab, "n_vocab")?,
+            n_ff: m.n_ff.unwrap_or(0),
+            n_ff_exp: m.n_ff_exp.unwrap_or(0),
+            n_expert_used: m.n_experts_used.unwrap_or(0),
+            context_length: m.context_length.unwrap_or(0),
+            sliding_window: m.sliding_window,
+            swa_layers: m.sliding_window_layers.clone(),
+        };
+        shape.validate()?;
+        Ok(shape)
+    }
 }
 
 impl ModelShape {
@@ -62,44 +139,32 @@ impl ModelShape {
                 format!("expected 1 to 100000 layers, got: {n}"),
             ));
         }
-        if self.n_head_kv.len() != n {
-            return Err(invalid(
-                "model",
-                format!(
-                    "n_head_kv lists {} layers but the model has {n}",
-                    self.n_head_kv.len()
-                ),
-            ));
-        }
-        if !self.swa_layers.is_empty() && self.swa_layers.len() != n {
-            return Err(invalid(
-                "model",
-                format!(
-                    "the sliding-window pattern lists {} layers but the model has {n}",
-                    self.swa_layers.len()
-                ),
-            ));
+        for (what, len, may_be_empty) in [
+            ("n_head_kv", self.n_head_kv.len(), false),
+            ("the sliding-window pattern", self.swa_layers.len(), true),
+            ("the layer matrices", self.layer_matrices.len(), true),
+        ] {
+            if len != n && !(may_be_empty && len == 0) {
+                return Err(invalid(
+                    "model",
+                    format!("{what} lists {len} layers but the model has {n}"),
+                ));
+            }
         }
         Ok(())
     }
 
-    /// The context used when the options give none.
+    /// The context used when the options give none: the trained one, as
+    /// llama-server's `-c 0`.
     pub fn default_context(&self) -> u64 {
         match self.context_length {
-            0 => DEFAULT_CONTEXT_CAP,
-            n => n.min(DEFAULT_CONTEXT_CAP),
+            0 => DEFAULT_CONTEXT,
+            n => n,
         }
     }
 
-    /// The KV cache shape under `opts`. Sliding-window layers keep the window
-    /// plus one micro-batch, padded to 256 cells, as llama.cpp's SWA cache
-    /// does (`n_swa + n_ubatch`, for a non-unified cache).
+    /// The KV cache shape under `opts`.
     pub fn kv_shape(&self, opts: &DistributeOptions) -> KvShape {
-        let window = self.sliding_window.map(|w| {
-            w.saturating_add(opts.n_ubatch)
-                .div_ceil(SWA_PAD)
-                .saturating_mul(SWA_PAD)
-        });
         KvShape {
             layers: self
                 .n_head_kv
@@ -107,13 +172,20 @@ impl ModelShape {
                 .enumerate()
                 .map(|(i, &n_head_kv)| KvLayer {
                     n_head_kv,
-                    window: window.filter(|_| self.swa_layers.get(i).copied().unwrap_or(false)),
+                    window: self
+                        .sliding_window
+                        .filter(|_| self.swa_layers.get(i).copied().unwrap_or(false)),
                 })
                 .collect(),
             head_dim_k: self.head_dim_k,
             head_dim_v: self.head_dim_v,
             type_k: opts.cache_type_k,
             type_v: opts.cache_type_v,
+            cells: Cells {
+                n_seq: opts.n_parallel,
+                unified: opts.kv_unified,
+                n_ubatch: opts.n_ubatch,
+            },
         }
     }
 }
@@ -122,21 +194,37 @@ fn device_overflow() -> crate::Error {
     invalid("model", "its placement exceeds 2^64 bytes on one device")
 }
 
-/// One device's share, split the way llama.cpp's memory breakdown reports it.
+/// One device's share, split into the buffers llama.cpp reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Share {
+    /// Model weights (with mmap, the mapped span of the file).
     pub weights: u64,
+    /// Weights the CPU copies into its repacked layout (`CPU_REPACK`).
+    pub repack: u64,
     pub kv_cache: u64,
+    /// The compute graph's buffer.
     pub compute: u64,
+    /// Logits of one token per slot (`n_seq * n_vocab` floats).
+    pub output: u64,
+    /// A server's prompt cache in RAM (`--cache-ram`), at its limit.
+    pub prompt_cache: u64,
+    /// Driver context per GPU.
     pub overhead: u64,
 }
 
 impl Share {
     pub fn total(&self) -> Result<u64> {
-        [self.kv_cache, self.compute, self.overhead]
-            .iter()
-            .try_fold(self.weights, |acc, b| acc.checked_add(*b))
-            .ok_or_else(device_overflow)
+        [
+            self.repack,
+            self.kv_cache,
+            self.compute,
+            self.output,
+            self.prompt_cache,
+            self.overhead,
+        ]
+        .iter()
+        .try_fold(self.weights, |acc, b| acc.checked_add(*b))
+        .ok_or_else(device_overflow)
     }
 }
 
@@ -145,7 +233,8 @@ impl Share {
 pub struct Breakdown {
     pub ram: Share,
     pub gpus: BTreeMap<u32, Share>,
-    /// The context the KV cache was sized for.
+    /// The context the KV cache was sized for (llama.cpp's `n_ctx`: padded
+    /// to 256, and a multiple of the slots when they do not share a cache).
     pub n_ctx: u64,
 }
 
@@ -173,36 +262,73 @@ impl Breakdown {
     }
 }
 
+fn mul(factors: &[u64], what: &str) -> Result<u64> {
+    factors
+        .iter()
+        .try_fold(1u64, |acc, f| acc.checked_mul(*f))
+        .ok_or_else(|| invalid("opts", format!("the {what} exceeds 2^64 bytes")))
+}
+
 /// Places `model` under `opts` on `n_gpus` GPUs.
 pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> Result<Breakdown> {
     model.validate()?;
     let weights = opts.gpu_weights(n_gpus)?;
-    let n_ctx = opts.n_ctx.unwrap_or_else(|| model.default_context());
+    let n_ctx_asked = opts.n_ctx.unwrap_or_else(|| model.default_context());
     let plan = assign::assign(model.n_layers(), opts, &weights)?;
     let kv = model.kv_shape(opts);
+    let server = opts.mode == Mode::Server;
     let mut out = Breakdown {
-        n_ctx,
+        n_ctx: kv.cells.per_stream(n_ctx_asked) * kv.cells.streams(),
         ..Breakdown::default()
     };
 
     out.add(Home::Ram, |s| &mut s.weights, model.input_bytes)?;
+    let empty = MatrixBytes::new();
     for (il, &bytes) in model.layer_bytes.iter().enumerate() {
         let home = plan.layers[il];
-        place_weights(&mut out, home, bytes, opts, &weights)?;
-        if opts.mode == crate::distribute::Mode::Server {
+        let matrices = model.layer_matrices.get(il).unwrap_or(&empty);
+        place_weights(&mut out, home, bytes, matrices, opts, &weights)?;
+        if server {
             let kv_home = if opts.offload_kqv { home } else { Home::Ram };
-            let bytes = kv.layer_bytes(&kv.layers[il], n_ctx).ok_or_else(|| {
+            let bytes = kv.layer_bytes(&kv.layers[il], n_ctx_asked).ok_or_else(|| {
                 invalid(
                     "opts",
-                    format!("the KV cache at n_ctx {n_ctx} exceeds 2^64 bytes"),
+                    format!("the KV cache at n_ctx {n_ctx_asked} exceeds 2^64 bytes"),
                 )
             })?;
             out.add(kv_home, |s| &mut s.kv_cache, bytes)?;
         }
     }
-    place_weights(&mut out, plan.output, model.output_bytes, opts, &weights)?;
+    place_weights(
+        &mut out,
+        plan.output,
+        model.output_bytes,
+        &model.head_matrices,
+        opts,
+        &weights,
+    )?;
+    // A tied head is the embedding matrix, mapped once on the host; a GPU
+    // that runs the head gets its own copy.
+    if model.tied_embeddings && plan.output != Home::Ram {
+        place_weights(
+            &mut out,
+            plan.output,
+            model.embedding_bytes,
+            &empty,
+            opts,
+            &weights,
+        )?;
+    }
 
-    compute::add_buffers(&mut out, model, opts, &plan, n_ctx)?;
+    compute::add_buffers(&mut out, model, opts, &plan, &kv, n_ctx_asked)?;
+    let logits = mul(
+        &[opts.n_parallel.max(1), u64::from(model.n_vocab), 4],
+        "output buffer",
+    )?;
+    out.add(Home::Ram, |s| &mut s.output, logits)?;
+    if server {
+        out.add(Home::Ram, |s| &mut s.prompt_cache, opts.cache_ram)?;
+    }
     let used: Vec<u32> = out.gpus.keys().copied().collect();
     for gpu in used {
         out.add(Home::Gpu(gpu), |s| &mut s.overhead, opts.gpu_overhead)?;
@@ -211,16 +337,19 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
 }
 
 /// Row split spreads a block's matrices over every GPU by the fractions;
-/// other modes keep the block whole on its home.
+/// other modes keep the block whole on its home. On the host, the matrices
+/// the CPU repacks are copied into its own buffer: on top of the mapped
+/// file with mmap, instead of their place in the loaded weights without.
 fn place_weights(
     out: &mut Breakdown,
     home: Home,
     bytes: u64,
+    matrices: &MatrixBytes,
     opts: &DistributeOptions,
     weights: &[u128],
 ) -> Result<()> {
     match (home, opts.split_mode) {
-        (Home::Gpu(_), crate::distribute::SplitMode::Row) => {
+        (Home::Gpu(_), SplitMode::Row) => {
             for (gpu, share) in crate::split::apportion(bytes, weights)
                 .into_iter()
                 .enumerate()
@@ -232,6 +361,12 @@ fn place_weights(
                 }
             }
             Ok(())
+        }
+        (Home::Ram, _) => {
+            let repacked = opts.repack.bytes(matrices).min(bytes);
+            let mapped = if opts.mmap { bytes } else { bytes - repacked };
+            out.add(home, |s| &mut s.weights, mapped)?;
+            out.add(home, |s| &mut s.repack, repacked)
         }
         _ => out.add(home, |s| &mut s.weights, bytes),
     }
@@ -249,14 +384,16 @@ pub fn distribute_model(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::kv::CacheType;
+    use super::repack::Repack;
     use super::*;
-    use crate::distribute::{Mode, SplitMode};
     use proptest::prelude::*;
 
     const MIB: u64 = 1 << 20;
     const LAYER: u64 = 200 * MIB;
     const INPUT: u64 = 280 * MIB;
     const OUTPUT: u64 = 400 * MIB;
+    /// Of each block, the bytes in Q4_K matrices.
+    const LAYER_Q4_K: u64 = 150 * MIB;
 
     /// Llama-3.1-8B-like: 32 blocks, GQA 32/8 heads of 128, vocab 128,256.
     pub(crate) fn llama_8b() -> ModelShape {
@@ -264,28 +401,38 @@ pub(crate) mod tests {
             layer_bytes: vec![LAYER; 32],
             input_bytes: INPUT,
             output_bytes: OUTPUT,
+            embedding_bytes: INPUT,
+            tied_embeddings: false,
+            layer_matrices: vec![
+                [("Q4_K".to_string(), LAYER_Q4_K), ("Q6_K".to_string(), 40 * MIB)].into();
+                32
+            ],
+            head_matrices: [("Q6_K".to_string(), OUTPUT - MIB)].into(),
             n_head: 32,
             n_head_kv: vec![8; 32],
             head_dim_k: 128,
             head_dim_v: 128,
             n_embd: 4096,
             n_vocab: 128_256,
+            n_ff: 14_336,
+            n_ff_exp: 0,
+            n_expert_used: 0,
             context_length: 131_072,
             sliding_window: None,
             swa_layers: vec![],
         }
     }
 
+    /// One slot, 8192 tokens, no prompt cache, AVX2 repacking.
     fn opts() -> DistributeOptions {
-        DistributeOptions::default()
+        DistributeOptions {
+            n_ctx: Some(8192),
+            n_parallel: 1,
+            repack: Repack::X86Avx2,
+            cache_ram: 0,
+            ..DistributeOptions::default()
+        }
     }
-
-    // Compute terms of the Llama-like model at n_ubatch 512, flash attention.
-    const ACTIVATIONS: u64 = 512 * 4096 * 24;
-    const ATTENTION_FA: u64 = 512 * 32 * 128 * 4;
-    const LOGITS: u64 = 512 * 128_256 * 4;
-    const HOST_INPUT: u64 = 512 * 4096 * 4;
-    const MASK_8K: u64 = 8192 * 512 * 4;
 
     #[test]
     fn full_offload_at_8192_has_one_gib_of_kv_on_the_gpu() {
@@ -294,17 +441,91 @@ pub(crate) mod tests {
         let gpu = b.gpus[&0];
         assert_eq!(gpu.kv_cache, 1 << 30);
         assert_eq!(gpu.weights, 32 * LAYER + OUTPUT);
-        assert_eq!(gpu.compute, ACTIVATIONS + LOGITS);
+        assert_eq!(gpu.repack, 0);
         assert_eq!(gpu.overhead, 512 * MIB);
+        assert_eq!((b.ram.weights, b.ram.repack, b.ram.kv_cache), (INPUT, 0, 0));
+        // One slot's logits, on the host.
+        assert_eq!(b.ram.output, 128_256 * 4);
+    }
+
+    #[test]
+    fn on_the_cpu_q4_matrices_are_repacked_on_top_of_the_mapped_file() {
+        let all = 32 * LAYER + INPUT + OUTPUT;
+        let b = breakdown(&llama_8b(), &opts(), 0).unwrap();
+        assert_eq!((b.ram.weights, b.ram.repack), (all, 32 * LAYER_Q4_K));
+        // Without mmap the repacked matrices are loaded only once.
+        let no_mmap = DistributeOptions {
+            mmap: false,
+            ..opts()
+        };
+        let b = breakdown(&llama_8b(), &no_mmap, 0).unwrap();
         assert_eq!(
-            b.ram,
-            Share {
-                weights: INPUT,
-                kv_cache: 0,
-                compute: HOST_INPUT + MASK_8K,
-                overhead: 0
-            }
+            (b.ram.weights, b.ram.repack),
+            (all - 32 * LAYER_Q4_K, 32 * LAYER_Q4_K)
         );
+        // No repacking, or an ARM CPU that repacks Q6_K too.
+        let none = DistributeOptions {
+            repack: Repack::None,
+            ..opts()
+        };
+        assert_eq!(breakdown(&llama_8b(), &none, 0).unwrap().ram.repack, 0);
+        let arm = DistributeOptions {
+            repack: Repack::ArmDotprod,
+            ..opts()
+        };
+        assert_eq!(
+            breakdown(&llama_8b(), &arm, 0).unwrap().ram.repack,
+            32 * (LAYER_Q4_K + 40 * MIB) + OUTPUT - MIB
+        );
+        // Offloaded blocks are not repacked: 12 of 32 stay on the host.
+        let partial = DistributeOptions {
+            n_gpu_layers: 20,
+            ..opts()
+        };
+        assert_eq!(
+            breakdown(&llama_8b(), &partial, 1).unwrap().ram.repack,
+            12 * LAYER_Q4_K
+        );
+    }
+
+    #[test]
+    fn a_tied_head_is_mapped_once_on_the_host_and_copied_to_a_gpu() {
+        let tied = ModelShape {
+            tied_embeddings: true,
+            output_bytes: MIB,
+            head_matrices: MatrixBytes::new(),
+            ..llama_8b()
+        };
+        let host = breakdown(&tied, &opts(), 0).unwrap();
+        assert_eq!(host.ram.weights, INPUT + 32 * LAYER + MIB);
+        let gpu = breakdown(&tied, &opts(), 1).unwrap();
+        assert_eq!(gpu.gpus[&0].weights, 32 * LAYER + MIB + INPUT);
+        assert_eq!(gpu.ram.weights, INPUT);
+        // The head stays on the host with 32 layers offloaded: no copy.
+        let blocks_only = DistributeOptions {
+            n_gpu_layers: 32,
+            ..opts()
+        };
+        let b = breakdown(&tied, &blocks_only, 1).unwrap();
+        assert_eq!(b.gpus[&0].weights, 32 * LAYER);
+    }
+
+    #[test]
+    fn the_prompt_cache_and_the_output_buffer_are_terms_of_their_own() {
+        let server = DistributeOptions {
+            n_parallel: 4,
+            cache_ram: 8192 * MIB,
+            ..opts()
+        };
+        let b = breakdown(&llama_8b(), &server, 0).unwrap();
+        assert_eq!(b.ram.prompt_cache, 8192 * MIB);
+        assert_eq!(b.ram.output, 4 * 128_256 * 4);
+        let direct = DistributeOptions {
+            mode: Mode::Direct,
+            ..server
+        };
+        let b = breakdown(&llama_8b(), &direct, 0).unwrap();
+        assert_eq!((b.ram.prompt_cache, b.ram.kv_cache), (0, 0));
     }
 
     #[test]
@@ -328,17 +549,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn mha_needs_four_times_the_kv_of_gqa() {
-        let mha = ModelShape {
-            n_head_kv: vec![32; 32],
-            ..llama_8b()
-        };
-        let kv = |m: &ModelShape| breakdown(m, &opts(), 1).unwrap().gpus[&0].kv_cache;
-        assert_eq!(kv(&mha), 4 * kv(&llama_8b()));
-    }
-
-    #[test]
-    fn sliding_window_layers_hold_window_plus_a_micro_batch() {
+    fn sliding_window_layers_follow_the_slots() {
         // Gemma-2-like: every other layer has a 4096-token window.
         let gemma = ModelShape {
             sliding_window: Some(4096),
@@ -346,25 +557,32 @@ pub(crate) mod tests {
             ..llama_8b()
         };
         let per_token = 2 * 8 * 128 * 2;
-        let o = DistributeOptions {
-            n_ctx: Some(32_768),
-            ..opts()
+        let kv = |n_parallel, kv_unified, n_ctx| {
+            let o = DistributeOptions {
+                n_ctx: Some(n_ctx),
+                n_parallel,
+                kv_unified,
+                ..opts()
+            };
+            breakdown(&gemma, &o, 0).unwrap().ram.kv_cache
         };
-        let b = breakdown(&gemma, &o, 1).unwrap();
-        // 4096 + 512 cells, already a multiple of 256.
+        // One slot: 4096 + 512 cells, already a multiple of 256.
         assert_eq!(
-            b.gpus[&0].kv_cache,
+            kv(1, false, 32_768),
             16 * 32_768 * per_token + 16 * 4608 * per_token
         );
-        // A context shorter than the window is not padded up.
-        let short = DistributeOptions {
-            n_ctx: Some(1000),
-            ..opts()
-        };
+        // Four separate slots of 8192: each keeps its window.
         assert_eq!(
-            breakdown(&gemma, &short, 1).unwrap().gpus[&0].kv_cache,
-            32 * 1000 * per_token
+            kv(4, false, 32_768),
+            16 * 32_768 * per_token + 16 * 4 * 4608 * per_token
         );
+        // A unified cache keeps 4 windows and one micro-batch.
+        assert_eq!(
+            kv(4, true, 32_768),
+            16 * 32_768 * per_token + 16 * 16_896 * per_token
+        );
+        // A context shorter than the window: padded to 256, no more.
+        assert_eq!(kv(1, false, 1000), 32 * 1024 * per_token);
     }
 
     #[test]
@@ -400,13 +618,12 @@ pub(crate) mod tests {
         assert_eq!(b.gpus[&0].kv_cache, 8 * kv_layer);
         assert_eq!(b.gpus[&1].kv_cache, 2 * kv_layer);
         for gpu in [0, 1] {
-            assert_eq!(b.gpus[&gpu].compute, ACTIVATIONS + ATTENTION_FA);
             assert_eq!(b.gpus[&gpu].overhead, 512 * MIB);
+            assert!(b.gpus[&gpu].compute > 0);
         }
         // The output head stays with the embeddings and 22 blocks in RAM.
         assert_eq!(b.ram.weights, INPUT + 22 * LAYER + OUTPUT);
         assert_eq!(b.ram.kv_cache, 22 * kv_layer);
-        assert_eq!(b.ram.compute, ACTIVATIONS + LOGITS + HOST_INPUT + MASK_8K);
     }
 
     #[test]
@@ -448,18 +665,35 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_default_context_is_the_trained_one_capped_at_8192() {
+    fn the_default_context_is_the_trained_one_and_contexts_pad_to_256() {
+        let o = DistributeOptions {
+            n_ctx: None,
+            ..opts()
+        };
         let short = ModelShape {
             context_length: 2048,
             ..llama_8b()
         };
-        assert_eq!(breakdown(&short, &opts(), 0).unwrap().n_ctx, 2048);
-        assert_eq!(breakdown(&llama_8b(), &opts(), 0).unwrap().n_ctx, 8192);
-        let o = DistributeOptions {
+        assert_eq!(breakdown(&short, &o, 0).unwrap().n_ctx, 2048);
+        assert_eq!(breakdown(&llama_8b(), &o, 0).unwrap().n_ctx, 131_072);
+        let unknown = ModelShape {
+            context_length: 0,
+            ..llama_8b()
+        };
+        assert_eq!(breakdown(&unknown, &o, 0).unwrap().n_ctx, DEFAULT_CONTEXT);
+        let odd = DistributeOptions {
             n_ctx: Some(100_000),
             ..opts()
         };
-        assert_eq!(breakdown(&llama_8b(), &o, 0).unwrap().n_ctx, 100_000);
+        assert_eq!(breakdown(&llama_8b(), &odd, 0).unwrap().n_ctx, 100_096);
+        // Three separate slots: each pads its share, llama.cpp's n_ctx follows.
+        let slots = DistributeOptions {
+            n_ctx: Some(8192),
+            n_parallel: 3,
+            kv_unified: false,
+            ..opts()
+        };
+        assert_eq!(breakdown(&llama_8b(), &slots, 0).unwrap().n_ctx, 3 * 2816);
     }
 
     #[test]
@@ -472,6 +706,7 @@ pub(crate) mod tests {
         let empty = ModelShape {
             layer_bytes: vec![],
             n_head_kv: vec![],
+            layer_matrices: vec![],
             ..llama_8b()
         };
         assert!(breakdown(&empty, &opts(), 1).is_err());
@@ -487,6 +722,10 @@ pub(crate) mod tests {
         )
             .prop_map(|(n, bytes, input, output, kv)| ModelShape {
                 layer_bytes: bytes[..n].to_vec(),
+                layer_matrices: bytes[..n]
+                    .iter()
+                    .map(|b| [("Q4_K".to_string(), b / 2)].into())
+                    .collect(),
                 input_bytes: input,
                 output_bytes: output,
                 n_head_kv: vec![kv; n],
@@ -494,26 +733,37 @@ pub(crate) mod tests {
             })
     }
 
-    fn options() -> impl Strategy<Value = DistributeOptions> {
+    fn options() -> impl Strategy<Value = (DistributeOptions, u32)> {
         (
             prop_oneof![
                 Just(SplitMode::None),
                 Just(SplitMode::Layer),
                 Just(SplitMode::Row)
             ],
-            proptest::collection::vec(0.0f64..4.0, 0..3),
+            1u32..4,
+            proptest::collection::vec(0.0f64..4.0, 3),
+            any::<bool>(),
             any::<bool>(),
             any::<bool>(),
             1u64..65_536,
         )
             .prop_map(
-                |(split_mode, tensor_split, offload_kqv, flash_attn, n_ctx)| DistributeOptions {
-                    split_mode,
-                    tensor_split,
-                    offload_kqv,
-                    flash_attn,
-                    n_ctx: Some(n_ctx),
-                    ..DistributeOptions::default()
+                |(split_mode, n_gpus, split, offload_kqv, flash_attn, mmap, n_ctx)| {
+                    // A split names at most n_gpus weights, not all zero.
+                    let mut tensor_split = split[..n_gpus as usize].to_vec();
+                    if tensor_split.iter().all(|w| *w == 0.0) {
+                        tensor_split.clear();
+                    }
+                    let o = DistributeOptions {
+                        split_mode,
+                        tensor_split,
+                        offload_kqv,
+                        flash_attn,
+                        mmap,
+                        n_ctx: Some(n_ctx),
+                        ..opts()
+                    };
+                    (o, n_gpus)
                 },
             )
     }
@@ -525,30 +775,33 @@ pub(crate) mod tests {
     proptest! {
         #[test]
         fn more_offloaded_layers_never_move_bytes_from_gpu_to_ram(
-            model in shape(), o in options(), n_gpus in 1u32..4, k in 0i64..50,
+            model in shape(), (o, n_gpus) in options(), k in 0i64..50,
         ) {
-            let with = |n_gpu_layers| distribute_model(&model, &DistributeOptions { n_gpu_layers, ..o.clone() }, n_gpus);
-            if let (Ok(fewer), Ok(more)) = (with(k), with(k + 1)) {
-                prop_assert!(gpu_total(&more) >= gpu_total(&fewer));
-                prop_assert!(more.ram <= fewer.ram);
-            }
+            let with = |n_gpu_layers| {
+                distribute_model(&model, &DistributeOptions { n_gpu_layers, ..o.clone() }, n_gpus)
+                    .expect("valid options place")
+            };
+            let (fewer, more) = (with(k), with(k + 1));
+            prop_assert!(gpu_total(&more) >= gpu_total(&fewer));
+            prop_assert!(more.ram <= fewer.ram);
         }
 
         #[test]
-        fn the_breakdown_sums_to_the_placement(model in shape(), o in options(), n_gpus in 0u32..4, k in -1i64..50) {
+        fn every_byte_of_the_model_is_placed_once_or_repacked(
+            model in shape(), (o, n_gpus) in options(), k in -1i64..50,
+        ) {
             let o = DistributeOptions { n_gpu_layers: k, ..o };
-            if let Ok(b) = breakdown(&model, &o, n_gpus) {
-                let placement = distribute_model(&model, &o, n_gpus).unwrap();
-                prop_assert_eq!(u128::from(placement.ram), u128::from(b.ram.total().unwrap()));
-                for (gpu, share) in &b.gpus {
-                    prop_assert_eq!(placement.gpu(*gpu), share.total().unwrap());
-                }
-                // Weights are conserved: every byte of the model is somewhere.
-                let weights: u128 = std::iter::once(&b.ram).chain(b.gpus.values()).map(|s| u128::from(s.weights)).sum();
-                let model_bytes: u128 = model.layer_bytes.iter().map(|b| u128::from(*b)).sum::<u128>()
-                    + u128::from(model.input_bytes) + u128::from(model.output_bytes);
-                prop_assert_eq!(weights, model_bytes);
-            }
+            let b = breakdown(&model, &o, n_gpus).expect("valid options place");
+            let shares = || std::iter::once(&b.ram).chain(b.gpus.values());
+            let weights: u128 = shares().map(|s| u128::from(s.weights)).sum();
+            let repack: u128 = shares().map(|s| u128::from(s.repack)).sum();
+            let model_bytes: u128 = model.layer_bytes.iter().map(|b| u128::from(*b)).sum::<u128>()
+                + u128::from(model.input_bytes) + u128::from(model.output_bytes);
+            // With mmap the file stays mapped whole and repacked matrices
+            // are extra; without, they move from the weights to the repack.
+            let expected = if o.mmap { model_bytes } else { model_bytes - repack };
+            prop_assert_eq!(weights, expected);
+            prop_assert!(b.gpus.values().all(|s| s.repack == 0));
         }
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::arch::{gguf_default_period, Arch, At, Count, SwaLayers};
 use super::ggml_type::GgmlType;
 use super::source::Source;
-use super::tally::{assemble, Embedding, Role, Tensor};
+use super::tally::{assemble, Embedding, Ffn, Matrix, Role, Tensor};
 use super::{in_file, invalid, io_error, Format, Model, MAX_LAYERS};
 use crate::error::Result;
 
@@ -726,11 +726,14 @@ fn header<R: Read + Seek>(reader: R, len: u64) -> Result<Header> {
             offset,
             bytes,
         });
+        let shape = &dims[..n_dims as usize];
         tensors.push(Tensor {
             role,
             type_name: ty.name,
             elements,
             bytes,
+            matrix: Matrix::of_gguf(&name, ty, shape),
+            ffn: Ffn::of_gguf(&name, shape),
         });
     }
 

@@ -106,9 +106,12 @@ pub struct Model {
     /// Token (and position) embeddings: what llama.cpp keeps on the CPU.
     pub input_bytes: u64,
     /// Output head and final norm. With tied embeddings the head is the
-    /// token embedding matrix, counted here a second time: llama.cpp loads
-    /// a copy of it for the output layer.
+    /// token embedding matrix, which is not counted here again: llama.cpp
+    /// maps it once while the head stays on the host, and copies it only to
+    /// a GPU that runs the head (the layout adds that copy).
     pub output_bytes: u64,
+    /// The token embedding matrix (part of `input_bytes`).
+    pub embedding_bytes: u64,
     /// Tensors outside the blocks, the embeddings and the head (rope
     /// tables, vision towers, blocks past `n_layers`, ...).
     pub other_bytes: u64,
@@ -116,7 +119,20 @@ pub struct Model {
     pub tied_embeddings: bool,
     /// Tensor statistics by type name (`"Q4_K"`, `"BF16"`, ...).
     pub types: BTreeMap<String, TypeStats>,
+    /// The widest dense feed-forward block (its down projection's input), if any.
+    pub n_ff: Option<u64>,
+    /// The width of one expert's feed-forward block in a MoE block, if any.
+    pub n_ff_exp: Option<u64>,
+    /// Per block, bytes of its weight matrices by ggml type name, counting
+    /// those whose row count is a multiple of 8: what a CPU backend may
+    /// repack into its own buffer. Empty for safetensors.
+    pub layer_matrices: Vec<MatrixBytes>,
+    /// The same for the output head (empty when it is tied).
+    pub head_matrices: MatrixBytes,
 }
+
+/// Bytes of weight matrices by ggml type name.
+pub type MatrixBytes = BTreeMap<String, u64>;
 
 /// Reads the model at `path`: a GGUF file (with its other splits, for a
 /// model split by llama.cpp's gguf-split), a `.safetensors` file, a
@@ -133,6 +149,15 @@ pub fn read(path: &Path) -> Result<Model> {
     }
     let folder = path.parent().unwrap_or(Path::new("."));
     safetensors::read_path(path, folder)
+}
+
+/// Reads a GGUF header held in memory, without the tensor data after it
+/// (the header-only files of `priv/catalog` and the calibration table).
+/// `file_bytes` counts the header and the tensors it describes.
+pub fn read_gguf_header(bytes: &[u8]) -> Result<Model> {
+    let mut model = gguf::parse(std::io::Cursor::new(bytes), u64::MAX)?;
+    model.file_bytes = (bytes.len() as u64).saturating_add(model.weight_bytes);
+    Ok(model)
 }
 
 fn has_gguf_magic(path: &Path) -> Result<bool> {

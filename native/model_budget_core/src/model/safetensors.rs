@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use super::arch::Arch;
 use super::json;
 use super::source::Source;
-use super::tally::{assemble, Embedding, Role, Tensor};
+use super::tally::{assemble, Embedding, Ffn, Role, Tensor};
 use super::{config, in_file, invalid, io_error, Format, Model};
 use crate::error::Result;
 
@@ -243,6 +243,21 @@ pub fn parse<R: Read + Seek>(reader: R, len: u64) -> Result<Model> {
     model(len, Arch::default(), &tensors)
 }
 
+/// The feed-forward block a transformers down projection describes, if the
+/// tensor is one: `[n_embd, width]` (rows first).
+fn ffn(name: &str, shape: &[u64]) -> Option<Ffn> {
+    let down = ["down_proj.weight", "w2.weight"]
+        .iter()
+        .any(|s| name.ends_with(s));
+    match shape {
+        [_, width] if down => Some(Ffn {
+            width: *width,
+            expert: name.contains(".experts."),
+        }),
+        _ => None,
+    }
+}
+
 fn model(file_bytes: u64, arch: Arch, infos: &[TensorInfo]) -> Result<Model> {
     let mut embedding = None;
     let tensors: Vec<Tensor> = infos
@@ -260,6 +275,9 @@ fn model(file_bytes: u64, arch: Arch, infos: &[TensorInfo]) -> Result<Model> {
                 type_name: t.dtype.name(),
                 elements: t.elements,
                 bytes: t.data_offsets.1 - t.data_offsets.0,
+                // llama.cpp does not load safetensors: no repacking.
+                matrix: None,
+                ffn: ffn(&t.name, &t.shape),
             }
         })
         .collect();

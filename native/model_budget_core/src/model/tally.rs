@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::arch::{per_layer, swa_flags, Arch, At, SwaLayers};
-use super::{invalid, Format, Model, TypeStats, MAX_LAYERS};
+use super::{invalid, Format, GgmlType, MatrixBytes, Model, TypeStats, MAX_LAYERS};
 use crate::error::Result;
 
 /// Where a tensor belongs.
@@ -32,6 +32,59 @@ pub(crate) struct Tensor {
     pub type_name: &'static str,
     pub elements: u64,
     pub bytes: u64,
+    /// A weight matrix of a matrix product: what a CPU backend may repack.
+    pub matrix: Option<Matrix>,
+    /// A feed-forward down projection: how wide the block makes a token.
+    pub ffn: Option<Ffn>,
+}
+
+/// A weight matrix (2-D, or 3-D for a MoE block's stacked experts) of a
+/// ggml type, with `rows` output rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Matrix {
+    pub ggml: GgmlType,
+    pub rows: u64,
+}
+
+/// The width of a feed-forward block (`n_ff`), read from its down
+/// projection's input: right for gated, plain and fused gate-up blocks
+/// alike. Of one expert, for the experts of a MoE block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ffn {
+    pub width: u64,
+    pub expert: bool,
+}
+
+impl Ffn {
+    /// The block a llama.cpp tensor name and its dimensions (fastest
+    /// first) describe, if it is a down projection.
+    pub(crate) fn of_gguf(name: &[u8], dims: &[u64]) -> Option<Ffn> {
+        match dims {
+            [width, _, _] if name.ends_with(b"ffn_down_exps.weight") => Some(Ffn {
+                width: *width,
+                expert: true,
+            }),
+            [width, _] if name.ends_with(b"ffn_down.weight") => Some(Ffn {
+                width: *width,
+                expert: false,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl Matrix {
+    /// The matrix a GGUF tensor is, if it is one: a 2-D or 3-D `.weight`
+    /// other than the token embeddings (which are looked up, not multiplied).
+    pub(crate) fn of_gguf(name: &[u8], ggml: GgmlType, dims: &[u64]) -> Option<Matrix> {
+        let matrix = name.ends_with(b".weight")
+            && (dims.len() == 2 || dims.len() == 3)
+            && name != b"token_embd.weight";
+        matrix.then(|| Matrix {
+            ggml,
+            rows: dims[1],
+        })
+    }
 }
 
 /// What the tensors say about the architecture where the metadata does
@@ -79,7 +132,25 @@ pub(crate) fn assemble(
     let (mut weight_bytes, mut n_params) = (0u64, 0u64);
     let mut types: BTreeMap<String, TypeStats> = BTreeMap::new();
     let (mut has_head, mut has_norm, mut embedding_bytes) = (false, false, None);
+    let mut layer_matrices = vec![MatrixBytes::new(); n_layers as usize];
+    let mut head_matrices = MatrixBytes::new();
+    let (mut n_ff, mut n_ff_exp) = (None::<u64>, None::<u64>);
     for t in tensors {
+        if let Some(f) = t.ffn {
+            let widest = if f.expert { &mut n_ff_exp } else { &mut n_ff };
+            *widest = Some(widest.map_or(f.width, |w| w.max(f.width)));
+        }
+        if let Some(m) = t.matrix.filter(|m| m.rows % 8 == 0) {
+            let bucket = match t.role {
+                Role::Layer(il) if il < n_layers => Some(&mut layer_matrices[il as usize]),
+                Role::Head => Some(&mut head_matrices),
+                _ => None,
+            };
+            if let Some(bucket) = bucket {
+                let slot = bucket.entry(m.ggml.name.to_owned()).or_default();
+                *slot = add(*slot, t.bytes)?;
+            }
+        }
         weight_bytes = add(weight_bytes, t.bytes)?;
         n_params = add(n_params, t.elements)?;
         let stats = types.entry(t.type_name.to_owned()).or_default();
@@ -107,12 +178,8 @@ pub(crate) fn assemble(
         *slot = add(*slot, t.bytes)?;
     }
     // No head but an embedding and a final norm: a decoder whose head is
-    // the embedding matrix. llama.cpp then loads that matrix a second time
-    // for the output layer, so it counts on the output side as well.
+    // the embedding matrix.
     let tied_embeddings = !has_head && has_norm && embedding_bytes.is_some();
-    if tied_embeddings {
-        output = add(output, embedding_bytes.unwrap_or(0))?;
-    }
 
     let n_head = arch
         .n_head
@@ -167,8 +234,13 @@ pub(crate) fn assemble(
         input_bytes: input,
         output_bytes: output,
         other_bytes: other,
+        embedding_bytes: embedding_bytes.unwrap_or(0),
         tied_embeddings,
         types,
+        n_ff,
+        n_ff_exp,
+        layer_matrices,
+        head_matrices,
     })
 }
 
@@ -183,11 +255,13 @@ mod tests {
             type_name: "F16",
             elements: bytes / 2,
             bytes,
+            matrix: None,
+            ffn: None,
         }
     }
 
     #[test]
-    fn splits_bytes_by_role_and_counts_a_tied_head_twice() {
+    fn splits_bytes_by_role_and_counts_a_tied_head_once() {
         let tensors = [
             tensor(Role::Embedding, 100),
             tensor(Role::Layer(0), 10),
@@ -202,7 +276,7 @@ mod tests {
         assert_eq!(m.layer_bytes, [10, 14]);
         assert_eq!(m.input_bytes, 100);
         assert!(m.tied_embeddings);
-        assert_eq!(m.output_bytes, 102);
+        assert_eq!((m.output_bytes, m.embedding_bytes), (2, 100));
         assert_eq!(m.other_bytes, 10);
         assert_eq!(m.weight_bytes, 136);
         assert_eq!(m.n_params, 68);

@@ -1,0 +1,115 @@
+defmodule ModelBudget.ModelManager.Entry do
+  @moduledoc false
+  # One model in a manager's ledger, from admission until its memory is
+  # released: what it is, what it holds, and what in the manager waits on it.
+  # `info/1` is the public view (`t:ModelBudget.ModelManager.info/0`), less
+  # the fields read live from the lease gate (:leases, :last_used).
+
+  alias ModelBudget.ModelManager.Leases
+
+  @enforce_keys [:id, :source, :opts, :placement, :bytes, :gate]
+  defstruct [
+    :id,
+    :source,
+    :opts,
+    :placement,
+    :bytes,
+    :gate,
+    status: :loading,
+    held: nil,
+    pinned: false,
+    keep_alive: :infinity,
+    handle: nil,
+    loaded_at: nil,
+    evicted: [],
+    evicted_for: nil,
+    awaiting: MapSet.new(),
+    loads: 0,
+    evictions: 0,
+    caller: nil,
+    caller_ref: nil,
+    task: nil,
+    handle_ref: nil,
+    unload_waiters: [],
+    draining: false,
+    cancelled: false
+  ]
+
+  @typedoc "What an evicted model's unload lets go on: a load (by id) or a fence (by ref)."
+  @type evicted_for :: nil | {:load, term()} | {:fence, reference()}
+
+  @typedoc "A caller of unload/3 waiting for the model to go, and its timeout timer."
+  @type unload_waiter :: {GenServer.from(), reference() | nil}
+
+  @typedoc """
+  An entry. `:held` is what it counts in the ledger: its placement, or less
+  while a load that evicted it takes its memory over (the hand-over).
+  `:awaiting` are the ids evicted for this load whose unloads have not
+  returned; its backend load starts when it is empty. `:draining` is an
+  unload waiting for the model's leases to end; `:cancelled` a load whose
+  task was killed and whose outcome is not known yet.
+  """
+  @type t :: %__MODULE__{
+          id: term(),
+          status: :loading | :ready | :unloading,
+          source: term(),
+          opts: keyword(),
+          placement: ModelBudget.placement(),
+          held: ModelBudget.placement(),
+          bytes: non_neg_integer(),
+          pinned: boolean(),
+          keep_alive: non_neg_integer() | :infinity,
+          gate: Leases.gate(),
+          handle: term(),
+          loaded_at: integer() | nil,
+          evicted: [term()],
+          evicted_for: evicted_for(),
+          awaiting: MapSet.t(),
+          loads: non_neg_integer(),
+          evictions: non_neg_integer(),
+          caller: GenServer.from() | nil,
+          caller_ref: reference() | nil,
+          task: Task.t() | nil,
+          handle_ref: reference() | nil,
+          unload_waiters: [unload_waiter()],
+          draining: boolean(),
+          cancelled: boolean()
+        }
+
+  @doc "A new entry for an admitted load; it holds its placement."
+  @spec new(map(), Leases.gate(), {non_neg_integer(), non_neg_integer()}) :: t()
+  def new(request, gate, {loads, evictions}) do
+    %__MODULE__{
+      id: request.id,
+      source: request.source,
+      opts: request.opts,
+      placement: request.placement,
+      held: request.placement,
+      bytes: request.bytes,
+      pinned: Keyword.get(request.opts, :pinned, false),
+      keep_alive: Keyword.get(request.opts, :keep_alive, :infinity),
+      gate: gate,
+      loads: loads,
+      evictions: evictions
+    }
+  end
+
+  @doc "The fields `info/2` shows that the manager keeps (see `t:ModelBudget.ModelManager.info/0`)."
+  @spec info(t()) :: map()
+  def info(%__MODULE__{} = e) do
+    %{
+      id: e.id,
+      status: e.status,
+      source: e.source,
+      placement: e.placement,
+      bytes: e.bytes,
+      pinned: e.pinned,
+      keep_alive: e.keep_alive,
+      handle: e.handle,
+      loaded_at: e.loaded_at,
+      evicted: e.evicted,
+      loads: e.loads,
+      evictions: e.evictions
+    }
+  end
+end

@@ -1,0 +1,279 @@
+defmodule ModelBudget.ModelManager.Ledger do
+  @moduledoc """
+  A manager's books, as pure data: its entries, the usage they imply, the
+  loads waiting for room, and the rules that decide admission. Every
+  function here is pure (what a manager reads from leases, the clock or the
+  device probe comes in as a `t:probe/0`), so the rules can be tested
+  without a process.
+
+  What it decides:
+
+    * **Admission** (`admit/4`): the eviction plan (`ModelBudget.ModelManager.Eviction.plan/3`)
+      over the idle models, least recently used first, then
+      `ModelBudget.check/3` against the usage without them; the loads
+      waiting ahead count as if they were held.
+    * **Possible at all** (`possible?/2`): whether a load would fit with
+      every unpinned model gone; a waiting load must be.
+    * **The hand-over** (`hand_over/4`): what models evicted for a load
+      still count until their unloads return (`Eviction.residuals/3`), so
+      the usage never exceeds the budget nor undercounts what backends hold.
+    * **Keep-alive** (`expired/2`): the models whose keep-alive ran out.
+  """
+
+  alias ModelBudget.ModelManager.{Entry, Eviction}
+
+  defstruct [:budget, :rules, :min_idle_ms, entries: %{}, usage: nil, queue: []]
+
+  @typedoc """
+  A load waiting for room, first in first out: `:ref` names it, `:id` and
+  `:placement` are the load's; the manager keeps what it needs to answer.
+  """
+  @type waiter :: %{
+          required(:ref) => reference(),
+          required(:id) => term(),
+          required(:placement) => ModelBudget.placement(),
+          optional(atom()) => term()
+        }
+
+  @typedoc "A ledger."
+  @type t :: %__MODULE__{
+          budget: ModelBudget.budget(),
+          rules: Eviction.rules(),
+          min_idle_ms: non_neg_integer() | :infinity,
+          entries: %{term() => Entry.t()},
+          usage: ModelBudget.placement(),
+          queue: [waiter()]
+        }
+
+  @typedoc """
+  What the ledger reads from outside, at one instant:
+
+    * `:now` - the manager's clock, in ms.
+    * `:last_use` - an entry's `{lru, used_at}`: its position in the LRU
+      order (any term; greater is more recent) and the clock at its last
+      use.
+    * `:leased?` - whether an entry holds leases; asked lazily, of the
+      candidates a plan reaches.
+    * `:free` - the live free bytes per device, for rules that read `free`
+      (`Eviction.probe_free/3`), else `nil`.
+    * `:exclude` - ids not to evict (found leased by a claim).
+  """
+  @type probe :: %{
+          now: integer(),
+          last_use: (Entry.t() -> {term(), integer()}),
+          leased?: (Entry.t() -> boolean()),
+          free: map() | nil,
+          exclude: MapSet.t()
+        }
+
+  @doc "An empty ledger."
+  @spec new(ModelBudget.budget(), Eviction.rules(), non_neg_integer() | :infinity) :: t()
+  def new(budget, rules, min_idle_ms),
+    do: %__MODULE__{
+      budget: budget,
+      rules: rules,
+      min_idle_ms: min_idle_ms,
+      usage: ModelBudget.empty_usage()
+    }
+
+  @doc "The entry of `id`."
+  @spec fetch(t(), term()) :: {:ok, Entry.t()} | :error
+  def fetch(ledger, id), do: Map.fetch(ledger.entries, id)
+
+  @doc "The entry of `id`; raises if there is none."
+  @spec fetch!(t(), term()) :: Entry.t()
+  def fetch!(ledger, id), do: Map.fetch!(ledger.entries, id)
+
+  @doc "Whether `id` is listed or waiting."
+  @spec taken?(t(), term()) :: boolean()
+  def taken?(ledger, id),
+    do: Map.has_key?(ledger.entries, id) or Enum.any?(ledger.queue, &(&1.id == id))
+
+  @doc "Replaces an entry whose `:held` did not change."
+  @spec put(t(), Entry.t()) :: t()
+  def put(ledger, %Entry{id: id} = entry),
+    do: %{ledger | entries: Map.put(ledger.entries, id, entry)}
+
+  @doc "Adds a new entry, its `:held` folded into the usage."
+  @spec add(t(), Entry.t()) :: t()
+  def add(ledger, %Entry{} = entry),
+    do: put(%{ledger | usage: ModelBudget.fold(ledger.usage, entry.held)}, entry)
+
+  @doc "Removes an entry and releases what it held."
+  @spec release(t(), term()) :: {Entry.t(), t()}
+  def release(ledger, id) do
+    {entry, entries} = Map.pop!(ledger.entries, id)
+    {entry, %{ledger | entries: entries, usage: ModelBudget.release(ledger.usage, entry.held)}}
+  end
+
+  @doc """
+  Plans room for `placement`, counting the `ahead` placements (loads
+  waiting before it) as held: `{:ok, evictions}` (see
+  `ModelBudget.ModelManager.Eviction.plan/3`), or check's
+  `{:error, {:insufficient_memory, ...}}` against that usage, when even
+  evicting every idle model would not make room. A model is idle when it is
+  ready, not pinned, not used within `:min_idle_ms`, not excluded and not
+  leased.
+  """
+  @spec admit(t(), ModelBudget.placement(), [ModelBudget.placement()], probe()) ::
+          {:ok, [Eviction.eviction()]} | {:error, ModelBudget.insufficient()}
+  def admit(ledger, placement, ahead, probe) do
+    usage = Enum.reduce(ahead, ledger.usage, &ModelBudget.fold(&2, &1))
+
+    plan_ledger = %{
+      budget: ledger.budget,
+      rules: ledger.rules,
+      usage: usage,
+      resident_count: map_size(ledger.entries),
+      free: probe.free
+    }
+
+    with {:ok, evictions, after_evictions} <-
+           Eviction.plan(plan_ledger, placement, candidates(ledger, probe)),
+         :ok <- ModelBudget.check(ledger.budget, placement, after_evictions) do
+      {:ok, evictions}
+    end
+  end
+
+  @doc """
+  The models a plan may evict, least recently used first, as
+  `{id, placement}`: walked lazily, so the order is computed (and the
+  leases asked) only when a plan needs room.
+  """
+  @spec candidates(t(), probe()) :: Enumerable.t()
+  def candidates(%__MODULE__{min_idle_ms: :infinity}, _probe), do: []
+
+  def candidates(ledger, probe) do
+    idle_since = probe.now - ledger.min_idle_ms
+    exclude = probe.exclude
+    last_use = probe.last_use
+
+    # One pass over the entries and a key sort, only when a plan pulls the
+    # first candidate: the order comes from the gates, which requests stamp
+    # without telling the manager.
+    [ledger.entries]
+    |> Stream.flat_map(fn entries ->
+      ready =
+        :maps.fold(
+          fn
+            id, %Entry{status: :ready, pinned: false} = entry, acc ->
+              {lru, used_at} = last_use.(entry)
+
+              if used_at <= idle_since and not MapSet.member?(exclude, id),
+                do: [{lru, entry} | acc],
+                else: acc
+
+            _id, _entry, acc ->
+              acc
+          end,
+          [],
+          entries
+        )
+
+      :lists.keysort(1, ready)
+    end)
+    |> Stream.reject(fn {_lru, entry} -> probe.leased?.(entry) end)
+    |> Stream.map(fn {_lru, entry} -> {entry.id, entry.placement} end)
+  end
+
+  @doc """
+  Whether `placement` would fit with every unpinned model gone (pinned
+  models count, unless they are being unloaded).
+  """
+  @spec possible?(t(), ModelBudget.placement()) :: boolean()
+  def possible?(ledger, placement) do
+    pinned =
+      for {_id, %Entry{pinned: true, status: status, held: held}} <- ledger.entries,
+          status != :unloading,
+          reduce: ModelBudget.empty_usage(),
+          do: (usage -> ModelBudget.fold(usage, held))
+
+    ModelBudget.check(ledger.budget, placement, pinned) == :ok
+  end
+
+  @doc """
+  Admits `entry` after `evictions`: the evicted entries now count only
+  what they hold beyond the new placement (`Eviction.residuals/3`), are
+  marked as evicted for `for`, and the new entry awaits their unloads.
+  Returns the ledger and the evicted entries, in order.
+  """
+  @spec hand_over(t(), Entry.t() | nil, [Eviction.eviction()], Entry.evicted_for()) ::
+          {t(), [Entry.t()]}
+  def hand_over(ledger, entry, [], _for),
+    do: {if(entry, do: add(ledger, entry), else: ledger), []}
+
+  def hand_over(ledger, entry, evictions, for) do
+    placements = Enum.map(evictions, & &1.placement)
+
+    # A fence takes nothing over: its evicted models count in full until
+    # their unloads return.
+    held =
+      if entry,
+        do: Eviction.residuals(ledger.budget, placements, entry.placement),
+        else: placements
+
+    {evicted, ledger} =
+      evictions
+      |> Enum.zip(held)
+      |> Enum.map_reduce(ledger, fn {%{id: id}, held}, ledger ->
+        old = fetch!(ledger, id)
+        usage = ledger.usage |> ModelBudget.release(old.held) |> ModelBudget.fold(held)
+        evicted = %{old | held: held, evicted_for: for, evictions: old.evictions + 1}
+        {evicted, put(%{ledger | usage: usage}, evicted)}
+      end)
+
+    ledger =
+      if entry,
+        do:
+          add(ledger, %{
+            entry
+            | evicted: Enum.map(evictions, & &1.id),
+              awaiting: MapSet.new(evictions, & &1.id)
+          }),
+        else: ledger
+
+    {ledger, evicted}
+  end
+
+  @doc """
+  An evicted model whose load was cancelled before its unload returned: it
+  counts its whole placement again.
+  """
+  @spec restore(t(), term()) :: t()
+  def restore(ledger, id) do
+    entry = fetch!(ledger, id)
+    usage = ledger.usage |> ModelBudget.release(entry.held) |> ModelBudget.fold(entry.placement)
+    put(%{ledger | usage: usage}, %{entry | held: entry.placement, evicted_for: nil})
+  end
+
+  @doc "The ready models whose keep-alive has run out at `probe.now` (leases not asked)."
+  @spec expired(t(), probe()) :: [Entry.t()]
+  def expired(ledger, probe) do
+    for {_id, %Entry{status: :ready, keep_alive: keep_alive} = entry} <- ledger.entries,
+        keep_alive != :infinity,
+        {_lru, used_at} = probe.last_use.(entry),
+        probe.now - used_at >= keep_alive,
+        do: entry
+  end
+
+  ## Waiting loads
+
+  @doc "Queues a waiting load, last."
+  @spec enqueue(t(), waiter()) :: t()
+  def enqueue(ledger, waiter), do: %{ledger | queue: ledger.queue ++ [waiter]}
+
+  @doc "Takes the waiting load `ref` out of the queue."
+  @spec dequeue(t(), reference()) :: {waiter() | nil, t()}
+  def dequeue(ledger, ref) do
+    case Enum.split_with(ledger.queue, &(&1.ref == ref)) do
+      {[waiter], rest} -> {waiter, %{ledger | queue: rest}}
+      {[], _} -> {nil, ledger}
+    end
+  end
+
+  @doc "The placements of the loads waiting before `ref` (all of them for `nil`)."
+  @spec ahead(t(), reference() | nil) :: [ModelBudget.placement()]
+  def ahead(ledger, ref) do
+    ledger.queue |> Enum.take_while(&(&1.ref != ref)) |> Enum.map(& &1.placement)
+  end
+end

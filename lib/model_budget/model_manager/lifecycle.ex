@@ -1,0 +1,719 @@
+defmodule ModelBudget.ModelManager.Lifecycle do
+  @moduledoc false
+  # The steps the manager's callbacks take, one model's life at a time:
+  # admit (claiming the models a plan evicts), load in a supervised task,
+  # drain leases, unload in a task, cancel, hand memory over to the loads
+  # and fences that wait for evicted models, admit waiting loads as room
+  # frees, expire keep-alives. Every function takes and returns the
+  # manager's state and answers callers itself (GenServer.reply/2); none
+  # blocks. The books are kept by Ledger (pure), the readers' view by Table,
+  # the request path by Leases.
+
+  require Logger
+
+  alias ModelBudget.Backend.Reservation
+  alias ModelBudget.ModelManager
+  alias ModelBudget.ModelManager.{Entry, Eviction, Leases, Ledger, Table}
+
+  @enforce_keys [:table, :leases, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger]
+  defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}, holders: %{}]
+
+  @typedoc """
+  The manager's state. `:refs` maps every monitor and task ref to what it
+  watches: `{:load | :unload, id}` tasks, `{:caller, id}` callers of
+  admitted loads, `{:waiter, ref}` callers of waiting loads, `{:handle, id}`
+  pid handles. `:holders` maps lease holders to their monitors; `:fences`
+  fences waiting for their evicted models.
+  """
+  @type t :: %__MODULE__{
+          name: term(),
+          table: :ets.tid(),
+          leases: :ets.tid(),
+          flags: :atomics.atomics_ref(),
+          task_sup: pid(),
+          backend: module(),
+          clock: (() -> integer()),
+          sweep_ms: pos_integer(),
+          ledger: Ledger.t(),
+          refs: %{reference() => term()},
+          fences: %{reference() => map()},
+          holders: %{pid() => reference()}
+        }
+
+  ## Loads
+
+  @doc "A load request: admitted, queued or refused."
+  @spec load(t(), map(), GenServer.from()) :: t()
+  def load(state, %{id: id, placement: placement} = request, from) do
+    if Ledger.taken?(state.ledger, id) do
+      reply(from, {:error, :already_loaded})
+      state
+    else
+      case admit_swept(state, placement, Ledger.ahead(state.ledger, nil)) do
+        {:ok, evictions, state} ->
+          start_load(state, from, request, evictions)
+
+        {{:error, _} = refused, state} ->
+          timeout = Keyword.get(request.opts, :timeout, 0)
+
+          if timeout == 0 or not Ledger.possible?(state.ledger, placement),
+            do: refuse(state, from, refused),
+            else: enqueue(state, from, request, timeout)
+      end
+    end
+  end
+
+  # Admission; when it fails, leases of dead holders are reaped and it is
+  # tried once more, so a lease that ended with its holder never refuses.
+  defp admit_swept(state, placement, ahead) do
+    with {:error, _} = refused <- admit(state, placement, ahead) do
+      {reaped, state} = sweep_holders(state)
+      if reaped > 0, do: admit_swept(state, placement, ahead), else: {refused, state}
+    end
+  end
+
+  # The plan, then a claim of the models it evicts: one taken by a lease
+  # since is excluded and the plan made again.
+  defp admit(state, placement, ahead, exclude \\ MapSet.new()) do
+    ledger = state.ledger
+
+    probe = %{
+      now: state.clock.(),
+      last_use: &lru_order/1,
+      leased?: &Leases.leased?(state.leases, &1.gate),
+      free: Eviction.probe_free(ledger.rules, ledger.budget, placement),
+      exclude: exclude
+    }
+
+    case Ledger.admit(ledger, placement, ahead, probe) do
+      {:ok, []} ->
+        {:ok, [], state}
+
+      {:ok, evictions} ->
+        gates = Enum.map(evictions, &Ledger.fetch!(ledger, &1.id).gate)
+
+        case Leases.claim(state.leases, gates) do
+          :ok ->
+            {:ok, evictions, state}
+
+          {:leased, indexes} ->
+            leased = Enum.map(indexes, &Enum.at(evictions, &1).id)
+            admit(state, placement, ahead, MapSet.union(exclude, MapSet.new(leased)))
+        end
+
+      {:error, _} = refused ->
+        refused
+    end
+  end
+
+  # The LRU position, ties (a coarse clock) broken by admission order.
+  defp lru_order(%Entry{gate: {inc, _} = gate}) do
+    {lru, used_at} = Leases.last_use(gate)
+    {{lru, inc}, used_at}
+  end
+
+  defp refuse(state, from, refused) do
+    Table.bump(state.table, :refused)
+    reply(from, refused)
+    state
+  end
+
+  # The evicted models (already claimed) start unloading; the load waits for
+  # them, then its backend load runs.
+  defp start_load(state, from, request, evictions) do
+    gate = Leases.new_gate(state.clock.())
+    entry = %{Entry.new(request, gate, Table.history_of(state.table, request.id)) | caller: from}
+    {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
+    state = %{state | ledger: ledger}
+
+    if evictions == [] and inline?(state) do
+      # Loaded within this step: nothing to cancel, no one sees it loading.
+      run_load(state, entry.id)
+    else
+      # The caller is watched while it waits: its death cancels the load.
+      {caller, _} = from
+      caller_ref = Process.monitor(caller)
+      state = %{state | refs: Map.put(state.refs, caller_ref, {:caller, entry.id})}
+      state = update(state, entry.id, &%{&1 | caller_ref: caller_ref})
+      state = save(state, Enum.map(evicted, & &1.id))
+      state = evict(state, evictions, evicted, {:load, entry.id})
+      if evictions == [], do: run_load(state, entry.id), else: state
+    end
+  end
+
+  defp run_load(state, id) do
+    %Entry{source: source, placement: placement, opts: opts} = Ledger.fetch!(state.ledger, id)
+
+    if inline?(state) do
+      finished_load(state, id, run_inline(fn -> state.backend.load(source, placement, opts) end))
+    else
+      task =
+        Task.Supervisor.async_nolink(state.task_sup, state.backend, :load, [
+          source,
+          placement,
+          opts
+        ])
+
+      state = %{state | refs: Map.put(state.refs, task.ref, {:load, id})}
+      update(state, id, &%{&1 | task: task})
+    end
+  end
+
+  # The reservation backend does nothing in a load or an unload: the manager
+  # calls it in its own step instead of a task (admissions at a fraction of
+  # the cost); any other backend may block, so it runs in a task.
+  defp inline?(state), do: state.backend == Reservation
+
+  defp run_inline(fun) do
+    {:ok, fun.()}
+  catch
+    kind, reason -> {:exit, if(kind == :exit, do: reason, else: {reason, __STACKTRACE__})}
+  end
+
+  @doc "A load's outcome: `{:ok, result}` from its backend, or `{:exit, reason}`."
+  @spec finished_load(t(), term(), {:ok, term()} | {:exit, term()}) :: t()
+  def finished_load(state, id, outcome) do
+    entry = Ledger.fetch!(state.ledger, id)
+    state = demonitor(state, entry.caller_ref)
+    entry = %{entry | task: nil, caller_ref: nil}
+
+    case {entry.cancelled, outcome} do
+      # Its caller was answered when it was cancelled; a handle it returned
+      # just before is unloaded, so nothing is lost.
+      {true, {:ok, {:ok, handle}}} ->
+        begin_unload(state, %{entry | handle: handle})
+
+      {true, _failed} ->
+        drop(state, id)
+
+      {false, {:ok, {:ok, handle}}} ->
+        loads = Table.bump_history(state.table, id, :loads)
+        now = state.clock.()
+
+        ready = %{
+          entry
+          | status: :ready,
+            handle: handle,
+            loaded_at: now,
+            loads: loads,
+            caller: nil
+        }
+
+        {state, ready} = monitor_handle(state, ready)
+        Leases.used(elem(ready.gate, 1), now)
+        Leases.open(ready.gate)
+        state = put(state, ready)
+        Table.bump(state.table, :loads)
+        # No lease can have been taken yet: the gate opened in this step.
+        reply(entry.caller, {:ok, Map.merge(Entry.info(ready), %{leases: 0, last_used: now})})
+        state
+
+      {false, failed} ->
+        reason =
+          case failed do
+            {:ok, {:error, reason}} -> {:load_failed, reason}
+            {:ok, other} -> {:load_crashed, {:bad_return, other}}
+            {:exit, reason} -> {:load_crashed, reason}
+          end
+
+        state = drop(state, id)
+        reply(entry.caller, {:error, reason})
+        state
+    end
+  end
+
+  defp monitor_handle(state, %Entry{handle: handle, id: id} = entry) when is_pid(handle) do
+    ref = Process.monitor(handle)
+    {%{state | refs: Map.put(state.refs, ref, {:handle, id})}, %{entry | handle_ref: ref}}
+  end
+
+  defp monitor_handle(state, entry), do: {state, entry}
+
+  @doc "A model's pid handle exited: its memory is released without an unload."
+  @spec handle_died(t(), term(), term()) :: t()
+  def handle_died(state, id, reason) do
+    Logger.warning(
+      "#{prefix(state)}: the process of model #{inspect(id)} exited (#{inspect(reason)}); " <>
+        "releasing its memory"
+    )
+
+    drop(state, id)
+  end
+
+  @doc """
+  Cancels a load (its caller died, or an unload asked): answers its caller
+  `{:error, {:load_failed, :cancelled}}`; `waiters` are answered once its
+  memory is released.
+  """
+  @spec cancel_load(t(), Entry.t(), [Entry.unload_waiter()]) :: t()
+  # Still waiting for its evicted models: they hold their memory until their
+  # unloads return, so they count in full again.
+  def cancel_load(state, %Entry{task: nil} = entry, waiters) do
+    state = demonitor(state, entry.caller_ref)
+
+    ledger = Enum.reduce(entry.awaiting, state.ledger, &Ledger.restore(&2, &1))
+    state = save(%{state | ledger: ledger}, MapSet.to_list(entry.awaiting))
+    state = drop(state, entry.id)
+    reply_waiters(%{entry | unload_waiters: waiters}, :ok)
+    reply(entry.caller, {:error, {:load_failed, :cancelled}})
+    state
+  end
+
+  # Its task is killed; its outcome (a handle returned just before, or the
+  # :DOWN) finishes the cancellation in finished_load/3: no waiting here.
+  def cancel_load(state, %Entry{task: %Task{pid: pid}} = entry, waiters) do
+    Process.exit(pid, :kill)
+    state = demonitor(state, entry.caller_ref)
+    reply(entry.caller, {:error, {:load_failed, :cancelled}})
+
+    update(state, entry.id, fn entry ->
+      %{
+        entry
+        | status: :unloading,
+          cancelled: true,
+          caller: nil,
+          caller_ref: nil,
+          unload_waiters: waiters ++ entry.unload_waiters
+      }
+    end)
+  end
+
+  ## Unloads
+
+  @doc "unload/3: drains leases (with a timeout), forces, joins or cancels."
+  @spec unload(t(), term(), %{timeout: timeout(), force: boolean()}, GenServer.from()) :: t()
+  def unload(state, id, opts, from) do
+    case Ledger.fetch(state.ledger, id) do
+      :error ->
+        reply(from, {:error, :not_loaded})
+        state
+
+      {:ok, %Entry{status: :loading} = entry} ->
+        cancel_load(state, entry, [{from, nil}])
+
+      {:ok, %Entry{status: :ready} = entry} ->
+        if opts.force do
+          Leases.drop(state.leases, entry.gate)
+          begin_unload(state, %{entry | unload_waiters: [{from, nil}]})
+        else
+          drain(state, entry, from, opts.timeout)
+        end
+
+      {:ok, %Entry{draining: true} = entry} ->
+        if opts.force do
+          Leases.drop(state.leases, entry.gate)
+          begin_unload(state, add_waiter(entry, from, nil))
+        else
+          put(state, add_waiter(entry, from, timer(opts.timeout, {:unload_timeout, id})))
+        end
+
+      # Unloading already: answered when it is done.
+      {:ok, %Entry{status: :unloading} = entry} ->
+        put(state, add_waiter(entry, from, nil))
+    end
+  end
+
+  defp add_waiter(entry, from, timer),
+    do: %{entry | unload_waiters: [{from, timer} | entry.unload_waiters]}
+
+  # Closes the gate (checkouts fail from now on) and unloads once no lease
+  # is left; a checkin or a holder's death tells the manager when.
+  defp drain(state, entry, from, timeout) do
+    if Leases.close(state.leases, entry.gate) do
+      timer = timer(timeout, {:unload_timeout, entry.id})
+      entry = %{entry | status: :unloading, draining: true, unload_waiters: [{from, timer}]}
+      {_reaped, state} = sweep_holders(put(state, entry))
+      drained(state, entry.id)
+    else
+      begin_unload(state, %{entry | unload_waiters: [{from, nil}]})
+    end
+  end
+
+  @doc "A lease ended: a drained model unloads; waiting loads are tried again."
+  @spec lease_ended(t(), term(), pos_integer() | nil) :: t()
+  def lease_ended(state, nil, nil), do: state
+
+  def lease_ended(state, id, inc) do
+    case Ledger.fetch(state.ledger, id) do
+      {:ok, %Entry{gate: {^inc, _}, draining: true}} -> drained(state, id)
+      _ -> state
+    end
+  end
+
+  # A draining model unloads once its last lease is gone.
+  defp drained(state, id) do
+    with {:ok, %Entry{draining: true} = entry} <- Ledger.fetch(state.ledger, id),
+         false <- Leases.leased?(state.leases, entry.gate) do
+      waiters = for {from, timer} <- entry.unload_waiters, do: {from, cancel_timer(timer)}
+      begin_unload(state, %{entry | draining: false, unload_waiters: waiters})
+    else
+      _ -> state
+    end
+  end
+
+  @doc "An unload/3 timeout: that caller gets `{:error, :busy}`; the model serves again if nobody else waits."
+  @spec unload_timeout(t(), term(), reference()) :: t()
+  def unload_timeout(state, id, timer) do
+    with {:ok, %Entry{draining: true} = entry} <- Ledger.fetch(state.ledger, id),
+         {[{from, ^timer}], rest} <-
+           Enum.split_with(entry.unload_waiters, &(elem(&1, 1) == timer)) do
+      reply(from, {:error, :busy})
+
+      if rest == [] do
+        Leases.open(entry.gate)
+        put(state, %{entry | status: :ready, draining: false, unload_waiters: []})
+      else
+        put(state, %{entry | unload_waiters: rest})
+      end
+    else
+      _ -> state
+    end
+  end
+
+  # The memory stays reserved until the backend's unload returns: a runtime
+  # frees it only then.
+  defp begin_unload(state, entry) do
+    state = demonitor(state, entry.handle_ref)
+    entry = %{entry | status: :unloading, draining: false, handle_ref: nil}
+
+    if inline?(state) do
+      # Released within this step: readers never see it unloading.
+      state = %{state | ledger: Ledger.put(state.ledger, entry)}
+      finished_unload(state, entry.id, run_inline(fn -> state.backend.unload(entry.handle) end))
+    else
+      task = Task.Supervisor.async_nolink(state.task_sup, state.backend, :unload, [entry.handle])
+      state = %{state | refs: Map.put(state.refs, task.ref, {:unload, entry.id})}
+      put(state, %{entry | task: task})
+    end
+  end
+
+  @doc "An unload's outcome: the memory is released, and what waited for it goes on."
+  @spec finished_unload(t(), term(), {:ok, term()} | {:exit, term()}) :: t()
+  def finished_unload(state, id, outcome) do
+    with {:exit, reason} <- outcome do
+      Logger.error(
+        "#{prefix(state)}: unloading #{inspect(id)} crashed (#{inspect(reason)}); " <>
+          "its memory is released anyway"
+      )
+    end
+
+    {entry, state} = release(state, id)
+    reply_waiters(entry, :ok)
+    evicted(state, entry)
+  end
+
+  # An evicted model is unloaded: what waited for it may go on.
+  defp evicted(state, %Entry{evicted_for: nil}), do: state
+
+  defp evicted(state, %Entry{evicted_for: {:load, load_id}, id: id}) do
+    entry = Ledger.fetch!(state.ledger, load_id)
+    awaiting = MapSet.delete(entry.awaiting, id)
+    state = put(state, %{entry | awaiting: awaiting})
+    if MapSet.size(awaiting) == 0, do: run_load(state, load_id), else: state
+  end
+
+  defp evicted(state, %Entry{evicted_for: {:fence, ref}, id: id}) do
+    fence = Map.fetch!(state.fences, ref)
+    pending = MapSet.delete(fence.pending, id)
+
+    if MapSet.size(pending) == 0 do
+      reply(fence.from, {:ok, fence.evicted})
+      %{state | fences: Map.delete(state.fences, ref)}
+    else
+      %{state | fences: Map.put(state.fences, ref, %{fence | pending: pending})}
+    end
+  end
+
+  # The claimed models start unloading, logged with the reason; `for` says
+  # what for (the evicted entries' :evicted_for).
+  defp evict(state, evictions, evicted, for) do
+    Enum.zip(evictions, evicted)
+    |> Enum.reduce(state, fn {eviction, entry}, state ->
+      log_eviction(state, entry, eviction, for)
+      Table.bump(state.table, :evictions)
+      Table.bump_history(state.table, entry.id, :evictions)
+      begin_unload(state, entry)
+    end)
+  end
+
+  defp log_eviction(state, entry, eviction, for) do
+    target =
+      case for do
+        {:load, id} -> "the load of #{inspect(id)}"
+        {:fence, _ref} -> "a fence"
+      end
+
+    reason =
+      case eviction.reason do
+        :constraint ->
+          "the :evict_when rules hold (#{Enum.join(state.ledger.rules.constraint.expressions, " or ")})"
+
+        {:does_not_fit, required, available} ->
+          "#{required} bytes do not fit in the #{available} available"
+      end
+
+    Logger.info(
+      "#{prefix(state)}: evicting #{inspect(entry.id)} (idle #{idle_ms(state, entry)} ms) " <>
+        "to make room on #{inspect(eviction.device)} for #{target}: #{reason}"
+    )
+  end
+
+  defp idle_ms(state, entry) do
+    {_lru, used_at} = Leases.last_use(entry.gate)
+    state.clock.() - used_at
+  end
+
+  ## Fences
+
+  @doc "fence/3: makes room, answered once the evicted models are unloaded."
+  @spec fence(t(), ModelBudget.placement(), GenServer.from()) :: t()
+  def fence(state, placement, from) do
+    case admit_swept(state, placement, []) do
+      {:ok, [], state} ->
+        Table.bump(state.table, :fences)
+        reply(from, {:ok, []})
+        state
+
+      {:ok, evictions, state} ->
+        Table.bump(state.table, :fences)
+        ref = make_ref()
+        # Nothing takes the evicted models' memory over: they count in full
+        # until their unloads return, and the fence answers then.
+        {ledger, evicted} = Ledger.hand_over(state.ledger, nil, evictions, {:fence, ref})
+        ids = Enum.map(evictions, & &1.id)
+        fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
+        state = %{state | ledger: ledger, fences: Map.put(state.fences, ref, fence)}
+        evict(state, evictions, evicted, {:fence, ref})
+
+      {refused, state} ->
+        refuse(state, from, refused)
+    end
+  end
+
+  ## Waiting loads
+
+  defp enqueue(state, {caller, _} = from, request, timeout) do
+    ref = make_ref()
+    caller_ref = Process.monitor(caller)
+    timer = timer(timeout, {:load_timeout, ref})
+
+    waiter = %{
+      ref: ref,
+      id: request.id,
+      placement: request.placement,
+      request: request,
+      from: from,
+      caller_ref: caller_ref,
+      timer: timer
+    }
+
+    ledger = Ledger.enqueue(state.ledger, waiter)
+    state = %{state | ledger: ledger, refs: Map.put(state.refs, caller_ref, {:waiter, ref})}
+    {_reaped, state} = sweep_holders(state)
+    state
+  end
+
+  @doc """
+  Tries the waiting loads again, first come first served: each is admitted
+  as soon as it fits with the loads before it counted as held. Called after
+  every step of the manager; the next checkin tells the manager while any
+  load waits.
+  """
+  @spec settle(t()) :: t()
+  def settle(%__MODULE__{ledger: %Ledger{queue: []}} = state), do: state
+
+  def settle(%__MODULE__{} = state) do
+    # Armed before the leases are looked at: a lease that ends after this
+    # point tells the manager (the checkin deletes its row, then reads the
+    # flag), one that ended before is seen by the admissions below.
+    Leases.arm(state.flags, true)
+
+    state =
+      Enum.reduce(state.ledger.queue, state, fn waiter, state ->
+        ahead = Ledger.ahead(state.ledger, waiter.ref)
+
+        case admit(state, waiter.placement, ahead) do
+          {:ok, evictions, state} -> admit_waiter(state, waiter, evictions)
+          {:error, _} -> state
+        end
+      end)
+
+    if state.ledger.queue == [], do: Leases.arm(state.flags, false)
+    state
+  end
+
+  defp admit_waiter(state, waiter, evictions) do
+    {_, ledger} = Ledger.dequeue(state.ledger, waiter.ref)
+    cancel_timer(waiter.timer)
+    state = demonitor(%{state | ledger: ledger}, waiter.caller_ref)
+    start_load(state, waiter.from, waiter.request, evictions)
+  end
+
+  @doc "A waiting load's deadline: one last try, else the usual refusal."
+  @spec load_timeout(t(), reference()) :: t()
+  def load_timeout(state, ref) do
+    ahead = Ledger.ahead(state.ledger, ref)
+
+    case Enum.find(state.ledger.queue, &(&1.ref == ref)) do
+      nil ->
+        state
+
+      waiter ->
+        case admit_swept(state, waiter.placement, ahead) do
+          {:ok, evictions, state} ->
+            admit_waiter(state, %{waiter | timer: nil}, evictions)
+
+          {refused, state} ->
+            {_, ledger} = Ledger.dequeue(state.ledger, ref)
+            state = demonitor(%{state | ledger: ledger}, waiter.caller_ref)
+            refuse(state, waiter.from, refused)
+        end
+    end
+  end
+
+  @doc "A waiting load's caller died: it leaves the queue."
+  @spec waiter_died(t(), reference()) :: t()
+  def waiter_died(state, ref) do
+    {waiter, ledger} = Ledger.dequeue(state.ledger, ref)
+    if waiter, do: cancel_timer(waiter.timer)
+    %{state | ledger: ledger}
+  end
+
+  ## Lease holders and keep-alive
+
+  @doc """
+  Housekeeping, every `:sweep_ms` and on `sweep/1`: leases of dead holders
+  end, live holders are monitored, and models whose keep-alive ran out
+  unload.
+  """
+  @spec sweep(t()) :: t()
+  def sweep(state) do
+    {_reaped, state} = sweep_holders(state)
+    now = state.clock.()
+
+    probe = %{now: now, last_use: &Leases.last_use(&1.gate)}
+
+    state.ledger
+    |> Ledger.expired(probe)
+    |> Enum.reduce(state, fn entry, state ->
+      case Leases.claim(state.leases, [entry.gate]) do
+        :ok -> expire(state, entry, now)
+        {:leased, _} -> state
+      end
+    end)
+  end
+
+  defp expire(state, entry, now) do
+    {_lru, used_at} = Leases.last_use(entry.gate)
+
+    Logger.info(
+      "#{prefix(state)}: unloading #{inspect(entry.id)}: its keep-alive of " <>
+        "#{entry.keep_alive} ms ran out (no lease for #{now - used_at} ms)"
+    )
+
+    Table.bump(state.table, :expired)
+    begin_unload(state, entry)
+  end
+
+  # Ends the leases of dead holders and monitors the live ones; returns how
+  # many leases ended.
+  defp sweep_holders(state) do
+    pids = Leases.holders(state.leases)
+    {dead, live} = Enum.split_with(pids, &(not Process.alive?(&1)))
+    reaped = Enum.reduce(dead, 0, &(&2 + Leases.reap(state.leases, &1)))
+
+    holders =
+      Map.new(live, fn pid ->
+        {pid, Map.get_lazy(state.holders, pid, fn -> Process.monitor(pid) end)}
+      end)
+
+    for {pid, ref} <- state.holders,
+        not Map.has_key?(holders, pid),
+        do: Process.demonitor(ref, [:flush])
+
+    state = %{state | holders: holders}
+    {reaped, if(reaped > 0, do: drain_all(state), else: state)}
+  end
+
+  @doc "A lease holder died: its leases end."
+  @spec holder_died(t(), pid()) :: t()
+  def holder_died(state, pid) do
+    Leases.reap(state.leases, pid)
+    drain_all(%{state | holders: Map.delete(state.holders, pid)})
+  end
+
+  defp drain_all(state) do
+    state.ledger.entries
+    |> Enum.filter(fn {_id, entry} -> entry.draining end)
+    |> Enum.reduce(state, fn {id, _}, state -> drained(state, id) end)
+  end
+
+  ## Books and answers
+
+  @doc "A model's public view: its entry's fields, its lease count and last use."
+  @spec view(map(), map()) :: map()
+  def view(shared, info) do
+    case Table.gate(shared.table, info.id) do
+      {:ok, gate} ->
+        {_lru, used_at} = Leases.last_use(gate)
+        Map.merge(info, %{leases: Leases.count(shared.leases, gate), last_used: used_at})
+
+      :error ->
+        Map.merge(info, %{leases: 0, last_used: info.loaded_at})
+    end
+  end
+
+  defp put(state, entry), do: save(%{state | ledger: Ledger.put(state.ledger, entry)}, [entry.id])
+
+  defp update(state, id, fun), do: put(state, fun.(Ledger.fetch!(state.ledger, id)))
+
+  # The entries `ids` and the usage, to the readers' table in one insert.
+  defp save(state, ids) do
+    Table.put(state.table, state.ledger.usage, Enum.map(ids, &Ledger.fetch!(state.ledger, &1)))
+    state
+  end
+
+  defp release(state, id) do
+    {entry, ledger} = Ledger.release(state.ledger, id)
+    Table.delete(state.table, ledger.usage, id)
+    Leases.drop(state.leases, entry.gate)
+    {entry, demonitor(%{state | ledger: ledger}, entry.handle_ref)}
+  end
+
+  defp drop(state, id) do
+    {entry, state} = release(state, id)
+    reply_waiters(entry, :ok)
+    state
+  end
+
+  defp reply_waiters(entry, answer) do
+    for {from, timer} <- entry.unload_waiters do
+      cancel_timer(timer)
+      reply(from, answer)
+    end
+
+    :ok
+  end
+
+  defp demonitor(state, nil), do: state
+
+  defp demonitor(state, ref) do
+    Process.demonitor(ref, [:flush])
+    %{state | refs: Map.delete(state.refs, ref)}
+  end
+
+  defp timer(:infinity, _message), do: nil
+  defp timer(ms, message), do: :erlang.start_timer(ms, self(), {ModelManager, message})
+
+  defp cancel_timer(nil), do: nil
+
+  defp cancel_timer(timer) do
+    :erlang.cancel_timer(timer, async: true, info: false)
+    nil
+  end
+
+  defp reply(nil, _answer), do: :ok
+  defp reply(from, answer), do: GenServer.reply(from, answer)
+
+  defp prefix(state), do: "#{inspect(ModelManager)} #{inspect(state.name || self())}"
+end

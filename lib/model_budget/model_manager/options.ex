@@ -1,0 +1,147 @@
+defmodule ModelBudget.ModelManager.Options do
+  @moduledoc false
+  # The option schema of `ModelBudget.ModelManager`: what start_link/1,
+  # load/4 and unload/3 accept, their defaults, and the ArgumentError each
+  # bad value raises (naming the option and the value). The documentation of
+  # each option lives with the public function that takes it.
+
+  alias ModelBudget.Backend.Reservation
+  alias ModelBudget.ModelManager.Eviction
+
+  @start_schema [
+    :name,
+    memory_budget: :infinity,
+    backend: Reservation,
+    models: [],
+    evict_when: Eviction.default_rules(),
+    min_idle_ms: 0,
+    clock: nil,
+    sweep_ms: 1_000
+  ]
+
+  @typedoc "The checked start options, as the manager's init/1 takes them."
+  @type start :: %{
+          budget: ModelBudget.budget(),
+          backend: module(),
+          models: [{term(), term(), keyword()}],
+          rules: Eviction.rules(),
+          min_idle_ms: non_neg_integer() | :infinity,
+          clock: (() -> integer()),
+          sweep_ms: pos_integer(),
+          name: GenServer.name() | nil
+        }
+
+  @doc "The default clock: monotonic milliseconds."
+  @spec monotonic_ms() :: integer()
+  def monotonic_ms, do: System.monotonic_time(:millisecond)
+
+  @doc "Checks start_link/1's options; raises ArgumentError naming a bad one."
+  @spec start!(term()) :: start()
+  def start!(opts) do
+    unless is_list(opts) do
+      raise ArgumentError, "expected a keyword list of options, got: #{inspect(opts)}"
+    end
+
+    opts = Keyword.validate!(opts, @start_schema)
+
+    %{
+      budget: ModelBudget.resolve(opts[:memory_budget]),
+      backend: backend!(opts[:backend]),
+      models: models!(opts[:models]),
+      rules: Eviction.compile!(opts[:evict_when]),
+      min_idle_ms:
+        check!(opts, :min_idle_ms, &ms_or_infinity?/1, "a non-negative integer or :infinity"),
+      clock: clock!(opts[:clock]),
+      sweep_ms: check!(opts, :sweep_ms, &(is_integer(&1) and &1 > 0), "a positive integer"),
+      name: opts[:name]
+    }
+  end
+
+  @doc """
+  Checks load/4's options (the manager's own; the rest go to
+  `ModelBudget.distribute/3` and the backend) and returns them unchanged.
+  """
+  @spec load!(term()) :: keyword()
+  def load!(opts) do
+    keyword!(opts, "load options")
+    check!(opts, :n_gpus, &(is_integer(&1) and &1 >= 0), "a non-negative integer")
+    check!(opts, :pinned, &is_boolean/1, "a boolean")
+    check!(opts, :keep_alive, &ms_or_infinity?/1, "a non-negative integer or :infinity")
+    check!(opts, :timeout, &ms_or_infinity?/1, "a non-negative integer or :infinity")
+    opts
+  end
+
+  @doc "Checks unload/3's options; returns `%{timeout:, force:}` with defaults."
+  @spec unload!(term()) :: %{timeout: non_neg_integer() | :infinity, force: boolean()}
+  def unload!(opts) do
+    keyword!(opts, "unload options")
+    opts = Keyword.validate!(opts, timeout: :infinity, force: false)
+
+    %{
+      timeout: check!(opts, :timeout, &ms_or_infinity?/1, "a non-negative integer or :infinity"),
+      force: check!(opts, :force, &is_boolean/1, "a boolean")
+    }
+  end
+
+  defp keyword!(opts, what) do
+    unless is_list(opts) and Keyword.keyword?(opts) do
+      raise ArgumentError, "invalid #{what}: expected a keyword list, got: #{inspect(opts)}"
+    end
+  end
+
+  defp ms_or_infinity?(ms), do: (is_integer(ms) and ms >= 0) or ms == :infinity
+
+  # The option's value when present and valid (nil when absent).
+  defp check!(opts, key, valid?, expected) do
+    case Keyword.fetch(opts, key) do
+      {:ok, value} ->
+        unless valid?.(value) do
+          raise ArgumentError,
+                "invalid option #{inspect(key)}: expected #{expected}, got: #{inspect(value)}"
+        end
+
+        value
+
+      :error ->
+        nil
+    end
+  end
+
+  defp clock!(nil), do: &__MODULE__.monotonic_ms/0
+  defp clock!(clock) when is_function(clock, 0), do: clock
+
+  defp clock!(clock) do
+    raise ArgumentError,
+          "invalid option :clock: expected a function of arity 0 returning milliseconds, got: " <>
+            inspect(clock)
+  end
+
+  defp backend!(backend) do
+    if is_atom(backend) and Code.ensure_loaded?(backend) and
+         function_exported?(backend, :footprint, 2) and function_exported?(backend, :load, 3) and
+         function_exported?(backend, :unload, 1) do
+      backend
+    else
+      raise ArgumentError,
+            "invalid option :backend: expected a module implementing ModelBudget.Backend, got: " <>
+              inspect(backend)
+    end
+  end
+
+  defp models!(models) when is_list(models), do: Enum.map(models, &model!/1)
+
+  defp models!(models) do
+    raise ArgumentError,
+          "invalid option :models: expected a list of {id, source} or {id, source, opts}, got: " <>
+            inspect(models)
+  end
+
+  defp model!({id, source}), do: {id, source, []}
+  defp model!({id, source, opts}), do: {id, source, load!(opts)}
+
+  defp model!(entry) do
+    raise ArgumentError,
+          "invalid option :models: expected entries {id, source} or {id, source, opts}, got: " <>
+            inspect(entry)
+  end
+end

@@ -1,0 +1,213 @@
+//! The estimator against real llama.cpp: every case of the recorded table
+//! (test/fixtures/llama_cpp_truth.json, written by
+//! scripts/llama_cpp_truth.py through `make calibrate`) placed with the same
+//! file and options, term by term, within the bounds of the calibration
+//! issue. Run with `--nocapture` (as `make calibrate` does) for the table.
+
+use std::path::PathBuf;
+
+use model_budget_core::layout::kv::CacheType;
+use model_budget_core::layout::repack::Repack;
+use model_budget_core::layout::{breakdown, ModelShape, Share};
+use model_budget_core::model::read_gguf_header;
+use model_budget_core::{DistributeOptions, Mode};
+use serde_json::Value;
+
+const MIB: f64 = 1048576.0;
+/// llama.cpp prints MiB with two decimals: each figure is within this.
+const ROUNDING: f64 = 0.005 * MIB;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures")
+}
+
+/// Bytes of the buffers of one term (`CPU_REPACK` apart from the weights).
+fn truth(case: &Value, term: &str, repack: bool) -> f64 {
+    case["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["term"] == term && (b["buffer"] == "CPU_REPACK") == repack)
+        .map(|b| b["mib"].as_f64().unwrap() * MIB)
+        .sum()
+}
+
+fn options(o: &Value) -> DistributeOptions {
+    let int = |k: &str| o[k].as_u64().unwrap();
+    let flag = |k: &str| o[k].as_bool().unwrap();
+    let cache = |k: &str| CacheType::from_name(o[k].as_str().unwrap()).unwrap();
+    DistributeOptions {
+        mode: Mode::Server,
+        n_gpu_layers: 0,
+        n_ctx: Some(int("n_ctx")),
+        n_batch: int("n_batch"),
+        n_ubatch: int("n_ubatch"),
+        n_parallel: int("n_parallel"),
+        kv_unified: flag("kv_unified"),
+        flash_attn: flag("flash_attn"),
+        cache_type_k: cache("cache_type_k"),
+        cache_type_v: cache("cache_type_v"),
+        // The PyPI build's CPU backend: AVX2 without AVX-512 (its
+        // system_info line), whatever this machine has.
+        repack: if flag("repack") {
+            Repack::X86Avx2
+        } else {
+            Repack::None
+        },
+        mmap: flag("mmap"),
+        // Nothing was served: the prompt cache is empty at load.
+        cache_ram: 0,
+        ..DistributeOptions::default()
+    }
+}
+
+/// A term's error: (estimate - truth) / truth, with llama.cpp's rounding
+/// forgiven; 0 when both are 0.
+fn error(estimate: f64, truth: f64) -> f64 {
+    let off = estimate - truth;
+    let off = if off.abs() <= ROUNDING {
+        0.0
+    } else {
+        off - ROUNDING * off.signum()
+    };
+    if truth == 0.0 {
+        if off == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        off / truth
+    }
+}
+
+struct Row {
+    name: String,
+    errors: [f64; 6],
+    failures: Vec<String>,
+}
+
+const TERMS: [&str; 6] = ["weights", "repack", "kv_cache", "compute", "output", "total"];
+
+fn compare(case: &Value, share: &Share) -> Row {
+    let estimates = [
+        share.weights,
+        share.repack,
+        share.kv_cache,
+        share.compute,
+        share.output,
+        share.total().unwrap(),
+    ]
+    .map(|b| b as f64);
+    let mut truths = [
+        truth(case, "weights", false),
+        truth(case, "weights", true),
+        truth(case, "kv_cache", false),
+        truth(case, "compute", false),
+        truth(case, "output", false),
+        0.0,
+    ];
+    truths[5] = truths[..5].iter().sum();
+    let errors: [f64; 6] = std::array::from_fn(|i| error(estimates[i], truths[i]));
+    let mut failures = Vec::new();
+    // (term, lowest, highest) relative error allowed.
+    for (i, (lo, hi)) in [
+        (-0.01, 0.01),
+        (-0.01, 0.01),
+        (-0.01, 0.01),
+        (-0.10, 0.10),
+        (-0.01, 0.01),
+        (-0.02, 0.05),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !(lo..=hi).contains(&errors[i]) {
+            failures.push(format!(
+                "{} {:.2} MiB vs llama.cpp's {:.2} MiB",
+                TERMS[i],
+                estimates[i] / MIB,
+                truths[i] / MIB
+            ));
+        }
+    }
+    let o = &case["options"];
+    Row {
+        name: format!(
+            "{} ctx={} ub={} b={} np={}{} fa={} k={} v={} repack={} mmap={}",
+            case["file"].as_str().unwrap(),
+            o["n_ctx"],
+            o["n_ubatch"],
+            o["n_batch"],
+            o["n_parallel"],
+            if o["kv_unified"] == true { "u" } else { "" },
+            o["flash_attn"],
+            o["cache_type_k"].as_str().unwrap(),
+            o["cache_type_v"].as_str().unwrap(),
+            o["repack"],
+            o["mmap"]
+        ),
+        errors,
+        failures,
+    }
+}
+
+#[test]
+fn the_estimate_matches_llama_cpp_on_every_recorded_cpu_case() {
+    let table: Value =
+        serde_json::from_slice(&std::fs::read(fixtures().join("llama_cpp_truth.json")).unwrap())
+            .unwrap();
+    let cases = table["cases"].as_array().unwrap();
+    assert!(cases.len() >= 1, "the table holds {} cases", cases.len());
+    let mut rows = Vec::new();
+    for case in cases {
+        let file = &table["files"][case["file"].as_str().unwrap()]["header"];
+        let header = std::fs::read(fixtures().join(file.as_str().unwrap())).unwrap();
+        let model = read_gguf_header(&header).unwrap();
+        let shape = ModelShape::try_from(&model).unwrap();
+        let b = breakdown(&shape, &options(&case["options"]), 0).unwrap();
+        rows.push(compare(case, &b.ram));
+    }
+
+    let mut report = format!(
+        "llama.cpp: {}\n{:<100} {}\n",
+        table["llama_cpp"]["source"],
+        "case",
+        TERMS.map(|t| format!("{t:>9}")).join("")
+    );
+    for r in &rows {
+        report += &format!(
+            "{:<100} {}{}\n",
+            r.name,
+            r.errors
+                .map(|e| format!("{:>+8.2}%", e * 100.0))
+                .join(""),
+            if r.failures.is_empty() { "" } else { "  FAIL" }
+        );
+    }
+    let worst: [(f64, f64); 6] = std::array::from_fn(|i| {
+        rows.iter().fold((0.0f64, 0.0f64), |(lo, hi), r| {
+            (lo.min(r.errors[i]), hi.max(r.errors[i]))
+        })
+    });
+    report += &format!(
+        "{:<100} {}\n",
+        "largest error below / above",
+        worst
+            .map(|(lo, hi)| format!(" {:+.1}/{:+.1}%", lo * 100.0, hi * 100.0))
+            .join("")
+    );
+    println!("{report}");
+    let failures: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.failures.is_empty())
+        .map(|r| format!("{}: {}", r.name, r.failures.join("; ")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases outside the bounds:\n{}\n\n{report}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+}

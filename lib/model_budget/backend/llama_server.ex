@@ -191,6 +191,7 @@ defmodule ModelBudget.Backend.LlamaServer do
   llama.cpp's buffers summed per device, the buffers, and the resident
   memory. `{:error, :not_running}` once the server is gone.
   """
+  @impl true
   @spec measured(t()) :: {:ok, Log.measured()} | {:error, :not_running}
   def measured(%__MODULE__{pid: pid}) do
     {:ok, Server.measured(pid)}

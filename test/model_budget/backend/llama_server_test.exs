@@ -57,6 +57,16 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert base_url == "http://127.0.0.1:#{port}"
       assert Real.servers_for(path) == [os_pid]
 
+      # What llama.cpp allocated, beside what was reserved: the estimate errs
+      # on the safe side, so the reservation was not raised.
+      assert {:ok, %{measured: measured, placement: placement}} =
+               ModelManager.info(manager, :tiny)
+
+      assert %{ram: ram, vram: %{}, buffers: [_ | _], rss: rss} = measured
+      assert ram > 0 and ram <= placement.ram
+      assert rss > ram
+      assert placement == info.placement
+
       body = ~s({"prompt": "hello world", "n_predict": 4})
       assert {200, response} = Real.post(base_url <> "/completion", body)
       assert response =~ "\"content\""

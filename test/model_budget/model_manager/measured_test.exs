@@ -28,8 +28,10 @@ defmodule ModelBudget.ModelManager.MeasuredTest do
     def measured(%{measured: measured}), do: {:ok, measured}
   end
 
-  defp manager!(opts \\ []),
-    do: start_supervised!({ModelManager, [backend: Measuring, memory_budget: 10_000] ++ opts})
+  defp manager!(opts \\ []) do
+    opts = Keyword.merge([backend: Measuring, memory_budget: 10_000], opts)
+    start_supervised!({ModelManager, opts})
+  end
 
   @load [mode: :direct, n_gpus: 0]
 

@@ -54,7 +54,10 @@ defmodule ModelBudget.LayoutTest do
 
     test "repacked weights: their own term on the host, by CPU" do
       model = Map.put(@llama, :layer_matrices, List.duplicate(%{"Q4_K" => 150 * @mib}, 32))
-      assert ModelBudget.breakdown(model, [repack: :x86_avx2] ++ @opts, 0).ram.repack == 32 * 150 * @mib
+
+      assert ModelBudget.breakdown(model, [repack: :x86_avx2] ++ @opts, 0).ram.repack ==
+               32 * 150 * @mib
+
       assert ModelBudget.breakdown(model, [repack: false] ++ @opts, 0).ram.repack == 0
       # Without mmap the repacked copy replaces the loaded one.
       b = ModelBudget.breakdown(model, [repack: true, mmap: false] ++ @opts, 0)

@@ -201,6 +201,7 @@ defmodule ModelBudget.Plan.Text do
     header =
       ["device", "weights", "repacked", "KV cache", "compute", "output"] ++
         ["prompt cache", "overhead", "total", "available"]
+
     Format.table([header | rows], indent: "  ")
   end
 

@@ -5,7 +5,11 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # One cargo target directory for the Mix build, cargo test and benchmarks.
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: setup llama-server run test test-rust test-elixir bench lint
+.PHONY: setup llama-server run test test-rust test-elixir bench lint calibrate
+
+# Real llama.cpp for `make calibrate`, from PyPI, cached outside the repo.
+TRUTH_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/model_budget/truth-venv
+XLLAMACPP_VERSION ?= 2026.10.11549
 
 setup:
 	@bash scripts/setup.sh
@@ -27,7 +31,9 @@ test: setup llama-server test-rust test-elixir
 
 test-rust:
 	@echo "==> cargo test -p model_budget_core (release profile, overflow checks on)"
-	@cargo test --release -p model_budget_core
+	@cargo test --release -p model_budget_core -- --skip the_estimate_matches_llama_cpp
+	@echo "==> the estimator against recorded llama.cpp (test/fixtures/llama_cpp_truth.json)"
+	@cargo test --release -p model_budget_core --test calibration -- --nocapture
 
 # The :llama_server tests run against $LLAMA_SERVER, else the cached build.
 test-elixir:
@@ -50,3 +56,15 @@ lint: setup
 	@mix format --check-formatted
 	@echo "==> mix compile --warnings-as-errors"
 	@MIX_ENV=test mix compile --force --warnings-as-errors
+
+## Re-records what real llama.cpp allocates (test/fixtures/llama_cpp_truth.json,
+## about 15 minutes on 2 cores), then prints the estimator against it.
+calibrate: setup
+	@if [ ! -x "$(TRUTH_VENV)/bin/python" ]; then \
+	  echo "==> python3 -m venv $(TRUTH_VENV)"; python3 -m venv "$(TRUTH_VENV)"; fi
+	@echo "==> pip install xllamacpp==$(XLLAMACPP_VERSION) gguf numpy (PyPI, into $(TRUTH_VENV))"
+	@"$(TRUTH_VENV)/bin/pip" install -q "xllamacpp==$(XLLAMACPP_VERSION)" gguf numpy
+	@echo "==> scripts/llama_cpp_truth.py: load each case in real llama.cpp"
+	@"$(TRUTH_VENV)/bin/python" scripts/llama_cpp_truth.py
+	@echo "==> cargo test --test calibration: the estimator against the table"
+	@cargo test --release -p model_budget_core --test calibration -- --nocapture

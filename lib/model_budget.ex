@@ -276,8 +276,10 @@ defmodule ModelBudget do
       the output head only when `k > n_layers` (`-1` means all); each
       offloaded block's KV cache sits with it (in RAM without
       `:offload_kqv`), sized from the real KV heads and head dimensions and
-      the cache types; compute buffers and `:gpu_overhead` are added. See
-      `breakdown/3` for the parts.
+      the cache types, the slots and sliding windows; the weights the CPU
+      repacks, compute buffers, the logits output buffer, llama-server's
+      prompt cache and `:gpu_overhead` are added. See `breakdown/3` for the
+      parts. The defaults are llama-server's (build 11434).
 
   `opts` may be a caller's whole load options: unknown keys are ignored,
   known keys with bad values raise `ArgumentError`.
@@ -300,10 +302,29 @@ defmodule ModelBudget do
     * `:offload_kqv` - whether the KV cache sits on the GPU(s); when `false`
       it is charged to RAM. Defaults to `true`.
     * `:n_ctx` - context tokens. For a byte count, per slot (multiplied by
-      `:n_parallel`); for a model, the server's total context, which
-      llama.cpp divides among slots. Defaults to `8192` for a byte count and
-      to the model's trained context capped at `8192` for a model.
-    * `:n_parallel` - slots, for the byte-count estimate. Defaults to `4`.
+      `:n_parallel`); for a model, the server's total context (llama.cpp's
+      `-c`), padded to 256 and shared by the slots. Defaults to `8192` for a
+      byte count and to the model's trained context for a model
+      (llama-server's `-c 0`).
+    * `:n_parallel` - slots (llama-server's `--parallel`). Defaults to `4`,
+      llama-server's automatic choice.
+    * `:kv_unified` - for a model, whether the slots share one KV cache
+      (`--kv-unified`); apart, each slot keeps `n_ctx / n_parallel` cells and
+      its own sliding window. Defaults to `true`, as llama-server.
+    * `:n_batch` - for a model, the logical batch (`--batch-size`); the
+      compute buffer is sized for `min(n_ubatch, n_batch, n_ctx)` tokens.
+      Defaults to `2048`.
+    * `:repack` - for a model, which weight matrices the CPU copies into its
+      repacked layout (an extra host buffer): `:auto` (this machine's CPU),
+      `true` (x86-64 with AVX2), `false`, `:none`, `:x86_avx2`,
+      `:x86_avx512` or `:arm_dotprod`. Defaults to `:auto`.
+    * `:mmap` - for a model, whether the file is memory-mapped: mapped, the
+      whole host part of the file counts and repacked matrices come on top;
+      loaded, they replace their copy. Defaults to `true`.
+    * `:cache_ram` - bytes of llama-server's prompt cache in RAM
+      (`--cache-ram`, which fills while it serves), in `:server` mode.
+      Defaults to `8589934592` (8192 MiB, llama-server's default); `0` for a
+      program that is not llama-server.
     * `:kv_bytes_per_token` - KV bytes per token, for the byte-count
       estimate. Defaults to `2048`.
     * `:cache_type_k`, `:cache_type_v` - KV element types, one of `:f32`,
@@ -311,7 +332,7 @@ defmodule ModelBudget do
       Defaults to `:f16`.
     * `:n_ubatch` - micro-batch size that sizes compute buffers. Defaults to `512`.
     * `:flash_attn` - whether attention runs fused (smaller compute
-      buffers). Defaults to `true`.
+      buffers). Defaults to `true` (llama.cpp's `auto` on a backend that has it).
     * `:gpu_overhead` - bytes added to each GPU that receives anything (the
       driver's context). Defaults to `536870912` (512 MiB).
 
@@ -344,8 +365,11 @@ defmodule ModelBudget do
   @typedoc "One device's share of a model-aware placement, in bytes."
   @type share :: %{
           weights: non_neg_integer(),
+          repack: non_neg_integer(),
           kv_cache: non_neg_integer(),
           compute: non_neg_integer(),
+          output: non_neg_integer(),
+          prompt_cache: non_neg_integer(),
           overhead: non_neg_integer(),
           total: non_neg_integer()
         }
@@ -358,19 +382,31 @@ defmodule ModelBudget do
         }
 
   @doc """
-  The parts of `distribute/3`'s placement of `model` per device: weights,
-  KV cache, compute buffers and overhead (the memory breakdown llama.cpp
-  prints at load), plus each device's `:total`, and the `:n_ctx` the KV cache
-  was sized for. The totals are exactly `distribute/3`'s placement.
+  The parts of `distribute/3`'s placement of `model` per device, each
+  buffer llama.cpp allocates (the lines it logs at load), plus each device's
+  `:total`, and the `:n_ctx` the KV cache was sized for (llama.cpp's: padded
+  to 256, and a multiple of the slots when they keep caches apart). The
+  totals are exactly `distribute/3`'s placement.
 
-  Compute buffers are an estimate of llama.cpp's worst-case graph
-  reservation: activations `n_ubatch * n_embd * 24` bytes on each device that
-  runs blocks, plus the larger of attention (`n_ubatch * n_ctx * n_head * 4`
-  without flash attention, `n_ubatch * n_head * head_dim_k * 4` with it) and
-  logits (`n_ubatch * n_vocab * 4`, on the output head's device); the host
-  also holds the input embeddings and the KQ mask (`n_ctx * n_ubatch * 4`).
-  For a Llama-3.1-8B-like model at `n_ctx: 8192` without flash attention this
-  is 560 MiB on the GPU and 24 MiB on the host, as llama.cpp reports.
+    * `:weights` - model weights; on the host with mmap, the mapped file.
+    * `:repack` - weight matrices the CPU copies into its repacked layout
+      (llama.cpp's `CPU_REPACK` buffer; host only, see `:repack`).
+    * `:kv_cache` - the KV cache of the blocks on that device.
+    * `:compute` - the compute graph's buffer.
+    * `:output` - logits of one token per slot (`n_parallel * n_vocab`
+      floats, on the host).
+    * `:prompt_cache` - llama-server's prompt cache at its limit
+      (`:cache_ram`, host only, `:server` mode).
+    * `:overhead` - `:gpu_overhead` on each GPU used.
+
+  Compute buffers follow how llama.cpp reserves its worst-case graph: one
+  micro-batch of `min(n_ubatch, n_batch, n_ctx)` tokens, with the graph
+  allocator reusing freed memory, so a buffer is its largest stage (the
+  feed-forward block, or attention without flash attention) plus the
+  attention masks. The estimate is held to real llama.cpp on 102 recorded
+  CPU cases (`test/fixtures/llama_cpp_truth.json`; `make calibrate`
+  re-records them): weights, repacked weights, KV and output exact, compute
+  within 8%, totals within 0.3%.
 
   Takes the options of `distribute/3`.
   """

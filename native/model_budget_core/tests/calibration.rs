@@ -158,7 +158,7 @@ fn the_estimate_matches_llama_cpp_on_every_recorded_cpu_case() {
         serde_json::from_slice(&std::fs::read(fixtures().join("llama_cpp_truth.json")).unwrap())
             .unwrap();
     let cases = table["cases"].as_array().unwrap();
-    assert!(cases.len() >= 1, "the table holds {} cases", cases.len());
+    assert!(cases.len() >= 100, "the table holds {} cases", cases.len());
     let mut rows = Vec::new();
     for case in cases {
         let file = &table["files"][case["file"].as_str().unwrap()]["header"];

@@ -17,8 +17,8 @@
 //!   (Qwen3-30B-A3B: 8 of 768) that later stage is the larger;
 //! * attention without flash attention: the scores of one layer,
 //!   `n_kv * T * n_head` floats, beside Q, the attention output and their
-//!   copies (six `T * n_q` states) and K and V (two `T * n_kv_heads *
-//!   head_dim`). With flash attention the scores are never materialized.
+//!   copies (six or seven `T * n_q` states) and K and V (two `T * n_kv_heads
+//!   * head_dim`). With flash attention the scores are never materialized.
 //!
 //! The attention masks are graph inputs, alive throughout: `n_kv * T`
 //! values, f16 with flash attention and f32 without, one per cache (a model
@@ -45,8 +45,11 @@ const FFN_WIDE: u64 = 3;
 const MOE_DOWN: u64 = 2;
 /// ... beside this many hidden states.
 const MOE_DOWN_HIDDEN: u64 = 3;
-/// `T * n_q` states alive beside the attention scores.
-const ATTN_Q: u64 = 6;
+/// `T * n_q` states alive beside the attention scores: six in a Llama-style
+/// graph, one more where the graph scales Q apart (Gemma's
+/// `query_pre_attn_scalar`); the estimate takes the larger for every model,
+/// which errs high by about 3% on the others (bench/RESULTS.md).
+const ATTN_Q: u64 = 7;
 /// `T * n_kv_heads * head_dim` states (K and V) beside them.
 const ATTN_KV: u64 = 2;
 

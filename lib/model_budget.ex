@@ -476,11 +476,11 @@ defmodule ModelBudget do
       8192
 
       iex> ModelBudget.max_context_length(2**30, [n_layers: 32, n_head_kv: 8, head_dim: 128], cache_type_k: :q8_0, cache_type_v: :q8_0)
-      15420
+      15360
 
       iex> est = ModelBudget.estimate(16_384, 8_000_000_000, 4.5)
       iex> ModelBudget.max_context_length(est, [n_layers: 32, n_head_kv: 8, head_dim: 128], [])
-      75753
+      75520
   """
   @spec max_context_length(
           non_neg_integer() | estimate(),

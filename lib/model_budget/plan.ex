@@ -254,7 +254,8 @@ defmodule ModelBudget.Plan do
     * `:n_ctx` - the context the KV cache is sized for.
     * `:longest_context` - the largest context, up to the longer of the
       model's trained context and `:n_ctx`, that fits with the other
-      options unchanged; `nil` when not even one token does.
+      options unchanged (a multiple of 256: llama.cpp pads the context);
+      `nil` when not even one token does.
     * `:n_gpu_layers` - when the model does not fit and there are GPUs, the
       largest `n_gpu_layers` from `0` to `n_layers + 1` (which also offloads
       the output head) that fits; `nil` when none does.
@@ -267,9 +268,9 @@ defmodule ModelBudget.Plan do
       iex> budget = ModelBudget.resolve(%{ram: 6 * 2**30, vram: []})
       iex> target = %{budget: budget, used: ModelBudget.empty_usage(), n_gpus: 0}
       iex> %{short: [[device: :ram, required: _, available: 6442450944]], longest_context: n, cache_type: :q8_0} =
-      ...>   ModelBudget.Plan.search(model, [n_ctx: 16_384], target)
-      iex> n < 16_384
-      true
+      ...>   ModelBudget.Plan.search(model, [n_ctx: 16_384, n_parallel: 1, cache_ram: 0, repack: false], target)
+      iex> {n < 16_384, rem(n, 256)}
+      {true, 0}
   """
   @spec search(Model.t(), keyword(), target()) :: search()
   def search(model, opts, %{budget: budget, used: used, n_gpus: n_gpus}),
@@ -386,7 +387,7 @@ defmodule ModelBudget.Plan do
   ## Examples
 
       iex> machine = %{memory: %{total: 2**35, available: 2**34, limit: 2**35}, gpus: [], gpu_status: {:unavailable, "no driver"}}
-      iex> {:ok, plan} = ModelBudget.Plan.run(models: ["llama-3.1-8b"], budget: %{ram: 2**34, vram: []}, machine: machine)
+      iex> {:ok, plan} = ModelBudget.Plan.run(models: ["llama-3.1-8b"], budget: %{ram: 2**34, vram: []}, load: [n_ctx: 8192, cache_ram: 0], machine: machine)
       iex> %{fits: true, budget: %{mode: "per_device", ram: 17179869184}, models: [%{name: "Llama-3.1-8B-Instruct-Q4_K_M", devices: [%{device: "ram"}]}]} =
       ...>   ModelBudget.Plan.to_json(plan)
   """

@@ -7,6 +7,11 @@ defmodule ModelBudget.PlanTest do
 
   @gib 2 ** 30
 
+  # The budgets below are sized for one slot, no prompt cache and no
+  # repacked weights (which types repack depends on the CPU): pinned, so the
+  # verdicts are the same on any machine.
+  @pinned [n_parallel: 1, cache_ram: 0, repack: false]
+
   defp fetch!(name) do
     {:ok, model} = Catalog.fetch(name)
     model
@@ -16,8 +21,9 @@ defmodule ModelBudget.PlanTest do
     test "plans on the machine's GPUs, with :auto VRAM from their free memory" do
       machine = PlanFixtures.machine(64, [20, 10])
 
-      {:ok, plan} =
-        Plan.run(models: ["llama-3.1-8b"], load: [split_mode: :layer], machine: machine)
+      # 8192 tokens: the trained 131072 would not fit the 10 GiB GPU.
+      load = [split_mode: :layer, n_ctx: 8192]
+      {:ok, plan} = Plan.run(models: ["llama-3.1-8b"], load: load, machine: machine)
 
       assert plan.n_gpus == 2
 
@@ -38,7 +44,7 @@ defmodule ModelBudget.PlanTest do
              ]
 
       # The devices are the model-aware breakdown.
-      b = ModelBudget.breakdown(fetch!("llama-3.1-8b"), [split_mode: :layer, n_ctx: 8192], 2)
+      b = ModelBudget.breakdown(fetch!("llama-3.1-8b"), load, 2)
 
       assert Enum.map(entry.devices, & &1.total) == [
                b.ram.total,
@@ -79,7 +85,12 @@ defmodule ModelBudget.PlanTest do
       assert Enum.all?(alone.models, &(hd(&1.devices).available == 10 * @gib))
 
       {:ok, together} =
-        Plan.run(models: ["llama-3.1-8b", "llama-3.1-8b"], budget: budget, machine: machine)
+        Plan.run(
+          models: ["llama-3.1-8b", "llama-3.1-8b"],
+          budget: budget,
+          load: [n_ctx: 8192] ++ @pinned,
+          machine: machine
+        )
 
       assert together.together
       [first, second] = together.models
@@ -92,7 +103,7 @@ defmodule ModelBudget.PlanTest do
     test "suggestions are the search's answers" do
       machine = PlanFixtures.machine(64)
       budget = %{ram: 6 * @gib, vram: []}
-      load = [n_ctx: 16_384]
+      load = [n_ctx: 16_384] ++ @pinned
 
       {:ok, plan} =
         Plan.run(models: ["llama-3.1-8b"], budget: budget, load: load, machine: machine)
@@ -130,10 +141,11 @@ defmodule ModelBudget.PlanTest do
     test "a model that fits: no shortfall, the trained context", %{model: model, empty: empty} do
       target = %{budget: ModelBudget.resolve(%{ram: 64 * @gib, vram: []}), used: empty, n_gpus: 0}
 
+      # llama-server's default context is the trained one.
       assert Plan.search(model, [], target) ==
                %{
                  short: [],
-                 n_ctx: 8192,
+                 n_ctx: 131_072,
                  longest_context: 131_072,
                  n_gpu_layers: nil,
                  cache_type: nil
@@ -144,13 +156,18 @@ defmodule ModelBudget.PlanTest do
       budget = ModelBudget.resolve(%{ram: 6 * @gib, vram: []})
       target = %{budget: budget, used: empty, n_gpus: 0}
 
+      opts = [n_ctx: 65_536] ++ @pinned
+
       %{longest_context: n, short: [[device: :ram, required: _, available: _]]} =
-        Plan.search(model, [n_ctx: 65_536], target)
+        Plan.search(model, opts, target)
 
       fits? = fn ctx ->
-        ModelBudget.check(budget, ModelBudget.distribute(model, [n_ctx: ctx], 0), empty) == :ok
+        placement = ModelBudget.distribute(model, Keyword.put(opts, :n_ctx, ctx), 0)
+        ModelBudget.check(budget, placement, empty) == :ok
       end
 
+      # llama.cpp pads the context to 256 cells: n + 1 takes 256 more.
+      assert rem(n, 256) == 0
       assert fits?.(n)
       refute fits?.(n + 1)
     end
@@ -195,11 +212,17 @@ defmodule ModelBudget.PlanTest do
     test "0 when everything fits, 1 otherwise" do
       machine = PlanFixtures.machine(64)
 
-      {:ok, fits} =
-        Plan.run(models: ["llama-3.1-8b"], budget: %{ram: 8 * @gib, vram: []}, machine: machine)
+      run = fn ram ->
+        Plan.run(
+          models: ["llama-3.1-8b"],
+          budget: %{ram: ram, vram: []},
+          load: [n_ctx: 8192] ++ @pinned,
+          machine: machine
+        )
+      end
 
-      {:ok, short} =
-        Plan.run(models: ["llama-3.1-8b"], budget: %{ram: 4 * @gib, vram: []}, machine: machine)
+      {:ok, fits} = run.(8 * @gib)
+      {:ok, short} = run.(4 * @gib)
 
       assert {Plan.exit_status(fits), Plan.exit_status(short)} == {0, 1}
     end

@@ -37,8 +37,9 @@ defmodule Mix.Tasks.ModelBudget.Plan do
     * `--main-gpu I` - the GPU for `--split-mode none`. Defaults to `0`.
     * `--ctx N` - the server's total context in tokens. Defaults to each
       model's trained context, as llama-server's `-c 0`.
-    * `--parallel N` - slots the context is divided among. Defaults to `4`,
-      llama-server's automatic choice.
+    * `--parallel N` - slots (requests served at once). They share the
+      whole context, or divide it among them with `--no-kv-unified`.
+      Defaults to `4`, llama-server's automatic choice.
     * `--kv-unified`, `--no-kv-unified` - whether the slots share one KV
       cache (llama-server's default) or each keeps its own; only
       sliding-window layers (Gemma) hold more KV apart.

@@ -206,10 +206,14 @@ defmodule ModelBudget.Plan.Text do
   end
 
   defp context(e, plan) do
+    # llama-server's defaults: 4 slots sharing one KV cache, where each slot
+    # may use the whole context; separate caches divide it.
     slots =
-      case Keyword.get(plan.options, :n_parallel, 1) do
-        1 -> ""
-        n -> " (#{n} slots of #{div(e.n_ctx, n)})"
+      case {Keyword.get(plan.options, :n_parallel, 4),
+            Keyword.get(plan.options, :kv_unified, true)} do
+        {1, _} -> ""
+        {n, true} -> " (#{n} slots sharing one KV cache)"
+        {n, false} -> " (#{n} slots of #{div(e.n_ctx, n)})"
       end
 
     trained = if e.model.context_length, do: "; trained: #{e.model.context_length}", else: ""

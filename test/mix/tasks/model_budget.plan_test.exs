@@ -15,6 +15,11 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
     "Llama-3.1-70B-Instruct-Q4_K_M"
   ]
 
+  # The budgets below are sized for one slot, no prompt cache and no
+  # repacked weights (which types repack depends on the CPU): pinned, so the
+  # verdicts are the same on any machine. Add --ctx where the context matters.
+  @pinned ~w(--parallel 1 --cache-ram 0 --no-repack)
+
   # {exit status, stdout, stderr}
   defp plan(args) do
     {{status, stdout}, stderr} =
@@ -58,6 +63,10 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       assert out =~ "RAM         #{ModelBudget.Format.bytes(memory.total)} physical"
       assert out =~ "#{ModelBudget.Format.bytes(memory.limit)} limit"
       assert out =~ "Budget      " <> ModelBudget.Plan.Text.describe(ModelBudget.resolve(:auto))
+
+      assert out =~
+               "Options     llama-server's defaults (n_gpu_layers 99, split_mode none, the trained context, 4 slots sharing an f16 KV cache, an 8192 MiB prompt cache)\n"
+
       assert out =~ "Built-in models, each on its own"
 
       for name <- @names do
@@ -75,7 +84,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       assert out =~ "All 5 fit."
       refute out =~ "DOES NOT FIT"
 
-      {1, out, _} = plan(["--budget", "ram=16GiB,vram=none"])
+      {1, out, _} = plan(["--budget", "ram=16GiB,vram=none", "--ctx", "8192" | @pinned])
       assert out =~ "Llama-3.1-8B-Instruct-Q4_K_M: FITS"
       assert out =~ "Llama-3.1-70B-Instruct-Q4_K_M: DOES NOT FIT: RAM is short by"
       assert out =~ "2 of 5 fit."
@@ -86,12 +95,15 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
 
   describe "files" do
     test "a GGUF file: read from its header and placed block by block", %{gguf: gguf} do
-      {0, out, ""} = plan([gguf.path, "--budget", "ram=1GiB,vram=none"])
+      # No prompt cache: llama-server's 8 GiB of it would not fit in 1 GiB.
+      {0, out, ""} = plan([gguf.path, "--budget", "ram=1GiB,vram=none", "--cache-ram", "0"])
       assert out =~ "Models together, in order"
       assert out =~ "Tiny Llama: FITS"
-      assert out =~ "Context 4096 tokens: the longest that fits is 4096; trained: 4096."
 
-      {0, report} = json([gguf.path, "--budget", "ram=1GiB,vram=none"])
+      assert out =~
+               "Context 4096 tokens (4 slots sharing one KV cache): the longest that fits is 4096; trained: 4096."
+
+      {0, report} = json([gguf.path, "--budget", "ram=1GiB,vram=none", "--cache-ram", "0"])
       [model] = report["models"]
       assert model["source"] == gguf.path
       assert model["architecture"] == "llama"
@@ -102,12 +114,16 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
 
       [ram] = model["devices"]
       assert ram["weights"] == model["weight_bytes"]
-      # 4096 tokens x 2 layers x (2 KV heads x 64) x (K + V) x 2 bytes (f16).
+      # 4096 tokens x 2 layers x (2 KV heads x 64) x (K + V) x 2 bytes (f16):
+      # the default 4 slots share one cache of the trained context.
       assert ram["kv_cache"] == 4096 * 2 * 128 * 2 * 2
+      assert ram["prompt_cache"] == 0
     end
 
     test "a safetensors folder with its config.json", %{safetensors: dir} do
-      {0, report} = json([dir, "--budget", "ram=1GiB,vram=none", "--ctx", "1024"])
+      {0, report} =
+        json([dir, "--budget", "ram=1GiB,vram=none", "--ctx", "1024", "--cache-ram", "0"])
+
       [model] = report["models"]
       assert model["architecture"] == "qwen2"
       assert model["name"] == "qwen-tiny"
@@ -140,14 +156,17 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
          %{gguf: gguf, other: other} do
       # 8 GiB: the tiny model and Llama-3.1-8B (5.9 GiB) fit, Qwen2.5-32B is
       # refused, and the second tiny model still fits after it.
-      args = [
-        gguf.path,
-        "llama-3.1-8b",
-        "qwen2.5-32b",
-        other.path,
-        "--budget",
-        "ram=8GiB,vram=none"
-      ]
+      args =
+        [
+          gguf.path,
+          "llama-3.1-8b",
+          "qwen2.5-32b",
+          other.path,
+          "--budget",
+          "ram=8GiB,vram=none",
+          "--ctx",
+          "8192"
+        ] ++ @pinned
 
       {1, out, ""} = plan(args)
       assert out =~ "Tiny Llama: FITS"
@@ -172,7 +191,18 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
 
     test "the same models all fit together in a larger budget", %{gguf: gguf, other: other} do
       {0, out, ""} =
-        plan([gguf.path, other.path, "llama-3.1-8b", "--budget", "ram=32GiB,vram=none"])
+        plan(
+          [
+            gguf.path,
+            other.path,
+            "llama-3.1-8b",
+            "--budget",
+            "ram=32GiB,vram=none",
+            "--ctx",
+            "8192"
+          ] ++
+            @pinned
+        )
 
       assert out =~ "All 3 fit together."
     end
@@ -245,7 +275,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       # The devices are exactly ModelBudget.breakdown/3's, with what was left.
       opts = [split_mode: :layer, n_ctx: 16_384, cache_type_k: :q8_0]
       b = ModelBudget.breakdown(model, opts, 2)
-      parts = ~w(weights kv_cache compute overhead total)
+      parts = ~w(weights repack kv_cache compute output prompt_cache overhead total)
 
       expected =
         [
@@ -280,22 +310,27 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
     end
 
     test "a combined budget adds the pool as a \"total\" device" do
-      {0, report} = json(["llama-3.1-8b", "--budget", "24GiB"])
-      assert report["budget"] == %{"mode" => "combined", "limit" => 24 * @gib}
+      # llama-server's defaults: the trained context, the prompt cache.
+      {0, report} = json(["llama-3.1-8b", "--budget", "40GiB"])
+      assert report["budget"] == %{"mode" => "combined", "limit" => 40 * @gib}
       [model] = report["models"]
       total = List.last(model["devices"])
       assert total["device"] == "total"
-      assert total["available"] == 24 * @gib
+      assert total["available"] == 40 * @gib
       devices = Enum.drop(model["devices"], -1)
       assert Enum.all?(devices, &(&1["available"] == nil))
-      assert total["total"] == devices |> Enum.map(& &1["total"]) |> Enum.sum()
+      assert total["prompt_cache"] == 8192 * 2 ** 20
+
+      for part <- ~w(weights repack kv_cache compute output prompt_cache overhead total) do
+        assert total[part] == devices |> Enum.map(& &1[part]) |> Enum.sum()
+      end
     end
   end
 
   describe "suggestions" do
     # Every suggestion is checked by running the task again with it.
     test "a smaller context and a quantized KV cache, each of which fits" do
-      args = ["llama-3.1-8b", "--budget", "ram=7GiB,vram=none", "--ctx", "32768"]
+      args = ["llama-3.1-8b", "--budget", "ram=7GiB,vram=none"] ++ @pinned ++ ["--ctx", "32768"]
       {1, out, ""} = plan(args)
       assert out =~ "It fits with any one of:"
       {1, report} = json(args)
@@ -312,7 +347,10 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
     end
 
     test "fewer GPU layers when the GPUs are short" do
-      args = ["llama-3.1-70b", "--budget", "ram=64GiB,vram=16GiB:16GiB", "--split-mode", "layer"]
+      args =
+        ["llama-3.1-70b", "--budget", "ram=64GiB,vram=16GiB:16GiB", "--split-mode", "layer"] ++
+          ["--ctx", "8192" | @pinned]
+
       {1, report} = json(args)
       [model] = report["models"]
       k = model["suggestions"]["n_gpu_layers"]
@@ -350,11 +388,56 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       assert ram["kv_cache"] == 2048 * 32 * 8 * 128 * 2 * 2
     end
 
-    test "--parallel divides the context among slots" do
-      {0, out, ""} =
-        plan(["llama-3.1-8b", "--parallel", "4", "--ctx", "8192", "--budget", "unlimited"])
-
+    test "--parallel divides the context among slots unless they share one KV cache" do
+      args = ["llama-3.1-8b", "--parallel", "4", "--ctx", "8192", "--budget", "unlimited"]
+      {0, out, ""} = plan(args ++ ["--no-kv-unified"])
       assert out =~ "Context 8192 tokens (4 slots of 2048)"
+
+      # llama-server's default: the slots share the whole context.
+      {0, out, ""} = plan(args)
+      assert out =~ "Context 8192 tokens (4 slots sharing one KV cache)"
+      {0, out, ""} = plan(["llama-3.1-8b", "--budget", "unlimited"])
+      assert out =~ "Context 131072 tokens (4 slots sharing one KV cache)"
+    end
+
+    test "llama-server's memory flags reach the load options" do
+      flags = ~w(--cache-ram 0 --no-repack --kv-unified --batch-size 512 --ubatch-size 256
+           --flash-attn off --no-mmap)
+
+      {0, report} = json(["llama-3.1-8b", "--budget", "unlimited" | flags])
+
+      assert report["options"] == %{
+               "cache_ram" => 0,
+               "repack" => false,
+               "kv_unified" => true,
+               "n_batch" => 512,
+               "n_ubatch" => 256,
+               "flash_attn" => false,
+               "mmap" => false
+             }
+
+      [%{"devices" => [ram]}] = report["models"]
+      assert ram["prompt_cache"] == 0
+      assert ram["repack"] == 0
+
+      # The devices are ModelBudget.breakdown/3's under those options.
+      {:ok, model} = ModelBudget.Plan.Catalog.fetch("llama-3.1-8b")
+
+      opts = [
+        cache_ram: 0,
+        repack: false,
+        kv_unified: true,
+        n_batch: 512,
+        n_ubatch: 256,
+        flash_attn: false,
+        mmap: false
+      ]
+
+      assert ram["total"] == ModelBudget.breakdown(model, opts, 0).ram.total
+      # --cache-ram is in MiB, as llama-server's.
+      {0, report} = json(["llama-3.1-8b", "--budget", "unlimited", "--cache-ram", "1024"])
+      assert report["options"] == %{"cache_ram" => 2 ** 30}
+      assert hd(hd(report["models"])["devices"])["prompt_cache"] == 2 ** 30
     end
   end
 
@@ -386,7 +469,12 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
           {["--budget", "ram=8GiB,ram=9GiB"], "--budget: ram=9GiB: given twice"},
           {["--budget", "vram=8GiB:x"],
            "--budget: vram=8GiB:x: invalid size: expected a byte count such as 24GiB, 1.5GB or 512 (units: KB, MB, GB, TB, KiB, MiB, GiB, TiB), got: \"x\""},
-          {["--json=yes"], "--json: expected no value, got: yes"}
+          {["--json=yes"], "--json: expected no value, got: yes"},
+          {["--cache-ram", "-1"], "--cache-ram: expected a size in MiB (0 or more), got: -1"},
+          {["--flash-attn", "sometimes"],
+           "--flash-attn: expected on, off or auto, got: sometimes"},
+          {["--batch-size", "0"],
+           "invalid --batch-size: expected a positive integer below 2^64, got: 0"}
         ] do
       test "#{Enum.join(args, " ")}" do
         {status, out, err} = plan(unquote(args))

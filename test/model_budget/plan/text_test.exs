@@ -6,6 +6,10 @@ defmodule ModelBudget.Plan.TextTest do
 
   @gib 2 ** 30
 
+  # The budgets below are sized for 8192 tokens, one slot, no prompt cache
+  # and no repacked weights (which types repack depends on the CPU).
+  @pinned [n_ctx: 8192, n_parallel: 1, cache_ram: 0, repack: false]
+
   defp render(run_opts, opts \\ []) do
     {:ok, plan} = Plan.run([machine: PlanFixtures.machine(64, [20, 20])] ++ run_opts)
     Plan.Text.render(plan, opts)
@@ -13,12 +17,16 @@ defmodule ModelBudget.Plan.TextTest do
 
   describe "render/2" do
     test "the machine, an aligned summary and one block per model" do
-      text = render(models: ["llama-3.1-8b", "llama-3.1-70b"], load: [split_mode: :layer])
+      text =
+        render(models: ["llama-3.1-8b", "llama-3.1-70b"], load: [split_mode: :layer] ++ @pinned)
+
       assert text =~ "GPUs        GPU 0: Test GPU 0, 80.00 GiB total, 20.00 GiB free"
       assert text =~ "            GPU 1: Test GPU 1, 80.00 GiB total, 20.00 GiB free"
       assert text =~ "Budget      RAM 51.20 GiB; GPU 0: 20.00 GiB, GPU 1: 20.00 GiB"
       assert text =~ "Planned on  RAM and 2 GPUs\n"
-      assert text =~ "Options     split_mode layer"
+
+      assert text =~
+               "Options     split_mode layer, n_ctx 8192, n_parallel 1, cache_ram 0, repack false\n"
 
       [header | _] =
         text |> String.split("\n") |> Enum.drop_while(&(not String.starts_with?(&1, "  model ")))
@@ -35,7 +43,7 @@ defmodule ModelBudget.Plan.TextTest do
       assert text =~ "; GPU 1 is short by"
 
       assert text =~
-               ~r/\n  device +weights +KV cache +compute +overhead +total +available\n  RAM /
+               ~r/\n  device +weights +repacked +KV cache +compute +output +prompt cache +overhead +total +available\n  RAM /
 
       assert text =~ "    --n-gpu-layers "
 
@@ -46,7 +54,12 @@ defmodule ModelBudget.Plan.TextTest do
     end
 
     test "colour only when asked for" do
-      opts = [models: ["llama-3.1-8b", "llama-3.1-70b"], budget: %{ram: 16 * @gib, vram: []}]
+      opts = [
+        models: ["llama-3.1-8b", "llama-3.1-70b"],
+        budget: %{ram: 16 * @gib, vram: []},
+        load: @pinned
+      ]
+
       plain = render(opts)
       refute plain =~ "\e["
       coloured = render(opts, colour: true)
@@ -54,6 +67,16 @@ defmodule ModelBudget.Plan.TextTest do
       assert coloured =~ "\e[31mDOES NOT FIT\e[0m"
       # The same text once the escapes are taken out.
       assert String.replace(coloured, ~r/\e\[[0-9;]*m/, "") == plain
+    end
+
+    test "no load options: llama-server's defaults" do
+      text = render(models: ["llama-3.1-8b"], budget: :infinity)
+
+      assert text =~
+               "Options     llama-server's defaults (n_gpu_layers 99, split_mode none, the trained context, 4 slots sharing an f16 KV cache, an 8192 MiB prompt cache)\n"
+
+      assert text =~ "Context 131072 tokens (4 slots sharing one KV cache): "
+      assert text =~ ~r/\n  RAM .* 8\.00 GiB .* unlimited\n/
     end
 
     test "a combined budget shows the pool; unlimited devices say so" do

@@ -335,6 +335,25 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert ModelManager.usage(manager) == %{ram: 0, vram: %{}}
     end
 
+    test "exits at once: its status and last lines, a very long line cut short",
+         %{tmp_dir: dir} do
+      path = model!(dir)
+      script = Path.join(dir, "talkative")
+
+      File.write!(
+        script,
+        "#!/bin/sh\necho first\nhead -c 100000 /dev/zero | tr '\\0' x\necho\nexit 3\n"
+      )
+
+      File.chmod!(script, 0o755)
+      manager = manager!()
+
+      assert {:error, {:load_failed, {:server_exited, 3, ["first", long]}}} =
+               ModelManager.load(manager, :tiny, {:path, path}, opts(command: script))
+
+      assert long == String.duplicate("x", 65_536)
+    end
+
     test "times out after :ready_timeout, the server killed first", %{tmp_dir: dir} do
       path = model!(dir)
       {script, pid_file} = never_ready!(dir)

@@ -21,6 +21,7 @@ defmodule ModelBudget.Backend.LlamaServer.Server do
   alias ModelBudget.Backend.LlamaServer.Log
 
   @kept_lines 40
+  @max_line 65_536
   @poll_ms 100
   @health_timeout_ms 1_000
   # How long terminate/2 waits for a SIGKILLed server to be reaped.
@@ -160,7 +161,7 @@ defmodule ModelBudget.Backend.LlamaServer.Server do
 
   @impl true
   def handle_info({port, {:data, {:eol, part}}}, %{port: port} = state) do
-    line = state.partial <> part
+    line = append(state.partial, part)
     state = %{keep_line(state, line) | partial: ""}
 
     case Log.buffer(line) do
@@ -170,7 +171,7 @@ defmodule ModelBudget.Backend.LlamaServer.Server do
   end
 
   def handle_info({port, {:data, {:noeol, part}}}, %{port: port} = state),
-    do: {:noreply, %{state | partial: state.partial <> part}}
+    do: {:noreply, %{state | partial: append(state.partial, part)}}
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
     state = if state.partial == "", do: state, else: keep_line(state, state.partial)
@@ -251,6 +252,12 @@ defmodule ModelBudget.Backend.LlamaServer.Server do
   defp ready(state, outcome) do
     GenServer.reply(state.awaiting, outcome)
     {:stop, :normal, %{state | outcome: outcome, awaiting: nil}}
+  end
+
+  # A line longer than @max_line bytes is kept cut short.
+  defp append(partial, part) do
+    line = partial <> part
+    binary_part(line, 0, min(byte_size(line), @max_line))
   end
 
   defp keep_line(state, line) do

@@ -87,7 +87,9 @@ struct Row {
     failures: Vec<String>,
 }
 
-const TERMS: [&str; 6] = ["weights", "repack", "kv_cache", "compute", "output", "total"];
+const TERMS: [&str; 6] = [
+    "weights", "repack", "kv_cache", "compute", "output", "total",
+];
 
 fn compare(case: &Value, share: &Share) -> Row {
     let estimates = [
@@ -179,9 +181,7 @@ fn the_estimate_matches_llama_cpp_on_every_recorded_cpu_case() {
         report += &format!(
             "{:<100} {}{}\n",
             r.name,
-            r.errors
-                .map(|e| format!("{:>+8.2}%", e * 100.0))
-                .join(""),
+            r.errors.map(|e| format!("{:>+8.2}%", e * 100.0)).join(""),
             if r.failures.is_empty() { "" } else { "  FAIL" }
         );
     }

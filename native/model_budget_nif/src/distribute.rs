@@ -105,7 +105,8 @@ rustler::atoms! {
 }
 
 fn boolean<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, bool> {
-    term.decode::<bool>().or_else(|_| bad(arg, "a boolean", term))
+    term.decode::<bool>()
+        .or_else(|_| bad(arg, "a boolean", term))
 }
 
 /// `:repack`: `:auto` (this machine's CPU), `true` (x86-64 with AVX2, the

@@ -128,8 +128,10 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
         input_bytes: bytes(field(term, input_bytes())?, "model input_bytes")?,
         output_bytes: bytes(field(term, output_bytes())?, "model output_bytes")?,
         other_bytes: maybe(term, other_bytes(), |t| bytes(t, "model other_bytes"))?.unwrap_or(0),
-        embedding_bytes: maybe(term, embedding_bytes(), |t| bytes(t, "model embedding_bytes"))?
-            .unwrap_or(0),
+        embedding_bytes: maybe(term, embedding_bytes(), |t| {
+            bytes(t, "model embedding_bytes")
+        })?
+        .unwrap_or(0),
         tied_embeddings: maybe(term, tied_embeddings(), |t| {
             t.decode::<bool>()
                 .or_else(|_| bad("model tied_embeddings", "a boolean", t))
@@ -139,8 +141,10 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
         n_ff: maybe(term, n_ff(), |t| bytes(t, "model n_ff"))?,
         n_ff_exp: maybe(term, n_ff_exp(), |t| bytes(t, "model n_ff_exp"))?,
         layer_matrices,
-        head_matrices: maybe(term, head_matrices(), |t| matrices(t, "model head_matrices"))?
-            .unwrap_or_default(),
+        head_matrices: maybe(term, head_matrices(), |t| {
+            matrices(t, "model head_matrices")
+        })?
+        .unwrap_or_default(),
     };
     Ok(ModelShape::try_from(&model)?)
 }

@@ -134,7 +134,11 @@ impl From<model::Model> for ModelTerm {
             types,
             n_ff: m.n_ff,
             n_ff_exp: m.n_ff_exp,
-            layer_matrices: m.layer_matrices.into_iter().map(HashMap::from_iter).collect(),
+            layer_matrices: m
+                .layer_matrices
+                .into_iter()
+                .map(HashMap::from_iter)
+                .collect(),
             head_matrices: HashMap::from_iter(m.head_matrices),
         }
     }

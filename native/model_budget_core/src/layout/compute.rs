@@ -91,10 +91,9 @@ impl Graph {
             .into_iter()
             .flatten()
             .try_fold(0u64, |acc, cells| {
-                Ok::<u64, crate::Error>(acc.saturating_add(mul(
-                    &[cells, t, mask_value],
-                    "compute buffer estimate",
-                )?))
+                Ok::<u64, crate::Error>(
+                    acc.saturating_add(mul(&[cells, t, mask_value], "compute buffer estimate")?),
+                )
             })?;
 
         let ffn = if model.n_ff_exp > 0 && model.n_expert_used > 0 {
@@ -103,24 +102,39 @@ impl Graph {
             // weighted, before they are summed.
             let used = model.n_expert_used;
             let wide = model.n_ff_exp.saturating_mul(used);
-            let up = FFN_WIDE.saturating_mul(wide).saturating_add(FFN_HIDDEN * embd);
+            let up = FFN_WIDE
+                .saturating_mul(wide)
+                .saturating_add(FFN_HIDDEN * embd);
             let down = wide
                 .saturating_add(MOE_DOWN.saturating_mul(used).saturating_mul(embd))
                 .saturating_add(MOE_DOWN_HIDDEN * embd);
             f32s(up.max(down))?
         } else {
             let wide = if model.n_ff > 0 { model.n_ff } else { 4 * embd };
-            f32s(FFN_WIDE.saturating_mul(wide).saturating_add(FFN_HIDDEN * embd))?
+            f32s(
+                FFN_WIDE
+                    .saturating_mul(wide)
+                    .saturating_add(FFN_HIDDEN * embd),
+            )?
         };
 
         let n_q = u64::from(model.n_head) * u64::from(model.head_dim_k);
-        let kv_width = kv.layers.iter().map(|l| u64::from(l.n_head_kv)).max().unwrap_or(0)
+        let kv_width = kv
+            .layers
+            .iter()
+            .map(|l| u64::from(l.n_head_kv))
+            .max()
+            .unwrap_or(0)
             * u64::from(model.head_dim_k.max(model.head_dim_v));
         let states = f32s(ATTN_Q * n_q + ATTN_KV * kv_width)?;
         let scores = if opts.flash_attn {
             0
         } else {
-            let cells = if has_full { full } else { window.unwrap_or(full) };
+            let cells = if has_full {
+                full
+            } else {
+                window.unwrap_or(full)
+            };
             mul(
                 &[cells, t, u64::from(model.n_head), 4],
                 "compute buffer estimate",

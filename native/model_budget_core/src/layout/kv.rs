@@ -328,16 +328,28 @@ mod tests {
             n_ubatch: 512,
         };
         // 4 streams of min(32768 / 4, 4096 + 512) cells.
-        assert_eq!(windowed(split).layer_cells(&windowed(split).layers[0], 32_768), 4 * 4608);
+        assert_eq!(
+            windowed(split).layer_cells(&windowed(split).layers[0], 32_768),
+            4 * 4608
+        );
         // A stream shorter than the window is not padded past its length.
-        assert_eq!(windowed(split).layer_cells(&windowed(split).layers[0], 8192), 4 * 2048);
+        assert_eq!(
+            windowed(split).layer_cells(&windowed(split).layers[0], 8192),
+            4 * 2048
+        );
         let unified = Cells {
             unified: true,
             ..split
         };
         // One stream of 4 * 4096 + 512 cells, at most the context.
-        assert_eq!(windowed(unified).layer_cells(&windowed(unified).layers[0], 32_768), 16_896);
-        assert_eq!(windowed(unified).layer_cells(&windowed(unified).layers[0], 8192), 8192);
+        assert_eq!(
+            windowed(unified).layer_cells(&windowed(unified).layers[0], 32_768),
+            16_896
+        );
+        assert_eq!(
+            windowed(unified).layer_cells(&windowed(unified).layers[0], 8192),
+            8192
+        );
     }
 
     #[test]

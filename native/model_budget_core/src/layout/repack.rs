@@ -97,14 +97,12 @@ mod tests {
 
     #[test]
     fn every_named_type_is_a_ggml_type() {
-        for repack in [
-            Repack::X86Avx2,
-            Repack::X86Avx512,
-            Repack::ArmDotprod,
-        ] {
+        for repack in [Repack::X86Avx2, Repack::X86Avx512, Repack::ArmDotprod] {
             for name in repack.types() {
                 assert!(
-                    crate::model::ggml_type::TYPES.iter().any(|t| t.name == *name),
+                    crate::model::ggml_type::TYPES
+                        .iter()
+                        .any(|t| t.name == *name),
                     "{name}"
                 );
             }

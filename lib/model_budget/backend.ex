@@ -17,9 +17,12 @@ defmodule ModelBudget.Backend do
     3. `c:unload/1`, in a task the manager supervises, when the model is
        unloaded. The model's memory stays reserved until it returns.
 
-  When a handle is a pid, the manager monitors it: if that process dies, the
-  model's memory is released and its entry removed, without calling
-  `c:unload/1`.
+  When a handle is a pid, or a map or struct whose `:pid` is one, the
+  manager monitors that process: if it dies, the model's memory is released
+  and its entry removed, without calling `c:unload/1`.
+
+  A backend that can tell what a loaded model really holds implements the
+  optional `c:measured/1`; the manager asks it right after each load.
   """
 
   @typedoc "Where a model comes from; each backend defines the shapes it accepts."
@@ -58,4 +61,17 @@ defmodule ModelBudget.Backend do
   Frees everything `handle` holds. Called once per successful load.
   """
   @callback unload(handle()) :: :ok
+
+  @doc """
+  What the loaded model really holds: a map with at least `:ram` and `:vram`
+  in `t:ModelBudget.placement/0`'s shape, in bytes (more keys are kept as
+  they are). Called in the load's task right after `c:load/3` succeeds;
+  `info/2` shows it as `:measured`, and where it exceeds the placement on a
+  device the manager raises the reservation to it (see
+  `ModelBudget.ModelManager`). Return `{:error, reason}` when nothing can be
+  measured.
+  """
+  @callback measured(handle()) :: {:ok, map()} | {:error, term()}
+
+  @optional_callbacks measured: 1
 end

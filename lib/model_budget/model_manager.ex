@@ -87,7 +87,8 @@ defmodule ModelBudget.ModelManager do
 
   The caller is monitored while its load runs: if it dies, the load is
   cancelled (its task killed) and the reservation released. A handle that
-  is a pid is monitored while the model is loaded: if that process dies, the
+  is a pid (or carries one as `:pid`) is monitored while the model is
+  loaded: if that process dies, the
   manager logs it, releases the model's memory and removes its entry.
 
   ## Eviction
@@ -249,6 +250,12 @@ defmodule ModelBudget.ModelManager do
     * `:keep_alive` - the `:keep_alive` load option.
     * `:leases` - how many leases hold the model now.
     * `:handle` - what the backend's load returned; `nil` while loading.
+    * `:measured` - what the backend measured the model to hold once
+      loaded (`c:ModelBudget.Backend.measured/1`), `:ram` and `:vram` in
+      bytes like `:placement`; `nil` for a backend that does not measure.
+      Where it exceeds the placement on a device, the placement was raised
+      to it when the load finished (logged as a warning with both figures),
+      so the ledger covers what is really held.
     * `:loaded_at` - when the load finished, by the manager's `:clock`;
       `nil` while loading.
     * `:last_used` - when the model was admitted, loaded, last checked in
@@ -269,6 +276,7 @@ defmodule ModelBudget.ModelManager do
           keep_alive: non_neg_integer() | :infinity,
           leases: non_neg_integer(),
           handle: term(),
+          measured: map() | nil,
           loaded_at: integer() | nil,
           last_used: integer(),
           evicted: [id()],
@@ -284,13 +292,18 @@ defmodule ModelBudget.ModelManager do
     * `:refused` - loads and fences refused for lack of memory.
     * `:fences` - fences granted.
     * `:expired` - models unloaded because their keep-alive ran out.
+    * `:max_estimate_error` - the largest difference, by magnitude, between
+      what a backend measured and what was reserved on one device
+      (`measured - reserved` bytes: positive when a model held more than
+      its estimate); `0` until a backend measures.
   """
   @type stats :: %{
           loads: non_neg_integer(),
           evictions: non_neg_integer(),
           refused: non_neg_integer(),
           fences: non_neg_integer(),
-          expired: non_neg_integer()
+          expired: non_neg_integer(),
+          max_estimate_error: integer()
         }
 
   @typedoc "Why a load did not happen."
@@ -665,7 +678,7 @@ defmodule ModelBudget.ModelManager do
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 600}, mode: :direct, n_gpus: 0)
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :b, {:bytes, 600}, mode: :direct, n_gpus: 0)
       iex> ModelBudget.ModelManager.stats(manager)
-      %{loads: 2, evictions: 1, refused: 0, fences: 0, expired: 0}
+      %{loads: 2, evictions: 1, refused: 0, fences: 0, expired: 0, max_estimate_error: 0}
   """
   @spec stats(manager()) :: stats()
   def stats(manager) do

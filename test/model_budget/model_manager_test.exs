@@ -736,7 +736,8 @@ defmodule ModelBudget.ModelManagerTest do
                evictions: 3,
                refused: 1,
                fences: 1,
-               expired: 0
+               expired: 0,
+               max_estimate_error: 0
              }
     end
   end

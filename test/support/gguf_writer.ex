@@ -48,6 +48,30 @@ defmodule ModelBudget.Test.GGUF do
     ModelBudget.Test.Sparse.write!(path, header, size)
   end
 
+  # Writes a complete file: `tensors` are {name, dims, type, data} with
+  # `data` the tensor's bytes (tensor_bytes(type, dims) of them), each
+  # placed at its offset after the header, padded to the alignment.
+  @doc false
+  def write_data!(path, metadata, tensors, opts \\ []) do
+    alignment = Keyword.get(opts, :alignment, 32)
+    {header, size} = build(metadata, Enum.map(tensors, &Tuple.delete_at(&1, 3)), opts)
+
+    data =
+      Enum.map(tensors, fn {_name, dims, type, data} ->
+        data_size = byte_size(data)
+        ^data_size = tensor_bytes(type, dims)
+        [data, zeros(pad(data_size, alignment) - data_size)]
+      end)
+
+    body = [header, zeros(pad(byte_size(header), alignment) - byte_size(header)), data]
+    binary = IO.iodata_to_binary(body)
+    # The last tensor's padding is not part of the file.
+    File.write!(path, binary_part(binary, 0, size))
+    path
+  end
+
+  defp zeros(n), do: <<0::size(n * 8)>>
+
   # The header binary and the total file size.
   def build(metadata, tensors, opts \\ []) do
     version = Keyword.get(opts, :version, 3)

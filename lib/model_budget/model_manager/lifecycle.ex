@@ -13,7 +13,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   alias ModelBudget.Backend.Reservation
   alias ModelBudget.ModelManager
-  alias ModelBudget.ModelManager.{Entry, Eviction, Leases, Ledger, Table}
+  alias ModelBudget.ModelManager.{Entry, Eviction, Leases, Ledger, Measured, Table}
 
   @enforce_keys [:table, :leases, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger]
   defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}, holders: %{}]
@@ -147,8 +147,10 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     if inline?(state) do
       finished_load(state, id, run_inline(fn -> state.backend.load(source, placement, opts) end))
     else
+      # The task also asks what the model really holds (Measured.load/4).
       task =
-        Task.Supervisor.async_nolink(state.task_sup, state.backend, :load, [
+        Task.Supervisor.async_nolink(state.task_sup, Measured, :load, [
+          state.backend,
           source,
           placement,
           opts
@@ -173,6 +175,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   @doc "A load's outcome: `{:ok, result}` from its backend, or `{:exit, reason}`."
   @spec finished_load(t(), term(), {:ok, term()} | {:exit, term()}) :: t()
   def finished_load(state, id, outcome) do
+    {measured, outcome} = Measured.unwrap(outcome)
     entry = Ledger.fetch!(state.ledger, id)
     state = demonitor(state, entry.caller_ref)
     entry = %{entry | task: nil, caller_ref: nil}
@@ -194,11 +197,13 @@ defmodule ModelBudget.ModelManager.Lifecycle do
           entry
           | status: :ready,
             handle: handle,
+            measured: measured,
             loaded_at: now,
             loads: loads,
             caller: nil
         }
 
+        {state, ready} = reserve_measured(state, ready)
         {state, ready} = monitor_handle(state, ready)
         Leases.used(elem(ready.gate, 1), now)
         Leases.open(ready.gate)
@@ -222,12 +227,40 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
-  defp monitor_handle(state, %Entry{handle: handle, id: id} = entry) when is_pid(handle) do
-    ref = Process.monitor(handle)
-    {%{state | refs: Map.put(state.refs, ref, {:handle, id})}, %{entry | handle_ref: ref}}
+  # More measured than reserved on a device: the reservation grows to it, so
+  # the ledger covers what the backend really holds.
+  defp reserve_measured(state, %Entry{measured: nil} = entry), do: {state, entry}
+
+  defp reserve_measured(state, entry) do
+    {placement, raised, error} = Measured.compare(entry.placement, entry.measured)
+    Table.estimate_error(state.table, error)
+
+    if raised == [] do
+      {state, entry}
+    else
+      Logger.warning(
+        "#{prefix(state)}: model #{inspect(entry.id)} holds more than was reserved: " <>
+          Measured.describe(raised) <> "; the reservation is raised to the measured bytes"
+      )
+
+      {_, ledger} = Ledger.release(state.ledger, entry.id)
+      entry = %{entry | placement: placement, held: placement}
+      {%{state | ledger: Ledger.add(ledger, entry)}, entry}
+    end
   end
 
-  defp monitor_handle(state, entry), do: {state, entry}
+  defp monitor_handle(state, %Entry{handle: handle} = entry) do
+    case handle do
+      pid when is_pid(pid) -> monitor_handle(state, entry, pid)
+      %{pid: pid} when is_pid(pid) -> monitor_handle(state, entry, pid)
+      _ -> {state, entry}
+    end
+  end
+
+  defp monitor_handle(state, %Entry{id: id} = entry, pid) do
+    ref = Process.monitor(pid)
+    {%{state | refs: Map.put(state.refs, ref, {:handle, id})}, %{entry | handle_ref: ref}}
+  end
 
   @doc "A model's pid handle exited: its memory is released without an unload."
   @spec handle_died(t(), term(), term()) :: t()

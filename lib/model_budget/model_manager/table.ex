@@ -24,7 +24,8 @@ defmodule ModelBudget.ModelManager.Table do
     evictions: 0,
     refused: 0,
     fences: 0,
-    expired: 0
+    expired: 0,
+    max_estimate_error: 0
   )
 
   # update_counter positions (1-based) in {{:history, id}, loads, evictions}.
@@ -67,6 +68,18 @@ defmodule ModelBudget.ModelManager.Table do
   @spec bump(:ets.tid(), stat()) :: integer()
   def bump(table, name),
     do: :ets.update_counter(table, :stats, {stat_position(name), 1})
+
+  @doc "Keeps `error` as the largest estimate error if its magnitude is larger."
+  @spec estimate_error(:ets.tid(), integer()) :: true
+  def estimate_error(table, error) do
+    # Read, then write: safe, the manager is the table's only writer.
+    [row] = :ets.lookup(table, :stats)
+
+    if abs(error) > abs(stats_row(row, :max_estimate_error)),
+      do: :ets.update_element(table, :stats, {stats_row(:max_estimate_error) + 1, error})
+
+    true
+  end
 
   @doc "Bumps and returns one of an id's history counters (:loads or :evictions)."
   @spec bump_history(:ets.tid(), term(), :loads | :evictions) :: non_neg_integer()
@@ -120,11 +133,13 @@ defmodule ModelBudget.ModelManager.Table do
     placement
   end
 
-  @doc "The totals, by name."
-  @spec stats(:ets.tid()) :: %{stat() => non_neg_integer()}
+  @doc "The totals, by name, and the largest estimate error."
+  @spec stats(:ets.tid()) :: %{atom() => integer()}
   def stats(table) do
     [row] = :ets.lookup(table, :stats)
+
     Map.new(@stat_names, &{&1, elem(row, stat_position(&1) - 1)})
+    |> Map.put(:max_estimate_error, stats_row(row, :max_estimate_error))
   end
 
   # update_counter positions are 1-based, the record's tag first.

@@ -1,0 +1,47 @@
+defmodule ModelBudget.Test.LlamaServer do
+  @moduledoc false
+  # Helpers of the :llama_server tests: which llama-server to run, and which
+  # OS processes serve a given model file (read from /proc, so a test sees
+  # a server that outlived its load without trusting the backend).
+
+  # $LLAMA_SERVER when it names an executable file, else nil.
+  def command do
+    case System.get_env("LLAMA_SERVER") do
+      path when is_binary(path) and path != "" ->
+        if File.regular?(path), do: path, else: nil
+
+      _ ->
+        nil
+    end
+  end
+
+  # OS pids whose command line names `path` (the model file).
+  def servers_for(path) do
+    for dir <- File.ls!("/proc"),
+        Regex.match?(~r/^\d+$/, dir),
+        {:ok, cmdline} <- [File.read("/proc/#{dir}/cmdline")],
+        path in String.split(cmdline, <<0>>),
+        do: String.to_integer(dir)
+  end
+
+  def alive?(os_pid), do: File.exists?("/proc/#{os_pid}")
+
+  # Whether nothing listens on `port` on 127.0.0.1.
+  def port_free?(port) do
+    case :gen_tcp.listen(port, ip: {127, 0, 0, 1}, reuseaddr: true) do
+      {:ok, socket} -> :gen_tcp.close(socket) == :ok
+      {:error, _} -> false
+    end
+  end
+
+  # POSTs `body` (JSON text) to `url`; {status, body}.
+  def post(url, body) do
+    {:ok, _} = Application.ensure_all_started(:inets)
+    request = {String.to_charlist(url), [], ~c"application/json", body}
+
+    {:ok, {{_, status, _}, _headers, response}} =
+      :httpc.request(:post, request, [timeout: 60_000], body_format: :binary)
+
+    {status, response}
+  end
+end

@@ -158,6 +158,10 @@ mod tests {
             ..model()
         };
         let err = ModelShape::try_from(&m).unwrap_err();
-        assert!(err.to_string().contains("n_head_kv lists 3 layers but the model has 2"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("n_head_kv lists 3 layers but the model has 2"),
+            "{err}"
+        );
     }
 }

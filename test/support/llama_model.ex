@@ -7,7 +7,7 @@ defmodule ModelBudget.Test.LlamaModel do
 
   alias ModelBudget.Test.GGUF
 
-  @shape [layers: 2, embd: 64, ff: 128, heads: 4, kv: 2, ctx: 512]
+  @shape [layers: 2, embd: 256, ff: 768, heads: 4, kv: 2, ctx: 512]
   @pieces ["▁"] ++ Enum.map(?a..?z, &<<&1>>) ++ Enum.map(?a..?z, &"▁#{<<&1>>}")
 
   @doc false

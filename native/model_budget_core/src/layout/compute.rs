@@ -72,8 +72,11 @@ impl Graph {
         kv: &KvShape,
         n_ctx: u64,
     ) -> Result<Graph> {
-        let n_batch = opts.n_batch.min(kv.cells.per_stream(n_ctx).max(1));
-        let t = opts.n_ubatch.min(n_batch).max(1);
+        // llama-context.cpp: n_batch = min(n_ctx, n_batch) for a causal
+        // model, n_ubatch = min(n_batch, n_ubatch), with n_ctx the padded
+        // total over all slots.
+        let total = kv.cells.per_stream(n_ctx) * kv.cells.streams();
+        let t = opts.n_ubatch.min(opts.n_batch).min(total).max(1);
         let embd = u64::from(model.n_embd);
         let f32s = |n: u64| mul(&[t, n, 4], "compute buffer estimate");
 

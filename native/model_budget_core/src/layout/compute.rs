@@ -75,7 +75,10 @@ impl Graph {
         // llama-context.cpp: n_batch = min(n_ctx, n_batch) for a causal
         // model, n_ubatch = min(n_batch, n_ubatch), with n_ctx the padded
         // total over all slots.
-        let total = kv.cells.per_stream(n_ctx) * kv.cells.streams();
+        let total = kv
+            .cells
+            .per_stream(n_ctx)
+            .saturating_mul(kv.cells.streams());
         let t = opts.n_ubatch.min(opts.n_batch).min(total).max(1);
         let embd = u64::from(model.n_embd);
         let f32s = |n: u64| mul(&[t, n, 4], "compute buffer estimate");

@@ -177,7 +177,11 @@ impl KvShape {
 
     /// Cells one layer holds for a context of `n_ctx`, over all streams.
     pub fn layer_cells(&self, layer: &KvLayer, n_ctx: u64) -> u64 {
-        self.cells.layer_per_stream(layer, n_ctx) * self.cells.streams()
+        // Saturates: a caller's slot count is not bounded, and a size past
+        // u64 is refused where bytes are counted.
+        self.cells
+            .layer_per_stream(layer, n_ctx)
+            .saturating_mul(self.cells.streams())
     }
 
     /// KV bytes of one layer at `n_ctx` tokens, or `None` past u64.

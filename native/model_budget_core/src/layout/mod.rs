@@ -216,9 +216,22 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
     let n_ctx_asked = opts.n_ctx.unwrap_or_else(|| model.default_context());
     let plan = assign::assign(model.n_layers(), opts, &weights)?;
     let kv = model.kv_shape(opts);
+    if kv.cells.per_stream(n_ctx_asked) == 0 {
+        // llama.cpp refuses it too ("n_ctx_seq == 0").
+        return Err(invalid(
+            "opts",
+            format!(
+                "n_ctx {n_ctx_asked} leaves no cells for each of n_parallel {} slots",
+                opts.n_parallel
+            ),
+        ));
+    }
     let server = opts.mode == Mode::Server;
     let mut out = Breakdown {
-        n_ctx: kv.cells.per_stream(n_ctx_asked) * kv.cells.streams(),
+        n_ctx: kv
+            .cells
+            .per_stream(n_ctx_asked)
+            .saturating_mul(kv.cells.streams()),
         ..Breakdown::default()
     };
 
@@ -666,6 +679,20 @@ pub(crate) mod tests {
             ..opts()
         };
         assert_eq!(breakdown(&llama_8b(), &slots, 0).unwrap().n_ctx, 3 * 2816);
+    }
+
+    #[test]
+    fn any_slot_count_is_an_answer_or_an_error_never_a_panic() {
+        for (n_parallel, kv_unified) in [(u64::MAX, false), (u64::MAX, true), (1 << 40, false)] {
+            let o = DistributeOptions {
+                n_parallel,
+                kv_unified,
+                ..opts()
+            };
+            // Apart, so many slots overflow the KV cache: an error. Unified,
+            // only the output buffer grows, and it overflows too.
+            assert!(breakdown(&llama_8b(), &o, 1).is_err());
+        }
     }
 
     #[test]

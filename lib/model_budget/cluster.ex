@@ -99,11 +99,23 @@ defmodule ModelBudget.Cluster do
   def load(cluster, id, source, opts \\ []) do
     {policy, where, timeout, load_opts} = load_opts!(opts)
 
-    views = Enum.filter(views(cluster), &Placement.where?(&1.labels, where))
+    with {:ok, {ranked, refused}} <- decide(views(cluster), source, load_opts, policy, where) do
+      try_members(ranked, id, source, load_opts, timeout, refused, [])
+    end
+  end
+
+  @doc false
+  # The placement decision of load/4 over given views (the benchmark's
+  # entry): `{:ok, {ranked, refused}}` (see Placement.rank/3), or the
+  # backend's sizing error.
+  @spec decide([View.view()], term(), keyword(), :binpack | :spread, map()) ::
+          {:ok, {[{View.view(), ModelBudget.placement()}], [member_reason()]}}
+          | {:error, term()}
+  def decide(views, source, load_opts, policy, where) do
+    views = Enum.filter(views, &Placement.where?(&1.labels, where))
 
     with {:ok, placements} <- placements(views, source, load_opts) do
-      {ranked, refused} = Placement.rank(views, placements, policy)
-      try_members(ranked, id, source, load_opts, timeout, refused, [])
+      {:ok, Placement.rank(views, placements, policy)}
     end
   end
 

@@ -130,20 +130,14 @@ defmodule ModelBudget.Cluster do
     |> members()
     |> Task.async_stream(
       fn manager ->
-        try do
-          :erpc.call(node(manager), ModelManager, :info, [manager, id], 5_000)
-        catch
-          _kind, _reason -> {:error, :unreachable}
+        case call(manager, :info, [manager, id], 5_000) do
+          {:ok, {:ok, _info}} -> [{node(manager), manager}]
+          _ -> []
         end
       end,
-      ordered: true,
       timeout: :infinity
     )
-    |> Enum.zip(members(cluster))
-    |> Enum.flat_map(fn
-      {{:ok, {:ok, _info}}, manager} -> [{node(manager), manager}]
-      _ -> []
-    end)
+    |> Enum.flat_map(fn {:ok, found} -> found end)
   end
 
   @doc """
@@ -169,8 +163,11 @@ defmodule ModelBudget.Cluster do
     Options.unload!(opts)
 
     results =
-      for {node, manager} <- locate(cluster, id) do
-        :erpc.call(node, ModelManager, :unload, [manager, id, opts])
+      for {_node, manager} <- locate(cluster, id) do
+        case call(manager, :unload, [manager, id, opts], :infinity) do
+          {:ok, result} -> result
+          {:error, _} -> {:error, :not_loaded}
+        end
       end
 
     cond do
@@ -196,6 +193,14 @@ defmodule ModelBudget.Cluster do
   end
 
   ## Helpers
+
+  # A ModelManager function on the manager's node; a node or manager that
+  # is gone, or no answer in time, is {:error, reason}, not an exit.
+  defp call(manager, fun, args, timeout) do
+    {:ok, :erpc.call(node(manager), ModelManager, fun, args, timeout)}
+  catch
+    kind, reason -> {:error, {kind, reason}}
+  end
 
   defp members(cluster), do: :pg.get_members(__MODULE__, {__MODULE__, cluster})
 
@@ -295,7 +300,10 @@ defmodule ModelBudget.Cluster do
     reply_to = :erlang.alias()
     tag = make_ref()
     args = [reply_to, tag, view.manager, id, source, opts]
-    {pid, ref} = Node.spawn_monitor(view.node, __MODULE__, :remote_load, args)
+    {pid, ref} =
+      if view.node == node(),
+        do: spawn_monitor(__MODULE__, :remote_load, args),
+        else: Node.spawn_monitor(view.node, __MODULE__, :remote_load, args)
 
     receive do
       {^tag, result} ->

@@ -300,6 +300,7 @@ defmodule ModelBudget.Cluster do
     reply_to = :erlang.alias()
     tag = make_ref()
     args = [reply_to, tag, view.manager, id, source, opts]
+
     {pid, ref} =
       if view.node == node(),
         do: spawn_monitor(__MODULE__, :remote_load, args),

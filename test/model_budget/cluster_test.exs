@@ -242,7 +242,8 @@ defmodule ModelBudget.ClusterTest do
 end
 
 defmodule ModelBudget.ClusterOptionsTest do
-  use ExUnit.Case, async: true
+  # Not async: one test restarts this node's view process.
+  use ExUnit.Case, async: false
 
   alias ModelBudget.{Cluster, ModelManager}
 
@@ -297,6 +298,22 @@ defmodule ModelBudget.ClusterOptionsTest do
                Cluster.load(cluster, :m, {:bytes, 10}, mode: :direct, n_gpus: 0)
 
       assert node == node()
+      # A view process that restarts finds its node's members again, and
+      # they publish to it.
+      view = Process.whereis(ModelBudget.Cluster.View)
+      Process.exit(view, :kill)
+
+      ModelBudget.Test.ClusterPeers.await("the view back", fn ->
+        match?([%{manager: ^manager}], Cluster.usage(cluster)) and
+          Process.whereis(ModelBudget.Cluster.View) != view
+      end)
+
+      {:ok, _} = ModelManager.load(manager, :after, {:bytes, 20}, mode: :direct, n_gpus: 0)
+
+      ModelBudget.Test.ClusterPeers.await("the load seen", fn ->
+        match?([%{usage: %{ram: 30}}], Cluster.usage(cluster))
+      end)
+
       GenServer.stop(manager)
 
       ModelBudget.Test.ClusterPeers.await("the member gone", fn ->

@@ -62,8 +62,6 @@ defmodule ModelBudget.Cluster.View do
     end
 
     manager = self()
-    :ok = :pg.join(ModelBudget.Cluster, {ModelBudget.Cluster, cluster}, manager)
-    Table.watch(shared.table, Process.whereis(__MODULE__))
 
     member = %{
       cluster: cluster,
@@ -74,6 +72,11 @@ defmodule ModelBudget.Cluster.View do
       table: shared.table
     }
 
+    # Kept apart from this process, so a view process that restarts finds
+    # its node's members again (init/1).
+    :persistent_term.put({__MODULE__, manager}, member)
+    :ok = :pg.join(ModelBudget.Cluster, {ModelBudget.Cluster, cluster}, manager)
+    Table.watch(shared.table, __MODULE__)
     GenServer.cast(__MODULE__, {__MODULE__, :joined, manager, member})
   end
 
@@ -86,6 +89,9 @@ defmodule ModelBudget.Cluster.View do
         [] -> []
       end
     end)
+  rescue
+    # No table: the view process is restarting (or the application stopped).
+    ArgumentError -> []
   end
 
   ## Server
@@ -96,14 +102,37 @@ defmodule ModelBudget.Cluster.View do
     :ok = :net_kernel.monitor_nodes(true)
     for node <- Node.list(), do: send({__MODULE__, node}, {__MODULE__, :hello, node()})
     # local: manager => member; monitored: manager => monitor ref; dirty: managers to publish.
-    {:ok, %{local: %{}, monitored: %{}, dirty: MapSet.new()}}
+    state = %{local: %{}, monitored: %{}, dirty: MapSet.new()}
+
+    {:ok,
+     Enum.reduce(rejoin(), state, fn {manager, member}, state ->
+       joined(state, manager, member)
+     end)}
+  end
+
+  # The members on this node when this process (re)starts: their :pg
+  # membership too, in case the scope restarted with it.
+  defp rejoin do
+    for {{__MODULE__, manager}, member} <- :persistent_term.get(),
+        is_pid(manager),
+        alive?(manager) do
+      group = {ModelBudget.Cluster, member.cluster}
+
+      unless manager in :pg.get_local_members(ModelBudget.Cluster, group),
+        do: :pg.join(ModelBudget.Cluster, group, manager)
+
+      {manager, member}
+    end
+  end
+
+  # A member that died while no view process was running leaves its term.
+  defp alive?(manager) do
+    Process.alive?(manager) or :persistent_term.erase({__MODULE__, manager}) == :never
   end
 
   @impl true
-  def handle_cast({__MODULE__, :joined, manager, member}, state) do
-    state = %{state | local: Map.put(state.local, manager, member)}
-    {:noreply, changed(state, manager)}
-  end
+  def handle_cast({__MODULE__, :joined, manager, member}, state),
+    do: {:noreply, joined(state, manager, member)}
 
   @impl true
   def handle_info({__MODULE__, :changed, manager}, state),
@@ -142,6 +171,7 @@ defmodule ModelBudget.Cluster.View do
 
   def handle_info({:DOWN, _ref, :process, manager, _reason}, state) do
     :ets.delete(__MODULE__, manager)
+    if Map.has_key?(state.local, manager), do: :persistent_term.erase({__MODULE__, manager})
 
     {:noreply,
      %{
@@ -151,6 +181,9 @@ defmodule ModelBudget.Cluster.View do
          dirty: MapSet.delete(state.dirty, manager)
      }}
   end
+
+  defp joined(state, manager, member),
+    do: changed(%{state | local: Map.put(state.local, manager, member)}, manager)
 
   # Only the flush sends views: a change marks its manager dirty, and the
   # first one since the last flush schedules the next.

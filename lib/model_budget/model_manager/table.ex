@@ -11,7 +11,7 @@ defmodule ModelBudget.ModelManager.Table do
   #   * {{:model, id}, info, gate}: an entry's public fields (Entry.info/1)
   #     and its lease gate ({inc, atomics}, read alone by checkout).
   #   * {{:history, id}, loads, evictions}: per id, kept for the manager's life.
-  #   * {:watcher, pid}: only for a manager in a cluster: told of every
+  #   * {:watcher, name}: only for a manager in a cluster: told of every
   #     usage write (ModelBudget.Cluster.View publishes it).
 
   require Record
@@ -69,17 +69,19 @@ defmodule ModelBudget.ModelManager.Table do
   end
 
   @doc """
-  Has `pid` told `{ModelBudget.Cluster.View, :changed, manager}` after every
-  usage write from now on (one watcher per table).
+  Has the process registered as `name` told
+  `{ModelBudget.Cluster.View, :changed, manager}` after every usage write
+  from now on, whenever it is running (one watcher per table).
   """
-  @spec watch(:ets.tid(), pid()) :: true
-  def watch(table, pid), do: :ets.insert(table, {:watcher, pid})
+  @spec watch(:ets.tid(), atom()) :: true
+  def watch(table, name), do: :ets.insert(table, {:watcher, name})
 
-  # A message, not a call: the manager never waits on its watcher.
+  # A message, not a call: the manager never waits on its watcher. By name,
+  # so a watcher that restarts is told again.
   defp notify(table) do
-    case :ets.lookup(table, :watcher) do
-      [{:watcher, pid}] -> send(pid, {ModelBudget.Cluster.View, :changed, self()})
-      [] -> :ok
+    with [{:watcher, name}] <- :ets.lookup(table, :watcher),
+         pid when is_pid(pid) <- Process.whereis(name) do
+      send(pid, {ModelBudget.Cluster.View, :changed, self()})
     end
 
     true

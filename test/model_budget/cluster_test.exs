@@ -204,6 +204,52 @@ defmodule ModelBudget.ClusterTest do
     end
   end
 
+  describe "mix model_budget.plan --cluster" do
+    test "prints the members and places the models in order", ctx do
+      [n1, n2, n3] = ctx.nodes
+      cluster = :"plan_#{System.unique_integer([:positive])}"
+      gib = 2 ** 30
+
+      specs = [
+        {%{ram: 64 * gib, vram: [24 * gib]}, %{gpu: "l4"}, ModelBudget.Backend.Reservation},
+        {%{ram: 64 * gib, vram: [80 * gib]}, %{gpu: "h100"}, ModelBudget.Backend.Reservation},
+        {gib, %{}, ModelBudget.Backend.Reservation}
+      ]
+
+      start_managers(ctx.nodes, cluster, specs)
+      args = ["--cluster", "#{cluster}", "--connect", "#{n1}"]
+
+      {status, out} =
+        with_io(fn ->
+          models = ["llama-3.1-8b", "llama-3.1-70b", "llama-3.1-70b"]
+          Mix.Tasks.ModelBudget.Plan.main(args ++ models, false)
+        end)
+
+      assert status == 1
+      assert out =~ "cluster #{cluster}: 3 members"
+      for node <- [n1, n2, n3], do: assert(out =~ "#{node}")
+      assert out =~ "gpu=h100"
+      assert out =~ ~r/llama-3.1-8b -> #{n1} /
+      assert out =~ ~r/llama-3.1-70b -> #{n2} /
+      assert out =~ "llama-3.1-70b -> does not fit on any member"
+
+      {0, out} =
+        with_io(fn ->
+          ModelBudget.Cluster.Plan.main(args ++ ["--where", "gpu=h100", "llama-3.1-8b"])
+        end)
+
+      assert out =~ ~r/llama-3.1-8b -> #{n2} /
+
+      bad = ["--cluster", "x", "--policy", "best"]
+
+      assert ExUnit.CaptureIO.capture_io(:stderr, fn ->
+               assert ModelBudget.Cluster.Plan.main(bad) == 2
+             end) =~ "--policy: binpack or spread, got: best"
+    end
+  end
+
+  defp with_io(fun), do: ExUnit.CaptureIO.with_io(fun)
+
   describe "usage/1" do
     test "every node sees every member, and a stopped manager leaves", ctx do
       [n1, n2, n3] = ctx.nodes

@@ -202,7 +202,13 @@ defmodule ModelBudget.Cluster do
     kind, reason -> {:error, {kind, reason}}
   end
 
-  defp members(cluster), do: :pg.get_members(__MODULE__, {__MODULE__, cluster})
+  # :pg answers [] for a scope that is not running: say why instead.
+  defp members(cluster) do
+    unless Process.whereis(__MODULE__),
+      do: raise("ModelBudget.Cluster needs the :model_budget application started on #{node()}")
+
+    :pg.get_members(__MODULE__, {__MODULE__, cluster})
+  end
 
   defp views(cluster), do: View.views(members(cluster))
 

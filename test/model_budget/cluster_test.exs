@@ -85,11 +85,17 @@ defmodule ModelBudget.ClusterTest do
 
       assert Enum.sort(Enum.map(reasons, &elem(&1, 1))) == Enum.sort([m1, m2, m3])
 
-      for {_node, _manager, reason} <- reasons,
-          do:
-            assert(
-              {:insufficient_memory, [device: :total, required: 5_000, available: _]} = reason
-            )
+      for {_node, _manager, reason} <- reasons do
+        assert {:insufficient_memory, [device: :total, required: 5_000, available: _]} = reason
+      end
+
+      # A node without the application running says so.
+      [_, _, n3] = ctx.nodes
+      :ok = :erpc.call(n3, Application, :stop, [:model_budget])
+
+      assert_raise ErlangError, ~r/needs the :model_budget application started/, fn ->
+        :erpc.call(n3, Cluster, :usage, [ctx.cluster])
+      end
     end
 
     test "a refused placement falls through to the next candidate", ctx do

@@ -18,7 +18,8 @@ defmodule ModelBudget.MixProject do
 
   def application do
     # :inets for :httpc, which ModelBudget.Backend.LlamaServer polls /health with.
-    [extra_applications: [:logger, :inets]]
+    # ModelBudget.Application: the :pg scope and view of ModelBudget.Cluster.
+    [extra_applications: [:logger, :inets], mod: {ModelBudget.Application, []}]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

@@ -371,6 +371,13 @@ defmodule ModelBudget.ModelManager do
       whose keep-alive ran out. Defaults to `1000`.
     * `:name` - any `GenServer` name (an atom, `{:global, term}`,
       `{:via, module, term}`). Defaults to no name.
+    * `:cluster` - a name (any term) of a `ModelBudget.Cluster` to join:
+      the manager is a member (a `:pg` group member) until it stops or its
+      node goes down, and publishes its budget and usage to every node.
+      Defaults to none.
+    * `:labels` - a map of terms describing the manager in its cluster
+      (`%{gpu: "h100", zone: "a"}`), for `ModelBudget.Cluster.load/4`'s
+      `:where`. Defaults to `%{}`.
 
   ## Examples
 
@@ -831,7 +838,7 @@ defmodule ModelBudget.ModelManager do
     leases = Leases.new_table()
     flags = Leases.new_flags()
 
-    publish_config(%{
+    shared = %{
       manager: self(),
       table: table,
       leases: leases,
@@ -840,7 +847,13 @@ defmodule ModelBudget.ModelManager do
       budget: config.budget,
       backend: config.backend,
       n_gpus: default_gpu_count(config.budget)
-    })
+    }
+
+    publish_config(shared)
+
+    # Joins after the config is published: members are read like any manager.
+    if config.cluster != nil,
+      do: ModelBudget.Cluster.View.join(config.cluster, config.labels, shared)
 
     Logger.info(
       "#{inspect(__MODULE__)} #{inspect(config.name || self())} started with an empty ledger: " <>

@@ -69,6 +69,12 @@ defmodule Mix.Tasks.ModelBudget.Plan do
 
   Colour is used only when standard output is a terminal.
 
+  ## A cluster
+
+  `mix model_budget.plan --cluster NAME [MODEL ...]` (with `--connect NODE`
+  to reach the cluster) prints the members of the `ModelBudget.Cluster` NAME
+  and where each model would go; `--cluster NAME --help` lists its options.
+
   ## Exit status
 
     * `0` - every model fits.
@@ -94,11 +100,23 @@ defmodule Mix.Tasks.ModelBudget.Plan do
   @doc false
   # Prints the report (or the error, or the usage) and returns the exit status.
   def main(args, colour) do
-    if Enum.any?(args, &(&1 in ["--help", "-h"])) do
-      IO.puts(usage())
-      0
-    else
-      report(args, colour)
+    cluster? = Enum.any?(args, &String.starts_with?(&1, "--cluster"))
+
+    cond do
+      # A cluster's members and placements (issue 16): its own options.
+      cluster? and Enum.any?(args, &(&1 in ["--help", "-h"])) ->
+        IO.puts(ModelBudget.Cluster.Plan.usage())
+        0
+
+      cluster? ->
+        ModelBudget.Cluster.Plan.main(args)
+
+      Enum.any?(args, &(&1 in ["--help", "-h"])) ->
+        IO.puts(usage())
+        0
+
+      true ->
+        report(args, colour)
     end
   end
 

@@ -16,7 +16,9 @@ defmodule ModelBudget.ModelManager.Options do
     evict_when: Eviction.default_rules(),
     min_idle_ms: 0,
     clock: nil,
-    sweep_ms: 1_000
+    sweep_ms: 1_000,
+    cluster: nil,
+    labels: %{}
   ]
 
   @typedoc "The checked start options, as the manager's init/1 takes them."
@@ -28,7 +30,9 @@ defmodule ModelBudget.ModelManager.Options do
           min_idle_ms: non_neg_integer() | :infinity,
           clock: (() -> integer()),
           sweep_ms: pos_integer(),
-          name: GenServer.name() | nil
+          name: GenServer.name() | nil,
+          cluster: term() | nil,
+          labels: map()
         }
 
   @doc "The default clock: monotonic milliseconds."
@@ -53,7 +57,9 @@ defmodule ModelBudget.ModelManager.Options do
         check!(opts, :min_idle_ms, &ms_or_infinity?/1, "a non-negative integer or :infinity"),
       clock: clock!(opts[:clock]),
       sweep_ms: check!(opts, :sweep_ms, &(is_integer(&1) and &1 > 0), "a positive integer"),
-      name: opts[:name]
+      name: opts[:name],
+      cluster: opts[:cluster],
+      labels: check!(opts, :labels, &is_map/1, "a map")
     }
   end
 

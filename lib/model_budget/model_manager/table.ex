@@ -11,6 +11,8 @@ defmodule ModelBudget.ModelManager.Table do
   #   * {{:model, id}, info, gate}: an entry's public fields (Entry.info/1)
   #     and its lease gate ({inc, atomics}, read alone by checkout).
   #   * {{:history, id}, loads, evictions}: per id, kept for the manager's life.
+  #   * {:watcher, name}: only for a manager in a cluster: told of every
+  #     usage write (ModelBudget.Cluster.View publishes it).
 
   require Record
 
@@ -55,6 +57,7 @@ defmodule ModelBudget.ModelManager.Table do
           do: {{:model, id}, Entry.info(entry), gate}
 
     :ets.insert(table, [usage_row(placement: usage) | rows])
+    notify(table)
   end
 
   @doc "Removes an entry and writes the usage without it."
@@ -62,6 +65,26 @@ defmodule ModelBudget.ModelManager.Table do
   def delete(table, usage, id) do
     :ets.delete(table, {:model, id})
     :ets.insert(table, usage_row(placement: usage))
+    notify(table)
+  end
+
+  @doc """
+  Has the process registered as `name` told
+  `{ModelBudget.Cluster.View, :changed, manager}` after every usage write
+  from now on, whenever it is running (one watcher per table).
+  """
+  @spec watch(:ets.tid(), atom()) :: true
+  def watch(table, name), do: :ets.insert(table, {:watcher, name})
+
+  # A message, not a call: the manager never waits on its watcher. By name,
+  # so a watcher that restarts is told again.
+  defp notify(table) do
+    with [{:watcher, name}] <- :ets.lookup(table, :watcher),
+         pid when is_pid(pid) <- Process.whereis(name) do
+      send(pid, {ModelBudget.Cluster.View, :changed, self()})
+    end
+
+    true
   end
 
   @doc "Bumps a total of stats/1."

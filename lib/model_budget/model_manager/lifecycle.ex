@@ -206,8 +206,10 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         {state, ready} = reserve_measured(state, ready)
         {state, ready} = monitor_handle(state, ready)
         Leases.used(elem(ready.gate, 1), now)
-        Leases.open(ready.gate)
+        # The row first, then the gate: a checkout that sees the gate open
+        # must find the ready row (with_model/3 reads it).
         state = put(state, ready)
+        Leases.open(ready.gate)
         Table.bump(state.table, :loads)
         # No lease can have been taken yet: the gate opened in this step.
         reply(entry.caller, {:ok, Map.merge(Entry.info(ready), %{leases: 0, last_used: now})})
@@ -393,8 +395,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       reply(from, {:error, :busy})
 
       if rest == [] do
+        state = put(state, %{entry | status: :ready, draining: false, unload_waiters: []})
         Leases.open(entry.gate)
-        put(state, %{entry | status: :ready, draining: false, unload_waiters: []})
+        state
       else
         put(state, %{entry | unload_waiters: rest})
       end

@@ -21,17 +21,8 @@ defmodule ModelBudget.ModelManager.Eviction do
 
   alias ModelBudget.Constraint
 
-  @variables [
-    :memory_required,
-    :available,
-    :total,
-    :used,
-    :used_percent,
-    :free,
-    :model_size,
-    :resident_count,
-    :resident_bytes
-  ]
+  # One list of rule variables, in the order the core's chooser reads them.
+  @variables ModelBudget.Eviction.variables()
 
   @default_rules ["memory_required > available * 0.70"]
 

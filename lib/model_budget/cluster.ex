@@ -99,8 +99,8 @@ defmodule ModelBudget.Cluster do
   def load(cluster, id, source, opts \\ []) do
     {policy, where, timeout, load_opts} = load_opts!(opts)
 
-    with {:ok, {ranked, refused}} <- decide(views(cluster), source, load_opts, policy, where) do
-      try_members(ranked, id, source, load_opts, timeout, refused, [])
+    with {:ok, {ranked, refused}, sizes} <- rank(views(cluster), source, load_opts, policy, where) do
+      try_members(ranked, sizes, id, source, load_opts, timeout, refused, [])
     end
   end
 
@@ -112,10 +112,17 @@ defmodule ModelBudget.Cluster do
           {:ok, {[{View.view(), ModelBudget.placement()}], [member_reason()]}}
           | {:error, term()}
   def decide(views, source, load_opts, policy, where) do
+    with {:ok, decision, _sizes} <- rank(views, source, load_opts, policy, where),
+         do: {:ok, decision}
+  end
+
+  # decide/5, with the load's size per backend (a member of this node is
+  # handed both, so its manager does not size and place the load again).
+  defp rank(views, source, load_opts, policy, where) do
     views = Enum.filter(views, &Placement.where?(&1.labels, where))
 
-    with {:ok, placements} <- placements(views, source, load_opts) do
-      {:ok, Placement.rank(views, placements, policy)}
+    with {:ok, placements, sizes} <- placements(views, source, load_opts) do
+      {:ok, Placement.rank(views, placements, policy), sizes}
     end
   end
 
@@ -240,7 +247,8 @@ defmodule ModelBudget.Cluster do
   end
 
   # The load sized once per backend among the members, placed once per
-  # {backend, GPU count} of theirs (Placement.rank's keys).
+  # {backend, GPU count} of theirs (Placement.rank's keys): the placements
+  # and the sizes by backend.
   defp placements(views, source, opts) do
     views
     |> Enum.map(&{&1.backend, &1.n_gpus})
@@ -255,10 +263,6 @@ defmodule ModelBudget.Cluster do
           {:halt, error}
       end
     end)
-    |> case do
-      {:ok, acc, _sizes} -> {:ok, acc}
-      error -> error
-    end
   end
 
   defp size(backend, source, opts, sizes) do
@@ -275,18 +279,20 @@ defmodule ModelBudget.Cluster do
     end
   end
 
-  defp try_members([], _id, _source, _opts, _timeout, refused, tried),
+  defp try_members([], _sizes, _id, _source, _opts, _timeout, refused, tried),
     do: {:error, {:insufficient_memory, Enum.reverse(tried) ++ refused}}
 
-  defp try_members([{view, _placement} | rest], id, source, opts, timeout, refused, tried) do
-    case remote_load(view, id, source, opts, timeout) do
+  defp try_members([{view, placement} | rest], sizes, id, source, opts, timeout, refused, tried) do
+    placed = {Map.fetch!(sizes, view.backend), placement}
+
+    case member_load(view, placed, id, source, opts, timeout) do
       {:ok, info} ->
         {:ok, %{node: view.node, manager: view.manager, info: info}}
 
       {:error, reason} ->
         if member_reason?(reason) do
           tried = [{view.node, view.manager, reason} | tried]
-          try_members(rest, id, source, opts, timeout, refused, tried)
+          try_members(rest, sizes, id, source, opts, timeout, refused, tried)
         else
           {:error, reason}
         end
@@ -298,11 +304,28 @@ defmodule ModelBudget.Cluster do
   defp member_reason?({:exit, _}), do: true
   defp member_reason?(reason), do: reason in [:timeout, :noconnection, :noproc]
 
-  # The load in a process on the member's node, monitored from here: a node
-  # that goes down is a :DOWN at once, and a load that outlives `timeout`
-  # is killed there and its id unloaded (it may have been admitted), so it
-  # cannot end up loaded on two members.
-  defp remote_load(view, id, source, opts, timeout) do
+  # The load on the member's node. A load that outlives `timeout` is given
+  # up and its id unloaded (it may have been admitted), so it cannot end up
+  # loaded on two members. On this node it is a call from here (no process
+  # hop); on a peer, a process there monitored from here, so a node that
+  # goes down is a :DOWN at once.
+  defp member_load(%{node: node} = view, placed, id, source, opts, timeout) when node == node() do
+    ModelManager.load_placed(view.manager, id, source, opts, placed, timeout)
+  catch
+    :exit, {:timeout, _} ->
+      # The manager may still admit it (the request is in its queue):
+      # unloaded behind it, as on a peer.
+      spawn(ModelManager, :unload, [view.manager, id, [force: true]])
+      {:error, :timeout}
+
+    :exit, {:noproc, _} ->
+      {:error, :noproc}
+
+    :exit, {reason, _} ->
+      {:error, {:exit, reason}}
+  end
+
+  defp member_load(view, _placed, id, source, opts, timeout) do
     reply_to = :erlang.alias()
     tag = make_ref()
     args = [reply_to, tag, view.manager, id, source, opts]

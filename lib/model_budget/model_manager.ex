@@ -471,11 +471,28 @@ defmodule ModelBudget.ModelManager do
       with {:ok, size} <- footprint(config.backend, source, opts) do
         n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
         placement = ModelBudget.distribute(size, opts, n_gpus)
-        bytes = if is_integer(size), do: size, else: size.weight_bytes
-        request = %{id: id, source: source, opts: opts, bytes: bytes, placement: placement}
-        GenServer.call(manager, {__MODULE__, :load, request}, :infinity)
+        load_placed(manager, id, source, opts, {size, placement}, :infinity)
       end
     end
+  end
+
+  @doc false
+  # load/4 past its checks, sizing and placement: Cluster.load/4 on a member
+  # of this node, which did them for its decision. The call exits after
+  # `call_timeout` (the cluster then unloads what may still be admitted).
+  @spec load_placed(
+          manager(),
+          id(),
+          term(),
+          keyword(),
+          {term(), ModelBudget.placement()},
+          timeout()
+        ) ::
+          {:ok, info()} | {:error, load_error()}
+  def load_placed(manager, id, source, opts, {size, placement}, call_timeout) do
+    bytes = if is_integer(size), do: size, else: size.weight_bytes
+    request = %{id: id, source: source, opts: opts, bytes: bytes, placement: placement}
+    GenServer.call(manager, {__MODULE__, :load, request}, call_timeout)
   end
 
   @doc """

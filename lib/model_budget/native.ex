@@ -46,6 +46,7 @@ defmodule ModelBudget.Native do
   def release(_used, _placement), do: not_loaded()
   def check(_budget, _placement, _used), do: not_loaded()
   def available(_budget, _used, _device), do: not_loaded()
+  def room(_budget, _placement, _used), do: not_loaded()
   def resolve(_spec, _gpus, _ram_limit), do: not_loaded()
   def distribute(_file_bytes, _opts, _n_gpus), do: not_loaded()
   def system_memory, do: not_loaded()

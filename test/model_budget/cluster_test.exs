@@ -130,6 +130,30 @@ defmodule ModelBudget.ClusterTest do
       assert Cluster.locate(ctx.cluster, :a) == [{n2, m2}]
     end
 
+    test "a member on this node that does not answer within :timeout is passed over too",
+         ctx do
+      [n1, _n2, _n3] = ctx.nodes
+      [m1, _m2, _m3] = standard(ctx.nodes, ctx.cluster)
+
+      # The fullest fit, so binpack tries it first; its load never finishes.
+      local =
+        start_supervised!(
+          {ModelManager,
+           memory_budget: 500, cluster: ctx.cluster, backend: StallBackend, min_idle_ms: :infinity}
+        )
+
+      ClusterPeers.await_view(node(), ctx.cluster, 4)
+
+      assert {:ok, %{node: ^n1, manager: ^m1}} =
+               Cluster.load(ctx.cluster, :a, {:bytes, 100}, [timeout: 200] ++ @load)
+
+      ClusterPeers.await("the stalled load cancelled here", fn ->
+        ModelManager.list(local) == []
+      end)
+
+      assert Cluster.locate(ctx.cluster, :a) == [{n1, m1}]
+    end
+
     test "200 concurrent loads from every node never oversubscribe a manager", ctx do
       specs = for b <- [10_000, 20_000, 30_000], do: {b, %{}, ModelBudget.Backend.Reservation}
       managers = start_managers(ctx.nodes, ctx.cluster, specs)

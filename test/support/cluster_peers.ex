@@ -17,10 +17,26 @@ defmodule ModelBudget.Test.ClusterPeers do
   def ensure_distributed(name) do
     unless Node.alive?() do
       {_, 0} = System.cmd("epmd", ["-daemon"])
-      {:ok, _} = Node.start(:"#{name}@127.0.0.1", :longnames)
+      start_node(:"#{name}@127.0.0.1", 50)
     end
 
     :ok
+  end
+
+  # `epmd -daemon` returns before epmd listens: a node started at once can
+  # fail with :nodistribution, so it is tried again for up to 5 s.
+  defp start_node(name, tries) do
+    case Node.start(name, :longnames) do
+      {:ok, _} ->
+        :ok
+
+      {:error, _reason} when tries > 1 ->
+        Process.sleep(100)
+        start_node(name, tries - 1)
+
+      {:error, reason} ->
+        raise "could not start distribution as #{name}: #{inspect(reason)}"
+    end
   end
 
   @doc """

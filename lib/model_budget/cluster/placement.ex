@@ -1,5 +1,8 @@
 defmodule ModelBudget.Cluster.Placement do
   @moduledoc false
+
+  alias ModelBudget.Native
+  require ModelBudget.Native.Errors, as: Errors
   # The placement decision of ModelBudget.Cluster.load/4, pure: given the
   # members' views and the load's placement on each kind of member, which
   # members to try, best first, and why the others cannot take it.
@@ -28,9 +31,9 @@ defmodule ModelBudget.Cluster.Placement do
   The views where the load fits now (`ModelBudget.check/3` against the
   view's usage), best first by `policy`, and `{node, manager, reason}` for
   the others. `:binpack` puts first the member left with the least room on
-  the devices the load uses, `:spread` the one left with the most; a device
-  without a limit has unbounded room. Ties go by node, then manager, so the
-  order is the same on every node.
+  the devices the load uses (the pool of a combined budget), `:spread` the
+  one left with the most (`room/3`). Ties go by node, then manager, so the order is the
+  same on every node.
   """
   @spec rank([view()], placements(), :binpack | :spread) ::
           {[{view(), ModelBudget.placement()}], [{node(), pid(), term()}]}
@@ -39,12 +42,9 @@ defmodule ModelBudget.Cluster.Placement do
       Enum.reduce(views, {[], []}, fn view, {fits, refused} ->
         placement = Map.fetch!(placements, {view.backend, view.n_gpus})
 
-        case ModelBudget.check(view.budget, placement, view.usage) do
-          :ok ->
-            key =
-              {order(room(view.budget, view.usage, placement), policy), view.node, view.manager}
-
-            {[{key, view, placement} | fits], refused}
+        case room(view.budget, view.usage, placement) do
+          {:ok, room} ->
+            {[{{order(room, policy), view.node, view.manager}, view, placement} | fits], refused}
 
           {:error, reason} ->
             {fits, [{view.node, view.manager, reason} | refused]}
@@ -55,45 +55,18 @@ defmodule ModelBudget.Cluster.Placement do
     {ranked, Enum.reverse(refused)}
   end
 
-  # Sort keys, ascending: binpack wants the least room first and unbounded
-  # room last; spread the reverse.
+  @doc """
+  `ModelBudget.check/3` of `placement` on top of `usage` and, when it fits,
+  the room it leaves on the devices it puts bytes on (the pool of a combined
+  budget), summed: `{:ok, bytes}`, or `{:ok, :infinity}` when one of them
+  has no limit; check's error when it does not fit.
+  """
+  @spec room(ModelBudget.budget(), ModelBudget.placement(), ModelBudget.placement()) ::
+          {:ok, non_neg_integer() | :infinity} | {:error, term()}
+  def room(budget, usage, placement), do: Errors.call(Native.room(budget, placement, usage))
+
   defp order(:infinity, :binpack), do: {1, 0}
   defp order(room, :binpack), do: {0, room}
   defp order(:infinity, :spread), do: {0, 0}
   defp order(room, :spread), do: {1, -room}
-
-  @doc """
-  The room left, once `placement` is added to `usage`, on the devices the
-  placement puts bytes on (the pool of a combined budget), summed; or
-  `:infinity` when one of them has no limit. Only called for a placement
-  that `ModelBudget.check/3` found fits, so no term is negative.
-  """
-  @spec room(ModelBudget.budget(), ModelBudget.placement(), ModelBudget.placement()) ::
-          non_neg_integer() | :infinity
-  def room(%{mode: :unlimited}, _usage, _placement), do: :infinity
-
-  def room(%{mode: :combined, limit: limit}, usage, placement),
-    do: limit - total(usage) - total(placement)
-
-  def room(%{mode: :per_device, ram: ram, vram: vram}, usage, placement) do
-    gpus =
-      for {gpu, bytes} <- placement.vram, bytes > 0 do
-        left(gpu_limit(vram, gpu), Map.get(usage.vram, gpu, 0), bytes)
-      end
-
-    ram = if placement.ram > 0, do: [left(ram, usage.ram, placement.ram)], else: []
-    Enum.reduce(ram ++ gpus, 0, &add/2)
-  end
-
-  defp gpu_limit(:infinity, _gpu), do: :infinity
-  defp gpu_limit(vram, gpu), do: Map.get(vram, gpu, :infinity)
-
-  defp left(:infinity, _used, _bytes), do: :infinity
-  defp left(limit, used, bytes), do: limit - used - bytes
-
-  defp add(:infinity, _), do: :infinity
-  defp add(_, :infinity), do: :infinity
-  defp add(a, b), do: a + b
-
-  defp total(%{ram: ram, vram: vram}), do: Enum.reduce(vram, ram, fn {_, b}, sum -> sum + b end)
 end

@@ -85,6 +85,34 @@ pub fn check(budget: &Budget, placement: &Placement, used: &Placement) -> Result
     }
 }
 
+/// Checks `placement` as [`check`] does and, when it fits, the room left on
+/// the devices it puts bytes on once it is added (the pool of a combined
+/// budget), summed: `Ok(None)` when one of them has no limit. What ranks
+/// the members of a cluster for bin-packing or spreading a load.
+pub fn room(
+    budget: &Budget,
+    placement: &Placement,
+    used: &Placement,
+) -> Result<Option<u64>, Insufficient> {
+    check(budget, placement, used)?;
+    let left = |device: Device| {
+        available(budget, used, device).map(|free| free - share(placement, device))
+    };
+    Ok(match budget {
+        Budget::Unlimited => None,
+        Budget::Combined { .. } => left(Device::Total),
+        Budget::PerDevice { .. } => {
+            let ram = (placement.ram > 0).then_some(Device::Ram);
+            let gpus = placement.vram.iter().filter(|(_, &b)| b > 0);
+            ram.into_iter()
+                .chain(gpus.map(|(&g, _)| Device::Gpu(g)))
+                .try_fold(0u64, |sum, device| {
+                    left(device).map(|l| sum.saturating_add(l))
+                })
+        }
+    })
+}
+
 fn within(limit: Limit, device: Device, required: u64, used: u64) -> Result<(), Insufficient> {
     match limit.available(used) {
         Some(available) if required > available => Err(Insufficient {
@@ -321,6 +349,31 @@ mod tests {
         assert_eq!(available(&Budget::Unlimited, &used, Device::Ram), None);
         let short = check(&budget, &Placement::new(9, &[]), &used).unwrap_err();
         assert_eq!(short.short_by(), 3);
+    }
+
+    #[test]
+    fn room_is_what_the_used_devices_have_left_after_the_load() {
+        let budget = per_device(
+            Limit::Bytes(10),
+            &[(0, Limit::Bytes(8)), (1, Limit::Bytes(9))],
+        );
+        let used = Placement::new(4, &[(0, 2)]);
+        // RAM 10-4-3 plus GPU 0 8-2-1; GPU 1 holds nothing of the load.
+        let load = Placement::new(3, &[(0, 1), (1, 0)]);
+        assert_eq!(room(&budget, &load, &used), Ok(Some(3 + 5)));
+        assert_eq!(
+            room(&budget, &Placement::new(0, &[(2, 1)]), &used),
+            Ok(None)
+        );
+        assert_eq!(room(&budget, &Placement::new(0, &[]), &used), Ok(Some(0)));
+        let pool = Budget::Combined { limit: 20 };
+        assert_eq!(room(&pool, &load, &used), Ok(Some(20 - 6 - 4)));
+        assert_eq!(room(&Budget::Unlimited, &load, &used), Ok(None));
+        let short = room(&budget, &Placement::new(7, &[]), &used).unwrap_err();
+        assert_eq!(
+            (short.device, short.required, short.available),
+            (Device::Ram, 7, 6)
+        );
     }
 
     proptest! {

@@ -23,7 +23,7 @@ pub mod split;
 pub mod system;
 
 pub use budget::{Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec};
-pub use check::{check, Device, Insufficient};
+pub use check::{check, room, Device, Insufficient};
 pub use constraint::{CompileError, Constraint, InvalidExpression};
 pub use distribute::{distribute, DistributeOptions, Mode, SplitMode};
 pub use error::{Error, Result};

@@ -25,23 +25,37 @@ defmodule ModelBudget.Cluster.PlacementTest do
       usage = %{ram: 100, vram: %{0 => 200}}
       # RAM unused by the placement: only GPU 0 and 1 count.
       assert Placement.room(budget, usage, %{ram: 0, vram: %{0 => 100, 1 => 300}}) ==
-               500 - 200 - 100 + (800 - 300)
+               {:ok, 500 - 200 - 100 + (800 - 300)}
 
-      assert Placement.room(budget, usage, %{ram: 50, vram: %{}}) == 1_000 - 100 - 50
+      assert Placement.room(budget, usage, %{ram: 50, vram: %{}}) == {:ok, 1_000 - 100 - 50}
     end
 
     test "a device without a limit, or an unlimited budget, has unbounded room" do
       budget = ModelBudget.resolve(%{ram: 1_000, vram: :infinity})
-      assert Placement.room(budget, @empty, %{ram: 0, vram: %{0 => 1}}) == :infinity
+      assert Placement.room(budget, @empty, %{ram: 0, vram: %{0 => 1}}) == {:ok, :infinity}
 
       assert Placement.room(ModelBudget.resolve(:infinity), @empty, %{ram: 1, vram: %{}}) ==
-               :infinity
+               {:ok, :infinity}
     end
 
     test "a combined budget counts its one pool" do
       budget = ModelBudget.resolve(1_000)
       usage = %{ram: 100, vram: %{0 => 100}}
-      assert Placement.room(budget, usage, %{ram: 10, vram: %{1 => 20}}) == 1_000 - 200 - 30
+
+      assert Placement.room(budget, usage, %{ram: 10, vram: %{1 => 20}}) ==
+               {:ok, 1_000 - 200 - 30}
+    end
+
+    test "a placement that does not fit gets check/3's error" do
+      budget = ModelBudget.resolve(%{ram: 1_000, vram: [500]})
+      usage = %{ram: 100, vram: %{0 => 200}}
+      placement = %{ram: 0, vram: %{0 => 400}}
+
+      assert Placement.room(budget, usage, placement) ==
+               ModelBudget.check(budget, placement, usage)
+
+      assert {:error, {:insufficient_memory, [device: {:gpu, 0}, required: 400, available: 300]}} =
+               Placement.room(budget, usage, placement)
     end
   end
 

@@ -146,6 +146,10 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
             matrices(t, "model head_matrices")
         })?
         .unwrap_or_default(),
+        // Not in the term: placement takes llama.cpp's convert order and
+        // estimates the largest matrix from the block's bytes.
+        layer_largest_matrix: Vec::new(),
+        file_order: Vec::new(),
     };
     Ok(ModelShape::try_from(&model)?)
 }

@@ -259,7 +259,8 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
     for (il, &bytes) in model.layer_bytes.iter().enumerate() {
         let home = plan.layers[il];
         let matrices = model.layer_matrices.get(il).unwrap_or(&empty);
-        place_weights(&mut out, home, bytes, matrices, opts, &weights)?;
+        let experts = model.n_ff_exp > 0;
+        place_weights(&mut out, home, bytes, matrices, experts, opts, &weights)?;
         if server {
             let kv_home = if opts.offload_kqv { home } else { Home::Ram };
             let bytes = kv.layer_bytes(&kv.layers[il], n_ctx_asked).ok_or_else(|| {
@@ -276,6 +277,7 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
         plan.output,
         model.output_bytes,
         &model.head_matrices,
+        false,
         opts,
         &weights,
     )?;
@@ -287,6 +289,7 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
             plan.output,
             model.embedding_bytes,
             &empty,
+            false,
             opts,
             &weights,
         )?;
@@ -313,22 +316,36 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
     Ok(out)
 }
 
-/// Row split spreads a block's matrices over every GPU by the fractions;
-/// other modes keep the block whole on its home. On the host, the matrices
-/// the CPU repacks are copied into its own buffer: on top of the mapped
-/// range with mmap (which `breakdown` sizes apart, see `mapping`), instead
-/// of their place in the loaded weights without.
+/// Row split spreads a block's matrix products over every GPU by the
+/// fractions (llama-model.cpp, `make_gpu_buft_list`: the split buffer type
+/// comes first, and only a 2-D `MUL_MAT` weight can use it); norms, biases
+/// and a MoE block's stacked experts (`MUL_MAT_ID` has no split kernel)
+/// stay on the block's home, the main GPU. Without the block's matrices
+/// (a model given by hand) all of it is split. Other modes keep the block
+/// whole on its home. On the host, the matrices the CPU repacks are copied
+/// into its own buffer: on top of the mapped range with mmap (which
+/// `breakdown` sizes apart, see `mapping`), instead of their place in the
+/// loaded weights without.
 fn place_weights(
     out: &mut Breakdown,
     home: Home,
     bytes: u64,
     matrices: &MatrixBytes,
+    experts: bool,
     opts: &DistributeOptions,
     weights: &[u128],
 ) -> Result<()> {
     match (home, opts.split_mode) {
         (Home::Gpu(_), SplitMode::Row) => {
-            for (gpu, share) in crate::split::apportion(bytes, weights)
+            let split = match (experts, matrices.is_empty()) {
+                (true, _) => 0,
+                (false, true) => bytes,
+                (false, false) => matrices
+                    .values()
+                    .fold(0u64, |acc, b| acc.saturating_add(*b))
+                    .min(bytes),
+            };
+            for (gpu, share) in crate::split::apportion(split, weights)
                 .into_iter()
                 .enumerate()
             {
@@ -338,7 +355,7 @@ fn place_weights(
                     out.add(Home::Gpu(gpu as u32), |s| &mut s.weights, share)?;
                 }
             }
-            Ok(())
+            out.add(home, |s| &mut s.weights, bytes - split)
         }
         (Home::Ram, _) => {
             let repacked = opts.repack.bytes(matrices).min(bytes);
@@ -669,8 +686,20 @@ pub(crate) mod tests {
         };
         let b = breakdown(&llama_8b(), &o, 2).unwrap();
         assert_eq!(b.gpus[&0].weights + b.gpus[&1].weights, 32 * LAYER + OUTPUT);
-        assert_eq!(b.gpus[&0].weights, (32 * LAYER + OUTPUT) / 2);
+        // The matrix products split (190 of each block's 200 MiB, the head
+        // but its 1 MiB norm); the rest stays on the main GPU.
+        let split = 32 * 190 * MIB + OUTPUT - MIB;
+        assert_eq!(b.gpus[&0].weights, split / 2);
+        assert_eq!(b.gpus[&1].weights, split / 2 + 32 * 10 * MIB + MIB);
         assert_eq!((b.gpus[&0].kv_cache, b.gpus[&1].kv_cache), (0, 1 << 30));
+        // A MoE block's experts have no split kernel: its blocks stay whole.
+        let moe = ModelShape {
+            n_ff_exp: 14_336,
+            n_expert_used: 2,
+            ..llama_8b()
+        };
+        let b = breakdown(&moe, &o, 2).unwrap();
+        assert_eq!(b.gpus[&0].weights, (OUTPUT - MIB) / 2);
     }
 
     #[test]

@@ -316,6 +316,18 @@ pub fn add_buffers(
             .saturating_add(largest_host_matrix(model, plan));
         buffers.insert(gpu, stage);
     }
+    if opts.split_mode == SplitMode::Row {
+        // Every GPU that holds a share of the rows reserved as much as the
+        // main one in a four-GPU row-split log (ggml-org/llama.cpp#13661:
+        // 1958.63 MiB on each); charged so, on the safe side.
+        if let Some(&main) = buffers.get(&Home::Gpu(opts.main_gpu)) {
+            for (gpu, _) in weights.iter().enumerate().filter(|(_, w)| **w > 0) {
+                // gpu < n_gpus <= MAX_GPUS.
+                let slot = buffers.entry(Home::Gpu(gpu as u32)).or_insert(0);
+                *slot = (*slot).max(main);
+            }
+        }
+    }
     // A host that runs no block keeps its inputs.
     buffers
         .entry(Home::Ram)

@@ -692,6 +692,9 @@ pub(crate) mod tests {
         assert_eq!(b.gpus[&0].weights, split / 2);
         assert_eq!(b.gpus[&1].weights, split / 2 + 32 * 10 * MIB + MIB);
         assert_eq!((b.gpus[&0].kv_cache, b.gpus[&1].kv_cache), (0, 1 << 30));
+        // Each GPU with rows reserves the main GPU's compute buffer.
+        assert_eq!(b.gpus[&0].compute, b.gpus[&1].compute);
+        assert!(b.gpus[&0].compute > 0);
         // A MoE block's experts have no split kernel: its blocks stay whole.
         let moe = ModelShape {
             n_ff_exp: 14_336,

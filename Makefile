@@ -32,7 +32,7 @@ test: setup llama-server test-rust test-elixir
 test-rust:
 	@echo "==> cargo test -p model_budget_core (release profile, overflow checks on)"
 	@cargo test --release -p model_budget_core -- --skip the_estimate_matches_llama_cpp
-	@echo "==> the estimator against recorded llama.cpp (test/fixtures/llama_cpp_truth.json)"
+	@echo "==> the estimator against recorded llama.cpp (test/fixtures/llama_cpp_truth.json, llama_cpp_gpu_truth.json)"
 	@cargo test --release -p model_budget_core --test calibration -- --nocapture
 
 # The :llama_server tests run against $LLAMA_SERVER, else the cached build.

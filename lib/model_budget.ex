@@ -275,9 +275,11 @@ defmodule ModelBudget do
       is charged as a full offload (it may refuse a load that would fit,
       never the reverse) and the KV cache is `n_ctx * kv_bytes_per_token`.
     * **a `%ModelBudget.Model{}`** (from `ModelBudget.Model.read/1`) - placed
-      layer by layer as llama.cpp does: token embeddings stay in RAM; with
-      `n_gpu_layers: k` the last `min(k, n_layers)` blocks go to the GPUs and
-      the output head only when `k > n_layers` (`-1` means all); each
+      layer by layer as llama.cpp does: token embeddings stay in RAM; the
+      output head counts as layer `n_layers` and `n_gpu_layers: k` offloads
+      the last `k` of those `n_layers + 1` (the head first, `-1` means all);
+      with mmap the host maps one range of the file, from its first tensor
+      to its last; each
       offloaded block's KV cache sits with it (in RAM without
       `:offload_kqv`), sized from the real KV heads and head dimensions and
       the cache types, the slots and sliding windows; the weights the CPU

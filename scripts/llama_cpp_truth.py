@@ -47,8 +47,11 @@ MODELS = {
                          n_vocab=128256, ctx=131072, rope_freqs=True),
     "llama-3.2-1b": dict(arch="llama", n_embd=2048, n_ff=8192, n_head=32, n_kv=8, n_layer=16,
                          n_vocab=128256, ctx=131072, rope_freqs=True, tied=True),
+    # hf_shard: the published GGUF (bartowski's Qwen2.5-7B-Instruct-Q4_K_M, which the GPU table's
+    # logs load) keeps the order convert_hf_to_gguf read the checkpoint's 4 GB shards in, and
+    # llama-quantize of its day counted layers in that order (see file_order).
     "qwen2.5-7b": dict(arch="qwen2", n_embd=3584, n_ff=18944, n_head=28, n_kv=4, n_layer=28,
-                       n_vocab=152064, ctx=32768, qkv_bias=True),
+                       n_vocab=152064, ctx=32768, qkv_bias=True, hf_shard=4_000_000_000),
     "qwen3-8b": dict(arch="qwen3", n_embd=4096, n_ff=12288, n_head=32, n_kv=8, n_layer=36,
                      n_vocab=151936, ctx=40960, head_dim=128, qk_norm=True),
     "qwen3-30b-a3b": dict(arch="qwen3moe", n_embd=2048, n_ff=6144, n_head=32, n_kv=4, n_layer=48,
@@ -179,11 +182,66 @@ def metadata(name, m):
     return kv
 
 
+# Hugging Face names of llama.cpp's, in the order a Llama-style checkpoint saves a block's tensors.
+HF_BLOCK = [("attn_q.weight", "self_attn.q_proj.weight"), ("attn_q.bias", "self_attn.q_proj.bias"),
+            ("attn_k.weight", "self_attn.k_proj.weight"), ("attn_k.bias", "self_attn.k_proj.bias"),
+            ("attn_v.weight", "self_attn.v_proj.weight"), ("attn_v.bias", "self_attn.v_proj.bias"),
+            ("attn_output.weight", "self_attn.o_proj.weight"), ("ffn_gate.weight", "mlp.gate_proj.weight"),
+            ("ffn_up.weight", "mlp.up_proj.weight"), ("ffn_down.weight", "mlp.down_proj.weight"),
+            ("attn_norm.weight", "input_layernorm.weight"), ("ffn_norm.weight", "post_attention_layernorm.weight")]
+HF_OTHER = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight"}
+
+
+def hf_name(name):
+    if not name.startswith("blk."):
+        return HF_OTHER[name]
+    _, il, rest = name.split(".", 2)
+    return f"model.layers.{il}." + dict(HF_BLOCK)[rest]
+
+
+def file_order(m, table):
+    """The tensors in the order of the file. convert_hf_to_gguf writes them shard by shard as
+    safetensors lists them (sorted by name: blk.10 before blk.6), and the checkpoint was cut into
+    shards of at most `hf_shard` bytes of bf16 in save order (embeddings, each block as HF_BLOCK,
+    final norm, head). Other models: convert's own order, block by block."""
+    if not m.get("hf_shard"):
+        return table
+    rank = {hf: i for i, (_, hf) in enumerate(HF_BLOCK)}
+
+    def save_key(t):
+        name = t[0]
+        if name == "token_embd.weight":
+            return (-1, 0)
+        if name.startswith("blk."):
+            return (int(name.split(".")[1]), rank[hf_name(name).split(".", 3)[3]])
+        return (m["n_layer"], 0 if name == "output_norm.weight" else 1)
+
+    shards, size = [[]], 0
+    for t in sorted(table, key=save_key):
+        nbytes = 2 * int(np.prod(t[1]))
+        if size + nbytes > m["hf_shard"] and shards[-1]:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += nbytes
+    return [t for shard in shards for t in sorted(shard, key=lambda t: hf_name(t[0]))]
+
+
 def file_spec(model, mix):
     m = MODELS[model]
+    order = file_order(m, [[name, ne, None] for name, ne in tensors(m)])
+    # llama-quantize gives attn_v and ffn_down more bits by their count in the file, not by the
+    # block's number (llama-quant.cpp, i_attention_wv and i_ffn_down).
+    seen = {"attn_v.weight": 0, "ffn_down.weight": 0}
     table = []
-    for name, ne in tensors(m):
-        il = int(name.split(".")[1]) if name.startswith("blk.") else -1
+    for name, ne, _ in order:
+        kind = name.split(".", 2)[-1] if name.startswith("blk.") else ""
+        if kind in seen:
+            il = seen[kind]
+            seen[kind] += 1
+        else:
+            il = int(name.split(".")[1]) if name.startswith("blk.") else -1
         t = quant_type(mix, name, il, m["n_layer"], ne, m.get("tied", False))
         table.append([name, ne, t.name])
     return {"name": f"{model}-{mix}", "metadata": [[k, t.name, v] for k, t, v in metadata(model, m)],

@@ -63,6 +63,16 @@ defmodule ModelBudget.Model do
       rows): what llama.cpp's CPU backend may repack into a buffer of its
       own. `[]` for safetensors.
     * `:head_matrices` - the same for the output head.
+    * `:layer_largest_matrix` - per block, the bytes of its largest weight
+      matrix: what llama.cpp's op offload copies to a GPU when the block
+      stays on the host. `[]` when unknown (placement then takes a third
+      of the block).
+    * `:file_order` - the weights in the file's order, as
+      `{part, bytes}` runs (`part` is `:input`, `:output` or a block's
+      index): with mmap the host maps one range, from its first tensor to
+      its last, offloaded tensors between them included. `[]` when unknown
+      (placement then takes convert_hf_to_gguf's order: embeddings, blocks,
+      head).
 
   `Enum.sum(layer_bytes) + input_bytes + output_bytes + other_bytes ==
   weight_bytes`.
@@ -102,7 +112,9 @@ defmodule ModelBudget.Model do
     n_ff: nil,
     n_ff_exp: nil,
     layer_matrices: [],
-    head_matrices: %{}
+    head_matrices: %{},
+    layer_largest_matrix: [],
+    file_order: []
   ]
 
   @typedoc "A count that is the same for every layer, or one per layer."
@@ -145,7 +157,9 @@ defmodule ModelBudget.Model do
           n_ff: pos_integer() | nil,
           n_ff_exp: pos_integer() | nil,
           layer_matrices: [%{String.t() => non_neg_integer()}],
-          head_matrices: %{String.t() => non_neg_integer()}
+          head_matrices: %{String.t() => non_neg_integer()},
+          layer_largest_matrix: [non_neg_integer()],
+          file_order: [{:input | :output | non_neg_integer(), non_neg_integer()}]
         }
 
   @typedoc """

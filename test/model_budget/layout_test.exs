@@ -76,10 +76,55 @@ defmodule ModelBudget.LayoutTest do
           2
         )
 
+      # The head and blocks 23..31 are offloaded: j / 10 < 3/4 puts 23..30
+      # on GPU 0, block 31 and the head on GPU 1.
       assert b.vram[0].weights == 8 * @layer
-      assert b.vram[1].weights == 2 * @layer
-      assert b.ram.weights == 280 * @mib + 22 * @layer + 400 * @mib
-      assert b.ram.kv_cache == div(22 * 2 ** 30, 32)
+      assert b.vram[1].weights == @layer + 400 * @mib
+      assert b.ram.weights == 280 * @mib + 23 * @layer
+      assert b.ram.kv_cache == div(23 * 2 ** 30, 32)
+    end
+
+    test "with mmap the host maps one range of the file, in the file's order" do
+      # Blocks 3 and 2 offloaded with the head; the file lists block 3
+      # between blocks 0 and 1, so the host's range reaches over it.
+      shuffled =
+        Map.merge(@llama, %{
+          layer_bytes: List.duplicate(@layer, 4),
+          n_head_kv: 8,
+          file_order:
+            [{:input, 280 * @mib}, {0, @layer}, {3, @layer}, {1, @layer}, {2, @layer}] ++
+              [{:output, 400 * @mib}]
+        })
+
+      b = ModelBudget.breakdown(shuffled, [n_gpu_layers: 3] ++ @opts, 1)
+      assert b.ram.weights == 280 * @mib + 3 * @layer
+      assert b.vram[0].weights == 2 * @layer + 400 * @mib
+      no_mmap = ModelBudget.breakdown(shuffled, [n_gpu_layers: 3, mmap: false] ++ @opts, 1)
+      assert no_mmap.ram.weights == 280 * @mib + 2 * @layer
+
+      assert_raise ArgumentError, ~r/model file_order/, fn ->
+        ModelBudget.breakdown(%{shuffled | file_order: [{:head, 1}]}, @opts, 1)
+      end
+    end
+
+    test "a header keeps its file order and each block's largest matrix" do
+      # Qwen2.5-7B-Instruct-Q4_K_M as published: blocks 10..13 come before
+      # block 6 in the file (test/fixtures/llama_cpp_gpu_truth.json).
+      {:ok, qwen} =
+        ModelBudget.Model.from_gguf_header(
+          File.read!("test/fixtures/llama_cpp_truth/qwen2.5-7b-Q4_K_M.gguf")
+        )
+
+      assert {:input, _} = hd(qwen.file_order)
+      assert Enum.sum(Enum.map(qwen.file_order, &elem(&1, 1))) == qwen.weight_bytes
+      assert length(qwen.layer_largest_matrix) == 28
+      # A Q6_K ffn_down, 3584 x 18944.
+      assert Enum.max(qwen.layer_largest_matrix) == div(3584 * 18944, 256) * 210
+
+      opts = [n_gpu_layers: 15, n_ctx: 4096, n_parallel: 1, cache_ram: 0, repack: false]
+      b = ModelBudget.breakdown(qwen, opts, 1)
+      # llama.cpp b10357 mapped 2198.74 MiB; the host's own tensors are 2146.07.
+      assert_in_delta b.ram.weights / @mib, 2198.74, 0.05
     end
 
     test "cache types, per-layer KV heads and sliding windows size the KV cache" do

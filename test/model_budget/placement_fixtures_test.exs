@@ -85,17 +85,19 @@ defmodule ModelBudget.PlacementFixturesTest do
       layers = llama.layer_bytes
       kv_layer = div(@gib, 32)
 
-      # Blocks 22..31 are offloaded: 22..29 on GPU 0 (j / 10 < 3/4), 30..31 on GPU 1.
-      assert b.vram[0].weights == Enum.sum(Enum.slice(layers, 22..29))
-      assert b.vram[1].weights == Enum.sum(Enum.slice(layers, 30..31))
+      # The head counts as layer 32 and goes first: blocks 23..31 and the
+      # head are offloaded, 23..30 on GPU 0 (j / 10 < 3/4), 31 and the head
+      # on GPU 1.
+      assert b.vram[0].weights == Enum.sum(Enum.slice(layers, 23..30))
+      assert b.vram[1].weights == Enum.at(layers, 31) + llama.output_bytes
       assert b.vram[0].kv_cache == 8 * kv_layer
-      assert b.vram[1].kv_cache == 2 * kv_layer
+      assert b.vram[1].kv_cache == kv_layer
 
+      # The host maps one range of the file: embeddings, rope table, 23 blocks.
       assert b.ram.weights ==
-               llama.input_bytes + llama.other_bytes + Enum.sum(Enum.take(layers, 22)) +
-                 llama.output_bytes
+               llama.input_bytes + llama.other_bytes + Enum.sum(Enum.take(layers, 23))
 
-      assert b.ram.kv_cache == 22 * kv_layer
+      assert b.ram.kv_cache == 23 * kv_layer
       assert b.vram[0].overhead == 512 * 2 ** 20
 
       assert ModelBudget.distribute(llama, opts, 2).vram == %{
@@ -113,9 +115,10 @@ defmodule ModelBudget.PlacementFixturesTest do
       assert coarse.vram[0] > partial.vram[0]
     end
 
-    test "the output head goes to the GPU only past n_layers", %{llama: llama} do
+    test "the output head is the first layer offloaded", %{llama: llama} do
       weights = fn ngl -> ModelBudget.breakdown(llama, [n_gpu_layers: ngl], 1).vram[0].weights end
-      assert weights.(33) - weights.(32) == llama.output_bytes
+      assert weights.(1) == llama.output_bytes
+      assert weights.(33) - weights.(32) == hd(llama.layer_bytes)
       assert weights.(-1) == weights.(33)
     end
 

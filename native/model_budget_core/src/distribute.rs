@@ -22,7 +22,12 @@ pub const DEFAULT_KV_BYTES_PER_TOKEN: u64 = 2048;
 /// when the caller gives none: 4 slots of 8192.
 pub const DEFAULT_N_CTX: u64 = 32768;
 
-/// Driver context per used GPU (CUDA's context is a few hundred MiB).
+/// Memory a used GPU loses outside llama.cpp's buffers: the CUDA context,
+/// cuBLAS's workspace and the pools CUDA kernels allocate at run time
+/// (CUDA's context alone was measured at about 211 MiB on a laptop GPU, and
+/// a PyTorch process's context and allocator at about 527 MiB on an H100:
+/// calibration issue 12). One documented constant for every GPU family; a
+/// caller who measured their own passes `gpu_overhead`.
 pub const DEFAULT_GPU_OVERHEAD: u64 = 512 << 20;
 
 /// llama-server's prompt cache in RAM (`--cache-ram`, 8192 MiB by default

@@ -383,6 +383,9 @@ mod tests {
         let budget = per_device(64 * GIB, &[MIB]);
         let opts = DistributeOptions {
             n_ctx: Some(8192),
+            // Below CUDA's op offload batch: with no layer offloaded the
+            // GPU is left empty.
+            n_ubatch: 16,
             ..base()
         };
         let s = search(&huge, &opts, at(&budget, 1)).unwrap();

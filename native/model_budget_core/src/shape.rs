@@ -82,6 +82,8 @@ impl TryFrom<&Model> for ModelShape {
             context_length: m.context_length.unwrap_or(0),
             sliding_window: m.sliding_window,
             swa_layers: m.sliding_window_layers.clone(),
+            largest_matrix: m.layer_largest_matrix.clone(),
+            file_order: m.file_order.clone(),
         };
         shape.validate()?;
         Ok(shape)
@@ -126,6 +128,8 @@ mod tests {
             n_ff_exp: None,
             layer_matrices: vec![],
             head_matrices: Default::default(),
+            layer_largest_matrix: vec![],
+            file_order: vec![],
         }
     }
 

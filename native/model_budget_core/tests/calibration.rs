@@ -1,8 +1,11 @@
-//! The estimator against real llama.cpp: every case of the recorded table
-//! (test/fixtures/llama_cpp_truth.json, written by
-//! scripts/llama_cpp_truth.py through `make calibrate`) placed with the same
-//! file and options, term by term, within the bounds of the calibration
-//! issue. Run with `--nocapture` (as `make calibrate` does) for the table.
+//! The estimator against real llama.cpp: every case of the recorded tables
+//! placed with the same file and options, term by term, within the bounds
+//! of the calibration issues. The CPU table
+//! (test/fixtures/llama_cpp_truth.json) is written by
+//! scripts/llama_cpp_truth.py through `make calibrate`; the GPU table
+//! (test/fixtures/llama_cpp_gpu_truth.json) is transcribed from public
+//! CUDA logs, each case with its source. Run with `--nocapture` (as `make
+//! calibrate` does) for the tables.
 
 use std::path::PathBuf;
 
@@ -10,7 +13,7 @@ use model_budget_core::layout::kv::CacheType;
 use model_budget_core::layout::repack::Repack;
 use model_budget_core::layout::{breakdown, ModelShape, Share};
 use model_budget_core::model::read_gguf_header;
-use model_budget_core::{DistributeOptions, Mode};
+use model_budget_core::{DistributeOptions, Mode, SplitMode};
 use serde_json::Value;
 
 const MIB: f64 = 1048576.0;
@@ -21,12 +24,14 @@ fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../test/fixtures")
 }
 
-/// Bytes of the buffers of one term (`CPU_REPACK` apart from the weights).
-fn truth(case: &Value, term: &str, repack: bool) -> f64 {
+/// Bytes of the buffers of one term on `device` ("host" or "gpuN"; CPU
+/// cases name none: all host), `CPU_REPACK` apart from the weights.
+fn truth(case: &Value, device: &str, term: &str, repack: bool) -> f64 {
     case["buffers"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|b| b["device"].as_str().unwrap_or("host") == device)
         .filter(|b| b["term"] == term && (b["buffer"] == "CPU_REPACK") == repack)
         .map(|b| b["mib"].as_f64().unwrap() * MIB)
         .sum()
@@ -38,7 +43,20 @@ fn options(o: &Value) -> DistributeOptions {
     let cache = |k: &str| CacheType::from_name(o[k].as_str().unwrap()).unwrap();
     DistributeOptions {
         mode: Mode::Server,
-        n_gpu_layers: 0,
+        // GPU cases name these; CPU cases offload nothing.
+        n_gpu_layers: o["n_gpu_layers"].as_i64().unwrap_or(0),
+        offload_kqv: o["offload_kqv"].as_bool().unwrap_or(true),
+        split_mode: match o["split_mode"].as_str() {
+            Some("row") => SplitMode::Row,
+            Some("none") => SplitMode::None,
+            _ => SplitMode::Layer,
+        },
+        tensor_split: o["tensor_split"]
+            .as_array()
+            .map(|a| a.iter().map(|w| w.as_f64().unwrap()).collect())
+            .unwrap_or_default(),
+        // llama.cpp's buffers leave out the driver's context: compared apart.
+        gpu_overhead: 0,
         n_ctx: Some(int("n_ctx")),
         n_batch: int("n_batch"),
         n_ubatch: int("n_ubatch"),
@@ -91,7 +109,7 @@ const TERMS: [&str; 6] = [
     "weights", "repack", "kv_cache", "compute", "output", "total",
 ];
 
-fn compare(case: &Value, share: &Share) -> Row {
+fn compare(case: &Value, device: &str, share: &Share) -> Row {
     let estimates = [
         share.weights,
         share.repack,
@@ -102,11 +120,11 @@ fn compare(case: &Value, share: &Share) -> Row {
     ]
     .map(|b| b as f64);
     let mut truths = [
-        truth(case, "weights", false),
-        truth(case, "weights", true),
-        truth(case, "kv_cache", false),
-        truth(case, "compute", false),
-        truth(case, "output", false),
+        truth(case, device, "weights", false),
+        truth(case, device, "weights", true),
+        truth(case, device, "kv_cache", false),
+        truth(case, device, "compute", false),
+        truth(case, device, "output", false),
         0.0,
     ];
     truths[5] = truths[..5].iter().sum();
@@ -134,9 +152,23 @@ fn compare(case: &Value, share: &Share) -> Row {
         }
     }
     let o = &case["options"];
+    let gpu = if o["n_gpus"].is_null() {
+        String::new()
+    } else {
+        format!(
+            " ngl={}{} {}",
+            o["n_gpu_layers"],
+            if o["offload_kqv"] == false {
+                " nkvo"
+            } else {
+                ""
+            },
+            device
+        )
+    };
     Row {
         name: format!(
-            "{} ctx={} ub={} b={} np={}{} fa={} k={} v={} repack={} mmap={}",
+            "{} ctx={} ub={} b={} np={}{} fa={} k={} v={} repack={} mmap={}{gpu}",
             case["file"].as_str().unwrap(),
             o["n_ctx"],
             o["n_ubatch"],
@@ -168,16 +200,21 @@ fn the_estimate_matches_llama_cpp_on_every_recorded_cpu_case() {
         let model = read_gguf_header(&header).unwrap();
         let shape = ModelShape::try_from(&model).unwrap();
         let b = breakdown(&shape, &options(&case["options"]), 0).unwrap();
-        rows.push(compare(case, &b.ram));
+        rows.push(compare(case, "host", &b.ram));
     }
 
+    check(&table, &rows);
+}
+
+/// Prints the table and fails, saying why, on any case outside the bounds.
+fn check(table: &Value, rows: &[Row]) {
     let mut report = format!(
         "llama.cpp: {}\n{:<100} {}\n",
         table["llama_cpp"]["source"],
         "case",
         TERMS.map(|t| format!("{t:>9}")).join("")
     );
-    for r in &rows {
+    for r in rows {
         report += &format!(
             "{:<100} {}{}\n",
             r.name,
@@ -210,4 +247,38 @@ fn the_estimate_matches_llama_cpp_on_every_recorded_cpu_case() {
         rows.len(),
         failures.join("\n")
     );
+}
+
+#[test]
+fn the_estimate_matches_llama_cpp_on_every_recorded_gpu_case() {
+    let table: Value = serde_json::from_slice(
+        &std::fs::read(fixtures().join("llama_cpp_gpu_truth.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = table["cases"].as_array().unwrap();
+    assert!(cases.len() >= 19, "the table holds {} cases", cases.len());
+    let mut rows = Vec::new();
+    for case in cases {
+        let file = &table["files"][case["file"].as_str().unwrap()]["header"];
+        let header = std::fs::read(fixtures().join(file.as_str().unwrap())).unwrap();
+        let model = read_gguf_header(&header).unwrap();
+        let shape = ModelShape::try_from(&model).unwrap();
+        let o = &case["options"];
+        let n_gpus = o["n_gpus"].as_u64().unwrap() as u32;
+        let b = breakdown(&shape, &options(o), n_gpus).unwrap();
+        rows.push(compare(case, "host", &b.ram));
+        for gpu in 0..n_gpus {
+            let device = format!("gpu{gpu}");
+            let recorded = case["buffers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["device"] == device.as_str());
+            let share = b.gpus.get(&gpu).copied().unwrap_or_default();
+            if recorded || share != Share::default() {
+                rows.push(compare(case, &device, &share));
+            }
+        }
+    }
+    check(&table, &rows);
 }

@@ -2,17 +2,20 @@
 //! longest context that fits.
 
 use model_budget_core::layout::{self, estimate::Estimate, kv, Breakdown, ModelShape, Share};
-use model_budget_core::model::{MatrixBytes, Model};
+use model_budget_core::model::{MatrixBytes, Model, Run};
 use model_budget_core::{Format, PerLayer};
 use rustler::{Encoder, Env, ListIterator, NifMap, Term};
 
 use crate::badarg::{bad, reply, Decoded};
 use crate::decode::{bytes, optional};
 use crate::distribute::{decode_options, gpu_count, positive};
+use crate::model::PartTerm;
 use crate::placement::Encoded;
 use model_budget_core::OptionSet;
 
 rustler::atoms! {
+    layer_largest_matrix,
+    file_order,
     embedding_bytes,
     tied_embeddings,
     layer_matrices,
@@ -144,6 +147,31 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
         layer_matrices,
         head_matrices: maybe(term, head_matrices(), |t| {
             matrices(t, "model head_matrices")
+        })?
+        .unwrap_or_default(),
+        // Absent (a hand-made map): placement takes llama.cpp's convert
+        // order and estimates the largest matrix from the block's bytes.
+        layer_largest_matrix: maybe(term, layer_largest_matrix(), |t| {
+            u64_list(t, "model layer_largest_matrix")
+        })?
+        .unwrap_or_default(),
+        file_order: maybe(term, file_order(), |t| {
+            t.decode::<Vec<(PartTerm, u64)>>()
+                .or_else(|_| {
+                    bad(
+                        "model file_order",
+                        "a list of {:input | :output | block, bytes} tuples",
+                        t,
+                    )
+                })
+                .map(|runs| {
+                    runs.into_iter()
+                        .map(|(part, bytes)| Run {
+                            part: part.into(),
+                            bytes,
+                        })
+                        .collect()
+                })
         })?
         .unwrap_or_default(),
     };

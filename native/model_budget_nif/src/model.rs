@@ -28,6 +28,40 @@ enum CountTerm {
     Layers(Vec<u64>),
 }
 
+/// A part of the model in the file's order: `:input`, `:output` or a
+/// block's index.
+#[derive(NifUnitEnum, Clone, Copy)]
+pub(crate) enum NamedPart {
+    Input,
+    Output,
+}
+
+#[derive(NifUntaggedEnum, Clone, Copy)]
+pub(crate) enum PartTerm {
+    Named(NamedPart),
+    Layer(u32),
+}
+
+impl From<model::Part> for PartTerm {
+    fn from(p: model::Part) -> Self {
+        match p {
+            model::Part::Input => PartTerm::Named(NamedPart::Input),
+            model::Part::Output => PartTerm::Named(NamedPart::Output),
+            model::Part::Layer(il) => PartTerm::Layer(il),
+        }
+    }
+}
+
+impl From<PartTerm> for model::Part {
+    fn from(p: PartTerm) -> Self {
+        match p {
+            PartTerm::Named(NamedPart::Input) => model::Part::Input,
+            PartTerm::Named(NamedPart::Output) => model::Part::Output,
+            PartTerm::Layer(il) => model::Part::Layer(il),
+        }
+    }
+}
+
 #[derive(NifMap)]
 struct TypeTerm {
     n_tensors: u64,
@@ -68,6 +102,8 @@ struct ModelTerm {
     n_ff_exp: Option<u64>,
     layer_matrices: Vec<HashMap<String, u64>>,
     head_matrices: HashMap<String, u64>,
+    layer_largest_matrix: Vec<u64>,
+    file_order: Vec<(PartTerm, u64)>,
 }
 
 fn count(c: PerLayer) -> CountTerm {
@@ -140,6 +176,12 @@ impl From<model::Model> for ModelTerm {
                 .map(HashMap::from_iter)
                 .collect(),
             head_matrices: HashMap::from_iter(m.head_matrices),
+            layer_largest_matrix: m.layer_largest_matrix,
+            file_order: m
+                .file_order
+                .into_iter()
+                .map(|r| (r.part.into(), r.bytes))
+                .collect(),
         }
     }
 }

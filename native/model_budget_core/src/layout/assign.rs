@@ -1,8 +1,11 @@
 //! Which device each layer lives on, by llama.cpp's rule (llama-model.cpp,
-//! `load_tensors`): the last `n_gpu_layers` repeating blocks are offloaded,
-//! the output head only when `n_gpu_layers > n_layers`, the token embeddings
-//! never; with `split_mode: :layer` offloaded block `j` of `act` goes to the
-//! first GPU whose cumulative `tensor_split` fraction exceeds `j / act`.
+//! `load_tensors`): the output head counts as layer `n_layers`, and the
+//! last `n_gpu_layers` of those `n_layers + 1` are offloaded
+//! (`i_gpu_start = n_layer + 1 - n_gpu_layers`), so `n_gpu_layers: 1` moves
+//! the head alone and `n_gpu_layers: n_layers` leaves block 0 on the host;
+//! the token embeddings never move. With `split_mode: :layer` offloaded
+//! layer `j` of `act` goes to the first GPU whose cumulative `tensor_split`
+//! fraction exceeds `j / act`.
 
 use crate::distribute::{DistributeOptions, SplitMode};
 use crate::error::Result;
@@ -32,7 +35,7 @@ pub fn assign(n_layers: usize, opts: &DistributeOptions, weights: &[u128]) -> Re
     } else {
         i128::from(opts.n_gpu_layers)
     };
-    let start = (n - ngl).max(0);
+    let start = (n + 1 - ngl).max(0);
     let act = if n_gpus == 0 { 0 } else { ngl.min(n + 1) };
     let total: u128 = weights.iter().sum();
     let cumulative: Vec<u128> = weights
@@ -82,16 +85,23 @@ mod tests {
     }
 
     #[test]
-    fn the_last_k_blocks_are_offloaded_and_the_output_only_past_n_layers() {
-        let plan = assign(4, &opts(2, SplitMode::None), &[1]).unwrap();
+    fn the_head_goes_first_then_the_last_blocks() {
+        // As llama.cpp b10357 placed Qwen2.5-7B (28 blocks) with -ngl 18:
+        // blocks 11..27 and the head (test/fixtures/llama_cpp_gpu_truth.json).
+        let plan = assign(28, &opts(18, SplitMode::None), &[1]).unwrap();
+        assert!(plan.layers[..11].iter().all(|h| *h == Home::Ram));
+        assert!(plan.layers[11..].iter().all(|h| *h == Home::Gpu(0)));
+        assert_eq!(plan.output, Home::Gpu(0));
+        let plan = assign(4, &opts(1, SplitMode::None), &[1]).unwrap();
+        assert!(plan.layers.iter().all(|h| *h == Home::Ram));
+        assert_eq!(plan.output, Home::Gpu(0));
+        let plan = assign(4, &opts(4, SplitMode::None), &[1]).unwrap();
         assert_eq!(
             plan.layers,
-            [Home::Ram, Home::Ram, Home::Gpu(0), Home::Gpu(0)]
+            [Home::Ram, Home::Gpu(0), Home::Gpu(0), Home::Gpu(0)]
         );
-        assert_eq!(plan.output, Home::Ram);
-        let plan = assign(4, &opts(4, SplitMode::None), &[1]).unwrap();
-        assert_eq!(plan.output, Home::Ram);
         let plan = assign(4, &opts(5, SplitMode::None), &[1]).unwrap();
+        assert!(plan.layers.iter().all(|h| *h == Home::Gpu(0)));
         assert_eq!(plan.output, Home::Gpu(0));
         let plan = assign(4, &opts(-1, SplitMode::None), &[1]).unwrap();
         assert!(plan.layers.iter().all(|h| *h == Home::Gpu(0)));

@@ -9,13 +9,14 @@ pub mod assign;
 pub mod compute;
 pub mod estimate;
 pub mod kv;
+pub mod mapping;
 pub mod repack;
 
 use std::collections::BTreeMap;
 
 use crate::distribute::{DistributeOptions, Mode, SplitMode, MAX_GPUS};
 use crate::error::{invalid, Result};
-use crate::model::MatrixBytes;
+use crate::model::{MatrixBytes, Part, Run};
 use crate::placement::Placement;
 use assign::Home;
 use kv::{Cells, KvLayer, KvShape};
@@ -62,6 +63,12 @@ pub struct ModelShape {
     pub sliding_window: Option<u64>,
     /// Which layers use the sliding window (empty: none).
     pub swa_layers: Vec<bool>,
+    /// Per block, bytes of its largest weight matrix (empty or 0: unknown,
+    /// taken as a third of the block, about a feed-forward projection).
+    pub largest_matrix: Vec<u64>,
+    /// The weights in the file's order (empty: llama.cpp's convert order,
+    /// embeddings, blocks, head). See [`mapping`].
+    pub file_order: Vec<Run>,
 }
 
 impl ModelShape {
@@ -82,6 +89,7 @@ impl ModelShape {
             ("n_head_kv", self.n_head_kv.len(), false),
             ("the sliding-window pattern", self.swa_layers.len(), true),
             ("the layer matrices", self.layer_matrices.len(), true),
+            ("the largest matrices", self.largest_matrix.len(), true),
         ] {
             if len != n && !(may_be_empty && len == 0) {
                 return Err(invalid(
@@ -89,6 +97,15 @@ impl ModelShape {
                     format!("{what} lists {len} layers but the model has {n}"),
                 ));
             }
+        }
+        if let Some(run) = self.file_order.iter().find(|r| match r.part {
+            Part::Layer(il) => il as usize >= n,
+            _ => false,
+        }) {
+            return Err(invalid(
+                "model",
+                format!("the file order names {:?} of {n} layers", run.part),
+            ));
         }
         Ok(())
     }
@@ -235,12 +252,15 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
         ..Breakdown::default()
     };
 
-    out.add(Home::Ram, |s| &mut s.weights, model.input_bytes)?;
+    if !opts.mmap {
+        out.add(Home::Ram, |s| &mut s.weights, model.input_bytes)?;
+    }
     let empty = MatrixBytes::new();
     for (il, &bytes) in model.layer_bytes.iter().enumerate() {
         let home = plan.layers[il];
         let matrices = model.layer_matrices.get(il).unwrap_or(&empty);
-        place_weights(&mut out, home, bytes, matrices, opts, &weights)?;
+        let experts = model.n_ff_exp > 0;
+        place_weights(&mut out, home, bytes, matrices, experts, opts, &weights)?;
         if server {
             let kv_home = if opts.offload_kqv { home } else { Home::Ram };
             let bytes = kv.layer_bytes(&kv.layers[il], n_ctx_asked).ok_or_else(|| {
@@ -257,6 +277,7 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
         plan.output,
         model.output_bytes,
         &model.head_matrices,
+        false,
         opts,
         &weights,
     )?;
@@ -268,12 +289,18 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
             plan.output,
             model.embedding_bytes,
             &empty,
+            false,
             opts,
             &weights,
         )?;
     }
 
-    compute::add_buffers(&mut out, model, opts, &plan, &kv, n_ctx_asked)?;
+    if opts.mmap {
+        // The host maps one range of the file (see `mapping`).
+        out.ram.weights = mapping::host_span(model, &plan);
+    }
+
+    compute::add_buffers(&mut out, model, opts, &plan, &kv, n_ctx_asked, &weights)?;
     let logits = mul(
         &[opts.n_parallel.max(1), u64::from(model.n_vocab), 4],
         "output buffer",
@@ -289,21 +316,36 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
     Ok(out)
 }
 
-/// Row split spreads a block's matrices over every GPU by the fractions;
-/// other modes keep the block whole on its home. On the host, the matrices
-/// the CPU repacks are copied into its own buffer: on top of the mapped
-/// file with mmap, instead of their place in the loaded weights without.
+/// Row split spreads a block's matrix products over every GPU by the
+/// fractions (llama-model.cpp, `make_gpu_buft_list`: the split buffer type
+/// comes first, and only a 2-D `MUL_MAT` weight can use it); norms, biases
+/// and a MoE block's stacked experts (`MUL_MAT_ID` has no split kernel)
+/// stay on the block's home, the main GPU. Without the block's matrices
+/// (a model given by hand) all of it is split. Other modes keep the block
+/// whole on its home. On the host, the matrices the CPU repacks are copied
+/// into its own buffer: on top of the mapped range with mmap (which
+/// `breakdown` sizes apart, see `mapping`), instead of their place in the
+/// loaded weights without.
 fn place_weights(
     out: &mut Breakdown,
     home: Home,
     bytes: u64,
     matrices: &MatrixBytes,
+    experts: bool,
     opts: &DistributeOptions,
     weights: &[u128],
 ) -> Result<()> {
     match (home, opts.split_mode) {
         (Home::Gpu(_), SplitMode::Row) => {
-            for (gpu, share) in crate::split::apportion(bytes, weights)
+            let split = match (experts, matrices.is_empty()) {
+                (true, _) => 0,
+                (false, true) => bytes,
+                (false, false) => matrices
+                    .values()
+                    .fold(0u64, |acc, b| acc.saturating_add(*b))
+                    .min(bytes),
+            };
+            for (gpu, share) in crate::split::apportion(split, weights)
                 .into_iter()
                 .enumerate()
             {
@@ -313,12 +355,13 @@ fn place_weights(
                     out.add(Home::Gpu(gpu as u32), |s| &mut s.weights, share)?;
                 }
             }
-            Ok(())
+            out.add(home, |s| &mut s.weights, bytes - split)
         }
         (Home::Ram, _) => {
             let repacked = opts.repack.bytes(matrices).min(bytes);
-            let mapped = if opts.mmap { bytes } else { bytes - repacked };
-            out.add(home, |s| &mut s.weights, mapped)?;
+            if !opts.mmap {
+                out.add(home, |s| &mut s.weights, bytes - repacked)?;
+            }
             out.add(home, |s| &mut s.repack, repacked)
         }
         _ => out.add(home, |s| &mut s.weights, bytes),
@@ -377,6 +420,8 @@ pub(crate) mod tests {
             context_length: 131_072,
             sliding_window: None,
             swa_layers: vec![],
+            largest_matrix: vec![],
+            file_order: vec![],
         }
     }
 
@@ -434,9 +479,10 @@ pub(crate) mod tests {
             breakdown(&llama_8b(), &arm, 0).unwrap().ram.repack,
             32 * (LAYER_Q4_K + 40 * MIB) + OUTPUT - MIB
         );
-        // Offloaded blocks are not repacked: 12 of 32 stay on the host.
+        // Offloaded blocks are not repacked: with the head and 20 blocks
+        // offloaded, 12 of 32 stay on the host.
         let partial = DistributeOptions {
-            n_gpu_layers: 20,
+            n_gpu_layers: 21,
             ..opts()
         };
         assert_eq!(
@@ -458,13 +504,15 @@ pub(crate) mod tests {
         let gpu = breakdown(&tied, &opts(), 1).unwrap();
         assert_eq!(gpu.gpus[&0].weights, 32 * LAYER + MIB + INPUT);
         assert_eq!(gpu.ram.weights, INPUT);
-        // The head stays on the host with 32 layers offloaded: no copy.
-        let blocks_only = DistributeOptions {
-            n_gpu_layers: 32,
+        // The head is the first layer offloaded: with one, the GPU holds
+        // the head's copy of the embeddings and its norm only.
+        let head_only = DistributeOptions {
+            n_gpu_layers: 1,
             ..opts()
         };
-        let b = breakdown(&tied, &blocks_only, 1).unwrap();
-        assert_eq!(b.gpus[&0].weights, 32 * LAYER);
+        let b = breakdown(&tied, &head_only, 1).unwrap();
+        assert_eq!(b.gpus[&0].weights, MIB + INPUT);
+        assert_eq!(b.ram.weights, INPUT + 32 * LAYER);
     }
 
     #[test]
@@ -579,12 +627,12 @@ pub(crate) mod tests {
             ..llama_8b()
         };
         let o = DistributeOptions {
-            n_gpu_layers: 16,
+            n_gpu_layers: 17,
             ..opts()
         };
         let b = breakdown(&mixtral, &o, 1).unwrap();
-        assert_eq!(b.gpus[&0].weights, 16 * 1400 * MIB);
-        assert_eq!(b.ram.weights, INPUT + 16 * 1400 * MIB + OUTPUT);
+        assert_eq!(b.gpus[&0].weights, 16 * 1400 * MIB + OUTPUT);
+        assert_eq!(b.ram.weights, INPUT + 16 * 1400 * MIB);
     }
 
     #[test]
@@ -597,18 +645,19 @@ pub(crate) mod tests {
         };
         let b = breakdown(&llama_8b(), &o, 2).unwrap();
         let kv_layer = 8192 * 2 * 8 * 128 * 2;
-        // Blocks 22..31 offloaded; j/10 < 3/4 for j = 0..7: 8 on GPU 0, 2 on GPU 1.
+        // Blocks 23..31 and the head offloaded; j/10 < 3/4 for j = 0..7:
+        // 8 blocks on GPU 0, block 31 and the head on GPU 1.
         assert_eq!(b.gpus[&0].weights, 8 * LAYER);
-        assert_eq!(b.gpus[&1].weights, 2 * LAYER);
+        assert_eq!(b.gpus[&1].weights, LAYER + OUTPUT);
         assert_eq!(b.gpus[&0].kv_cache, 8 * kv_layer);
-        assert_eq!(b.gpus[&1].kv_cache, 2 * kv_layer);
+        assert_eq!(b.gpus[&1].kv_cache, kv_layer);
         for gpu in [0, 1] {
             assert_eq!(b.gpus[&gpu].overhead, 512 * MIB);
             assert!(b.gpus[&gpu].compute > 0);
         }
-        // The output head stays with the embeddings and 22 blocks in RAM.
-        assert_eq!(b.ram.weights, INPUT + 22 * LAYER + OUTPUT);
-        assert_eq!(b.ram.kv_cache, 22 * kv_layer);
+        // The embeddings and 23 blocks stay in RAM, mapped as one range.
+        assert_eq!(b.ram.weights, INPUT + 23 * LAYER);
+        assert_eq!(b.ram.kv_cache, 23 * kv_layer);
     }
 
     #[test]
@@ -637,8 +686,23 @@ pub(crate) mod tests {
         };
         let b = breakdown(&llama_8b(), &o, 2).unwrap();
         assert_eq!(b.gpus[&0].weights + b.gpus[&1].weights, 32 * LAYER + OUTPUT);
-        assert_eq!(b.gpus[&0].weights, (32 * LAYER + OUTPUT) / 2);
+        // The matrix products split (190 of each block's 200 MiB, the head
+        // but its 1 MiB norm); the rest stays on the main GPU.
+        let split = 32 * 190 * MIB + OUTPUT - MIB;
+        assert_eq!(b.gpus[&0].weights, split / 2);
+        assert_eq!(b.gpus[&1].weights, split / 2 + 32 * 10 * MIB + MIB);
         assert_eq!((b.gpus[&0].kv_cache, b.gpus[&1].kv_cache), (0, 1 << 30));
+        // Each GPU with rows reserves the main GPU's compute buffer.
+        assert_eq!(b.gpus[&0].compute, b.gpus[&1].compute);
+        assert!(b.gpus[&0].compute > 0);
+        // A MoE block's experts have no split kernel: its blocks stay whole.
+        let moe = ModelShape {
+            n_ff_exp: 14_336,
+            n_expert_used: 2,
+            ..llama_8b()
+        };
+        let b = breakdown(&moe, &o, 2).unwrap();
+        assert_eq!(b.gpus[&0].weights, (OUTPUT - MIB) / 2);
     }
 
     #[test]

@@ -129,6 +129,47 @@ pub struct Model {
     pub layer_matrices: Vec<MatrixBytes>,
     /// The same for the output head (empty when it is tied).
     pub head_matrices: MatrixBytes,
+    /// Per block, bytes of its largest weight matrix: what llama.cpp's op
+    /// offload copies to a GPU at a time (0 where no tensor is known to be
+    /// a matrix, as in safetensors).
+    pub layer_largest_matrix: Vec<u64>,
+    /// The tensors' bytes in the order of the tensor table (a GGUF file's
+    /// data order), consecutive tensors of one part merged: a memory map
+    /// spans whatever lies between the first and the last tensor the host
+    /// keeps.
+    pub file_order: Vec<Run>,
+}
+
+/// What part of a model a tensor belongs to, for placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// Token embeddings and anything else llama.cpp keeps with them.
+    Input,
+    /// Repeating block `n`.
+    Layer(u32),
+    /// The output head and the final norm.
+    Output,
+}
+
+/// Bytes of consecutive tensors of one part, in the file's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub part: Part,
+    pub bytes: u64,
+}
+
+/// Appends `bytes` of `part` to `order`, merging it with the run before.
+pub fn push_run(order: &mut Vec<Run>, part: Part, bytes: u64) -> Result<()> {
+    match order.last_mut() {
+        Some(run) if run.part == part => {
+            run.bytes = run
+                .bytes
+                .checked_add(bytes)
+                .ok_or_else(|| invalid(0, "the tensors' sizes add up past 2^64"))?;
+        }
+        _ => order.push(Run { part, bytes }),
+    }
+    Ok(())
 }
 
 /// Bytes of weight matrices by ggml type name.

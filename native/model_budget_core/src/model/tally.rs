@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::arch::{per_layer, swa_flags, Arch, At, SwaLayers};
-use super::{invalid, Format, GgmlType, MatrixBytes, Model, TypeStats, MAX_LAYERS};
+use super::{
+    invalid, push_run, Format, GgmlType, MatrixBytes, Model, Part, Run, TypeStats, MAX_LAYERS,
+};
 use crate::error::Result;
 
 /// Where a tensor belongs.
@@ -135,7 +137,24 @@ pub(crate) fn assemble(
     let mut layer_matrices = vec![MatrixBytes::new(); n_layers as usize];
     let mut head_matrices = MatrixBytes::new();
     let (mut n_ff, mut n_ff_exp) = (None::<u64>, None::<u64>);
+    let mut layer_largest_matrix = vec![0u64; n_layers as usize];
+    let mut file_order: Vec<Run> = Vec::new();
     for t in tensors {
+        // The header lists tensors in the order their data follows (gguf-py
+        // and llama.cpp write both in one order).
+        let part = match t.role {
+            // il < n_layers <= MAX_LAYERS fits in 32 bits.
+            Role::Layer(il) if il < n_layers => Part::Layer(il as u32),
+            Role::Head | Role::OutputNorm | Role::Output => Part::Output,
+            _ => Part::Input,
+        };
+        push_run(&mut file_order, part, t.bytes)?;
+        if let (Some(_), Role::Layer(il)) = (t.matrix, t.role) {
+            if il < n_layers {
+                let largest = &mut layer_largest_matrix[il as usize];
+                *largest = (*largest).max(t.bytes);
+            }
+        }
         if let Some(f) = t.ffn {
             let widest = if f.expert { &mut n_ff_exp } else { &mut n_ff };
             *widest = Some(widest.map_or(f.width, |w| w.max(f.width)));
@@ -241,6 +260,8 @@ pub(crate) fn assemble(
         n_ff_exp,
         layer_matrices,
         head_matrices,
+        layer_largest_matrix,
+        file_order,
     })
 }
 

@@ -1,0 +1,142 @@
+//! The host's memory map. With mmap, llama.cpp maps the part of the file
+//! that holds the host's tensors as one range: from the first byte of the
+//! first host tensor to the last byte of the last (llama-model-loader.cpp,
+//! `get_mapping_range`, used by `load_all_data` for the `CPU_Mapped`
+//! buffer). Whatever lies between counts, offloaded tensors included, so a
+//! partly offloaded model may keep far more than its host tensors mapped:
+//!
+//! * a file in convert_hf_to_gguf's order (embeddings first, head last)
+//!   with the head on the host maps all of it;
+//! * a file converted shard by shard from a Hugging Face checkpoint lists
+//!   blocks out of order (blk.10 before blk.6 within a shard), so the span
+//!   reaches past offloaded blocks;
+//! * a file written by llama-quantize since it sorts tensors by block
+//!   (head and embeddings first) maps only the host's tensors.
+
+use super::assign::{Home, LayerPlan};
+use super::ModelShape;
+use crate::model::{Part, Run};
+
+/// The runs of `model`'s weights in file order: its own, or llama.cpp's
+/// convert order when the model does not say.
+fn runs(model: &ModelShape) -> Vec<Run> {
+    if !model.file_order.is_empty() {
+        return model.file_order.clone();
+    }
+    let mut runs = vec![Run {
+        part: Part::Input,
+        bytes: model.input_bytes,
+    }];
+    runs.extend(
+        model
+            .layer_bytes
+            .iter()
+            .enumerate()
+            .map(|(il, &bytes)| Run {
+                // il < n_layers <= 100_000 (validated).
+                part: Part::Layer(il as u32),
+                bytes,
+            }),
+    );
+    runs.push(Run {
+        part: Part::Output,
+        bytes: model.output_bytes,
+    });
+    runs
+}
+
+/// Bytes of the host's mapped range under `plan`: from the first host
+/// tensor to the end of the last, 0 when the host keeps none. Saturates at
+/// 2^64 (a header cannot describe more).
+pub fn host_span(model: &ModelShape, plan: &LayerPlan) -> u64 {
+    let on_host = |part: Part| match part {
+        Part::Input => true,
+        Part::Layer(il) => plan.layers.get(il as usize) == Some(&Home::Ram),
+        Part::Output => plan.output == Home::Ram,
+    };
+    let (mut at, mut first, mut end) = (0u64, None::<u64>, 0u64);
+    for run in runs(model) {
+        let next = at.saturating_add(run.bytes);
+        if on_host(run.part) && run.bytes > 0 {
+            first.get_or_insert(at);
+            end = next;
+        }
+        at = next;
+    }
+    first.map_or(0, |first| end - first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::tests::llama_8b;
+
+    fn plan(n: usize, on_gpu: std::ops::Range<usize>, output: Home) -> LayerPlan {
+        LayerPlan {
+            layers: (0..n)
+                .map(|i| {
+                    if on_gpu.contains(&i) {
+                        Home::Gpu(0)
+                    } else {
+                        Home::Ram
+                    }
+                })
+                .collect(),
+            output,
+        }
+    }
+
+    fn run(part: Part, bytes: u64) -> Run {
+        Run { part, bytes }
+    }
+
+    #[test]
+    fn in_convert_order_a_host_head_keeps_the_whole_file_mapped() {
+        let m = llama_8b();
+        let all = m.input_bytes + m.layer_bytes.iter().sum::<u64>() + m.output_bytes;
+        // Blocks 20..31 offloaded, the head on the host: everything mapped.
+        assert_eq!(host_span(&m, &plan(32, 20..32, Home::Ram)), all);
+        // The head offloaded too: the embeddings and blocks 0..19 only.
+        let host = m.input_bytes + 20 * m.layer_bytes[0];
+        assert_eq!(host_span(&m, &plan(32, 20..32, Home::Gpu(0))), host);
+        // Everything offloaded: the embeddings stay.
+        assert_eq!(host_span(&m, &plan(32, 0..32, Home::Gpu(0))), m.input_bytes);
+    }
+
+    #[test]
+    fn blocks_out_of_order_stretch_the_span_over_offloaded_ones() {
+        // A shard lists block 3 between blocks 0 and 1.
+        let m = ModelShape {
+            layer_bytes: vec![10; 4],
+            n_head_kv: vec![8; 4],
+            layer_matrices: vec![],
+            input_bytes: 100,
+            output_bytes: 7,
+            file_order: vec![
+                run(Part::Input, 100),
+                run(Part::Layer(0), 10),
+                run(Part::Layer(3), 10),
+                run(Part::Layer(1), 10),
+                run(Part::Layer(2), 10),
+                run(Part::Output, 7),
+            ],
+            ..llama_8b()
+        };
+        // Blocks 2 and 3 offloaded: block 3 lies inside the host's range.
+        assert_eq!(host_span(&m, &plan(4, 2..4, Home::Gpu(0))), 130);
+        // llama-quantize's order: head and embeddings first, then blocks.
+        let sorted = ModelShape {
+            file_order: vec![
+                run(Part::Output, 7),
+                run(Part::Input, 100),
+                run(Part::Layer(0), 10),
+                run(Part::Layer(1), 10),
+                run(Part::Layer(2), 10),
+                run(Part::Layer(3), 10),
+            ],
+            ..m.clone()
+        };
+        assert_eq!(host_span(&sorted, &plan(4, 2..4, Home::Gpu(0))), 120);
+        assert_eq!(host_span(&sorted, &plan(4, 2..4, Home::Ram)), 127);
+    }
+}

@@ -71,6 +71,11 @@ MODELS = {
                         n_vocab=152064, ctx=32768, qkv_bias=True),
     "llama-3.1-70b": dict(arch="llama", n_embd=8192, n_ff=28672, n_head=64, n_kv=8, n_layer=80,
                           n_vocab=128256, ctx=131072, rope_freqs=True),
+    # bartowski's SmolLM2-135M-Instruct-Q4_K_M (tobocop2/lilbee's two-A40 log): one checkpoint
+    # shard, so the file keeps safetensors' name order (blk.10 before blk.2); n_embd 576 is no
+    # multiple of 256, so most matrices fall back to Q5_0 and the head to Q8_0.
+    "smollm2-135m": dict(arch="llama", n_embd=576, n_ff=1536, n_head=9, n_kv=3, n_layer=30,
+                         n_vocab=49152, ctx=8192, tied=True, hf_shard=1 << 40),
     "qwen2.5-0.5b": dict(arch="qwen2", n_embd=896, n_ff=4864, n_head=14, n_kv=2, n_layer=24,
                          n_vocab=151936, ctx=32768, qkv_bias=True, tied=True),
 }

@@ -44,8 +44,10 @@
 //!   `get_alloc_size`; fattn.cu, `ggml_cuda_flash_attn_ext_get_alloc_size`);
 //! * pipeline parallelism (llama-context.cpp: several GPUs, every layer and
 //!   the head offloaded, layer split, KV offloaded) keeps
-//!   `GGML_SCHED_MAX_COPIES` (4) copies of each GPU's graph inputs
-//!   (ggml-backend.cpp, `ggml_backend_sched_split_graph`, `n_copies`).
+//!   `GGML_SCHED_MAX_COPIES` (4) copies of the host's graph inputs and of
+//!   each GPU's received tensors, never reused (ggml-backend.cpp,
+//!   `ggml_backend_sched_split_graph`, `n_copies`; measured on two GPUs,
+//!   build 9665).
 //!
 //! Measured against llama.cpp build 11434 on the CPU (the calibration table
 //! in test/fixtures/llama_cpp_truth.json): see bench/RESULTS.md.
@@ -342,12 +344,24 @@ pub fn add_buffers(
         && opts.split_mode == SplitMode::Layer
         && opts.offload_kqv;
     for (&home, &bytes) in &buffers {
-        let copies = if pipeline && home != Home::Ram {
-            // Each GPU's inputs (the hidden states it receives and the
-            // masks) in every further copy.
-            (PIPELINE_COPIES - 1).saturating_mul(graph.hidden.saturating_add(graph.masks))
-        } else {
+        // Under pipeline parallelism the scheduler makes `n_copies` copies
+        // of every graph input on its backend (the host: the masks) and of
+        // every tensor a split receives from another backend (a GPU: the
+        // masks and the hidden state from the host or the previous GPU),
+        // and flags each copy an output so that the allocator never reuses
+        // its memory (ggml-backend.cpp, `ggml_backend_sched_split_graph`,
+        // passes 5 and 6). Measured on two A40s (tobocop2/lilbee, build
+        // 9665): each GPU holds its running stage, four masks and four
+        // received hidden states beside it (24.91 MiB), the host its two
+        // states and four masks (10.30 MiB).
+        let copies = if !pipeline {
             0
+        } else if home == Home::Ram {
+            (PIPELINE_COPIES - 1).saturating_mul(graph.masks)
+        } else {
+            PIPELINE_COPIES
+                .saturating_mul(graph.hidden)
+                .saturating_add((PIPELINE_COPIES - 1).saturating_mul(graph.masks))
         };
         out.add(home, |s| &mut s.compute, bytes.saturating_add(copies))?;
     }
@@ -473,12 +487,18 @@ mod tests {
             ..opts(-1)
         };
         let b = breakdown(&llama_8b(), &split(true), 2).unwrap();
-        let inputs = 512 * 4096 * 4 + 4096 * 512 * 2;
-        assert_eq!(b.gpus[&0].compute, GPU_RUNNING + 3 * inputs);
+        let hidden = 512 * 4096 * 4;
+        let mask = 4096 * 512 * 2;
+        // Four received hidden states beside the stage's own, four masks.
+        assert_eq!(b.gpus[&0].compute, GPU_RUNNING + 4 * hidden + 3 * mask);
+        assert_eq!(b.gpus[&1].compute, GPU_RUNNING + 4 * hidden + 3 * mask);
+        // The host keeps four copies of its graph inputs, the masks.
+        assert_eq!(b.ram.compute, HOST_INPUTS + 3 * mask);
         // Not with the KV cache on the host (llama-context.cpp), nor with
         // blocks left on the host.
         let b = breakdown(&llama_8b(), &split(false), 2).unwrap();
         assert_eq!(b.gpus[&0].compute, GPU_RUNNING);
+        assert_eq!(b.ram.compute, HOST_INPUTS);
         let partial = DistributeOptions {
             n_gpu_layers: 30,
             ..split(true)

@@ -389,9 +389,15 @@ def load(python, path, options):
     return buffers, fields
 
 
+GPU_TABLE = os.path.join(ROOT, "test", "fixtures", "llama_cpp_gpu_truth.json")
+
+
 def write_headers(keys):
-    """The header-only files of the recorded files and of the catalog."""
+    """The header-only files of the recorded files, of the GPU table's (transcribed public logs)
+    and of the catalog."""
     os.makedirs(HEADERS, exist_ok=True)
+    if os.path.exists(GPU_TABLE):
+        keys = set(keys) | set(json.load(open(GPU_TABLE))["files"])
     for key in sorted(keys):
         model, mix = key.rsplit("-", 1) if not key.endswith("Q4_K_M") else (key[:-7], "Q4_K_M")
         write_gguf(os.path.join(HEADERS, key + ".gguf"), file_spec(model, mix), header_only=True)

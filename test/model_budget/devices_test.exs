@@ -92,6 +92,34 @@ defmodule ModelBudget.DevicesTest do
       assert Map.keys(vram) == Enum.map(ModelBudget.devices(), & &1.gpu_index)
     end
 
+    test "answers on the calling scheduler what the dirty-scheduler probe would" do
+      # After one probe, the NIF resolves :auto itself when NVML is known to
+      # be missing (no GPU to read) and asks for the probe when NVML works
+      # (each call reads the driver, which may block).
+      probed = ModelBudget.Native.probe_machine(System.get_env("CUDA_VISIBLE_DEVICES"))
+      {gpus, limit} = probed
+      ram = div(limit * 80, 100)
+      assert %{ram: ^ram} = ModelBudget.resolve(%{ram: :auto, vram: :infinity})
+
+      assert ModelBudget.Native.resolve(%{ram: :auto, vram: :infinity}, nil, nil) == %{
+               ram: ram,
+               vram: :infinity,
+               mode: :per_device
+             }
+
+      case ModelBudget.gpu_status() do
+        {:unavailable, _} ->
+          assert gpus == []
+          expected = %{mode: :per_device, ram: ram, vram: %{}}
+          assert ModelBudget.Native.resolve(:auto, nil, nil) == expected
+          assert ModelBudget.resolve(:auto) == expected
+
+        {:ok, _, _} ->
+          assert ModelBudget.Native.resolve(:auto, nil, nil) == {:probe, :gpus}
+          assert ModelBudget.Native.resolve(:auto, nil, limit) == {:probe, :gpus}
+      end
+    end
+
     test "%{ram: :auto} takes 80% of the limit too" do
       %{limit: limit} = ModelBudget.system_memory()
       assert %{ram: ram, vram: %{0 => 5}} = ModelBudget.resolve(%{ram: :auto, vram: [5]})

@@ -5,7 +5,7 @@
 use model_budget_core::budget::{
     self, Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec,
 };
-use model_budget_core::GpuMap;
+use model_budget_core::{devices, system, GpuMap};
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, ListIterator, NifMap, Term};
 use smallvec::SmallVec;
@@ -221,14 +221,23 @@ fn explain_gpus(term: Term) -> Decoded<Gpus> {
 }
 
 /// Resolves a `:memory_budget`. `gpus` and `ram_limit` may be `nil`: when the
-/// spec needs one that is missing, the answer is `{:probe, :gpus | :ram}` and
-/// the Elixir side probes (on a dirty scheduler) and calls again.
+/// spec needs one that is missing and the answer is not already known
+/// without blocking (no NVML on this machine; the memory limit read
+/// before), the answer is `{:probe, :gpus | :ram}` and the Elixir side
+/// probes (on a dirty scheduler) and calls again.
 #[rustler::nif]
 fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>) -> Term<'a> {
     let result = (|| {
         let spec = decode_spec(spec)?;
-        let gpus = optional(gpus, decode_gpus)?;
-        let ram_limit = optional(ram_limit, |t| bytes(t, "ram_limit"))?;
+        let mut gpus = optional(gpus, decode_gpus)?;
+        let mut ram_limit = optional(ram_limit, |t| bytes(t, "ram_limit"))?;
+        // Both answers are what the dirty-scheduler probe would give now.
+        if spec.needs_gpus() && gpus.is_none() && devices::known_absent() {
+            gpus = Some(Gpus::new());
+        }
+        if spec.needs_system_memory() && ram_limit.is_none() {
+            ram_limit = system::cached_limit();
+        }
         if spec.needs_gpus() && gpus.is_none() {
             return Ok((atoms::probe(), atoms::gpus()).encode(env));
         }

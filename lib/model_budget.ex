@@ -569,7 +569,11 @@ defmodule ModelBudget do
       %{ram: 11, vram: %{0 => 5, 1 => 4}}
   """
   @spec fold(placement(), placement()) :: placement()
-  def fold(used, placement), do: Errors.call(Native.fold(used, placement))
+  def fold(used, placement) do
+    # The NIF answers {ram, vram}: a map with literal keys is cheaper built here.
+    {ram, vram} = Errors.call(Native.fold(used, placement))
+    %{ram: ram, vram: vram}
+  end
 
   @doc """
   Takes `placement` back out of `used`, the inverse of `fold/2`, for unloads.
@@ -585,7 +589,10 @@ defmodule ModelBudget do
       ** (ArgumentError) invalid placement: releases 2 bytes of RAM but only 1 are held
   """
   @spec release(placement(), placement()) :: placement()
-  def release(used, placement), do: Errors.call(Native.release(used, placement))
+  def release(used, placement) do
+    {ram, vram} = Errors.call(Native.release(used, placement))
+    %{ram: ram, vram: vram}
+  end
 
   @doc """
   The usage of nothing: `%{ram: 0, vram: %{}}`.

@@ -10,6 +10,8 @@ use smallvec::SmallVec;
 /// GPUs held without a heap allocation.
 pub const INLINE_GPUS: usize = 8;
 
+// The lookups are `#[inline]`: the budget calls make a few dozen per
+// call, and a call to each costs more than the search.
 /// A sorted map from GPU index to `V`, with the part of `BTreeMap`'s API
 /// the crate uses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -21,12 +23,14 @@ impl<V> GpuMap<V> {
         GpuMap(SmallVec::new())
     }
 
+    #[inline]
     fn position(&self, gpu: u32) -> Result<usize, usize> {
         self.0.binary_search_by_key(&gpu, |(k, _)| *k)
     }
 
     /// Sets `gpu` to `value`, returning the value it replaced. Appending in
     /// index order (as decoders and splits do) costs no search.
+    #[inline]
     pub fn insert(&mut self, gpu: u32, value: V) -> Option<V> {
         match self.0.last() {
             Some((last, _)) if *last >= gpu => match self.position(gpu) {
@@ -44,11 +48,13 @@ impl<V> GpuMap<V> {
     }
 
     /// The value of `gpu`, if present.
+    #[inline]
     pub fn get(&self, gpu: &u32) -> Option<&V> {
         self.position(*gpu).ok().map(|i| &self.0[i].1)
     }
 
     /// The value of `gpu`, inserted as `default` when absent.
+    #[inline]
     pub fn get_or_insert(&mut self, gpu: u32, default: V) -> &mut V {
         let i = match self.position(gpu) {
             Ok(i) => i,

@@ -1,36 +1,32 @@
 //! `check/3`: `:ok` or `{:error, {:insufficient_memory, [device:, required:, available:]}}`.
 
-use rustler::{Encoder, Env, NifResult, Term};
+use rustler::{Encoder, Env, Term};
 
 use crate::badarg::{bad, reply};
-use crate::codec::{encode_check, read_placement, BudgetTerm, DeviceTerm};
+use crate::codec::{encode_check, read_budget, read_placement, DeviceTerm};
 use crate::{atoms, budget, placement};
 use model_budget_core::{Budget, Placement};
 
 #[rustler::nif]
 fn check<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>) -> Term<'a> {
-    let (mut added, mut usage) = (Placement::empty(), Placement::empty());
-    let fast = |added: &mut Placement, usage: &mut Placement| -> NifResult<Budget> {
-        let b = budget.decode::<BudgetTerm>()?.0;
-        read_placement(placement, added)?;
-        read_placement(used, usage)?;
-        Ok(b)
-    };
-    let result = (|| {
-        let budget = match fast(&mut added, &mut usage) {
-            Ok(b) => b,
-            Err(_) => {
-                added = placement::decode(placement, "placement")?;
-                usage = placement::decode(used, "used")?;
-                budget::decode(budget)?
-            }
-        };
-        Ok(encode_check(
-            env,
-            model_budget_core::check(&budget, &added, &usage),
-        ))
-    })();
-    reply(env, result)
+    // Decoded in place: the inline GPU maps are never moved.
+    let (mut b, mut added, mut usage) = (Budget::Unlimited, Placement::empty(), Placement::empty());
+    let fast = read_budget(budget, &mut b)
+        .and_then(|_| read_placement(placement, &mut added))
+        .and_then(|_| read_placement(used, &mut usage));
+    if fast.is_err() {
+        // The slow decoders name the argument that is wrong.
+        let explained = (|| {
+            added = placement::decode(placement, "placement")?;
+            usage = placement::decode(used, "used")?;
+            b = budget::decode(budget)?;
+            Ok(())
+        })();
+        if let Err(bad) = explained {
+            return reply::<Term>(env, Err(bad));
+        }
+    }
+    encode_check(env, model_budget_core::check(&b, &added, &usage))
 }
 
 /// Bytes still free on a device given `used`, or `:infinity`: what a report

@@ -303,37 +303,6 @@ struct CombinedFields {
     limit: u64,
 }
 
-#[derive(NifMap)]
-struct PerDeviceFields {
-    mode: BudgetMode,
-    ram: LimitTerm,
-    vram: VramTerm,
-}
-
-/// `:infinity | %{gpu_index => limit}`.
-struct VramTerm(VramLimits);
-
-impl<'a> Decoder<'a> for VramTerm {
-    fn decode(term: Term<'a>) -> NifResult<Self> {
-        if let Ok(map) = term.decode::<GpuMapTerm<Limit>>() {
-            return Ok(VramTerm(VramLimits::PerGpu(map.0)));
-        }
-        if term.decode::<Atom>()? == atoms::infinity() {
-            return Ok(VramTerm(VramLimits::Infinity));
-        }
-        Err(Error::BadArg)
-    }
-}
-
-impl Encoder for VramTerm {
-    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        match &self.0 {
-            VramLimits::Infinity => atoms::infinity().encode(env),
-            VramLimits::PerGpu(map) => encode_gpu_map(env, map),
-        }
-    }
-}
-
 /// A resolved `budget()`; the map's size tells its shape, the `:mode` must
 /// agree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -341,33 +310,48 @@ pub struct BudgetTerm(pub Budget);
 
 impl<'a> Decoder<'a> for BudgetTerm {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        let budget = match term.map_size()? {
-            1 => match term.decode::<UnlimitedFields>()?.mode {
-                BudgetMode::Unlimited => Budget::Unlimited,
-                _ => return Err(Error::BadArg),
-            },
-            2 => match term.decode::<CombinedFields>()? {
-                CombinedFields {
-                    mode: BudgetMode::Combined,
-                    limit,
-                } if limit > 0 => Budget::Combined { limit },
-                _ => return Err(Error::BadArg),
-            },
-            3 => match term.decode::<PerDeviceFields>()? {
-                PerDeviceFields {
-                    mode: BudgetMode::PerDevice,
-                    ram,
-                    vram,
-                } => Budget::PerDevice {
-                    ram: ram.0,
-                    vram: vram.0,
-                },
-                _ => return Err(Error::BadArg),
-            },
-            _ => return Err(Error::BadArg),
-        };
+        let mut budget = Budget::Unlimited;
+        read_budget(term, &mut budget)?;
         Ok(BudgetTerm(budget))
     }
+}
+
+/// What `BudgetTerm` decodes, read into `out` in place (see
+/// `read_placement`): a budget's inline GPU map is the largest value on
+/// the `check/3` path, and each move of it is a copy.
+pub fn read_budget(term: Term, out: &mut Budget) -> NifResult<()> {
+    let size = term.map_size()?;
+    match (size, term.map_get(atoms::mode())?.decode::<BudgetMode>()?) {
+        (1, BudgetMode::Unlimited) => *out = Budget::Unlimited,
+        (2, BudgetMode::Combined) => match term.map_get(atoms::limit())?.decode::<u64>()? {
+            0 => return Err(Error::BadArg),
+            limit => *out = Budget::Combined { limit },
+        },
+        (3, BudgetMode::PerDevice) => {
+            let ram = term.map_get(atoms::ram())?.decode::<LimitTerm>()?.0;
+            let vram = term.map_get(atoms::vram())?;
+            if vram.decode::<Atom>().is_ok_and(|a| a == atoms::infinity()) {
+                *out = Budget::PerDevice {
+                    ram,
+                    vram: VramLimits::Infinity,
+                };
+                return Ok(());
+            }
+            *out = Budget::PerDevice {
+                ram,
+                vram: VramLimits::PerGpu(GpuMap::new()),
+            };
+            if let Budget::PerDevice {
+                vram: VramLimits::PerGpu(map),
+                ..
+            } = out
+            {
+                read_gpu_map(vram, map, |_| true)?;
+            }
+        }
+        _ => return Err(Error::BadArg),
+    }
+    Ok(())
 }
 
 impl Encoder for BudgetTerm {

@@ -6,10 +6,10 @@ use model_budget_core::Placement;
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, Term};
 
-use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_placement, read_placement};
+use crate::codec::{encode_gpu_map, encode_placement, read_placement};
 use crate::decode::{bytes, exact_map, index};
+use crate::{atoms, raw};
 
 const EXPECTED: &str = "a map %{ram: bytes, vram: %{gpu_index => bytes}}";
 
@@ -55,7 +55,10 @@ fn empty_usage(env: Env) -> Term {
     encode_placement(env, &Placement::empty())
 }
 
-/// Applies `op` to the decoded usage in place; the slow decoders only run
+/// Applies `op` to the decoded usage in place and answers `{ram, vram}`,
+/// which `ModelBudget` wraps as `%{ram: ram, vram: vram}`: a map built in
+/// Elixir shares its literal keys, where one built here copies them (the
+/// outer map is half the cost of the result). The slow decoders only run
 /// when the codec refused an argument.
 fn usage_op<'a>(
     env: Env<'a>,
@@ -72,16 +75,22 @@ fn usage_op<'a>(
             added = decode(placement, "placement")?;
         }
         op(&mut usage, &added)?;
-        Ok(encode_placement(env, &usage))
+        Ok(raw::tuple2(
+            env,
+            raw::raw(usage.ram.encode(env)),
+            raw::raw(encode_gpu_map(env, &usage.vram)),
+        ))
     })();
     reply(env, result)
 }
 
+/// `{ram, vram}` of `used` with `placement` added (`ModelBudget.fold/2`).
 #[rustler::nif]
 fn fold<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
     usage_op(env, used, placement, Placement::fold_in)
 }
 
+/// `{ram, vram}` of `used` with `placement` taken out (`ModelBudget.release/2`).
 #[rustler::nif]
 fn release<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
     usage_op(env, used, placement, Placement::release_from)

@@ -147,11 +147,21 @@ defmodule ModelBudget do
   @spec resolve(budget_option(), [gpu_device()]) :: budget()
   def resolve(option, gpu_devices), do: resolve_with(option, gpu_devices, nil)
 
-  # The NIF answers {:probe, what} when the option needs a probe the caller
-  # did not supply; probes run on dirty schedulers, the resolve itself not.
-  # Probing GPUs fetches the (cached) memory limit in the same trip.
-  defp resolve_with(option, gpus, ram_limit) do
+  # Resolves with the GPUs and memory limit given (`nil`: probe them). The
+  # NIF answers {:probe, what} when the option needs a probe the caller did
+  # not supply and whose answer it does not know without blocking; probes
+  # run on dirty schedulers, the resolve itself not. Probing GPUs fetches
+  # the (cached) memory limit in the same trip. A per-device budget comes
+  # back as {:per_device, ram, vram}: its map is cheaper built here.
+  @doc false
+  def resolve_with(option, gpus, ram_limit) do
     case Errors.call(Native.resolve(option, gpus, ram_limit)) do
+      # `mode` bound from the tuple, not written out: a map of literal keys
+      # and variable values is built in one step, where a literal value
+      # would make it an update of a literal map.
+      {mode = :per_device, ram, vram} ->
+        %{mode: mode, ram: ram, vram: vram}
+
       {:probe, :gpus} ->
         {gpus, limit} = Native.probe_machine(cuda_visible_devices())
         resolve_with(option, gpus, ram_limit || limit)
@@ -374,8 +384,10 @@ defmodule ModelBudget do
   def distribute(%{__struct__: ModelBudget.Model} = model, opts, n_gpus),
     do: Errors.call(Native.distribute_model(model, opts, n_gpus))
 
-  def distribute(file_bytes, opts, n_gpus),
-    do: Errors.call(Native.distribute(file_bytes, opts, n_gpus))
+  def distribute(file_bytes, opts, n_gpus) do
+    {ram, vram} = Errors.call(Native.distribute(file_bytes, opts, n_gpus))
+    placement(ram, vram)
+  end
 
   @typedoc "One device's share of a model-aware placement, in bytes."
   @type share :: %{
@@ -570,9 +582,8 @@ defmodule ModelBudget do
   """
   @spec fold(placement(), placement()) :: placement()
   def fold(used, placement) do
-    # The NIF answers {ram, vram}: a map with literal keys is cheaper built here.
     {ram, vram} = Errors.call(Native.fold(used, placement))
-    %{ram: ram, vram: vram}
+    placement(ram, vram)
   end
 
   @doc """
@@ -591,8 +602,13 @@ defmodule ModelBudget do
   @spec release(placement(), placement()) :: placement()
   def release(used, placement) do
     {ram, vram} = Errors.call(Native.release(used, placement))
-    %{ram: ram, vram: vram}
+    placement(ram, vram)
   end
+
+  # The NIF answers placements as {ram, vram}: a map with literal keys,
+  # built here, shares its keys; one built in the NIF copies and sorts them.
+  @compile {:inline, placement: 2}
+  defp placement(ram, vram), do: %{ram: ram, vram: vram}
 
   @doc """
   The usage of nothing: `%{ram: 0, vram: %{}}`.

@@ -96,23 +96,18 @@ defmodule ModelBudget.DevicesTest do
       # After one probe, the NIF resolves :auto itself when NVML is known to
       # be missing (no GPU to read) and asks for the probe when NVML works
       # (each call reads the driver, which may block).
-      probed = ModelBudget.Native.probe_machine(System.get_env("CUDA_VISIBLE_DEVICES"))
-      {gpus, limit} = probed
+      {gpus, limit} = ModelBudget.Native.probe_machine(System.get_env("CUDA_VISIBLE_DEVICES"))
       ram = div(limit * 80, 100)
       assert %{ram: ^ram} = ModelBudget.resolve(%{ram: :auto, vram: :infinity})
-
-      assert ModelBudget.Native.resolve(%{ram: :auto, vram: :infinity}, nil, nil) == %{
-               ram: ram,
-               vram: :infinity,
-               mode: :per_device
-             }
+      # The NIF answers a per-device budget as {:per_device, ram, vram}.
+      assert ModelBudget.Native.resolve(%{ram: :auto, vram: :infinity}, nil, nil) ==
+               {:per_device, ram, :infinity}
 
       case ModelBudget.gpu_status() do
         {:unavailable, _} ->
           assert gpus == []
-          expected = %{mode: :per_device, ram: ram, vram: %{}}
-          assert ModelBudget.Native.resolve(:auto, nil, nil) == expected
-          assert ModelBudget.resolve(:auto) == expected
+          assert ModelBudget.Native.resolve(:auto, nil, nil) == {:per_device, ram, %{}}
+          assert ModelBudget.resolve(:auto) == %{mode: :per_device, ram: ram, vram: %{}}
 
         {:ok, _, _} ->
           assert ModelBudget.Native.resolve(:auto, nil, nil) == {:probe, :gpus}

@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_budget, BudgetTerm};
+use crate::codec::{encode_budget, BudgetTerm, LimitTerm, VramLimitsTerm};
 use crate::decode::{atom, bytes, exact_map, index, is_unbounded, optional};
 
 // The wording predates one-key maps; ModelManager's doctests (issue 14's
@@ -26,7 +26,7 @@ const BUDGET: &str = "a budget: %{mode: :unlimited}, %{mode: :combined, limit: p
 /// Decodes the `:memory_budget` option as a user writes it. A map may give
 /// only `:ram` or only `:vram`; the missing one is `:infinity` (as in
 /// LlamaCppEx, which accepts `%{vram: [...]}`).
-fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
+pub fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
     const ARG: &str = "memory budget";
     if is_unbounded(term) {
         return Ok(BudgetSpec::Unlimited);
@@ -182,7 +182,7 @@ type Gpus = SmallVec<[GpuFree; 8]>;
 
 /// GPU entries as `LlamaCppEx.devices/0` and `ModelBudget.devices/0` give
 /// them: maps with at least `:gpu_index` and `:memory_free`.
-fn decode_gpus(term: Term) -> Decoded<Gpus> {
+pub fn decode_gpus(term: Term) -> Decoded<Gpus> {
     let fast = term.decode::<ListIterator>().and_then(|list| {
         list.map(|gpu| {
             let GpuFreeFields {
@@ -220,7 +220,8 @@ fn explain_gpus(term: Term) -> Decoded<Gpus> {
     .collect()
 }
 
-/// Resolves a `:memory_budget`. `gpus` and `ram_limit` may be `nil`: when the
+/// Resolves a `:memory_budget` into a budget, answering a per-device one as
+/// `{:per_device, ram, vram}`. `gpus` and `ram_limit` may be `nil`: when the
 /// spec needs one that is missing and the answer is not already known
 /// without blocking (no NVML on this machine; the memory limit read
 /// before), the answer is `{:probe, :gpus | :ram}` and the Elixir side
@@ -249,7 +250,13 @@ fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>
             ram_limit.unwrap_or(0),
             gpus.as_deref().unwrap_or(&[]),
         )?;
-        Ok(encode_budget(env, &resolved))
+        Ok(match &resolved {
+            // `ModelBudget` builds the map (see `codec::encode_usage`).
+            Budget::PerDevice { ram, vram } => {
+                (atoms::per_device(), LimitTerm(*ram), VramLimitsTerm(vram)).encode(env)
+            }
+            other => encode_budget(env, other),
+        })
     })();
     reply(env, result)
 }

@@ -274,6 +274,17 @@ pub fn encode_placement<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
     )
 }
 
+/// A placement as `{ram, vram}`, for the calls whose `ModelBudget` wrapper
+/// builds the outer map: there its literal keys are shared, where a map
+/// built here copies and sorts them (half the cost of a placement result).
+pub fn encode_usage<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
+    raw::tuple2(
+        env,
+        raw(p.ram.encode(env)),
+        raw(encode_gpu_map(env, &p.vram)),
+    )
+}
+
 /// A map of exactly `n` keys: derived `NifMap` decoders ignore extra keys,
 /// and the contract allows none.
 fn exact_size(term: Term, n: usize) -> NifResult<()> {
@@ -382,12 +393,21 @@ pub fn encode_budget<'a>(env: Env<'a>, budget: &Budget) -> Term<'a> {
             &[
                 raw(BudgetMode::PerDevice.encode(env)),
                 raw(LimitTerm(*ram).encode(env)),
-                raw(match vram {
-                    VramLimits::Infinity => atoms::infinity().encode(env),
-                    VramLimits::PerGpu(map) => encode_gpu_map(env, map),
-                }),
+                raw(VramLimitsTerm(vram).encode(env)),
             ],
         ),
+    }
+}
+
+/// A per-device budget's `:vram`: `:infinity` or `%{gpu_index => limit}`.
+pub struct VramLimitsTerm<'v>(pub &'v VramLimits);
+
+impl Encoder for VramLimitsTerm<'_> {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self.0 {
+            VramLimits::Infinity => atoms::infinity().encode(env),
+            VramLimits::PerGpu(map) => encode_gpu_map(env, map),
+        }
     }
 }
 

@@ -6,10 +6,10 @@ use model_budget_core::Placement;
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, Term};
 
+use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_gpu_map, encode_placement, read_placement};
+use crate::codec::{encode_placement, encode_usage, read_placement};
 use crate::decode::{bytes, exact_map, index};
-use crate::{atoms, raw};
 
 const EXPECTED: &str = "a map %{ram: bytes, vram: %{gpu_index => bytes}}";
 
@@ -55,11 +55,9 @@ fn empty_usage(env: Env) -> Term {
     encode_placement(env, &Placement::empty())
 }
 
-/// Applies `op` to the decoded usage in place and answers `{ram, vram}`,
-/// which `ModelBudget` wraps as `%{ram: ram, vram: vram}`: a map built in
-/// Elixir shares its literal keys, where one built here copies them (the
-/// outer map is half the cost of the result). The slow decoders only run
-/// when the codec refused an argument.
+/// Applies `op` to the decoded usage in place and answers `{ram, vram}`
+/// (see `encode_usage`). The slow decoders only run when the codec refused
+/// an argument.
 fn usage_op<'a>(
     env: Env<'a>,
     used: Term<'a>,
@@ -75,11 +73,7 @@ fn usage_op<'a>(
             added = decode(placement, "placement")?;
         }
         op(&mut usage, &added)?;
-        Ok(raw::tuple2(
-            env,
-            raw::raw(usage.ram.encode(env)),
-            raw::raw(encode_gpu_map(env, &usage.vram)),
-        ))
+        Ok(encode_usage(env, &usage))
     })();
     reply(env, result)
 }

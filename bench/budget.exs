@@ -13,14 +13,22 @@ alias ModelBudget.Native
 gib = 2 ** 30
 IO.puts("budget calls, #{Timing.machine()}")
 IO.puts(Timing.line("empty NIF", Timing.per_call(fn -> Native.noop() end)))
+# The smallest placement result, %{ram: 0, vram: %{}}, built in the NIF.
+IO.puts(Timing.line("empty_usage/0 (NIF)", Timing.per_call(fn -> Native.empty_usage() end)))
 
-# One case: the three timings and the ratios.
-measure = fn name, ours, pure, floor ->
+# One case: the timings and the ratios. `decode`, when given, is the call's
+# decoding step alone (the NIF's codecs with their validation, no
+# arithmetic, no result term): the call's time beyond its floor splits
+# into decoding (decode - floor) and the rest (ours - decode): arithmetic,
+# the result term and the Elixir wrapper.
+measure = fn name, ours, pure, floor, decode ->
   f = Timing.per_call(floor)
+  d = decode && Timing.per_call(decode)
   o = Timing.per_call(ours)
   p = Timing.per_call(pure)
   IO.puts("-- #{name}")
   IO.puts(Timing.line("  floor (read the terms)", f))
+  if d, do: IO.puts(Timing.line("  decoding step alone", d, f))
   IO.puts(Timing.line("  pure Elixir", p, f))
   IO.puts(Timing.line("  ModelBudget", o, f) <> "  #{Timing.ratio(o, p)}x pure")
 end
@@ -44,7 +52,8 @@ for n <- [1, 8] do
       "check/3, #{label}, #{n} GPU(s)",
       fn -> ModelBudget.check(budget, placement, used) end,
       fn -> PureBudget.check(budget, placement, used) end,
-      fn -> Native.floor_check(budget, placement, used) end
+      fn -> Native.floor_check(budget, placement, used) end,
+      fn -> Native.decode_only_check(budget, placement, used) end
     )
   end
 
@@ -52,28 +61,32 @@ for n <- [1, 8] do
     "distribute/3, layer split, #{n} GPU(s)",
     fn -> ModelBudget.distribute(6 * gib, opts, n) end,
     fn -> PureBudget.distribute(6 * gib, opts, n) end,
-    fn -> Native.floor_distribute(6 * gib, opts, n) end
+    fn -> Native.floor_distribute(6 * gib, opts, n) end,
+    fn -> Native.decode_only_distribute(6 * gib, opts, n) end
   )
 
   measure.(
     "fold/2, #{n} GPU(s)",
     fn -> ModelBudget.fold(used, placement) end,
     fn -> PureBudget.fold(used, placement) end,
-    fn -> Native.floor_usage(used, placement) end
+    fn -> Native.floor_usage(used, placement) end,
+    fn -> Native.decode_only_usage(used, placement) end
   )
 
   measure.(
     "release/2, #{n} GPU(s)",
     fn -> ModelBudget.release(used, placement) end,
     fn -> PureBudget.release(used, placement) end,
-    fn -> Native.floor_usage(used, placement) end
+    fn -> Native.floor_usage(used, placement) end,
+    fn -> Native.decode_only_usage(used, placement) end
   )
 
   measure.(
     "resolve/2 on %{ram: bytes, vram: :auto}, #{n} GPU(s)",
     fn -> ModelBudget.resolve(spec, gpus) end,
     fn -> PureBudget.resolve(spec, gpus) end,
-    fn -> Native.floor_resolve(spec, gpus, nil) end
+    fn -> Native.floor_resolve(spec, gpus, nil) end,
+    fn -> Native.decode_only_resolve(spec, gpus) end
   )
 end
 
@@ -105,11 +118,13 @@ for n <- [1, 8] do
   )
 end
 
-# :auto probes this machine (GPUs through NVML on a dirty scheduler, the
-# cached memory limit); the pure-Elixir baseline reads /proc/meminfo.
+# :auto probes this machine: GPUs through NVML on a dirty scheduler, unless
+# NVML is known to be missing, and the cached memory limit. The pure-Elixir
+# baseline reads /proc/meminfo.
 measure.(
   "resolve/2 on :auto (this machine)",
   fn -> ModelBudget.resolve(:auto) end,
   fn -> PureBudget.resolve(:auto, []) end,
-  fn -> Native.floor_resolve(:auto, nil, nil) end
+  fn -> Native.floor_resolve(:auto, nil, nil) end,
+  nil
 )

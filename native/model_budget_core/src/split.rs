@@ -77,9 +77,11 @@ pub fn apportion(total: u64, weights: &[u128]) -> Shares {
     for (i, &w) in weights.iter().enumerate() {
         // total < 2^64 and w <= 2^64, so the product fits in u128.
         let scaled = total * w;
-        // Each share is at most `total`, which came from a u64.
-        shares.push((scaled / sum) as u64);
-        remainders.push((scaled % sum, i));
+        // Each share is at most `total`, which came from a u64. One u128
+        // division (a library call) per GPU: the remainder is what is left.
+        let share = scaled / sum;
+        shares.push(share as u64);
+        remainders.push((scaled - share * sum, i));
     }
     let given: u128 = shares.iter().map(|s| u128::from(*s)).sum();
     let left = (total - given) as usize;

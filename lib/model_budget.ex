@@ -151,14 +151,19 @@ defmodule ModelBudget do
   # NIF answers {:probe, what} when the option needs a probe the caller did
   # not supply and whose answer it does not know without blocking; probes
   # run on dirty schedulers, the resolve itself not. Probing GPUs fetches
-  # the (cached) memory limit in the same trip. A per-device budget comes
-  # back as {:per_device, ram, vram}: its map is cheaper built here.
+  # the (cached) memory limit in the same trip.
   @doc false
   def resolve_with(option, gpus, ram_limit) do
     case Errors.call(Native.resolve(option, gpus, ram_limit)) do
-      # `mode` bound from the tuple, not written out: a map of literal keys
-      # and variable values is built in one step, where a literal value
-      # would make it an update of a literal map.
+      # A per-device budget comes as a tuple (see placement/1). `mode` is
+      # bound from it, not written out: a map of literal keys and variable
+      # values is built in one step, a literal value makes it an update.
+      {mode = :per_device, ram} ->
+        %{mode: mode, ram: ram, vram: %{}}
+
+      {mode = :per_device, ram, gpu, limit} ->
+        %{mode: mode, ram: ram, vram: %{gpu => limit}}
+
       {mode = :per_device, ram, vram} ->
         %{mode: mode, ram: ram, vram: vram}
 
@@ -385,8 +390,7 @@ defmodule ModelBudget do
     do: Errors.call(Native.distribute_model(model, opts, n_gpus))
 
   def distribute(file_bytes, opts, n_gpus) do
-    {ram, vram} = Errors.call(Native.distribute(file_bytes, opts, n_gpus))
-    placement(ram, vram)
+    placement(Errors.call(Native.distribute(file_bytes, opts, n_gpus)))
   end
 
   @typedoc "One device's share of a model-aware placement, in bytes."
@@ -582,8 +586,7 @@ defmodule ModelBudget do
   """
   @spec fold(placement(), placement()) :: placement()
   def fold(used, placement) do
-    {ram, vram} = Errors.call(Native.fold(used, placement))
-    placement(ram, vram)
+    placement(Errors.call(Native.fold(used, placement)))
   end
 
   @doc """
@@ -601,14 +604,16 @@ defmodule ModelBudget do
   """
   @spec release(placement(), placement()) :: placement()
   def release(used, placement) do
-    {ram, vram} = Errors.call(Native.release(used, placement))
-    placement(ram, vram)
+    placement(Errors.call(Native.release(used, placement)))
   end
 
-  # The NIF answers placements as {ram, vram}: a map with literal keys,
-  # built here, shares its keys; one built in the NIF copies and sorts them.
-  @compile {:inline, placement: 2}
-  defp placement(ram, vram), do: %{ram: ram, vram: vram}
+  # The NIF answers a placement as {ram} with no GPU, {ram, gpu, bytes} with
+  # one, {ram, vram} with more: Elixir builds small maps in a few ns, where
+  # a NIF takes about 50 per map (the VM copies and sorts the keys).
+  @compile {:inline, placement: 1}
+  defp placement({ram}), do: %{ram: ram, vram: %{}}
+  defp placement({ram, gpu, bytes}), do: %{ram: ram, vram: %{gpu => bytes}}
+  defp placement({ram, vram}), do: %{ram: ram, vram: vram}
 
   @doc """
   The usage of nothing: `%{ram: 0, vram: %{}}`.

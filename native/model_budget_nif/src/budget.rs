@@ -12,7 +12,7 @@ use smallvec::SmallVec;
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_budget, BudgetTerm, LimitTerm, VramLimitsTerm};
+use crate::codec::{encode_budget, encode_per_device, BudgetTerm};
 use crate::decode::{atom, bytes, exact_map, index, is_unbounded, optional};
 
 // The wording predates one-key maps; ModelManager's doctests (issue 14's
@@ -221,7 +221,7 @@ fn explain_gpus(term: Term) -> Decoded<Gpus> {
 }
 
 /// Resolves a `:memory_budget` into a budget, answering a per-device one as
-/// `{:per_device, ram, vram}`. `gpus` and `ram_limit` may be `nil`: when the
+/// a tuple (`codec::encode_per_device`) that `ModelBudget` makes a map. `gpus` and `ram_limit` may be `nil`: when the
 /// spec needs one that is missing and the answer is not already known
 /// without blocking (no NVML on this machine; the memory limit read
 /// before), the answer is `{:probe, :gpus | :ram}` and the Elixir side
@@ -251,10 +251,7 @@ fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>
             gpus.as_deref().unwrap_or(&[]),
         )?;
         Ok(match &resolved {
-            // `ModelBudget` builds the map (see `codec::encode_usage`).
-            Budget::PerDevice { ram, vram } => {
-                (atoms::per_device(), LimitTerm(*ram), VramLimitsTerm(vram)).encode(env)
-            }
+            Budget::PerDevice { ram, vram } => encode_per_device(env, *ram, vram),
             other => encode_budget(env, other),
         })
     })();

@@ -199,14 +199,18 @@ fn read_gpu_map<V: GpuValue>(
     map: &mut GpuMap<V>,
     keep: impl Fn(&V) -> bool,
 ) -> NifResult<()> {
-    raw::for_each(term, |gpu, value| {
+    let read = raw::for_each(term, |gpu, value| {
         let (gpu, value) = (gpu.decode::<u32>()?, V::decode_value(value)?);
         if keep(&value) {
             map.insert(gpu, value);
         }
         Ok(())
-    })
-    .ok_or(Error::BadArg)?
+    });
+    // A `match`, not `ok_or`: an eager `Error` is dropped on every success.
+    match read {
+        Some(result) => result,
+        None => Err(Error::BadArg),
+    }
 }
 
 impl<V: GpuValue> Encoder for GpuMapTerm<V> {
@@ -274,15 +278,32 @@ pub fn encode_placement<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
     )
 }
 
-/// A placement as `{ram, vram}`, for the calls whose `ModelBudget` wrapper
-/// builds the outer map: there its literal keys are shared, where a map
-/// built here copies and sorts them (half the cost of a placement result).
+/// A placement as the tuple `ModelBudget` turns into `%{ram:, vram:}`:
+/// `{ram}` with no GPU, `{ram, gpu, bytes}` with one, `{ram, vram}` with
+/// more. Elixir builds a small map with literal keys in a few nanoseconds,
+/// where a NIF takes about 50 per map (the VM copies and sorts its keys on
+/// a fresh heap); so only GPU maps of two or more entries are built here.
 pub fn encode_usage<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
-    raw::tuple2(
-        env,
-        raw(p.ram.encode(env)),
-        raw(encode_gpu_map(env, &p.vram)),
-    )
+    match p.vram.as_slice() {
+        [] => (p.ram,).encode(env),
+        [(gpu, bytes)] => (p.ram, *gpu, *bytes).encode(env),
+        _ => (p.ram, encode_gpu_map(env, &p.vram)).encode(env),
+    }
+}
+
+/// A resolved per-device budget, as `encode_usage` answers placements:
+/// `{:per_device, ram}` with an empty GPU map, `{:per_device, ram, gpu,
+/// limit}` with one GPU, `{:per_device, ram, vram}` otherwise.
+pub fn encode_per_device<'a>(env: Env<'a>, ram: Limit, vram: &VramLimits) -> Term<'a> {
+    let (mode, ram) = (atoms::per_device(), LimitTerm(ram));
+    match vram {
+        VramLimits::PerGpu(map) => match map.as_slice() {
+            [] => (mode, ram).encode(env),
+            [(gpu, limit)] => (mode, ram, *gpu, LimitTerm(*limit)).encode(env),
+            _ => (mode, ram, encode_gpu_map(env, map)).encode(env),
+        },
+        VramLimits::Infinity => (mode, ram, atoms::infinity()).encode(env),
+    }
 }
 
 /// A map of exactly `n` keys: derived `NifMap` decoders ignore extra keys,
@@ -400,7 +421,7 @@ pub fn encode_budget<'a>(env: Env<'a>, budget: &Budget) -> Term<'a> {
 }
 
 /// A per-device budget's `:vram`: `:infinity` or `%{gpu_index => limit}`.
-pub struct VramLimitsTerm<'v>(pub &'v VramLimits);
+struct VramLimitsTerm<'v>(pub &'v VramLimits);
 
 impl Encoder for VramLimitsTerm<'_> {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {

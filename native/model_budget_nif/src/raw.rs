@@ -7,9 +7,9 @@
 //! rustler's helpers copy into fresh vectors first.
 
 use rustler::sys::{
-    enif_make_list_from_array, enif_make_map_from_arrays, enif_make_tuple_from_array,
-    enif_map_iterator_create, enif_map_iterator_destroy, enif_map_iterator_get_pair,
-    enif_map_iterator_next, ErlNifMapIterator, ErlNifMapIteratorEntry, ErlNifTerm,
+    enif_make_list_from_array, enif_make_map_from_arrays, enif_map_iterator_create,
+    enif_map_iterator_destroy, enif_map_iterator_get_pair, enif_map_iterator_next,
+    ErlNifMapIterator, ErlNifMapIteratorEntry, ErlNifTerm,
 };
 use rustler::{Env, Term};
 use std::mem::MaybeUninit;
@@ -88,19 +88,6 @@ pub fn list<'a>(env: Env<'a>, items: &[ErlNifTerm]) -> Term<'a> {
         Term::new(
             env,
             enif_make_list_from_array(env.as_c_arg(), items.as_ptr(), items.len() as u32),
-        )
-    }
-}
-
-/// A pair of raw terms: for results whose map `ModelBudget` builds from
-/// literal keys.
-pub fn tuple2<'a>(env: Env<'a>, first: ErlNifTerm, second: ErlNifTerm) -> Term<'a> {
-    let items = [first, second];
-    // SAFETY: `items` holds two terms of `env`.
-    unsafe {
-        Term::new(
-            env,
-            enif_make_tuple_from_array(env.as_c_arg(), items.as_ptr(), 2),
         )
     }
 }

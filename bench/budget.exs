@@ -21,14 +21,13 @@ IO.puts(Timing.line("empty_usage/0 (NIF)", Timing.per_call(fn -> Native.empty_us
 # arithmetic, no result term): the call's time beyond its floor splits
 # into decoding (decode - floor) and the rest (ours - decode): arithmetic,
 # the result term and the Elixir wrapper.
+# The four are timed in turns (Timing.per_call_interleaved), so that the
+# shared machine's changing load falls on each alike.
 measure = fn name, ours, pure, floor, decode ->
-  f = Timing.per_call(floor)
-  d = decode && Timing.per_call(decode)
-  o = Timing.per_call(ours)
-  p = Timing.per_call(pure)
+  [f, d, o, p] = Timing.per_call_interleaved([floor, decode, ours, pure])
   IO.puts("-- #{name}")
   IO.puts(Timing.line("  floor (read the terms)", f))
-  if d, do: IO.puts(Timing.line("  decoding step alone", d, f))
+  IO.puts(Timing.line("  decoding step alone", d, f))
   IO.puts(Timing.line("  pure Elixir", p, f))
   IO.puts(Timing.line("  ModelBudget", o, f) <> "  #{Timing.ratio(o, p)}x pure")
 end
@@ -103,13 +102,15 @@ for n <- [1, 8] do
   ledger = ModelBudget.Ledger.new(budget)
   :ok = ModelBudget.Ledger.admit(ledger, used)
 
-  pure =
-    Timing.per_call(fn ->
-      :ok = PureBudget.check(budget, placement, used)
-      PureBudget.fold(used, placement)
-    end)
+  [pure, ours] =
+    Timing.per_call_interleaved([
+      fn ->
+        :ok = PureBudget.check(budget, placement, used)
+        PureBudget.fold(used, placement)
+      end,
+      fn -> ModelBudget.Ledger.admit(ledger, placement) end
+    ])
 
-  ours = Timing.per_call(fn -> ModelBudget.Ledger.admit(ledger, placement) end)
   IO.puts("-- admission (check + fold), #{n} GPU(s)")
   IO.puts(Timing.line("  pure Elixir check/3 + fold/2", pure))
 
@@ -121,8 +122,12 @@ end
 # :auto probes this machine: GPUs through NVML on a dirty scheduler, unless
 # NVML is known to be missing, and the cached memory limit. The pure-Elixir
 # baseline reads /proc/meminfo. Target: at least 8x faster than it.
-auto = Timing.per_call(fn -> ModelBudget.resolve(:auto) end)
-meminfo = Timing.per_call(fn -> PureBudget.resolve(:auto, []) end)
+[auto, meminfo] =
+  Timing.per_call_interleaved([
+    fn -> ModelBudget.resolve(:auto) end,
+    fn -> PureBudget.resolve(:auto, []) end
+  ])
+
 IO.puts("-- resolve/1 on :auto (this machine: #{inspect(ModelBudget.gpu_status())})")
 IO.puts(Timing.line("  pure Elixir (reads /proc/meminfo)", meminfo))
 IO.puts(Timing.line("  ModelBudget", auto) <> "  #{Timing.ratio(meminfo, auto)}x faster")

@@ -18,19 +18,30 @@ use crate::decode::{atom, bytes, index, optional};
 /// near miss of an option; keys of the other path are ignored; the first
 /// occurrence of a key wins, as with `Keyword.get/2`.
 pub fn decode_options(term: Term, set: OptionSet) -> Decoded<DistributeOptions> {
+    let mut opts = DistributeOptions::default();
+    read_options(term, set, &mut opts)?;
+    Ok(opts)
+}
+
+/// What `decode_options` reads, set in `opts` in place: the hot path uses
+/// it so that the options (large, with a vector) are not moved on their way
+/// out.
+pub fn read_options<'a>(
+    term: Term<'a>,
+    set: OptionSet,
+    opts: &mut DistributeOptions,
+) -> Decoded<'a, ()> {
     let Ok(list) = term.decode::<ListIterator>() else {
         return bad("opts", "a keyword list", term);
     };
-    let mut opts = DistributeOptions::default();
-    // One bit per known key: the keys `set` reads, then the keys seen, so
-    // that later duplicates are skipped.
-    let reads = read_mask(set);
+    let (atoms, reads) = key_table(set);
+    // One bit per known key seen, so that later duplicates are skipped.
     let mut seen = 0u32;
     for item in list {
         let Ok((key, value)) = item.decode::<(Atom, Term)>() else {
             return bad("opts", "a keyword list", term);
         };
-        let Some(bit) = KEYS.iter().position(|(k, _, _)| k() == key) else {
+        let Some(bit) = atoms.iter().position(|k| *k == key) else {
             reject_near_miss(key, term)?;
             continue;
         };
@@ -38,24 +49,26 @@ pub fn decode_options(term: Term, set: OptionSet) -> Decoded<DistributeOptions> 
             continue;
         }
         seen |= 1 << bit;
-        (KEYS[bit].2)(&mut opts, value)?;
+        (KEYS[bit].2)(opts, value)?;
     }
-    Ok(opts)
+    Ok(())
 }
 
-/// The bits of `KEYS` that `set` reads, worked out once per set (the
-/// core's option tables are by name).
-fn read_mask(set: OptionSet) -> u32 {
-    static MASKS: OnceLock<[u32; 2]> = OnceLock::new();
-    let masks = MASKS.get_or_init(|| {
-        [OptionSet::Bytes, OptionSet::Model].map(|set| {
+/// The atoms of `KEYS` in order, and the bits of those `set` reads: worked
+/// out once (the core's option tables are by name, and each of rustler's
+/// atom functions checks that its atoms were made).
+fn key_table(set: OptionSet) -> (&'static [Atom; 19], u32) {
+    static TABLE: OnceLock<([Atom; 19], [u32; 2])> = OnceLock::new();
+    let (atoms, masks) = TABLE.get_or_init(|| {
+        let masks = [OptionSet::Bytes, OptionSet::Model].map(|set| {
             KEYS.iter()
                 .enumerate()
                 .filter(|(_, (_, name, _))| set.reads(name))
                 .fold(0, |mask, (bit, _)| mask | 1 << bit)
-        })
+        });
+        (KEYS.map(|(atom, _, _)| atom()), masks)
     });
-    masks[usize::from(set == OptionSet::Model)]
+    (atoms, masks[usize::from(set == OptionSet::Model)])
 }
 
 /// Sets one option from its value, or names what is wrong with the value.
@@ -65,7 +78,7 @@ type Setter = for<'a> fn(&mut DistributeOptions, Term<'a>) -> Decoded<'a, ()>;
 type Key = (fn() -> Atom, &'static str, Setter);
 
 /// The options either path reads; a key's position is its bit in
-/// `decode_options`'s masks.
+/// `read_options`'s masks.
 const KEYS: [Key; 19] = [
     (atoms::mode, "mode", |o, v| {
         o.mode = v
@@ -275,9 +288,10 @@ fn distribute<'a>(
 ) -> Term<'a> {
     let result = (|| {
         let file_bytes = bytes(file_bytes, "file_bytes")?;
-        let opts = decode_options(opts, OptionSet::Bytes)?;
+        let mut options = DistributeOptions::default();
+        read_options(opts, OptionSet::Bytes, &mut options)?;
         let n_gpus = gpu_count(n_gpus)?;
-        let placement = model_budget_core::distribute(file_bytes, &opts, n_gpus)?;
+        let placement = model_budget_core::distribute(file_bytes, &options, n_gpus)?;
         Ok(encode_usage(env, &placement))
     })();
     reply(env, result)

@@ -4,13 +4,13 @@
 //! use) and return `:ok`, with no validation, no arithmetic and no result
 //! term.
 
-use model_budget_core::{Budget, OptionSet, Placement};
+use model_budget_core::{Budget, DistributeOptions, OptionSet, Placement};
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, ListIterator, Term, TermType};
 
 use crate::budget::{decode_gpus, decode_spec};
 use crate::codec::{self, read_budget};
-use crate::distribute::{decode_options, gpu_count};
+use crate::distribute::{gpu_count, read_options};
 use crate::{atoms, raw};
 
 #[rustler::nif]
@@ -149,8 +149,9 @@ fn decode_only_usage(used: Term, placement: Term) -> Atom {
 #[rustler::nif]
 fn decode_only_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
     let bytes = bytes.decode::<u64>().is_ok();
-    let opts = decode_options(opts, OptionSet::Bytes).ok();
-    std::hint::black_box((bytes, opts, gpu_count(n_gpus).is_ok()));
+    let mut options = DistributeOptions::default();
+    let opts = read_options(opts, OptionSet::Bytes, &mut options).is_ok();
+    std::hint::black_box((bytes, opts, &options, gpu_count(n_gpus).is_ok()));
     atoms::ok()
 }
 

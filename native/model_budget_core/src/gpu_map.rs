@@ -30,18 +30,27 @@ impl<V> GpuMap<V> {
 
     /// Sets `gpu` to `value`, returning the value it replaced. Appending in
     /// index order (as decoders and splits do) costs no search.
-    #[inline]
+    // Always inlined: decoders call it once per map entry, and LLVM keeps
+    // it out of line otherwise (the call costs more than the append).
+    #[inline(always)]
     pub fn insert(&mut self, gpu: u32, value: V) -> Option<V> {
         match self.0.last() {
-            Some((last, _)) if *last >= gpu => match self.position(gpu) {
-                Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
-                Err(i) => {
-                    self.0.insert(i, (gpu, value));
-                    None
-                }
-            },
+            Some((last, _)) if *last >= gpu => self.insert_within(gpu, value),
             _ => {
                 self.0.push((gpu, value));
+                None
+            }
+        }
+    }
+
+    /// `insert` of a GPU not above the last one: kept out of line so that
+    /// the append, which decoders make once per entry, inlines.
+    #[inline(never)]
+    fn insert_within(&mut self, gpu: u32, value: V) -> Option<V> {
+        match self.position(gpu) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (gpu, value));
                 None
             }
         }

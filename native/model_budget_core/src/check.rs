@@ -1,6 +1,7 @@
 //! Admission: does a placement fit a budget on top of what is already used?
 
 use crate::budget::{Budget, Limit, VramLimits};
+use crate::gpu_map::seek;
 use crate::placement::Placement;
 
 /// The device a check names.
@@ -92,21 +93,6 @@ pub fn check(budget: &Budget, placement: &Placement, used: &Placement) -> Result
             Ok(())
         }
     }
-}
-
-/// The value of `gpu` in a walk through sorted `entries`, which moves past
-/// it and every smaller index; for increasing `gpu`s.
-fn seek<V: Copy>(entries: &mut &[(u32, V)], gpu: u32) -> Option<V> {
-    while let Some((&(index, value), rest)) = entries.split_first() {
-        if index > gpu {
-            return None;
-        }
-        *entries = rest;
-        if index == gpu {
-            return Some(value);
-        }
-    }
-    None
 }
 
 fn within(limit: Limit, device: Device, required: u64, used: u64) -> Result<(), Insufficient> {

@@ -112,6 +112,46 @@ impl<V> GpuMap<V> {
     pub fn as_slice(&self) -> &[(u32, V)] {
         &self.0
     }
+
+    /// Calls `update` on the value of each GPU of `entries` (in increasing
+    /// index order), inserted as `default` first where absent: one walk
+    /// through both, instead of a search per entry.
+    pub fn update_sorted<W>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u32, W)>,
+        default: V,
+        mut update: impl FnMut(&mut V, W),
+    ) where
+        V: Copy,
+    {
+        let mut i = 0;
+        for (gpu, w) in entries {
+            while i < self.0.len() && self.0[i].0 < gpu {
+                i += 1;
+            }
+            if i == self.0.len() || self.0[i].0 != gpu {
+                self.0.insert(i, (gpu, default));
+            }
+            update(&mut self.0[i].1, w);
+            i += 1;
+        }
+    }
+}
+
+/// The value of `gpu` in a walk through sorted `entries`, which moves past
+/// it and every smaller index: for looking up increasing indices in one
+/// pass.
+pub fn seek<V: Copy>(entries: &mut &[(u32, V)], gpu: u32) -> Option<V> {
+    while let Some((&(index, value), rest)) = entries.split_first() {
+        if index > gpu {
+            return None;
+        }
+        *entries = rest;
+        if index == gpu {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Later pairs win, as when collecting into a `BTreeMap`.

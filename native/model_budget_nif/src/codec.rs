@@ -221,10 +221,13 @@ impl<V: GpuValue> Encoder for GpuMapTerm<V> {
 
 /// A GPU map as a term, keys and values gathered on the stack.
 pub fn encode_gpu_map<'a, V: GpuValue>(env: Env<'a>, map: &GpuMap<V>) -> Term<'a> {
-    let keys: SmallVec<[ErlNifTerm; INLINE_GPUS]> =
-        map.keys().map(|k| raw(k.encode(env))).collect();
-    let values: SmallVec<[ErlNifTerm; INLINE_GPUS]> =
-        map.values().map(|v| raw(v.encode_value(env))).collect();
+    // One pass over the entries, into vectors sized up front.
+    let mut keys = SmallVec::<[ErlNifTerm; INLINE_GPUS]>::with_capacity(map.len());
+    let mut values = SmallVec::<[ErlNifTerm; INLINE_GPUS]>::with_capacity(map.len());
+    for (gpu, value) in map.as_slice() {
+        keys.push(raw(gpu.encode(env)));
+        values.push(raw(value.encode_value(env)));
+    }
     raw::map_from_arrays(env, &keys, &values)
 }
 

@@ -6,7 +6,7 @@ use model_budget_core::options::near_miss;
 use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, OptionSet};
 use std::sync::OnceLock;
 
-use rustler::{Atom, Env, ListIterator, Term};
+use rustler::{Atom, Env, ListIterator, Term, TermType};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, BadArg, Decoded};
@@ -257,10 +257,12 @@ fn decode_weights(term: Term) -> Decoded<Vec<f64>> {
     // Sized up front: collecting through `Result` would grow it step by step.
     let mut weights = Vec::with_capacity(len);
     for w in list {
-        let weight = w
-            .decode::<f64>()
-            .ok()
-            .or_else(|| w.decode::<u64>().ok().map(|n| n as f64));
+        // By type, so that each weight is decoded once.
+        let weight = match w.get_type() {
+            TermType::Integer => w.decode::<u64>().ok().map(|n| n as f64),
+            TermType::Float => w.decode::<f64>().ok(),
+            _ => None,
+        };
         match weight {
             Some(x) if x.is_finite() && x >= 0.0 => weights.push(x),
             _ => return bad(ARG, EXPECTED, term),

@@ -16,18 +16,22 @@ IO.puts(Timing.line("empty NIF", Timing.per_call(fn -> Native.noop() end)))
 # The smallest placement result, %{ram: 0, vram: %{}}, built in the NIF.
 IO.puts(Timing.line("empty_usage/0 (NIF)", Timing.per_call(fn -> Native.empty_usage() end)))
 
-# One case: the timings and the ratios. `decode`, when given, is the call's
-# decoding step alone (the NIF's codecs with their validation, no
-# arithmetic, no result term): the call's time beyond its floor splits
-# into decoding (decode - floor) and the rest (ours - decode): arithmetic,
-# the result term and the Elixir wrapper.
-# The four are timed in turns (Timing.per_call_interleaved), so that the
-# shared machine's changing load falls on each alike.
-measure = fn name, ours, pure, floor, decode ->
-  [f, d, o, p] = Timing.per_call_interleaved([floor, decode, ours, pure])
+# One case: the timings and the ratios, and where the call's time beyond
+# its floor goes. `decode` is the call's decoding step alone (the NIF's
+# codecs with their validation, then :ok); `compute`, where the call builds
+# a result, is the decoding step plus the core's work, then :ok. So:
+# decode - floor is validation, compute - decode the core's work, and
+# ours - compute the result term and the Elixir wrapper (ours - decode
+# where there is no `compute`). All are timed in turns
+# (Timing.per_call_interleaved), so that the shared machine's changing load
+# falls on each alike.
+measure = fn name, ours, pure, floor, decode, compute ->
+  funs = [floor, decode, ours, pure] ++ List.wrap(compute)
+  [f, d, o, p | c] = Timing.per_call_interleaved(funs)
   IO.puts("-- #{name}")
   IO.puts(Timing.line("  floor (read the terms)", f))
   IO.puts(Timing.line("  decoding step alone", d, f))
+  for c <- c, do: IO.puts(Timing.line("  decoding + core work, no result", c, f))
   IO.puts(Timing.line("  pure Elixir", p, f))
   IO.puts(Timing.line("  ModelBudget", o, f) <> "  #{Timing.ratio(o, p)}x pure")
 end
@@ -52,7 +56,8 @@ for n <- [1, 8] do
       fn -> ModelBudget.check(budget, placement, used) end,
       fn -> PureBudget.check(budget, placement, used) end,
       fn -> Native.floor_check(budget, placement, used) end,
-      fn -> Native.decode_only_check(budget, placement, used) end
+      fn -> Native.decode_only_check(budget, placement, used) end,
+      nil
     )
   end
 
@@ -61,7 +66,8 @@ for n <- [1, 8] do
     fn -> ModelBudget.distribute(6 * gib, opts, n) end,
     fn -> PureBudget.distribute(6 * gib, opts, n) end,
     fn -> Native.floor_distribute(6 * gib, opts, n) end,
-    fn -> Native.decode_only_distribute(6 * gib, opts, n) end
+    fn -> Native.decode_only_distribute(6 * gib, opts, n) end,
+    fn -> Native.compute_only_distribute(6 * gib, opts, n) end
   )
 
   measure.(
@@ -69,7 +75,8 @@ for n <- [1, 8] do
     fn -> ModelBudget.fold(used, placement) end,
     fn -> PureBudget.fold(used, placement) end,
     fn -> Native.floor_usage(used, placement) end,
-    fn -> Native.decode_only_usage(used, placement) end
+    fn -> Native.decode_only_usage(used, placement) end,
+    fn -> Native.compute_only_usage(used, placement, false) end
   )
 
   measure.(
@@ -77,7 +84,8 @@ for n <- [1, 8] do
     fn -> ModelBudget.release(used, placement) end,
     fn -> PureBudget.release(used, placement) end,
     fn -> Native.floor_usage(used, placement) end,
-    fn -> Native.decode_only_usage(used, placement) end
+    fn -> Native.decode_only_usage(used, placement) end,
+    fn -> Native.compute_only_usage(used, placement, true) end
   )
 
   measure.(
@@ -85,7 +93,8 @@ for n <- [1, 8] do
     fn -> ModelBudget.resolve(spec, gpus) end,
     fn -> PureBudget.resolve(spec, gpus) end,
     fn -> Native.floor_resolve(spec, gpus, nil) end,
-    fn -> Native.decode_only_resolve(spec, gpus) end
+    fn -> Native.decode_only_resolve(spec, gpus) end,
+    fn -> Native.compute_only_resolve(spec, gpus) end
   )
 end
 

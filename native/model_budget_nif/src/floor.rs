@@ -161,3 +161,47 @@ fn decode_only_resolve(spec: Term, gpus: Term) -> Atom {
     std::hint::black_box((decode_spec(spec).ok(), decode_gpus(gpus).ok()));
     atoms::ok()
 }
+
+/// Each call up to its result: the decoding step and the core's work,
+/// then `:ok` instead of the result term. The call minus this is the
+/// result term and the Elixir wrapper; this minus the decoding step is the
+/// core's work. (`check/3`'s result is `:ok` already.)
+#[rustler::nif]
+fn compute_only_usage(used: Term, placement: Term, release: bool) -> Atom {
+    let (mut u, mut p) = (Placement::empty(), Placement::empty());
+    let read =
+        codec::read_placement(used, &mut u).and_then(|_| codec::read_placement(placement, &mut p));
+    let done = read.is_ok()
+        && if release {
+            u.release_from(&p).is_ok()
+        } else {
+            u.fold_in(&p).is_ok()
+        };
+    std::hint::black_box((done, &u));
+    atoms::ok()
+}
+
+/// `distribute/3` up to its result.
+#[rustler::nif]
+fn compute_only_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
+    let mut options = DistributeOptions::default();
+    let placement = match (bytes.decode::<u64>(), gpu_count(n_gpus)) {
+        (Ok(bytes), Ok(n)) if read_options(opts, OptionSet::Bytes, &mut options).is_ok() => {
+            model_budget_core::distribute(bytes, &options, n).ok()
+        }
+        _ => None,
+    };
+    std::hint::black_box(placement);
+    atoms::ok()
+}
+
+/// `resolve/2` up to its result.
+#[rustler::nif]
+fn compute_only_resolve(spec: Term, gpus: Term) -> Atom {
+    let budget = match (decode_spec(spec), decode_gpus(gpus)) {
+        (Ok(spec), Ok(gpus)) => model_budget_core::budget::resolve(&spec, 0, &gpus).ok(),
+        _ => None,
+    };
+    std::hint::black_box(budget);
+    atoms::ok()
+}

@@ -13,14 +13,25 @@ alias ModelBudget.Native
 gib = 2 ** 30
 IO.puts("budget calls, #{Timing.machine()}")
 IO.puts(Timing.line("empty NIF", Timing.per_call(fn -> Native.noop() end)))
+# The smallest placement result, %{ram: 0, vram: %{}}, built in the NIF.
+IO.puts(Timing.line("empty_usage/0 (NIF)", Timing.per_call(fn -> Native.empty_usage() end)))
 
-# One case: the three timings and the ratios.
-measure = fn name, ours, pure, floor ->
-  f = Timing.per_call(floor)
-  o = Timing.per_call(ours)
-  p = Timing.per_call(pure)
+# One case: the timings and the ratios, and where the call's time beyond
+# its floor goes. `decode` is the call's decoding step alone (the NIF's
+# codecs with their validation, then :ok); `compute`, where the call builds
+# a result, is the decoding step plus the core's work, then :ok. So:
+# decode - floor is validation, compute - decode the core's work, and
+# ours - compute the result term and the Elixir wrapper (ours - decode
+# where there is no `compute`). All are timed in turns
+# (Timing.per_call_interleaved), so that the shared machine's changing load
+# falls on each alike.
+measure = fn name, ours, pure, floor, decode, compute ->
+  funs = [floor, decode, ours, pure] ++ List.wrap(compute)
+  [f, d, o, p | c] = Timing.per_call_interleaved(funs)
   IO.puts("-- #{name}")
   IO.puts(Timing.line("  floor (read the terms)", f))
+  IO.puts(Timing.line("  decoding step alone", d, f))
+  for c <- c, do: IO.puts(Timing.line("  decoding + core work, no result", c, f))
   IO.puts(Timing.line("  pure Elixir", p, f))
   IO.puts(Timing.line("  ModelBudget", o, f) <> "  #{Timing.ratio(o, p)}x pure")
 end
@@ -44,7 +55,9 @@ for n <- [1, 8] do
       "check/3, #{label}, #{n} GPU(s)",
       fn -> ModelBudget.check(budget, placement, used) end,
       fn -> PureBudget.check(budget, placement, used) end,
-      fn -> Native.floor_check(budget, placement, used) end
+      fn -> Native.floor_check(budget, placement, used) end,
+      fn -> Native.decode_only_check(budget, placement, used) end,
+      nil
     )
   end
 
@@ -52,28 +65,36 @@ for n <- [1, 8] do
     "distribute/3, layer split, #{n} GPU(s)",
     fn -> ModelBudget.distribute(6 * gib, opts, n) end,
     fn -> PureBudget.distribute(6 * gib, opts, n) end,
-    fn -> Native.floor_distribute(6 * gib, opts, n) end
+    fn -> Native.floor_distribute(6 * gib, opts, n) end,
+    fn -> Native.decode_only_distribute(6 * gib, opts, n) end,
+    fn -> Native.compute_only_distribute(6 * gib, opts, n) end
   )
 
   measure.(
     "fold/2, #{n} GPU(s)",
     fn -> ModelBudget.fold(used, placement) end,
     fn -> PureBudget.fold(used, placement) end,
-    fn -> Native.floor_usage(used, placement) end
+    fn -> Native.floor_usage(used, placement) end,
+    fn -> Native.decode_only_usage(used, placement) end,
+    fn -> Native.compute_only_usage(used, placement, false) end
   )
 
   measure.(
     "release/2, #{n} GPU(s)",
     fn -> ModelBudget.release(used, placement) end,
     fn -> PureBudget.release(used, placement) end,
-    fn -> Native.floor_usage(used, placement) end
+    fn -> Native.floor_usage(used, placement) end,
+    fn -> Native.decode_only_usage(used, placement) end,
+    fn -> Native.compute_only_usage(used, placement, true) end
   )
 
   measure.(
     "resolve/2 on %{ram: bytes, vram: :auto}, #{n} GPU(s)",
     fn -> ModelBudget.resolve(spec, gpus) end,
     fn -> PureBudget.resolve(spec, gpus) end,
-    fn -> Native.floor_resolve(spec, gpus, nil) end
+    fn -> Native.floor_resolve(spec, gpus, nil) end,
+    fn -> Native.decode_only_resolve(spec, gpus) end,
+    fn -> Native.compute_only_resolve(spec, gpus) end
   )
 end
 
@@ -90,13 +111,15 @@ for n <- [1, 8] do
   ledger = ModelBudget.Ledger.new(budget)
   :ok = ModelBudget.Ledger.admit(ledger, used)
 
-  pure =
-    Timing.per_call(fn ->
-      :ok = PureBudget.check(budget, placement, used)
-      PureBudget.fold(used, placement)
-    end)
+  [pure, ours] =
+    Timing.per_call_interleaved([
+      fn ->
+        :ok = PureBudget.check(budget, placement, used)
+        PureBudget.fold(used, placement)
+      end,
+      fn -> ModelBudget.Ledger.admit(ledger, placement) end
+    ])
 
-  ours = Timing.per_call(fn -> ModelBudget.Ledger.admit(ledger, placement) end)
   IO.puts("-- admission (check + fold), #{n} GPU(s)")
   IO.puts(Timing.line("  pure Elixir check/3 + fold/2", pure))
 
@@ -105,11 +128,15 @@ for n <- [1, 8] do
   )
 end
 
-# :auto probes this machine (GPUs through NVML on a dirty scheduler, the
-# cached memory limit); the pure-Elixir baseline reads /proc/meminfo.
-measure.(
-  "resolve/2 on :auto (this machine)",
-  fn -> ModelBudget.resolve(:auto) end,
-  fn -> PureBudget.resolve(:auto, []) end,
-  fn -> Native.floor_resolve(:auto, nil, nil) end
-)
+# :auto probes this machine: GPUs through NVML on a dirty scheduler, unless
+# NVML is known to be missing, and the cached memory limit. The pure-Elixir
+# baseline reads /proc/meminfo. Target: at least 8x faster than it.
+[auto, meminfo] =
+  Timing.per_call_interleaved([
+    fn -> ModelBudget.resolve(:auto) end,
+    fn -> PureBudget.resolve(:auto, []) end
+  ])
+
+IO.puts("-- resolve/1 on :auto (this machine: #{inspect(ModelBudget.gpu_status())})")
+IO.puts(Timing.line("  pure Elixir (reads /proc/meminfo)", meminfo))
+IO.puts(Timing.line("  ModelBudget", auto) <> "  #{Timing.ratio(meminfo, auto)}x faster")

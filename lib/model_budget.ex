@@ -147,11 +147,26 @@ defmodule ModelBudget do
   @spec resolve(budget_option(), [gpu_device()]) :: budget()
   def resolve(option, gpu_devices), do: resolve_with(option, gpu_devices, nil)
 
-  # The NIF answers {:probe, what} when the option needs a probe the caller
-  # did not supply; probes run on dirty schedulers, the resolve itself not.
-  # Probing GPUs fetches the (cached) memory limit in the same trip.
-  defp resolve_with(option, gpus, ram_limit) do
+  # Resolves with the GPUs and memory limit given (`nil`: probe them). The
+  # NIF answers {:probe, what} when the option needs a probe the caller did
+  # not supply and whose answer it does not know without blocking; probes
+  # run on dirty schedulers, the resolve itself not. Probing GPUs fetches
+  # the (cached) memory limit in the same trip.
+  @doc false
+  def resolve_with(option, gpus, ram_limit) do
     case Errors.call(Native.resolve(option, gpus, ram_limit)) do
+      # A per-device budget comes as a tuple (see placement/1). `mode` is
+      # bound from it, not written out: a map of literal keys and variable
+      # values is built in one step, a literal value makes it an update.
+      {mode = :per_device, ram} ->
+        %{mode: mode, ram: ram, vram: %{}}
+
+      {mode = :per_device, ram, gpu, limit} ->
+        %{mode: mode, ram: ram, vram: %{gpu => limit}}
+
+      {mode = :per_device, ram, vram} ->
+        %{mode: mode, ram: ram, vram: vram}
+
       {:probe, :gpus} ->
         {gpus, limit} = Native.probe_machine(cuda_visible_devices())
         resolve_with(option, gpus, ram_limit || limit)
@@ -376,8 +391,9 @@ defmodule ModelBudget do
   def distribute(%{__struct__: ModelBudget.Model} = model, opts, n_gpus),
     do: Errors.call(Native.distribute_model(model, opts, n_gpus))
 
-  def distribute(file_bytes, opts, n_gpus),
-    do: Errors.call(Native.distribute(file_bytes, opts, n_gpus))
+  def distribute(file_bytes, opts, n_gpus) do
+    placement(Errors.call(Native.distribute(file_bytes, opts, n_gpus)))
+  end
 
   @typedoc "One device's share of a model-aware placement, in bytes."
   @type share :: %{
@@ -571,7 +587,9 @@ defmodule ModelBudget do
       %{ram: 11, vram: %{0 => 5, 1 => 4}}
   """
   @spec fold(placement(), placement()) :: placement()
-  def fold(used, placement), do: Errors.call(Native.fold(used, placement))
+  def fold(used, placement) do
+    placement(Errors.call(Native.fold(used, placement)))
+  end
 
   @doc """
   Takes `placement` back out of `used`, the inverse of `fold/2`, for unloads.
@@ -587,7 +605,17 @@ defmodule ModelBudget do
       ** (ArgumentError) invalid placement: releases 2 bytes of RAM but only 1 are held
   """
   @spec release(placement(), placement()) :: placement()
-  def release(used, placement), do: Errors.call(Native.release(used, placement))
+  def release(used, placement) do
+    placement(Errors.call(Native.release(used, placement)))
+  end
+
+  # The NIF answers a placement as {ram} with no GPU, {ram, gpu, bytes} with
+  # one, {ram, vram} with more: Elixir builds small maps in a few ns, where
+  # a NIF takes about 50 per map (the VM copies and sorts the keys).
+  @compile {:inline, placement: 1}
+  defp placement({ram}), do: %{ram: ram, vram: %{}}
+  defp placement({ram, gpu, bytes}), do: %{ram: ram, vram: %{gpu => bytes}}
+  defp placement({ram, vram}), do: %{ram: ram, vram: vram}
 
   @doc """
   The usage of nothing: `%{ram: 0, vram: %{}}`.

@@ -30,6 +30,20 @@ defmodule ModelBudgetTest do
              }
     end
 
+    # Per-device budgets cross as tuples of four shapes (no GPU, one GPU,
+    # more, :infinity) that ModelBudget turns into maps.
+    test "per-device budgets with no GPU, one GPU, several and unbounded VRAM" do
+      for vram <- [%{}, %{2 => 5}, %{0 => 1, 1 => :infinity, 4 => 3}] do
+        assert ModelBudget.resolve(%{ram: 9, vram: vram}, []) ==
+                 %{mode: :per_device, ram: 9, vram: vram}
+      end
+
+      assert ModelBudget.resolve(%{ram: :infinity, vram: :auto}, Enum.take(@gpus, 1)) ==
+               %{mode: :per_device, ram: :infinity, vram: %{0 => 20 * @gib}}
+
+      assert ModelBudget.resolve(%{ram: 9}, []) == %{mode: :per_device, ram: 9, vram: :infinity}
+    end
+
     test "per-device maps accept bytes, :infinity, nil and :auto for RAM" do
       %{limit: limit} = ModelBudget.system_memory()
       vram = %{0 => 1}
@@ -429,6 +443,29 @@ defmodule ModelBudgetTest do
       placement = %{ram: 2, vram: %{0 => 3, 2 => 4}}
       assert ModelBudget.release(used, placement) == %{ram: 1, vram: %{0 => 1}}
       assert ModelBudget.release(ModelBudget.fold(used, placement), placement) == used
+    end
+
+    # The NIF answers placements as tuples of three shapes (no GPU, one GPU,
+    # more) that ModelBudget turns into maps: each shape, each call.
+    test "results are placement maps with no GPU, one GPU and several" do
+      none = %{ram: 7, vram: %{}}
+      one = %{ram: 7, vram: %{3 => 5}}
+      three = %{ram: 7, vram: %{0 => 1, 1 => 2, 5 => 3}}
+
+      for used <- [none, one, three] do
+        assert ModelBudget.fold(used, %{ram: 0, vram: %{}}) == used
+        assert ModelBudget.release(used, %{ram: 0, vram: %{}}) == used
+        assert ModelBudget.fold(%{ram: 0, vram: %{}}, used) == used
+        assert ModelBudget.release(ModelBudget.fold(used, used), used) == used
+      end
+
+      assert ModelBudget.release(three, three) == %{ram: 0, vram: %{}}
+
+      assert ModelBudget.distribute(100, [mode: :direct], 0) == %{ram: 100, vram: %{}}
+      assert ModelBudget.distribute(100, [mode: :direct], 1) == %{ram: 0, vram: %{0 => 100}}
+
+      assert ModelBudget.distribute(100, [mode: :direct, split_mode: :layer], 3) ==
+               %{ram: 0, vram: %{0 => 34, 1 => 33, 2 => 33}}
     end
 
     test "releasing more than is held raises instead of going negative" do

@@ -20,6 +20,29 @@ defmodule Bench.Timing do
     summary(samples)
   end
 
+  @doc """
+  Per-call ns of each function in `funs`, timed in turns: batch `i` of every
+  function runs before batch `i + 1` of any. On a shared machine the load
+  drifts; in turns, every function sees the same drift, so ratios between
+  them hold better than with one function timed after another.
+  """
+  def per_call_interleaved(funs, batches \\ 51, per_batch \\ 2_000) do
+    for fun <- funs, _ <- 1..per_batch, do: fun.()
+
+    funs
+    |> Enum.map(fn _ -> [] end)
+    |> then(fn empty ->
+      Enum.reduce(1..batches, empty, fn _, acc ->
+        Enum.zip_with(funs, acc, fn fun, samples ->
+          t0 = System.monotonic_time(:nanosecond)
+          run(fun, per_batch)
+          [(System.monotonic_time(:nanosecond) - t0) / per_batch | samples]
+        end)
+      end)
+    end)
+    |> Enum.map(&summary/1)
+  end
+
   @doc "Summary of a list of samples: median and the 10th/90th percentiles."
   def summary(samples) do
     sorted = Enum.sort(samples)

@@ -192,7 +192,7 @@ defmodule ModelBudget.Plan do
   # Bad options surface from the NIFs as ArgumentError: they are the user's
   # input here, reported as a message instead of a crash.
   defp plan(models, opts, machine) do
-    budget = Errors.call(Native.resolve(opts[:budget], machine.gpus, machine.memory.limit))
+    budget = ModelBudget.resolve_with(opts[:budget], machine.gpus, machine.memory.limit)
     n_gpus = gpu_count(opts[:budget], machine)
     load = opts[:load]
     together = opts[:models] != []

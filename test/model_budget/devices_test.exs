@@ -92,6 +92,29 @@ defmodule ModelBudget.DevicesTest do
       assert Map.keys(vram) == Enum.map(ModelBudget.devices(), & &1.gpu_index)
     end
 
+    test "answers on the calling scheduler what the dirty-scheduler probe would" do
+      # After one probe, the NIF resolves :auto itself when NVML is known to
+      # be missing (no GPU to read) and asks for the probe when NVML works
+      # (each call reads the driver, which may block).
+      {gpus, limit} = ModelBudget.Native.probe_machine(System.get_env("CUDA_VISIBLE_DEVICES"))
+      ram = div(limit * 80, 100)
+      assert %{ram: ^ram} = ModelBudget.resolve(%{ram: :auto, vram: :infinity})
+      # The NIF answers a per-device budget as a tuple, ModelBudget makes it a map.
+      assert ModelBudget.Native.resolve(%{ram: :auto, vram: :infinity}, nil, nil) ==
+               {:per_device, ram, :infinity}
+
+      case ModelBudget.gpu_status() do
+        {:unavailable, _} ->
+          assert gpus == []
+          assert ModelBudget.Native.resolve(:auto, nil, nil) == {:per_device, ram}
+          assert ModelBudget.resolve(:auto) == %{mode: :per_device, ram: ram, vram: %{}}
+
+        {:ok, _, _} ->
+          assert ModelBudget.Native.resolve(:auto, nil, nil) == {:probe, :gpus}
+          assert ModelBudget.Native.resolve(:auto, nil, limit) == {:probe, :gpus}
+      end
+    end
+
     test "%{ram: :auto} takes 80% of the limit too" do
       %{limit: limit} = ModelBudget.system_memory()
       assert %{ram: ram, vram: %{0 => 5}} = ModelBudget.resolve(%{ram: :auto, vram: [5]})

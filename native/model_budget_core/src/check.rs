@@ -1,6 +1,7 @@
 //! Admission: does a placement fit a budget on top of what is already used?
 
-use crate::budget::{Budget, Limit};
+use crate::budget::{Budget, Limit, VramLimits};
+use crate::gpu_map::seek;
 use crate::placement::Placement;
 
 /// The device a check names.
@@ -77,8 +78,17 @@ pub fn check(budget: &Budget, placement: &Placement, used: &Placement) -> Result
         }
         Budget::PerDevice { ram, vram } => {
             within(*ram, Device::Ram, placement.ram, used.ram)?;
-            for (&gpu, &required) in &placement.vram {
-                within(vram.limit(gpu), Device::Gpu(gpu), required, used.gpu(gpu))?;
+            // The three GPU maps are sorted: one walk through each, instead
+            // of two searches per GPU.
+            let mut limits = match vram {
+                VramLimits::Infinity => &[][..],
+                VramLimits::PerGpu(map) => map.as_slice(),
+            };
+            let mut held = used.vram.as_slice();
+            for &(gpu, required) in placement.vram.as_slice() {
+                let limit = seek(&mut limits, gpu).unwrap_or(Limit::Infinity);
+                let used_here = seek(&mut held, gpu).unwrap_or(0);
+                within(limit, Device::Gpu(gpu), required, used_here)?;
             }
             Ok(())
         }

@@ -10,6 +10,8 @@ use smallvec::SmallVec;
 /// GPUs held without a heap allocation.
 pub const INLINE_GPUS: usize = 8;
 
+// The lookups are `#[inline]`: the budget calls make a few dozen per
+// call, and a call to each costs more than the search.
 /// A sorted map from GPU index to `V`, with the part of `BTreeMap`'s API
 /// the crate uses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -21,21 +23,19 @@ impl<V> GpuMap<V> {
         GpuMap(SmallVec::new())
     }
 
+    #[inline]
     fn position(&self, gpu: u32) -> Result<usize, usize> {
         self.0.binary_search_by_key(&gpu, |(k, _)| *k)
     }
 
     /// Sets `gpu` to `value`, returning the value it replaced. Appending in
     /// index order (as decoders and splits do) costs no search.
+    // Always inlined: decoders call it once per map entry, and LLVM keeps
+    // it out of line otherwise (the call costs more than the append).
+    #[inline(always)]
     pub fn insert(&mut self, gpu: u32, value: V) -> Option<V> {
         match self.0.last() {
-            Some((last, _)) if *last >= gpu => match self.position(gpu) {
-                Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
-                Err(i) => {
-                    self.0.insert(i, (gpu, value));
-                    None
-                }
-            },
+            Some((last, _)) if *last >= gpu => self.insert_within(gpu, value),
             _ => {
                 self.0.push((gpu, value));
                 None
@@ -43,12 +43,27 @@ impl<V> GpuMap<V> {
         }
     }
 
+    /// `insert` of a GPU not above the last one: kept out of line so that
+    /// the append, which decoders make once per entry, inlines.
+    #[inline(never)]
+    fn insert_within(&mut self, gpu: u32, value: V) -> Option<V> {
+        match self.position(gpu) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Err(i) => {
+                self.0.insert(i, (gpu, value));
+                None
+            }
+        }
+    }
+
     /// The value of `gpu`, if present.
+    #[inline]
     pub fn get(&self, gpu: &u32) -> Option<&V> {
         self.position(*gpu).ok().map(|i| &self.0[i].1)
     }
 
     /// The value of `gpu`, inserted as `default` when absent.
+    #[inline]
     pub fn get_or_insert(&mut self, gpu: u32, default: V) -> &mut V {
         let i = match self.position(gpu) {
             Ok(i) => i,
@@ -97,6 +112,46 @@ impl<V> GpuMap<V> {
     pub fn as_slice(&self) -> &[(u32, V)] {
         &self.0
     }
+
+    /// Calls `update` on the value of each GPU of `entries` (in increasing
+    /// index order), inserted as `default` first where absent: one walk
+    /// through both, instead of a search per entry.
+    pub fn update_sorted<W>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u32, W)>,
+        default: V,
+        mut update: impl FnMut(&mut V, W),
+    ) where
+        V: Copy,
+    {
+        let mut i = 0;
+        for (gpu, w) in entries {
+            while i < self.0.len() && self.0[i].0 < gpu {
+                i += 1;
+            }
+            if i == self.0.len() || self.0[i].0 != gpu {
+                self.0.insert(i, (gpu, default));
+            }
+            update(&mut self.0[i].1, w);
+            i += 1;
+        }
+    }
+}
+
+/// The value of `gpu` in a walk through sorted `entries`, which moves past
+/// it and every smaller index: for looking up increasing indices in one
+/// pass.
+pub fn seek<V: Copy>(entries: &mut &[(u32, V)], gpu: u32) -> Option<V> {
+    while let Some((&(index, value), rest)) = entries.split_first() {
+        if index > gpu {
+            return None;
+        }
+        *entries = rest;
+        if index == gpu {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Later pairs win, as when collecting into a `BTreeMap`.

@@ -4,7 +4,7 @@
 //! placements that describe the same memory compare equal.
 
 use crate::error::{invalid, Result};
-use crate::gpu_map::GpuMap;
+use crate::gpu_map::{seek, GpuMap};
 
 /// Bytes in RAM and on each GPU (by CUDA index). Also used as a usage
 /// accumulator: the fold of every resident placement.
@@ -66,11 +66,13 @@ impl Placement {
     /// [`Placement::fold`] in place, without copying `self`; on error `self`
     /// is unchanged.
     pub fn fold_in(&mut self, other: &Placement) -> Result<()> {
+        // Both GPU maps are sorted: one walk through each.
+        let mut held = self.vram.as_slice();
         let fits = self.ram.checked_add(other.ram).is_some()
-            && other
-                .vram
-                .iter()
-                .all(|(gpu, bytes)| self.gpu(*gpu).checked_add(*bytes).is_some());
+            && other.vram.as_slice().iter().all(|&(gpu, bytes)| {
+                let here = seek(&mut held, gpu).unwrap_or(0);
+                here.checked_add(bytes).is_some()
+            });
         if !fits {
             return Err(invalid(
                 "placement",
@@ -78,9 +80,9 @@ impl Placement {
             ));
         }
         self.ram += other.ram;
-        for (gpu, bytes) in other.vram.iter().filter(|(_, b)| **b > 0) {
-            *self.vram.get_or_insert(*gpu, 0) += *bytes;
-        }
+        let added = other.vram.as_slice().iter().filter(|(_, b)| *b > 0);
+        self.vram
+            .update_sorted(added.copied(), 0, |held, bytes| *held += bytes);
         Ok(())
     }
 
@@ -104,19 +106,20 @@ impl Placement {
                 ),
             ));
         }
-        for (gpu, bytes) in other.vram.iter() {
-            let held = self.gpu(*gpu);
-            if *bytes > held {
+        let mut held = self.vram.as_slice();
+        for &(gpu, bytes) in other.vram.as_slice() {
+            let here = seek(&mut held, gpu).unwrap_or(0);
+            if bytes > here {
                 return Err(invalid(
                     "placement",
-                    format!("releases {bytes} bytes of GPU {gpu} but only {held} are held"),
+                    format!("releases {bytes} bytes of GPU {gpu} but only {here} are held"),
                 ));
             }
         }
         self.ram -= other.ram;
-        for (gpu, bytes) in other.vram.iter().filter(|(_, b)| **b > 0) {
-            *self.vram.get_or_insert(*gpu, 0) -= *bytes;
-        }
+        let taken = other.vram.as_slice().iter().filter(|(_, b)| *b > 0);
+        self.vram
+            .update_sorted(taken.copied(), 0, |held, bytes| *held -= bytes);
         self.vram.retain(|_, b| *b > 0);
         Ok(())
     }

@@ -77,12 +77,24 @@ pub fn apportion(total: u64, weights: &[u128]) -> Shares {
     for (i, &w) in weights.iter().enumerate() {
         // total < 2^64 and w <= 2^64, so the product fits in u128.
         let scaled = total * w;
-        // Each share is at most `total`, which came from a u64.
-        shares.push((scaled / sum) as u64);
-        remainders.push((scaled % sum, i));
+        // Each share is at most `total`, which came from a u64. A u128
+        // division is a library call; when both operands fit in u64 (small
+        // weights), one hardware division gives quotient and remainder.
+        let (share, remainder) = match (u64::try_from(scaled), u64::try_from(sum)) {
+            (Ok(n), Ok(d)) => (u128::from(n / d), u128::from(n % d)),
+            _ => {
+                let share = scaled / sum;
+                (share, scaled - share * sum)
+            }
+        };
+        shares.push(share as u64);
+        remainders.push((remainder, i));
     }
     let given: u128 = shares.iter().map(|s| u128::from(*s)).sum();
     let left = (total - given) as usize;
+    if left == 0 {
+        return shares;
+    }
     remainders.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     for &(_, i) in remainders.iter().take(left) {
         shares[i] += 1;

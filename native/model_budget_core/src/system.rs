@@ -53,6 +53,13 @@ pub fn limit() -> u64 {
     memory().limit
 }
 
+/// [`limit`] when it was read before and nobody is reading it now: never
+/// blocks and never touches a file, so that a NIF on a normal scheduler
+/// may call it and fall back to a dirty one on `None`.
+pub fn cached_limit() -> Option<u64> {
+    SYSTEM.try_lock()?.as_ref().map(|(_, last)| last.limit)
+}
+
 fn read(sys: &System) -> SystemMemory {
     let total = sys.total_memory();
     let mut available = sys.available_memory();
@@ -89,5 +96,11 @@ mod tests {
         assert_eq!(first.total, second.total);
         assert_eq!(first.limit, second.limit);
         assert_eq!(limit(), second.limit);
+        // Another test may hold the lock for a moment: `None` then.
+        let cached = std::iter::repeat_with(cached_limit)
+            .take(10_000)
+            .flatten()
+            .next();
+        assert_eq!(cached, Some(second.limit));
     }
 }

@@ -5,14 +5,14 @@
 use model_budget_core::budget::{
     self, Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec,
 };
-use model_budget_core::GpuMap;
+use model_budget_core::{devices, system, GpuMap};
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, ListIterator, NifMap, Term};
 use smallvec::SmallVec;
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_budget, BudgetTerm};
+use crate::codec::{encode_budget, encode_per_device, BudgetTerm};
 use crate::decode::{atom, bytes, exact_map, index, is_unbounded, optional};
 
 // The wording predates one-key maps; ModelManager's doctests (issue 14's
@@ -26,7 +26,7 @@ const BUDGET: &str = "a budget: %{mode: :unlimited}, %{mode: :combined, limit: p
 /// Decodes the `:memory_budget` option as a user writes it. A map may give
 /// only `:ram` or only `:vram`; the missing one is `:infinity` (as in
 /// LlamaCppEx, which accepts `%{vram: [...]}`).
-fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
+pub fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
     const ARG: &str = "memory budget";
     if is_unbounded(term) {
         return Ok(BudgetSpec::Unlimited);
@@ -182,7 +182,7 @@ type Gpus = SmallVec<[GpuFree; 8]>;
 
 /// GPU entries as `LlamaCppEx.devices/0` and `ModelBudget.devices/0` give
 /// them: maps with at least `:gpu_index` and `:memory_free`.
-fn decode_gpus(term: Term) -> Decoded<Gpus> {
+pub fn decode_gpus(term: Term) -> Decoded<Gpus> {
     let fast = term.decode::<ListIterator>().and_then(|list| {
         list.map(|gpu| {
             let GpuFreeFields {
@@ -220,15 +220,25 @@ fn explain_gpus(term: Term) -> Decoded<Gpus> {
     .collect()
 }
 
-/// Resolves a `:memory_budget`. `gpus` and `ram_limit` may be `nil`: when the
-/// spec needs one that is missing, the answer is `{:probe, :gpus | :ram}` and
-/// the Elixir side probes (on a dirty scheduler) and calls again.
+/// Resolves a `:memory_budget` into a budget, answering a per-device one as
+/// a tuple (`codec::encode_per_device`) that `ModelBudget` makes a map. `gpus` and `ram_limit` may be `nil`: when the
+/// spec needs one that is missing and the answer is not already known
+/// without blocking (no NVML on this machine; the memory limit read
+/// before), the answer is `{:probe, :gpus | :ram}` and the Elixir side
+/// probes (on a dirty scheduler) and calls again.
 #[rustler::nif]
 fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>) -> Term<'a> {
     let result = (|| {
         let spec = decode_spec(spec)?;
-        let gpus = optional(gpus, decode_gpus)?;
-        let ram_limit = optional(ram_limit, |t| bytes(t, "ram_limit"))?;
+        let mut gpus = optional(gpus, decode_gpus)?;
+        let mut ram_limit = optional(ram_limit, |t| bytes(t, "ram_limit"))?;
+        // Both answers are what the dirty-scheduler probe would give now.
+        if spec.needs_gpus() && gpus.is_none() && devices::known_absent() {
+            gpus = Some(Gpus::new());
+        }
+        if spec.needs_system_memory() && ram_limit.is_none() {
+            ram_limit = system::cached_limit();
+        }
         if spec.needs_gpus() && gpus.is_none() {
             return Ok((atoms::probe(), atoms::gpus()).encode(env));
         }
@@ -240,7 +250,10 @@ fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>
             ram_limit.unwrap_or(0),
             gpus.as_deref().unwrap_or(&[]),
         )?;
-        Ok(encode_budget(env, &resolved))
+        Ok(match &resolved {
+            Budget::PerDevice { ram, vram } => encode_per_device(env, *ram, vram),
+            other => encode_budget(env, other),
+        })
     })();
     reply(env, result)
 }

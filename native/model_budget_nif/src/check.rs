@@ -1,59 +1,54 @@
 //! `check/3`: `:ok` or `{:error, {:insufficient_memory, [device:, required:, available:]}}`.
 
-use rustler::{Encoder, Env, NifResult, Term};
+use rustler::{Encoder, Env, Term};
 
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_check, read_placement, BudgetTerm, DeviceTerm};
+use crate::codec::{encode_check, read_budget, read_placement, DeviceTerm};
 use crate::{atoms, budget, placement};
 use model_budget_core::{Budget, Placement};
 
 #[rustler::nif]
 fn check<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>) -> Term<'a> {
-    let (mut added, mut usage) = (Placement::empty(), Placement::empty());
-    let result = decode_args(budget, placement, used, &mut added, &mut usage)
-        .map(|budget| encode_check(env, model_budget_core::check(&budget, &added, &usage)));
-    reply(env, result)
+    let (mut b, mut added, mut usage) = (Budget::Unlimited, Placement::empty(), Placement::empty());
+    match decode_args([budget, placement, used], &mut b, &mut added, &mut usage) {
+        Ok(()) => encode_check(env, model_budget_core::check(&b, &added, &usage)),
+        Err(bad) => reply::<Term>(env, Err(bad)),
+    }
 }
 
 /// `check/3`, and when it fits the room the placement leaves on the
 /// devices it uses: `{:ok, bytes | :infinity}` or check's error.
 #[rustler::nif]
 fn room<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>) -> Term<'a> {
-    let (mut added, mut usage) = (Placement::empty(), Placement::empty());
-    let result = decode_args(budget, placement, used, &mut added, &mut usage).map(|budget| {
-        match model_budget_core::room(&budget, &added, &usage) {
-            Ok(Some(bytes)) => (atoms::ok(), bytes).encode(env),
-            Ok(None) => (atoms::ok(), atoms::infinity()).encode(env),
-            Err(short) => encode_check(env, Err(short)),
-        }
-    });
-    reply(env, result)
+    let (mut b, mut added, mut usage) = (Budget::Unlimited, Placement::empty(), Placement::empty());
+    if let Err(bad) = decode_args([budget, placement, used], &mut b, &mut added, &mut usage) {
+        return reply::<Term>(env, Err(bad));
+    }
+    match model_budget_core::room(&b, &added, &usage) {
+        Ok(Some(bytes)) => (atoms::ok(), bytes).encode(env),
+        Ok(None) => (atoms::ok(), atoms::infinity()).encode(env),
+        Err(short) => encode_check(env, Err(short)),
+    }
 }
 
-/// The budget, the placement and the usage of a check, read in place; the
-/// slow decoders, which name the argument and the value, only when the fast
-/// codecs refuse one.
+/// A check's budget, placement and usage, decoded in place (the inline GPU
+/// maps are never moved); the slow decoders, which name the argument that
+/// is wrong, only when a fast one refuses.
 fn decode_args<'a>(
-    budget: Term<'a>,
-    placement: Term<'a>,
-    used: Term<'a>,
+    [budget, placement, used]: [Term<'a>; 3],
+    b: &mut Budget,
     added: &mut Placement,
     usage: &mut Placement,
-) -> Decoded<'a, Budget> {
-    let fast = |added: &mut Placement, usage: &mut Placement| -> NifResult<Budget> {
-        let b = budget.decode::<BudgetTerm>()?.0;
-        read_placement(placement, added)?;
-        read_placement(used, usage)?;
-        Ok(b)
-    };
-    match fast(added, usage) {
-        Ok(b) => Ok(b),
-        Err(_) => {
-            *added = placement::decode(placement, "placement")?;
-            *usage = placement::decode(used, "used")?;
-            budget::decode(budget)
-        }
+) -> Decoded<'a, ()> {
+    let fast = read_budget(budget, b)
+        .and_then(|_| read_placement(placement, added))
+        .and_then(|_| read_placement(used, usage));
+    if fast.is_err() {
+        *added = placement::decode(placement, "placement")?;
+        *usage = placement::decode(used, "used")?;
+        *b = budget::decode(budget)?;
     }
+    Ok(())
 }
 
 /// Bytes still free on a device given `used`, or `:infinity`: what a report

@@ -199,14 +199,18 @@ fn read_gpu_map<V: GpuValue>(
     map: &mut GpuMap<V>,
     keep: impl Fn(&V) -> bool,
 ) -> NifResult<()> {
-    raw::for_each(term, |gpu, value| {
+    let read = raw::for_each(term, |gpu, value| {
         let (gpu, value) = (gpu.decode::<u32>()?, V::decode_value(value)?);
         if keep(&value) {
             map.insert(gpu, value);
         }
         Ok(())
-    })
-    .ok_or(Error::BadArg)?
+    });
+    // A `match`, not `ok_or`: an eager `Error` is dropped on every success.
+    match read {
+        Some(result) => result,
+        None => Err(Error::BadArg),
+    }
 }
 
 impl<V: GpuValue> Encoder for GpuMapTerm<V> {
@@ -217,10 +221,13 @@ impl<V: GpuValue> Encoder for GpuMapTerm<V> {
 
 /// A GPU map as a term, keys and values gathered on the stack.
 pub fn encode_gpu_map<'a, V: GpuValue>(env: Env<'a>, map: &GpuMap<V>) -> Term<'a> {
-    let keys: SmallVec<[ErlNifTerm; INLINE_GPUS]> =
-        map.keys().map(|k| raw(k.encode(env))).collect();
-    let values: SmallVec<[ErlNifTerm; INLINE_GPUS]> =
-        map.values().map(|v| raw(v.encode_value(env))).collect();
+    // One pass over the entries, into vectors sized up front.
+    let mut keys = SmallVec::<[ErlNifTerm; INLINE_GPUS]>::with_capacity(map.len());
+    let mut values = SmallVec::<[ErlNifTerm; INLINE_GPUS]>::with_capacity(map.len());
+    for (gpu, value) in map.as_slice() {
+        keys.push(raw(gpu.encode(env)));
+        values.push(raw(value.encode_value(env)));
+    }
     raw::map_from_arrays(env, &keys, &values)
 }
 
@@ -274,6 +281,34 @@ pub fn encode_placement<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
     )
 }
 
+/// A placement as the tuple `ModelBudget` turns into `%{ram:, vram:}`:
+/// `{ram}` with no GPU, `{ram, gpu, bytes}` with one, `{ram, vram}` with
+/// more. Elixir builds a small map with literal keys in a few nanoseconds,
+/// where a NIF takes about 50 per map (the VM copies and sorts its keys on
+/// a fresh heap); so only GPU maps of two or more entries are built here.
+pub fn encode_usage<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
+    match p.vram.as_slice() {
+        [] => (p.ram,).encode(env),
+        [(gpu, bytes)] => (p.ram, *gpu, *bytes).encode(env),
+        _ => (p.ram, encode_gpu_map(env, &p.vram)).encode(env),
+    }
+}
+
+/// A resolved per-device budget, as `encode_usage` answers placements:
+/// `{:per_device, ram}` with an empty GPU map, `{:per_device, ram, gpu,
+/// limit}` with one GPU, `{:per_device, ram, vram}` otherwise.
+pub fn encode_per_device<'a>(env: Env<'a>, ram: Limit, vram: &VramLimits) -> Term<'a> {
+    let (mode, ram) = (atoms::per_device(), LimitTerm(ram));
+    match vram {
+        VramLimits::PerGpu(map) => match map.as_slice() {
+            [] => (mode, ram).encode(env),
+            [(gpu, limit)] => (mode, ram, *gpu, LimitTerm(*limit)).encode(env),
+            _ => (mode, ram, encode_gpu_map(env, map)).encode(env),
+        },
+        VramLimits::Infinity => (mode, ram, atoms::infinity()).encode(env),
+    }
+}
+
 /// A map of exactly `n` keys: derived `NifMap` decoders ignore extra keys,
 /// and the contract allows none.
 fn exact_size(term: Term, n: usize) -> NifResult<()> {
@@ -303,37 +338,6 @@ struct CombinedFields {
     limit: u64,
 }
 
-#[derive(NifMap)]
-struct PerDeviceFields {
-    mode: BudgetMode,
-    ram: LimitTerm,
-    vram: VramTerm,
-}
-
-/// `:infinity | %{gpu_index => limit}`.
-struct VramTerm(VramLimits);
-
-impl<'a> Decoder<'a> for VramTerm {
-    fn decode(term: Term<'a>) -> NifResult<Self> {
-        if let Ok(map) = term.decode::<GpuMapTerm<Limit>>() {
-            return Ok(VramTerm(VramLimits::PerGpu(map.0)));
-        }
-        if term.decode::<Atom>()? == atoms::infinity() {
-            return Ok(VramTerm(VramLimits::Infinity));
-        }
-        Err(Error::BadArg)
-    }
-}
-
-impl Encoder for VramTerm {
-    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        match &self.0 {
-            VramLimits::Infinity => atoms::infinity().encode(env),
-            VramLimits::PerGpu(map) => encode_gpu_map(env, map),
-        }
-    }
-}
-
 /// A resolved `budget()`; the map's size tells its shape, the `:mode` must
 /// agree.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -341,33 +345,48 @@ pub struct BudgetTerm(pub Budget);
 
 impl<'a> Decoder<'a> for BudgetTerm {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        let budget = match term.map_size()? {
-            1 => match term.decode::<UnlimitedFields>()?.mode {
-                BudgetMode::Unlimited => Budget::Unlimited,
-                _ => return Err(Error::BadArg),
-            },
-            2 => match term.decode::<CombinedFields>()? {
-                CombinedFields {
-                    mode: BudgetMode::Combined,
-                    limit,
-                } if limit > 0 => Budget::Combined { limit },
-                _ => return Err(Error::BadArg),
-            },
-            3 => match term.decode::<PerDeviceFields>()? {
-                PerDeviceFields {
-                    mode: BudgetMode::PerDevice,
-                    ram,
-                    vram,
-                } => Budget::PerDevice {
-                    ram: ram.0,
-                    vram: vram.0,
-                },
-                _ => return Err(Error::BadArg),
-            },
-            _ => return Err(Error::BadArg),
-        };
+        let mut budget = Budget::Unlimited;
+        read_budget(term, &mut budget)?;
         Ok(BudgetTerm(budget))
     }
+}
+
+/// What `BudgetTerm` decodes, read into `out` in place (see
+/// `read_placement`): a budget's inline GPU map is the largest value on
+/// the `check/3` path, and each move of it is a copy.
+pub fn read_budget(term: Term, out: &mut Budget) -> NifResult<()> {
+    let size = term.map_size()?;
+    match (size, term.map_get(atoms::mode())?.decode::<BudgetMode>()?) {
+        (1, BudgetMode::Unlimited) => *out = Budget::Unlimited,
+        (2, BudgetMode::Combined) => match term.map_get(atoms::limit())?.decode::<u64>()? {
+            0 => return Err(Error::BadArg),
+            limit => *out = Budget::Combined { limit },
+        },
+        (3, BudgetMode::PerDevice) => {
+            let ram = term.map_get(atoms::ram())?.decode::<LimitTerm>()?.0;
+            let vram = term.map_get(atoms::vram())?;
+            if vram.decode::<Atom>().is_ok_and(|a| a == atoms::infinity()) {
+                *out = Budget::PerDevice {
+                    ram,
+                    vram: VramLimits::Infinity,
+                };
+                return Ok(());
+            }
+            *out = Budget::PerDevice {
+                ram,
+                vram: VramLimits::PerGpu(GpuMap::new()),
+            };
+            if let Budget::PerDevice {
+                vram: VramLimits::PerGpu(map),
+                ..
+            } = out
+            {
+                read_gpu_map(vram, map, |_| true)?;
+            }
+        }
+        _ => return Err(Error::BadArg),
+    }
+    Ok(())
 }
 
 impl Encoder for BudgetTerm {
@@ -398,12 +417,21 @@ pub fn encode_budget<'a>(env: Env<'a>, budget: &Budget) -> Term<'a> {
             &[
                 raw(BudgetMode::PerDevice.encode(env)),
                 raw(LimitTerm(*ram).encode(env)),
-                raw(match vram {
-                    VramLimits::Infinity => atoms::infinity().encode(env),
-                    VramLimits::PerGpu(map) => encode_gpu_map(env, map),
-                }),
+                raw(VramLimitsTerm(vram).encode(env)),
             ],
         ),
+    }
+}
+
+/// A per-device budget's `:vram`: `:infinity` or `%{gpu_index => limit}`.
+struct VramLimitsTerm<'v>(pub &'v VramLimits);
+
+impl Encoder for VramLimitsTerm<'_> {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        match self.0 {
+            VramLimits::Infinity => atoms::infinity().encode(env),
+            VramLimits::PerGpu(map) => encode_gpu_map(env, map),
+        }
     }
 }
 

@@ -4,11 +4,13 @@ use model_budget_core::layout::kv::CacheType;
 use model_budget_core::layout::repack::Repack;
 use model_budget_core::options::near_miss;
 use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, OptionSet};
-use rustler::{Atom, Env, ListIterator, Term};
+use std::sync::OnceLock;
+
+use rustler::{Atom, Env, ListIterator, Term, TermType};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, BadArg, Decoded};
-use crate::codec::{encode_placement, CacheTypeTerm, ModeTerm, SplitModeTerm};
+use crate::codec::{encode_usage, CacheTypeTerm, ModeTerm, SplitModeTerm};
 use crate::decode::{atom, bytes, index, optional};
 
 /// Reads the keys `set` knows of a load-option keyword list. Unknown keys
@@ -16,55 +18,152 @@ use crate::decode::{atom, bytes, index, optional};
 /// near miss of an option; keys of the other path are ignored; the first
 /// occurrence of a key wins, as with `Keyword.get/2`.
 pub fn decode_options(term: Term, set: OptionSet) -> Decoded<DistributeOptions> {
+    let mut opts = DistributeOptions::default();
+    read_options(term, set, &mut opts)?;
+    Ok(opts)
+}
+
+/// What `decode_options` reads, set in `opts` in place: the hot path uses
+/// it so that the options (large, with a vector) are not moved on their way
+/// out.
+pub fn read_options<'a>(
+    term: Term<'a>,
+    set: OptionSet,
+    opts: &mut DistributeOptions,
+) -> Decoded<'a, ()> {
     let Ok(list) = term.decode::<ListIterator>() else {
         return bad("opts", "a keyword list", term);
     };
-    let mut opts = DistributeOptions::default();
+    let (atoms, reads) = key_table(set);
     // One bit per known key seen, so that later duplicates are skipped.
     let mut seen = 0u32;
     for item in list {
         let Ok((key, value)) = item.decode::<(Atom, Term)>() else {
             return bad("opts", "a keyword list", term);
         };
-        let Some(bit) = KEYS.iter().position(|(k, _)| k() == key) else {
+        let Some(bit) = atoms.iter().position(|k| *k == key) else {
             reject_near_miss(key, term)?;
             continue;
         };
-        let (_, name) = KEYS[bit];
-        if seen & (1 << bit) != 0 || !set.reads(name) {
+        if seen & (1 << bit) != 0 || reads & (1 << bit) == 0 {
             continue;
         }
         seen |= 1 << bit;
-        set_option(&mut opts, bit, value)?;
+        (KEYS[bit].2)(opts, value)?;
     }
-    Ok(opts)
+    Ok(())
 }
 
-/// An option's atom (made on first use) and name.
-type Key = (fn() -> Atom, &'static str);
+/// The atoms of `KEYS` in order, and the bits of those `set` reads: worked
+/// out once (the core's option tables are by name, and each of rustler's
+/// atom functions checks that its atoms were made).
+fn key_table(set: OptionSet) -> (&'static [Atom; 19], u32) {
+    static TABLE: OnceLock<([Atom; 19], [u32; 2])> = OnceLock::new();
+    let (atoms, masks) = TABLE.get_or_init(|| {
+        let masks = [OptionSet::Bytes, OptionSet::Model].map(|set| {
+            KEYS.iter()
+                .enumerate()
+                .filter(|(_, (_, name, _))| set.reads(name))
+                .fold(0, |mask, (bit, _)| mask | 1 << bit)
+        });
+        (KEYS.map(|(atom, _, _)| atom()), masks)
+    });
+    (atoms, masks[usize::from(set == OptionSet::Model)])
+}
 
-/// The options either path reads, by atom and name; a key's position is
-/// its bit in `decode_options`'s `seen`.
+/// Sets one option from its value, or names what is wrong with the value.
+type Setter = for<'a> fn(&mut DistributeOptions, Term<'a>) -> Decoded<'a, ()>;
+
+/// An option's atom (made on first use), name, and setter.
+type Key = (fn() -> Atom, &'static str, Setter);
+
+/// The options either path reads; a key's position is its bit in
+/// `read_options`'s masks.
 const KEYS: [Key; 19] = [
-    (atoms::mode, "mode"),
-    (atoms::n_gpu_layers, "n_gpu_layers"),
-    (atoms::split_mode, "split_mode"),
-    (atoms::tensor_split, "tensor_split"),
-    (atoms::main_gpu, "main_gpu"),
-    (atoms::offload_kqv, "offload_kqv"),
-    (atoms::n_ctx, "n_ctx"),
-    (atoms::n_parallel, "n_parallel"),
-    (atoms::kv_bytes_per_token, "kv_bytes_per_token"),
-    (cache_type_k, "cache_type_k"),
-    (cache_type_v, "cache_type_v"),
-    (n_ubatch, "n_ubatch"),
-    (flash_attn, "flash_attn"),
-    (gpu_overhead, "gpu_overhead"),
-    (n_batch, "n_batch"),
-    (kv_unified, "kv_unified"),
-    (mmap, "mmap"),
-    (repack, "repack"),
-    (cache_ram, "cache_ram"),
+    (atoms::mode, "mode", |o, v| {
+        o.mode = v
+            .decode::<ModeTerm>()
+            .or_else(|_| bad("option :mode", ":server or :direct", v))?
+            .into();
+        Ok(())
+    }),
+    (atoms::n_gpu_layers, "n_gpu_layers", |o, v| {
+        o.n_gpu_layers = v
+            .decode::<i64>()
+            .or_else(|_| bad("option :n_gpu_layers", "an integer", v))?;
+        Ok(())
+    }),
+    (atoms::split_mode, "split_mode", |o, v| {
+        o.split_mode = v
+            .decode::<SplitModeTerm>()
+            .or_else(|_| bad("option :split_mode", ":none, :layer or :row", v))?
+            .into();
+        Ok(())
+    }),
+    (atoms::tensor_split, "tensor_split", |o, v| {
+        o.tensor_split = decode_weights(v)?;
+        Ok(())
+    }),
+    (atoms::main_gpu, "main_gpu", |o, v| {
+        o.main_gpu = index(v, "option :main_gpu")?;
+        Ok(())
+    }),
+    (atoms::offload_kqv, "offload_kqv", |o, v| {
+        o.offload_kqv = boolean(v, "option :offload_kqv")?;
+        Ok(())
+    }),
+    (atoms::n_ctx, "n_ctx", |o, v| {
+        o.n_ctx = Some(positive(v, "option :n_ctx")?);
+        Ok(())
+    }),
+    (atoms::n_parallel, "n_parallel", |o, v| {
+        o.n_parallel = positive(v, "option :n_parallel")?;
+        Ok(())
+    }),
+    (atoms::kv_bytes_per_token, "kv_bytes_per_token", |o, v| {
+        o.kv_bytes_per_token = optional(v, |t| bytes(t, "option :kv_bytes_per_token"))?;
+        Ok(())
+    }),
+    (cache_type_k, "cache_type_k", |o, v| {
+        o.cache_type_k = cache_type(v, "option :cache_type_k")?;
+        Ok(())
+    }),
+    (cache_type_v, "cache_type_v", |o, v| {
+        o.cache_type_v = cache_type(v, "option :cache_type_v")?;
+        Ok(())
+    }),
+    (n_ubatch, "n_ubatch", |o, v| {
+        o.n_ubatch = positive(v, "option :n_ubatch")?;
+        Ok(())
+    }),
+    (flash_attn, "flash_attn", |o, v| {
+        o.flash_attn = boolean(v, "option :flash_attn")?;
+        Ok(())
+    }),
+    (gpu_overhead, "gpu_overhead", |o, v| {
+        o.gpu_overhead = bytes(v, "option :gpu_overhead")?;
+        Ok(())
+    }),
+    (n_batch, "n_batch", |o, v| {
+        o.n_batch = positive(v, "option :n_batch")?;
+        Ok(())
+    }),
+    (kv_unified, "kv_unified", |o, v| {
+        o.kv_unified = boolean(v, "option :kv_unified")?;
+        Ok(())
+    }),
+    (mmap, "mmap", |o, v| {
+        o.mmap = boolean(v, "option :mmap")?;
+        Ok(())
+    }),
+    (repack, "repack", |o, v| {
+        o.repack = decode_repack(v)?;
+        Ok(())
+    }),
+    (cache_ram, "cache_ram", |o, v| {
+        o.cache_ram = bytes(v, "option :cache_ram")?;
+        Ok(())
+    }),
 ];
 
 /// An unknown key one or two edits from an option is refused.
@@ -82,50 +181,10 @@ fn reject_near_miss<'a>(key: Atom, opts: Term<'a>) -> Decoded<'a, ()> {
     }
 }
 
-fn set_option<'a>(opts: &mut DistributeOptions, bit: usize, value: Term<'a>) -> Decoded<'a, ()> {
-    let boolean = |name: &str| {
-        value
-            .decode::<bool>()
-            .or_else(|_| bad(&format!("option :{name}"), "a boolean", value))
-    };
-    match KEYS[bit].1 {
-        "mode" => {
-            opts.mode = value
-                .decode::<ModeTerm>()
-                .or_else(|_| bad("option :mode", ":server or :direct", value))?
-                .into();
-        }
-        "n_gpu_layers" => {
-            opts.n_gpu_layers = value
-                .decode::<i64>()
-                .or_else(|_| bad("option :n_gpu_layers", "an integer", value))?;
-        }
-        "split_mode" => {
-            opts.split_mode = value
-                .decode::<SplitModeTerm>()
-                .or_else(|_| bad("option :split_mode", ":none, :layer or :row", value))?
-                .into();
-        }
-        "tensor_split" => opts.tensor_split = decode_weights(value)?,
-        "main_gpu" => opts.main_gpu = index(value, "option :main_gpu")?,
-        "offload_kqv" => opts.offload_kqv = boolean("offload_kqv")?,
-        "n_ctx" => opts.n_ctx = Some(positive(value, "option :n_ctx")?),
-        "n_parallel" => opts.n_parallel = positive(value, "option :n_parallel")?,
-        "kv_bytes_per_token" => {
-            opts.kv_bytes_per_token = optional(value, |t| bytes(t, "option :kv_bytes_per_token"))?;
-        }
-        "cache_type_k" => opts.cache_type_k = cache_type(value, "option :cache_type_k")?,
-        "cache_type_v" => opts.cache_type_v = cache_type(value, "option :cache_type_v")?,
-        "n_ubatch" => opts.n_ubatch = positive(value, "option :n_ubatch")?,
-        "flash_attn" => opts.flash_attn = boolean("flash_attn")?,
-        "n_batch" => opts.n_batch = positive(value, "option :n_batch")?,
-        "kv_unified" => opts.kv_unified = boolean("kv_unified")?,
-        "mmap" => opts.mmap = boolean("mmap")?,
-        "repack" => opts.repack = decode_repack(value)?,
-        "cache_ram" => opts.cache_ram = bytes(value, "option :cache_ram")?,
-        _ => opts.gpu_overhead = bytes(value, "option :gpu_overhead")?,
-    }
-    Ok(())
+fn boolean<'a>(value: Term<'a>, arg: &str) -> Decoded<'a, bool> {
+    value
+        .decode::<bool>()
+        .or_else(|_| bad(arg, "a boolean", value))
 }
 
 rustler::atoms! {
@@ -192,20 +251,24 @@ pub fn positive<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, u64> {
 fn decode_weights(term: Term) -> Decoded<Vec<f64>> {
     const ARG: &str = "option :tensor_split";
     const EXPECTED: &str = "a list of non-negative numbers";
-    let Ok(list) = term.decode::<ListIterator>() else {
+    let (Ok(list), Ok(len)) = (term.decode::<ListIterator>(), term.list_length()) else {
         return bad(ARG, EXPECTED, term);
     };
-    list.map(|w| {
-        let weight = w
-            .decode::<f64>()
-            .ok()
-            .or_else(|| w.decode::<u64>().ok().map(|n| n as f64));
+    // Sized up front: collecting through `Result` would grow it step by step.
+    let mut weights = Vec::with_capacity(len);
+    for w in list {
+        // By type, so that each weight is decoded once.
+        let weight = match w.get_type() {
+            TermType::Integer => w.decode::<u64>().ok().map(|n| n as f64),
+            TermType::Float => w.decode::<f64>().ok(),
+            _ => None,
+        };
         match weight {
-            Some(x) if x.is_finite() && x >= 0.0 => Ok(x),
-            _ => bad(ARG, EXPECTED, term),
+            Some(x) if x.is_finite() && x >= 0.0 => weights.push(x),
+            _ => return bad(ARG, EXPECTED, term),
         }
-    })
-    .collect()
+    }
+    Ok(weights)
 }
 
 /// The `n_gpus` argument.
@@ -216,6 +279,8 @@ pub fn gpu_count(term: Term) -> Decoded<u32> {
     }
 }
 
+/// `{ram, vram}` of the placement (`ModelBudget` builds the map, as for
+/// `fold/2`).
 #[rustler::nif]
 fn distribute<'a>(
     env: Env<'a>,
@@ -225,10 +290,11 @@ fn distribute<'a>(
 ) -> Term<'a> {
     let result = (|| {
         let file_bytes = bytes(file_bytes, "file_bytes")?;
-        let opts = decode_options(opts, OptionSet::Bytes)?;
+        let mut options = DistributeOptions::default();
+        read_options(opts, OptionSet::Bytes, &mut options)?;
         let n_gpus = gpu_count(n_gpus)?;
-        let placement = model_budget_core::distribute(file_bytes, &opts, n_gpus)?;
-        Ok(encode_placement(env, &placement))
+        let placement = model_budget_core::distribute(file_bytes, &options, n_gpus)?;
+        Ok(encode_usage(env, &placement))
     })();
     reply(env, result)
 }

@@ -4,9 +4,13 @@
 //! use) and return `:ok`, with no validation, no arithmetic and no result
 //! term.
 
+use model_budget_core::{Budget, DistributeOptions, OptionSet, Placement};
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, ListIterator, Term, TermType};
 
+use crate::budget::{decode_gpus, decode_spec};
+use crate::codec::{self, read_budget};
+use crate::distribute::{gpu_count, read_options};
 use crate::{atoms, raw};
 
 #[rustler::nif]
@@ -113,5 +117,91 @@ fn floor_resolve(spec: Term, gpus: Term, ram_limit: Term) -> Atom {
         })
     });
     std::hint::black_box(read(spec).wrapping_add(gpus).wrapping_add(read(ram_limit)));
+    atoms::ok()
+}
+
+/// The decoding step of each call alone, timed apart from the call so that
+/// a benchmark can split a call's time beyond its floor into decoding with
+/// validation (this step minus the floor) and the rest: arithmetic, the
+/// result term and the Elixir wrapper (the call minus this step). Each
+/// reads its arguments with the codecs the call uses and returns `:ok`.
+#[rustler::nif]
+fn decode_only_check(budget: Term, placement: Term, used: Term) -> Atom {
+    let (mut b, mut p, mut u) = (Budget::Unlimited, Placement::empty(), Placement::empty());
+    let read = read_budget(budget, &mut b)
+        .and_then(|_| codec::read_placement(placement, &mut p))
+        .and_then(|_| codec::read_placement(used, &mut u));
+    std::hint::black_box((read.is_ok(), &b, &p, &u));
+    atoms::ok()
+}
+
+/// `fold/2` and `release/2`'s decoding step.
+#[rustler::nif]
+fn decode_only_usage(used: Term, placement: Term) -> Atom {
+    let (mut u, mut p) = (Placement::empty(), Placement::empty());
+    let read =
+        codec::read_placement(used, &mut u).and_then(|_| codec::read_placement(placement, &mut p));
+    std::hint::black_box((read.is_ok(), &u, &p));
+    atoms::ok()
+}
+
+/// `distribute/3`'s decoding step: the byte count, the options, the count.
+#[rustler::nif]
+fn decode_only_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
+    let bytes = bytes.decode::<u64>().is_ok();
+    let mut options = DistributeOptions::default();
+    let opts = read_options(opts, OptionSet::Bytes, &mut options).is_ok();
+    std::hint::black_box((bytes, opts, &options, gpu_count(n_gpus).is_ok()));
+    atoms::ok()
+}
+
+/// `resolve/2`'s decoding step: the spec and the GPU list.
+#[rustler::nif]
+fn decode_only_resolve(spec: Term, gpus: Term) -> Atom {
+    std::hint::black_box((decode_spec(spec).ok(), decode_gpus(gpus).ok()));
+    atoms::ok()
+}
+
+/// Each call up to its result: the decoding step and the core's work,
+/// then `:ok` instead of the result term. The call minus this is the
+/// result term and the Elixir wrapper; this minus the decoding step is the
+/// core's work. (`check/3`'s result is `:ok` already.)
+#[rustler::nif]
+fn compute_only_usage(used: Term, placement: Term, release: bool) -> Atom {
+    let (mut u, mut p) = (Placement::empty(), Placement::empty());
+    let read =
+        codec::read_placement(used, &mut u).and_then(|_| codec::read_placement(placement, &mut p));
+    let done = read.is_ok()
+        && if release {
+            u.release_from(&p).is_ok()
+        } else {
+            u.fold_in(&p).is_ok()
+        };
+    std::hint::black_box((done, &u));
+    atoms::ok()
+}
+
+/// `distribute/3` up to its result.
+#[rustler::nif]
+fn compute_only_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
+    let mut options = DistributeOptions::default();
+    let placement = match (bytes.decode::<u64>(), gpu_count(n_gpus)) {
+        (Ok(bytes), Ok(n)) if read_options(opts, OptionSet::Bytes, &mut options).is_ok() => {
+            model_budget_core::distribute(bytes, &options, n).ok()
+        }
+        _ => None,
+    };
+    std::hint::black_box(placement);
+    atoms::ok()
+}
+
+/// `resolve/2` up to its result.
+#[rustler::nif]
+fn compute_only_resolve(spec: Term, gpus: Term) -> Atom {
+    let budget = match (decode_spec(spec), decode_gpus(gpus)) {
+        (Ok(spec), Ok(gpus)) => model_budget_core::budget::resolve(&spec, 0, &gpus).ok(),
+        _ => None,
+    };
+    std::hint::black_box(budget);
     atoms::ok()
 }

@@ -8,7 +8,7 @@ use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_placement, read_placement};
+use crate::codec::{encode_placement, encode_usage, read_placement};
 use crate::decode::{bytes, exact_map, index};
 
 const EXPECTED: &str = "a map %{ram: bytes, vram: %{gpu_index => bytes}}";
@@ -55,8 +55,9 @@ fn empty_usage(env: Env) -> Term {
     encode_placement(env, &Placement::empty())
 }
 
-/// Applies `op` to the decoded usage in place; the slow decoders only run
-/// when the codec refused an argument.
+/// Applies `op` to the decoded usage in place and answers `{ram, vram}`
+/// (see `encode_usage`). The slow decoders only run when the codec refused
+/// an argument.
 fn usage_op<'a>(
     env: Env<'a>,
     used: Term<'a>,
@@ -72,16 +73,18 @@ fn usage_op<'a>(
             added = decode(placement, "placement")?;
         }
         op(&mut usage, &added)?;
-        Ok(encode_placement(env, &usage))
+        Ok(encode_usage(env, &usage))
     })();
     reply(env, result)
 }
 
+/// `{ram, vram}` of `used` with `placement` added (`ModelBudget.fold/2`).
 #[rustler::nif]
 fn fold<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
     usage_op(env, used, placement, Placement::fold_in)
 }
 
+/// `{ram, vram}` of `used` with `placement` taken out (`ModelBudget.release/2`).
 #[rustler::nif]
 fn release<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
     usage_op(env, used, placement, Placement::release_from)

@@ -9,7 +9,7 @@
 mod nvml;
 pub mod visible;
 
-pub use nvml::{devices, refresh, status};
+pub use nvml::{devices, known_absent, refresh, status};
 
 /// One GPU visible to CUDA programs started with this process's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

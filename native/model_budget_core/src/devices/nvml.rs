@@ -42,6 +42,18 @@ pub fn devices(visible: Option<&str>) -> Vec<Gpu> {
     }
 }
 
+/// Whether [`devices`] is known to list no GPU, without touching the driver
+/// or waiting for a lock: true once NVML failed to start (the failure is
+/// remembered until [`refresh`]). False before the first probe, while a
+/// refresh holds the state, and whenever NVML works, since then every
+/// [`devices`] call reads memory from the driver. Lets `:auto` budgets skip
+/// the trip to a dirty scheduler on machines without NVIDIA GPUs.
+pub fn known_absent() -> bool {
+    STATE
+        .try_read()
+        .is_some_and(|state| matches!(state.as_deref(), Some(Err(_))))
+}
+
 /// Whether NVML works, and how many GPUs [`devices`] lists for `visible`.
 pub fn status(visible: Option<&str>) -> GpuStatus {
     status_of(&probe(), visible)
@@ -236,16 +248,19 @@ mod tests {
             devices(None);
         }
         assert_eq!(STARTS.load(Ordering::Relaxed), started, "NVML restarted");
+        assert_eq!(known_absent(), matches!(first, GpuStatus::Unavailable(_)));
         let again = refresh(None);
         assert_eq!(STARTS.load(Ordering::Relaxed), started + 1);
         assert_eq!(status(None), again);
         match again {
             GpuStatus::Ok { count, .. } => {
+                assert!(!known_absent(), "NVML works: each probe reads the driver");
                 assert_eq!(devices(None).len(), count as usize);
                 assert!(devices(Some("")).is_empty());
                 assert!(matches!(status(Some("-1")), GpuStatus::Ok { count: 0, .. }));
             }
             GpuStatus::Unavailable(why) => {
+                assert!(known_absent());
                 assert!(devices(None).is_empty());
                 assert!(devices(Some("0")).is_empty());
                 assert!(!why.to_string().is_empty());

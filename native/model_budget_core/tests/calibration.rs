@@ -186,20 +186,26 @@ fn compare(case: &Value, device: &str, share: &Share) -> Row {
     }
 }
 
+/// A recorded truth table in the fixtures.
+fn read_table(name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixtures().join(name)).unwrap()).unwrap()
+}
+
+/// The shape of a case's model, read from its header-only GGUF copy.
+fn shape(table: &Value, case: &Value) -> ModelShape {
+    let file = &table["files"][case["file"].as_str().unwrap()]["header"];
+    let header = std::fs::read(fixtures().join(file.as_str().unwrap())).unwrap();
+    ModelShape::try_from(&read_gguf_header(&header).unwrap()).unwrap()
+}
+
 #[test]
 fn the_estimate_matches_llama_cpp_on_every_recorded_cpu_case() {
-    let table: Value =
-        serde_json::from_slice(&std::fs::read(fixtures().join("llama_cpp_truth.json")).unwrap())
-            .unwrap();
+    let table = read_table("llama_cpp_truth.json");
     let cases = table["cases"].as_array().unwrap();
     assert!(cases.len() >= 100, "the table holds {} cases", cases.len());
     let mut rows = Vec::new();
     for case in cases {
-        let file = &table["files"][case["file"].as_str().unwrap()]["header"];
-        let header = std::fs::read(fixtures().join(file.as_str().unwrap())).unwrap();
-        let model = read_gguf_header(&header).unwrap();
-        let shape = ModelShape::try_from(&model).unwrap();
-        let b = breakdown(&shape, &options(&case["options"]), 0).unwrap();
+        let b = breakdown(&shape(&table, case), &options(&case["options"]), 0).unwrap();
         rows.push(compare(case, "host", &b.ram));
     }
 
@@ -261,21 +267,14 @@ fn checked(case: &Value, device: &str) -> bool {
 
 #[test]
 fn the_estimate_matches_llama_cpp_on_every_recorded_gpu_case() {
-    let table: Value = serde_json::from_slice(
-        &std::fs::read(fixtures().join("llama_cpp_gpu_truth.json")).unwrap(),
-    )
-    .unwrap();
+    let table = read_table("llama_cpp_gpu_truth.json");
     let cases = table["cases"].as_array().unwrap();
     assert!(cases.len() >= 39, "the table holds {} cases", cases.len());
     let mut rows = Vec::new();
     for case in cases {
-        let file = &table["files"][case["file"].as_str().unwrap()]["header"];
-        let header = std::fs::read(fixtures().join(file.as_str().unwrap())).unwrap();
-        let model = read_gguf_header(&header).unwrap();
-        let shape = ModelShape::try_from(&model).unwrap();
         let o = &case["options"];
         let n_gpus = o["n_gpus"].as_u64().unwrap() as u32;
-        let b = breakdown(&shape, &options(o), n_gpus).unwrap();
+        let b = breakdown(&shape(&table, case), &options(o), n_gpus).unwrap();
         if checked(case, "host") {
             rows.push(compare(case, "host", &b.ram));
         }

@@ -16,7 +16,8 @@ defmodule ModelBudget.ModelManager.Ledger do
       every unpinned model gone; a waiting load must be.
     * **The hand-over** (`hand_over/4`): what models evicted for a load
       still count until their unloads return (`Eviction.residuals/3`), so
-      the usage never exceeds the budget nor undercounts what backends hold.
+      the usage never exceeds the budget nor undercounts what backends hold;
+      and a load cancelled while it waits for them (`cancel/2`), in one step.
     * **Keep-alive** (`expired/2`): the models whose keep-alive ran out.
   """
 
@@ -236,11 +237,22 @@ defmodule ModelBudget.ModelManager.Ledger do
   end
 
   @doc """
-  An evicted model whose load was cancelled before its unload returned: it
-  counts its whole placement again.
+  Cancels the load `id` while it still awaits its evicted models' unloads:
+  its entry leaves the books, and each evicted model it awaits counts its
+  whole placement again (it holds its memory until its unload returns).
+  Returns the load's entry and the ledger.
+
+  One step, because only the two changes together stay within the budget:
+  the evicted models' placements fit beside the rest only once the load's
+  own placement is released (what evicting them made room for).
   """
-  @spec restore(t(), term()) :: t()
-  def restore(ledger, id) do
+  @spec cancel(t(), term()) :: {Entry.t(), t()}
+  def cancel(ledger, id) do
+    {entry, ledger} = release(ledger, id)
+    {entry, Enum.reduce(entry.awaiting, ledger, &restore(&2, &1))}
+  end
+
+  defp restore(ledger, id) do
     entry = fetch!(ledger, id)
     usage = ledger.usage |> ModelBudget.release(entry.held) |> ModelBudget.fold(entry.placement)
     put(%{ledger | usage: usage}, %{entry | held: entry.placement, evicted_for: nil})

@@ -37,7 +37,15 @@ pub struct Free {
 }
 
 impl Free {
-    fn on(&self, device: Device) -> u64 {
+    /// Free bytes as a probe reads them: RAM's available bytes and each
+    /// GPU's free bytes; the combined pool has their sum.
+    pub fn probed(ram: u64, gpus: GpuMap<u64>) -> Free {
+        let total = gpus.values().fold(ram, |acc, b| acc.saturating_add(*b));
+        Free { total, ram, gpus }
+    }
+
+    /// The free bytes on `device` (0 on a GPU the probe did not see).
+    pub fn on(&self, device: Device) -> u64 {
         match device {
             Device::Total => self.total,
             Device::Ram => self.ram,
@@ -187,6 +195,27 @@ pub fn check_rules(rules: &Constraint) -> Result<()> {
             ),
         ))
     }
+}
+
+/// Whether `placement` needs room: the first device it touches
+/// ([`devices`]) where it does not fit or the rules hold, and why; `None`
+/// when it fits everywhere and the rules hold nowhere, so that [`choose`]
+/// would evict nothing whatever the candidates, and a manager need not list
+/// them.
+pub fn needs(
+    ledger: &Ledger,
+    rules: Option<&Constraint>,
+    placement: &Placement,
+) -> Result<Option<(Device, Reason)>> {
+    if let Some(rules) = rules {
+        check_rules(rules)?;
+    }
+    for device in devices(&ledger.budget, placement) {
+        if let Some(why) = need(ledger, rules, placement, device)? {
+            return Ok(Some((device, why)));
+        }
+    }
+    Ok(None)
 }
 
 /// Chooses evictions for `placement`: for each device it touches
@@ -419,6 +448,37 @@ mod tests {
     }
 
     proptest! {
+        /// With rules, `needs` is `None` exactly when the chooser, given
+        /// every candidate, has nothing to do: no eviction, the usage as it
+        /// stands.
+        #[test]
+        fn needs_none_means_nothing_to_evict(
+            b in budget(),
+            held in proptest::collection::vec(small(), 0..5),
+            extra in small(),
+            p in small(),
+            rule in prop_oneof![
+                Just("memory_required > available * 0.70"),
+                Just("used_percent > 50"),
+                Just("resident_count > 2"),
+            ],
+        ) {
+            let usage = held.iter().try_fold(extra.clone(), |u, h| u.fold(h)).unwrap();
+            let l = ledger(b, usage.clone());
+            let r = rules(&[rule]);
+            let need = needs(&l, Some(&r), &p).unwrap();
+            let choice = choose(&l, Some(&r), &p, &held).unwrap();
+            if need.is_none() {
+                prop_assert_eq!(choice, Choice::Room { evictions: vec![], usage });
+            } else if let (Some((device, _)), Choice::Room { evictions, .. }) = (need, &choice) {
+                // The first device that needs room evicts its first candidate there.
+                let any_there = held.iter().any(|h| share(h, device) > 0);
+                prop_assert!(!any_there || !evictions.is_empty());
+            }
+        }
+    }
+
+    proptest! {
         /// Without rules the chooser and a plain check agree: room means the
         /// placement fits the usage left; short means it fits nowhere even
         /// with every candidate gone, and names what `check` names; and no
@@ -434,6 +494,7 @@ mod tests {
             let l = ledger(b.clone(), usage.clone());
             match choose(&l, None, &p, &held).unwrap() {
                 Choice::Room { evictions, usage: left } => {
+                    prop_assert_eq!(needs(&l, None, &p).unwrap().is_none(), check(&b, &p, &usage).is_ok());
                     prop_assert_eq!(check(&b, &p, &left), Ok(()));
                     if check(&b, &p, &usage).is_ok() {
                         prop_assert!(evictions.is_empty());
@@ -445,6 +506,11 @@ mod tests {
                     prop_assert_eq!(released, left);
                 }
                 Choice::Short(short) => {
+                    let short_somewhere = matches!(
+                        needs(&l, None, &p).unwrap(),
+                        Some((_, Reason::DoesNotFit { .. }))
+                    );
+                    prop_assert!(short_somewhere);
                     prop_assert_eq!(Err(short), check(&b, &p, &usage));
                     let none_left = held.iter().try_fold(usage.clone(), |u, h| u.release(h)).unwrap();
                     prop_assert!(check(&b, &p, &none_left).is_err());

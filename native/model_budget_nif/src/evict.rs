@@ -19,7 +19,7 @@ rustler::atoms! {
 
 /// `:constraint | {:does_not_fit, required, available}`.
 #[derive(NifTaggedEnum)]
-enum ReasonTerm {
+pub(crate) enum ReasonTerm {
     Constraint,
     DoesNotFit(u64, u64),
 }
@@ -83,6 +83,21 @@ fn decode_rules(term: Term) -> Decoded<Option<ResourceArc<Compiled>>> {
     })
 }
 
+/// A ledger term, and its rules.
+pub(crate) fn decode_ledger(ledger: Term) -> Decoded<(Ledger, Option<ResourceArc<Compiled>>)> {
+    let rules = decode_rules(field(ledger, rules())?)?;
+    let decoded = Ledger {
+        budget: budget::decode(field(ledger, atoms::budget())?)?,
+        usage: placement::decode(field(ledger, usage())?, "ledger :usage")?,
+        resident_count: crate::decode::bytes(
+            field(ledger, resident_count())?,
+            "ledger :resident_count",
+        )?,
+        free: decode_free(field(ledger, free())?)?,
+    };
+    Ok((decoded, rules))
+}
+
 fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
     let Ok(list) = term.decode::<ListIterator>() else {
         return bad("candidates", "a list of placements", term);
@@ -99,16 +114,7 @@ fn evict_choose<'a>(
     candidates: Term<'a>,
 ) -> Term<'a> {
     let result = (|| {
-        let rules = decode_rules(field(ledger, rules())?)?;
-        let ledger = Ledger {
-            budget: budget::decode(field(ledger, atoms::budget())?)?,
-            usage: placement::decode(field(ledger, usage())?, "ledger :usage")?,
-            resident_count: crate::decode::bytes(
-                field(ledger, resident_count())?,
-                "ledger :resident_count",
-            )?,
-            free: decode_free(field(ledger, free())?)?,
-        };
+        let (ledger, rules) = decode_ledger(ledger)?;
         let placement = placement::decode(placement_term, "placement")?;
         let candidates = decode_candidates(candidates)?;
         let choice = evict::choose(

@@ -37,7 +37,7 @@ defmodule ModelBudget.ModelManager.Options do
 
   @doc "The default clock: monotonic milliseconds."
   @spec monotonic_ms() :: integer()
-  def monotonic_ms, do: System.monotonic_time(:millisecond)
+  def monotonic_ms, do: :erlang.monotonic_time(:millisecond)
 
   @doc "Checks start_link/1's options; raises ArgumentError naming a bad one."
   @spec start!(term()) :: start()

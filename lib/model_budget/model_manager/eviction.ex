@@ -158,7 +158,7 @@ defmodule ModelBudget.ModelManager.Eviction do
   @spec probe_free(rules(), ModelBudget.budget(), ModelBudget.placement()) ::
           %{ModelBudget.device() => non_neg_integer()} | nil
   def probe_free(rules, budget, placement) do
-    if :free in rules.measure do
+    if :lists.member(:free, rules.measure) do
       # Only what the placement's devices need is probed.
       devices = devices(budget, placement)
       gpus = if devices == [:ram], do: [], else: ModelBudget.devices()

@@ -139,43 +139,39 @@ defmodule ModelBudget.ModelManager.Ledger do
 
   @doc """
   The models a plan may evict, least recently used first, as
-  `{id, placement}`: walked lazily, so the order is computed (and the
-  leases asked) only when a plan needs room.
+  `{id, placement}`: a stream that lists them (computing the order and
+  asking the leases) only when a plan pulls it, which it does only when the
+  load needs room.
   """
   @spec candidates(t(), probe()) :: Enumerable.t()
   def candidates(%__MODULE__{min_idle_ms: :infinity}, _probe), do: []
+  def candidates(ledger, probe), do: Stream.flat_map([ledger], &idle(&1, probe))
 
-  def candidates(ledger, probe) do
+  # One pass over the entries and a key sort: the order comes from the
+  # gates, which requests stamp without telling the manager.
+  defp idle(ledger, probe) do
     idle_since = probe.now - ledger.min_idle_ms
-    exclude = probe.exclude
-    last_use = probe.last_use
 
-    # One pass over the entries and a key sort, only when a plan pulls the
-    # first candidate: the order comes from the gates, which requests stamp
-    # without telling the manager.
-    [ledger.entries]
-    |> Stream.flat_map(fn entries ->
-      ready =
-        :maps.fold(
-          fn
-            id, %Entry{status: :ready, pinned: false} = entry, acc ->
-              {lru, used_at} = last_use.(entry)
+    ready =
+      :maps.fold(
+        fn
+          id, %Entry{status: :ready, pinned: false} = entry, acc ->
+            {lru, used_at} = probe.last_use.(entry)
 
-              if used_at <= idle_since and not MapSet.member?(exclude, id),
-                do: [{lru, entry} | acc],
-                else: acc
+            if used_at <= idle_since and not MapSet.member?(probe.exclude, id),
+              do: [{lru, entry} | acc],
+              else: acc
 
-            _id, _entry, acc ->
-              acc
-          end,
-          [],
-          entries
-        )
+          _id, _entry, acc ->
+            acc
+        end,
+        [],
+        ledger.entries
+      )
 
-      :lists.keysort(1, ready)
-    end)
-    |> Stream.reject(fn {_lru, entry} -> probe.leased?.(entry) end)
-    |> Stream.map(fn {_lru, entry} -> {entry.id, entry.placement} end)
+    for {_lru, entry} <- :lists.keysort(1, ready),
+        not probe.leased?.(entry),
+        do: {entry.id, entry.placement}
   end
 
   @doc """
@@ -286,6 +282,8 @@ defmodule ModelBudget.ModelManager.Ledger do
 
   @doc "The placements of the loads waiting before `ref` (all of them for `nil`)."
   @spec ahead(t(), reference() | nil) :: [ModelBudget.placement()]
+  def ahead(%__MODULE__{queue: []}, _ref), do: []
+
   def ahead(ledger, ref) do
     ledger.queue |> Enum.take_while(&(&1.ref != ref)) |> Enum.map(& &1.placement)
   end

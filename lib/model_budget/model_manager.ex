@@ -470,7 +470,7 @@ defmodule ModelBudget.ModelManager do
     else
       with {:ok, size} <- footprint(config.backend, source, opts) do
         n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
-        placement = ModelBudget.distribute(size, opts, n_gpus)
+        placement = ModelBudget.distribute(size, Options.placement(opts), n_gpus)
         bytes = if is_integer(size), do: size, else: size.weight_bytes
         request = %{id: id, source: source, opts: opts, bytes: bytes, placement: placement}
         GenServer.call(manager, {__MODULE__, :load, request}, :infinity)

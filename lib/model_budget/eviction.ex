@@ -86,14 +86,67 @@ defmodule ModelBudget.Eviction do
   @spec choose(map(), ModelBudget.placement(), [{term(), ModelBudget.placement()}]) ::
           {:ok, [eviction()], ModelBudget.placement()} | {:error, ModelBudget.insufficient()}
   def choose(ledger, placement, candidates) do
+    candidates!(candidates)
+    held = Enum.map(candidates, &elem(&1, 1))
+
+    evictions(
+      Errors.call(Native.evict_choose(native_ledger(ledger), placement, held)),
+      candidates
+    )
+  end
+
+  @doc """
+  `choose/3` over the first candidates of a longer list, so that a caller
+  can list them a few at a time: `:more` when `more?` (more candidates
+  follow) and a device still needs room once these are walked; otherwise
+  the answer `choose/3` gives over the whole list.
+
+  ## Examples
+
+      iex> ledger = %{
+      ...>   budget: %{mode: :combined, limit: 1_000},
+      ...>   rules: nil,
+      ...>   usage: %{ram: 900, vram: %{}},
+      ...>   resident_count: 3,
+      ...>   free: nil
+      ...> }
+      iex> first = [a: %{ram: 50, vram: %{}}]
+      iex> ModelBudget.Eviction.choose_from(ledger, %{ram: 200, vram: %{}}, first, true)
+      :more
+      iex> {:ok, [%{id: :a}, %{id: :b}], _usage} =
+      ...>   ModelBudget.Eviction.choose_from(ledger, %{ram: 200, vram: %{}}, first ++ [b: %{ram: 300, vram: %{}}], true)
+  """
+  @spec choose_from(
+          map(),
+          ModelBudget.placement(),
+          [{term(), ModelBudget.placement()}],
+          boolean()
+        ) ::
+          :more
+          | {:ok, [eviction()], ModelBudget.placement()}
+          | {:error, ModelBudget.insufficient()}
+  def choose_from(ledger, placement, candidates, more?) do
+    candidates!(candidates)
+    held = Enum.map(candidates, &elem(&1, 1))
+
+    case Errors.call(
+           Native.evict_choose_from(native_ledger(ledger), placement, held, more? == true)
+         ) do
+      :more -> :more
+      answer -> evictions(answer, candidates)
+    end
+  end
+
+  defp candidates!(candidates) do
     unless is_list(candidates) and Enum.all?(candidates, &match?({_, _}, &1)) do
       raise ArgumentError,
             "invalid candidates: expected a list of {id, placement}, got: #{inspect(candidates)}"
     end
+  end
 
-    held = Enum.map(candidates, &elem(&1, 1))
-
-    case Errors.call(Native.evict_choose(native_ledger(ledger), placement, held)) do
+  # The core names candidates by their index in the list.
+  defp evictions(answer, candidates) do
+    case answer do
       {:ok, chosen, usage} ->
         by_index = List.to_tuple(candidates)
 

@@ -68,6 +68,7 @@ defmodule ModelBudget.Native do
   def ledger_usage(_ledger), do: not_loaded()
   def evict_choose(_ledger, _placement, _candidates), do: not_loaded()
   def evict_needs(_ledger, _placement), do: not_loaded()
+  def evict_choose_from(_ledger, _placement, _candidates, _more), do: not_loaded()
   def evict_values(_ledger, _placement, _device), do: not_loaded()
   def evict_residuals(_budget, _evicted, _placement), do: not_loaded()
   def evict_free(_budget, _placement, _ram, _gpus), do: not_loaded()

@@ -9,7 +9,7 @@ defmodule ModelBudget.EvictionTest do
   defp ledger(budget, usage, rules \\ nil, free \\ nil),
     do: %{budget: budget, rules: rules, usage: usage, resident_count: 3, free: free}
 
-  describe "needs/2, values/3, residuals/3 and free/4" do
+  describe "needs/2, choose_from/4, values/3, residuals/3 and free/4" do
     test "bad input raises ArgumentError naming the argument" do
       l = ledger(%{mode: :unlimited}, %{ram: 0, vram: %{}})
 
@@ -30,6 +30,12 @@ defmodule ModelBudget.EvictionTest do
       assert_raise ArgumentError, ~r/invalid evicted: expected a list of placements/, fn ->
         Eviction.residuals(%{mode: :unlimited}, :none, %{ram: 1, vram: %{}})
       end
+
+      assert_raise ArgumentError,
+                   ~r/invalid candidates: expected a list of {id, placement}/,
+                   fn ->
+                     Eviction.choose_from(l, %{ram: 1, vram: %{}}, [:x], true)
+                   end
 
       assert_raise ArgumentError, ~r/invalid gpus: expected a map of GPU indices to bytes/, fn ->
         Eviction.free(%{mode: :unlimited}, %{ram: 1, vram: %{}}, 1, [1])

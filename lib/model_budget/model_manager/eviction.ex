@@ -213,8 +213,9 @@ defmodule ModelBudget.ModelManager.Eviction do
 
   `candidates` is an enumerable of `{id, placement}`, the models that may be
   evicted, least recently used first. It is walked only when the load needs
-  room (`ModelBudget.Eviction.needs/2`), then once, and crosses to the
-  core's chooser (`ModelBudget.Eviction.choose/3`) as a list.
+  room (`ModelBudget.Eviction.needs/2`), then lazily and once: it crosses to
+  the core's chooser (`ModelBudget.Eviction.choose_from/4`) a few
+  candidates at a time, until the answer needs no more.
 
   Returns `{:ok, evictions, usage}` with the evictions in order and the usage
   once they are released (the new placement not added), or, when even
@@ -243,7 +244,38 @@ defmodule ModelBudget.ModelManager.Eviction do
     # The candidates cross to the core only when the load needs room.
     if ModelBudget.Eviction.needs(ledger, placement) == nil,
       do: {:ok, [], ledger.usage},
-      else: ModelBudget.Eviction.choose(ledger, placement, Enum.to_list(candidates))
+      else: walk(ledger, placement, candidates)
+  end
+
+  # The candidates are pulled and sent to the core's chooser a few at a time,
+  # the pulled list growing fourfold (2, 8, 32, ...) until the answer needs
+  # no more: a load that evicts two models lists two, one that evicts ten of
+  # a thousand lists 32, and what crosses in all is under 4/3 of what was
+  # pulled.
+  @first_batch 2
+
+  defp walk(ledger, placement, candidates) do
+    walked =
+      Enum.reduce_while(candidates, {[], 0, @first_batch}, fn candidate, {pulled, n, batch} ->
+        pulled = [candidate | pulled]
+
+        if n + 1 < batch do
+          {:cont, {pulled, n + 1, batch}}
+        else
+          case ModelBudget.Eviction.choose_from(ledger, placement, Enum.reverse(pulled), true) do
+            :more -> {:cont, {pulled, n + 1, batch * 4}}
+            answer -> {:halt, {:answer, answer}}
+          end
+        end
+      end)
+
+    case walked do
+      {:answer, answer} ->
+        answer
+
+      {pulled, _n, _batch} ->
+        ModelBudget.Eviction.choose_from(ledger, placement, Enum.reverse(pulled), false)
+    end
   end
 
   @doc """

@@ -139,13 +139,22 @@ defmodule ModelBudget.ModelManager.Ledger do
 
   @doc """
   The models a plan may evict, least recently used first, as
-  `{id, placement}`: a stream that lists them (computing the order and
-  asking the leases) only when a plan pulls it, which it does only when the
-  load needs room.
+  `{id, placement}`: a stream that computes the order only when a plan
+  pulls it (only when the load needs room), and asks the leases of each
+  candidate as it is pulled.
   """
   @spec candidates(t(), probe()) :: Enumerable.t()
   def candidates(%__MODULE__{min_idle_ms: :infinity}, _probe), do: []
-  def candidates(ledger, probe), do: Stream.flat_map([ledger], &idle(&1, probe))
+
+  def candidates(ledger, probe) do
+    # The leases are asked of the candidates a plan pulls, one at a time.
+    Stream.flat_map([ledger], fn ledger ->
+      ledger
+      |> idle(probe)
+      |> Stream.reject(fn {_lru, entry} -> probe.leased?.(entry) end)
+      |> Stream.map(fn {_lru, entry} -> {entry.id, entry.placement} end)
+    end)
+  end
 
   # One pass over the entries and a key sort: the order comes from the
   # gates, which requests stamp without telling the manager.
@@ -158,7 +167,7 @@ defmodule ModelBudget.ModelManager.Ledger do
           id, %Entry{status: :ready, pinned: false} = entry, acc ->
             {lru, used_at} = probe.last_use.(entry)
 
-            if used_at <= idle_since and not MapSet.member?(probe.exclude, id),
+            if used_at <= idle_since and not excluded?(probe.exclude, id),
               do: [{lru, entry} | acc],
               else: acc
 
@@ -169,10 +178,11 @@ defmodule ModelBudget.ModelManager.Ledger do
         ledger.entries
       )
 
-    for {_lru, entry} <- :lists.keysort(1, ready),
-        not probe.leased?.(entry),
-        do: {entry.id, entry.placement}
+    :lists.keysort(1, ready)
   end
+
+  # Nothing is excluded but after a claim found a candidate leased.
+  defp excluded?(exclude, id), do: MapSet.size(exclude) > 0 and MapSet.member?(exclude, id)
 
   @doc """
   Whether `placement` would fit with every unpinned model gone (pinned

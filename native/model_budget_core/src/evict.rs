@@ -233,6 +233,21 @@ pub fn choose(
     placement: &Placement,
     candidates: &[Placement],
 ) -> Result<Choice> {
+    let choice = choose_from(ledger, rules, placement, candidates, false)?;
+    Ok(choice.expect("a walk with no more candidates always answers"))
+}
+
+/// [`choose`] over the first candidates of a longer list, so that a caller
+/// can pass them a few at a time: `None` when `more` candidates follow and
+/// a device still needs room once these are walked (the answer needs more
+/// of them); otherwise the answer [`choose`] gives over the whole list.
+pub fn choose_from(
+    ledger: &Ledger,
+    rules: Option<&Constraint>,
+    placement: &Placement,
+    candidates: &[Placement],
+    more: bool,
+) -> Result<Option<Choice>> {
     if let Some(rules) = rules {
         check_rules(rules)?;
     }
@@ -263,6 +278,9 @@ pub fn choose(
             });
             reason = need(&sim, rules, placement, device)?;
         }
+        if reason.is_some() && more {
+            return Ok(None);
+        }
         if let Some(Reason::DoesNotFit {
             required,
             available,
@@ -275,13 +293,13 @@ pub fn choose(
                     required,
                     available,
                 });
-            return Ok(Choice::Short(short));
+            return Ok(Some(Choice::Short(short)));
         }
     }
-    Ok(Choice::Room {
+    Ok(Some(Choice::Room {
         evictions,
         usage: sim.usage,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -475,6 +493,34 @@ mod tests {
                 let any_there = held.iter().any(|h| share(h, device) > 0);
                 prop_assert!(!any_there || !evictions.is_empty());
             }
+        }
+    }
+
+    proptest! {
+        /// Walking the candidates a few at a time, as long as the answer
+        /// asks for more, gives the answer over the whole list.
+        #[test]
+        fn a_prefix_answers_as_the_whole_list(
+            b in budget(),
+            held in proptest::collection::vec(small(), 0..6),
+            extra in small(),
+            p in small(),
+            step in 1..4usize,
+            rule in prop_oneof![Just(None), Just(Some("used_percent > 30")), Just(Some("resident_count > 1"))],
+        ) {
+            let usage = held.iter().try_fold(extra.clone(), |u, h| u.fold(h)).unwrap();
+            let l = ledger(b, usage);
+            let r = rule.map(|e| rules(&[e]));
+            let whole = choose(&l, r.as_ref(), &p, &held).unwrap();
+            let mut n = 0;
+            let chunked = loop {
+                n = (n + step).min(held.len());
+                let more = n < held.len();
+                if let Some(choice) = choose_from(&l, r.as_ref(), &p, &held[..n], more).unwrap() {
+                    break choice;
+                }
+            };
+            prop_assert_eq!(chunked, whole);
         }
     }
 

@@ -98,7 +98,7 @@ pub(crate) fn decode_ledger(ledger: Term) -> Decoded<(Ledger, Option<ResourceArc
     Ok((decoded, rules))
 }
 
-fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
+pub(crate) fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
     let Ok(list) = term.decode::<ListIterator>() else {
         return bad("candidates", "a list of placements", term);
     };
@@ -106,6 +106,31 @@ fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
 }
 
 /// `{:ok, [{index, device, reason}], usage}` or `{:error, {:insufficient_memory, details}}`.
+pub(crate) fn encode_choice(env: Env, choice: Choice) -> Term {
+    match choice {
+        Choice::Room { evictions, usage } => {
+            let list: Vec<Term> = evictions
+                .iter()
+                .map(|e| {
+                    (
+                        e.candidate,
+                        DeviceTerm::from(e.device),
+                        ReasonTerm::from(e.reason),
+                    )
+                        .encode(env)
+                })
+                .collect();
+            (atoms::ok(), list, encode_placement(env, &usage)).encode(env)
+        }
+        Choice::Short(short) => (
+            atoms::error(),
+            (atoms::insufficient_memory(), InsufficientTerm(short)),
+        )
+            .encode(env),
+    }
+}
+
+/// The chooser over every candidate: see [`encode_choice`].
 #[rustler::nif]
 fn evict_choose<'a>(
     env: Env<'a>,
@@ -123,27 +148,7 @@ fn evict_choose<'a>(
             &placement,
             &candidates,
         )?;
-        Ok(match choice {
-            Choice::Room { evictions, usage } => {
-                let list: Vec<Term> = evictions
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.candidate,
-                            DeviceTerm::from(e.device),
-                            ReasonTerm::from(e.reason),
-                        )
-                            .encode(env)
-                    })
-                    .collect();
-                (atoms::ok(), list, encode_placement(env, &usage)).encode(env)
-            }
-            Choice::Short(short) => (
-                atoms::error(),
-                (atoms::insufficient_memory(), InsufficientTerm(short)),
-            )
-                .encode(env),
-        })
+        Ok(encode_choice(env, choice))
     })();
     reply(env, result)
 }

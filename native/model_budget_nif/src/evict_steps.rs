@@ -1,6 +1,7 @@
 //! The core's eviction steps around the chooser (`evict_choose`), for a
-//! manager: whether an admission needs room at all, the rule variables'
-//! values, the hand-over's residuals, and a probe's free bytes by device.
+//! manager: whether an admission needs room at all, the chooser over the
+//! candidates a few at a time, the rule variables' values, the hand-over's
+//! residuals, and a probe's free bytes by device.
 
 use model_budget_core::evict::{self, Free};
 use model_budget_core::handover;
@@ -10,9 +11,13 @@ use rustler::{Encoder, Env, ListIterator, Term};
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
 use crate::codec::{DeviceTerm, GpuMapTerm};
-use crate::evict::{decode_ledger, ReasonTerm};
+use crate::evict::{decode_candidates, decode_ledger, encode_choice, ReasonTerm};
 use crate::placement::{self, Encoded};
 use crate::{budget, decode};
+
+rustler::atoms! {
+    more,
+}
 
 fn device(term: Term) -> Decoded<Device> {
     term.decode::<DeviceTerm>()
@@ -32,6 +37,32 @@ fn evict_needs<'a>(env: Env<'a>, ledger: Term<'a>, placement_term: Term<'a>) -> 
             None => atoms::nil().encode(env),
             Some((device, why)) => (DeviceTerm::from(device), ReasonTerm::from(why)).encode(env),
         })
+    })();
+    reply(env, result)
+}
+
+/// The chooser over the first candidates of a longer list: `:more` when
+/// `more` candidates follow and the answer needs them, else what
+/// `evict_choose` answers over the whole list.
+#[rustler::nif]
+fn evict_choose_from<'a>(
+    env: Env<'a>,
+    ledger: Term<'a>,
+    placement_term: Term<'a>,
+    candidates: Term<'a>,
+    follow: bool,
+) -> Term<'a> {
+    let result = (|| {
+        let (ledger, rules) = decode_ledger(ledger)?;
+        let placement = placement::decode(placement_term, "placement")?;
+        let candidates = decode_candidates(candidates)?;
+        let rules = rules.as_ref().map(|r| &r.constraint);
+        Ok(
+            match evict::choose_from(&ledger, rules, &placement, &candidates, follow)? {
+                Some(choice) => encode_choice(env, choice),
+                None => more().encode(env),
+            },
+        )
     })();
     reply(env, result)
 }

@@ -9,7 +9,12 @@
 #     unload handled in this process, no message), the NIF calls it and the
 #     caller make, and a bare GenServer round trip;
 #   * the cost of reads (info/2, usage/1) and touch/2, idle and while
-#     loads run.
+#     loads run;
+#   * floors measured in the same run, so that a shared machine's load
+#     cancels out of the ratios: a bare ETS insert + delete on an
+#     ordered_set (what a lease writes) from the same 100 processes, and two
+#     bare GenServer round trips per admission (what an admission's messages
+#     cost) from the same callers.
 #
 #     mix run bench/manager.exs
 Code.require_file("support/timing.exs", __DIR__)
@@ -84,6 +89,39 @@ defmodule Bench.Manager do
     {n / seconds, latencies, (cpu_us() - cpu0) / n}
   end
 
+  # The lease floor: one process's bare insert + delete pairs on an
+  # ordered_set like the lease table, keys as a lease's.
+  def ets_pairs(table, n) do
+    for _ <- 1..n do
+      key = {1, make_ref()}
+      :ets.insert(table, {key, self()})
+      :ets.delete(table, key)
+    end
+  end
+
+  # The admission floor: two bare round trips per "admission".
+  def echo_cycles(echo, n) do
+    for _ <- 1..n do
+      :ok = GenServer.call(echo, :load)
+      :ok = GenServer.call(echo, :unload)
+    end
+  end
+
+  # Operations per second and CPU µs per operation of `procs` processes
+  # running `fun.(per_proc)`.
+  def floor_round(procs, per_proc, fun) do
+    cpu0 = cpu_us()
+    t0 = System.monotonic_time(:nanosecond)
+
+    1..procs
+    |> Enum.map(fn _ -> Task.async(fn -> fun.(per_proc) end) end)
+    |> Task.await_many(:infinity)
+
+    seconds = (System.monotonic_time(:nanosecond) - t0) / 1.0e9
+    n = procs * per_proc
+    {n / seconds, (cpu_us() - cpu0) / n}
+  end
+
   # Callers cycling loads and unloads until told to stop, to measure against.
   def background(manager, callers) do
     for c <- 1..callers do
@@ -116,10 +154,23 @@ rounds = 7
 loaders = Bench.Manager.background(manager, 4)
 per_proc = 2_000
 Bench.Manager.lease_round(manager, :served, 100, per_proc)
-results = for _ <- 1..rounds, do: Bench.Manager.lease_round(manager, :served, 100, per_proc)
+ets_floor = :ets.new(:floor, [:ordered_set, :public, write_concurrency: true])
+
+# Rounds of ours and of the floor alternate, so both see the same machine.
+{results, floors} =
+  Enum.unzip(
+    for _ <- 1..rounds do
+      ours = Bench.Manager.lease_round(manager, :served, 100, per_proc)
+      floor = Bench.Manager.floor_round(100, per_proc, &Bench.Manager.ets_pairs(ets_floor, &1))
+      {ours, floor}
+    end
+  )
+
 for pid <- loaders, do: send(pid, :stop)
 rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
 cpu = Timing.summary(Enum.map(results, &elem(&1, 2)))
+floor_rates = Timing.summary(Enum.map(floors, &elem(&1, 0)))
+floor_cpu = Timing.summary(Enum.map(floors, &elem(&1, 1)))
 latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
 
 IO.puts(
@@ -129,6 +180,14 @@ IO.puts(
     "#{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.5))} µs, " <>
     "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs; " <>
     "VM CPU per pair (loaders included) #{Float.round(cpu.median, 2)} µs"
+)
+
+IO.puts(
+  "  floor, bare ETS insert+delete from 100 processes, same conditions: " <>
+    "#{round(floor_rates.median)} pairs/s (p10 #{round(floor_rates.p10)}, " <>
+    "p90 #{round(floor_rates.p90)}), VM CPU #{Float.round(floor_cpu.median, 2)} µs; " <>
+    "ours/floor: rate #{Float.round(rates.median / floor_rates.median, 2)}, " <>
+    "CPU #{Float.round(cpu.median / floor_cpu.median, 2)}"
 )
 
 # The same pairs from as many processes as schedulers: what a pair costs
@@ -150,15 +209,35 @@ IO.puts(
     "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs"
 )
 
+defmodule Bench.Echo do
+  use GenServer
+  def init(state), do: {:ok, state}
+  def handle_call(_request, _from, state), do: {:reply, :ok, state}
+end
+
+{:ok, echo} = GenServer.start_link(Bench.Echo, nil)
 total = 20_000
 
 for callers <- [1, 100] do
   per_caller = div(total, callers)
   # Warm-up round, not counted.
   Bench.Manager.round(manager, callers, per_caller)
-  results = for _ <- 1..rounds, do: Bench.Manager.round(manager, callers, per_caller)
+
+  {results, floors} =
+    Enum.unzip(
+      for _ <- 1..rounds do
+        ours = Bench.Manager.round(manager, callers, per_caller)
+
+        floor =
+          Bench.Manager.floor_round(callers, per_caller, &Bench.Manager.echo_cycles(echo, &1))
+
+        {ours, floor}
+      end
+    )
+
   rates = Timing.summary(Enum.map(results, &elem(&1, 0)))
   cpu = Timing.summary(Enum.map(results, &elem(&1, 2)))
+  floor_rates = Timing.summary(Enum.map(floors, &elem(&1, 0)))
   latencies = results |> Enum.flat_map(&elem(&1, 1)) |> Enum.sort()
 
   IO.puts(
@@ -168,16 +247,14 @@ for callers <- [1, 100] do
       "p99 #{Bench.Manager.us(Bench.Manager.percentile(latencies, 0.99))} µs; " <>
       "VM CPU per admission #{Float.round(cpu.median, 1)} µs"
   )
+
+  IO.puts(
+    "  floor, two bare GenServer round trips per admission, same callers: " <>
+      "#{round(floor_rates.median)}/s; ours/floor #{Float.round(rates.median / floor_rates.median, 2)}"
+  )
 end
 
 # Where an admission's time goes, one piece at a time (no concurrency).
-defmodule Bench.Echo do
-  use GenServer
-  def init(state), do: {:ok, state}
-  def handle_call(_request, _from, state), do: {:reply, :ok, state}
-end
-
-{:ok, echo} = GenServer.start_link(Bench.Echo, nil)
 # The manager's init/1 and callbacks, called in this process: its own step,
 # without the messages.
 {:ok, step_state} = ModelManager.init(ModelManager.Options.start!(memory_budget: 2 ** 40))

@@ -256,7 +256,13 @@ defmodule ModelBudget.Cluster do
     |> Enum.reduce_while({:ok, %{}, %{}}, fn {backend, n_gpus} = key, {:ok, acc, sizes} ->
       case size(backend, source, opts, sizes) do
         {:ok, size, sizes} ->
-          placement = ModelBudget.distribute(size, opts, Keyword.get(opts, :n_gpus, n_gpus))
+          placement =
+            ModelBudget.distribute(
+              size,
+              Options.placement(opts),
+              Keyword.get(opts, :n_gpus, n_gpus)
+            )
+
           {:cont, {:ok, Map.put(acc, key, placement), sizes}}
 
         error ->

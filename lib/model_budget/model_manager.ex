@@ -470,7 +470,7 @@ defmodule ModelBudget.ModelManager do
     else
       with {:ok, size} <- footprint(config.backend, source, opts) do
         n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
-        placement = ModelBudget.distribute(size, opts, n_gpus)
+        placement = ModelBudget.distribute(size, Options.placement(opts), n_gpus)
         load_placed(manager, id, source, opts, {size, placement}, :infinity)
       end
     end
@@ -793,15 +793,26 @@ defmodule ModelBudget.ModelManager do
   defp config!(manager, fun, args) do
     pid = GenServer.whereis(manager)
 
-    if is_pid(pid) and node(pid) == node() and Process.alive?(pid) do
+    if is_pid(pid) and node(pid) == node() do
       case :persistent_term.get({__MODULE__, pid}, nil) do
-        # Named but still in init/1 (a restart, say): wait for it like a call.
+        # Named but still in init/1 (a restart, say), or gone: ask it like
+        # a call, which waits or exits.
         nil -> initialized_config!(pid, fun, args)
-        config -> config
+        config -> alive!(config, fun, args)
       end
     else
       exit({:noproc, {__MODULE__, fun, args}})
     end
+  end
+
+  # A manager that died leaves its config until its watcher erases it; its
+  # tables go with it, before its monitors fire. Checked on the table, not
+  # with Process.alive?/1: that is a signal to the manager and back (OTP 21
+  # and later), a round trip the request path must not wait on.
+  defp alive!(config, fun, args) do
+    if :ets.info(config.table, :owner) == config.manager,
+      do: config,
+      else: exit({:noproc, {__MODULE__, fun, args}})
   end
 
   defp initialized_config!(pid, fun, args) do

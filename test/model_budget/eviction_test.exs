@@ -9,6 +9,40 @@ defmodule ModelBudget.EvictionTest do
   defp ledger(budget, usage, rules \\ nil, free \\ nil),
     do: %{budget: budget, rules: rules, usage: usage, resident_count: 3, free: free}
 
+  describe "needs/2, choose_from/4, values/3, residuals/3 and free/4" do
+    test "bad input raises ArgumentError naming the argument" do
+      l = ledger(%{mode: :unlimited}, %{ram: 0, vram: %{}})
+
+      assert_raise ArgumentError, ~r/invalid placement: expected a map/, fn ->
+        Eviction.needs(l, %{ram: -1})
+      end
+
+      assert_raise ArgumentError, ~r/invalid ledger: expected a map with :budget/, fn ->
+        Eviction.needs(Map.delete(l, :usage), %{ram: 1, vram: %{}})
+      end
+
+      assert_raise ArgumentError,
+                   ~r/invalid device: expected :total, :ram or {:gpu, index}/,
+                   fn ->
+                     Eviction.values(l, %{ram: 1, vram: %{}}, :disk)
+                   end
+
+      assert_raise ArgumentError, ~r/invalid evicted: expected a list of placements/, fn ->
+        Eviction.residuals(%{mode: :unlimited}, :none, %{ram: 1, vram: %{}})
+      end
+
+      assert_raise ArgumentError,
+                   ~r/invalid candidates: expected a list of {id, placement}/,
+                   fn ->
+                     Eviction.choose_from(l, %{ram: 1, vram: %{}}, [:x], true)
+                   end
+
+      assert_raise ArgumentError, ~r/invalid gpus: expected a map of GPU indices to bytes/, fn ->
+        Eviction.free(%{mode: :unlimited}, %{ram: 1, vram: %{}}, 1, [1])
+      end
+    end
+  end
+
   describe "choose/3" do
     test "rules evict beyond the fit, and read free bytes that releases add to" do
       rules = Planner.compile!(["free < 350"])
@@ -43,8 +77,9 @@ defmodule ModelBudget.EvictionTest do
                    end
     end
 
-    # The core chooser and the manager's planner (which the lead swaps for
-    # it) answer the same on random ledgers, with and without rules.
+    # The manager's planner asks needs/2 first and lists the candidates for
+    # choose/3 only when it says so: the same answer as choose/3 given them
+    # all, on random ledgers, with and without rules.
     test "agrees with ModelManager.Eviction.plan/3 on random ledgers" do
       :rand.seed(:exsss, {13, 13, 13})
       rule_sets = [nil, Planner.compile!([]), Planner.compile!(["used_percent > 50"])]

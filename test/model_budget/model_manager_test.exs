@@ -722,6 +722,26 @@ defmodule ModelBudget.ModelManagerTest do
       assert TestBackend.unloads(a) == 1 and TestBackend.unloads(d) == 1
     end
 
+    test "readers never see a cancelled load counted beside its evicted models" do
+      manager = start_manager(memory_budget: 1_000, evict_when: [])
+      assert {:ok, _} = load(manager, :a, {:test, 600, :slow_unload})
+      a = handle!(manager, :a)
+      waiting = Task.async(fn -> load(manager, :b, {:test, 700}) end)
+      assert_receive {TestBackend, :unloading, ^a}, @wait
+      # :b takes :a's memory over: :a counts nothing beyond it, and :c fills the budget.
+      assert {:ok, _} = load(manager, :c, {:test, 300})
+      assert ModelManager.usage(manager) == %{ram: 1_000, vram: %{}}
+
+      usages = published_usages(manager, fn -> assert ModelManager.unload(manager, :b) == :ok end)
+      assert Task.await(waiting) == {:error, {:load_failed, :cancelled}}
+      assert usages != []
+      assert Enum.all?(usages, &(&1.ram <= 1_000)), "published #{inspect(usages)}"
+      assert ModelManager.usage(manager) == %{ram: 900, vram: %{}}
+
+      send(a, :continue)
+      eventually(fn -> ModelManager.usage(manager) == %{ram: 300, vram: %{}} end)
+    end
+
     test "counts loads and evictions per id and in stats/1" do
       manager = start_manager(memory_budget: 1_000, evict_when: [])
       assert {:ok, %{loads: 1, evictions: 0}} = load(manager, :a, {:test, 600})
@@ -739,6 +759,28 @@ defmodule ModelBudget.ModelManagerTest do
                expired: 0,
                max_estimate_error: 0
              }
+    end
+  end
+
+  # Every usage the manager writes to its readers' table while `fun` runs:
+  # its :ets.insert/2 calls, traced (the manager only).
+  defp published_usages(manager, fun) do
+    :erlang.trace_pattern({:ets, :insert, 2}, true, [:global])
+    :erlang.trace(manager, true, [:call, {:tracer, self()}])
+    fun.()
+    :erlang.trace(manager, false, [:call])
+    ref = :erlang.trace_delivered(manager)
+    assert_receive {:trace_delivered, ^manager, ^ref}, @wait
+    collect_usages(manager, [])
+  end
+
+  defp collect_usages(manager, usages) do
+    receive do
+      {:trace, ^manager, :call, {:ets, :insert, [_table, rows]}} ->
+        found = for {:usage, placement} <- List.wrap(rows), do: placement
+        collect_usages(manager, usages ++ found)
+    after
+      0 -> usages
     end
   end
 

@@ -3,7 +3,9 @@ defmodule ModelBudget.ModelManager.Eviction do
   Plans which resident models a `ModelBudget.ModelManager` evicts to make
   room for a load or a fence: pure functions over the manager's ledger (plus
   `probe_free/3`, which reads the device probe), so a plan can be made, and
-  tested, without touching a model.
+  tested, without touching a model. The arithmetic is the Rust core's
+  (`ModelBudget.Eviction`): this module holds the rules' options, the
+  probe, and the manager's view of the plan.
 
   The manager makes a plan before every admission and acts on it only when
   it succeeds; the rules and the variables are described under "Eviction" in
@@ -25,9 +27,6 @@ defmodule ModelBudget.ModelManager.Eviction do
   @variables ModelBudget.Eviction.variables()
 
   @default_rules ["memory_required > available * 0.70"]
-
-  # The largest value a constraint variable takes (u64): unbounded devices.
-  @unbounded 2 ** 64 - 1
 
   @typedoc """
   Compiled `:evict_when` rules: the constraint, and the variables a plan
@@ -130,8 +129,8 @@ defmodule ModelBudget.ModelManager.Eviction do
       []
   """
   @spec devices(ModelBudget.budget(), ModelBudget.placement()) :: [ModelBudget.device()]
-  def devices(%{mode: :combined}, placement) do
-    if total(placement) > 0, do: [:total], else: []
+  def devices(%{mode: :combined}, %{ram: ram, vram: vram}) do
+    if ram > 0 or Enum.any?(vram, fn {_gpu, bytes} -> bytes > 0 end), do: [:total], else: []
   end
 
   def devices(_budget, %{ram: ram, vram: vram}) do
@@ -159,16 +158,18 @@ defmodule ModelBudget.ModelManager.Eviction do
   @spec probe_free(rules(), ModelBudget.budget(), ModelBudget.placement()) ::
           %{ModelBudget.device() => non_neg_integer()} | nil
   def probe_free(rules, budget, placement) do
-    if :free in rules.measure do
+    if :lists.member(:free, rules.measure) do
+      # Only what the placement's devices need is probed.
       devices = devices(budget, placement)
       gpus = if devices == [:ram], do: [], else: ModelBudget.devices()
-      ram = if Enum.any?(devices, &(&1 in [:ram, :total])), do: ModelBudget.system_memory()
 
-      Map.new(devices, fn
-        :ram -> {:ram, ram.available}
-        :total -> {:total, ram.available + Enum.sum(Enum.map(gpus, & &1.memory_free))}
-        {:gpu, i} = gpu -> {gpu, Enum.find_value(gpus, 0, &(&1.gpu_index == i && &1.memory_free))}
-      end)
+      ram =
+        if Enum.any?(devices, &(&1 in [:ram, :total])),
+          do: ModelBudget.system_memory().available,
+          else: 0
+
+      gpu_free = Map.new(gpus, &{&1.gpu_index, &1.memory_free})
+      ModelBudget.Eviction.free(budget, placement, ram, gpu_free)
     end
   end
 
@@ -198,37 +199,8 @@ defmodule ModelBudget.ModelManager.Eviction do
           atom() => non_neg_integer()
         }
   def values(ledger, placement, device) do
-    names = if ledger.free, do: @variables, else: List.delete(@variables, :free)
-    measure(ledger, placement, device, names)
-  end
-
-  # Only the variables `names`: admissions measure what the rules read, and
-  # what the fit needs.
-  defp measure(ledger, placement, device, names) do
-    used = share(ledger.usage, device)
-
-    total =
-      case limit(ledger.budget, device) do
-        :infinity -> @unbounded
-        limit -> limit
-      end
-
-    for name <- names, into: %{} do
-      value =
-        case name do
-          :memory_required -> share(placement, device)
-          :available -> max(total - used, 0)
-          :total -> total
-          :used -> used
-          :used_percent -> if total == 0, do: 100, else: div(used * 100, total)
-          :free -> Map.fetch!(ledger.free, device)
-          :model_size -> total(placement)
-          :resident_count -> ledger.resident_count
-          :resident_bytes -> total(ledger.usage)
-        end
-
-      {name, min(value, @unbounded)}
-    end
+    values = Enum.zip(@variables, ModelBudget.Eviction.values(ledger, placement, device))
+    Map.new(if ledger.free, do: values, else: List.keydelete(values, :free, 0))
   end
 
   @doc """
@@ -240,7 +212,10 @@ defmodule ModelBudget.ModelManager.Eviction do
   refuse a load that fits.
 
   `candidates` is an enumerable of `{id, placement}`, the models that may be
-  evicted, least recently used first; it is walked lazily, once per device.
+  evicted, least recently used first. It is walked only when the load needs
+  room (`ModelBudget.Eviction.needs/2`), then lazily and once: it crosses to
+  the core's chooser (`ModelBudget.Eviction.choose_from/4`) a few
+  candidates at a time, until the answer needs no more.
 
   Returns `{:ok, evictions, usage}` with the evictions in order and the usage
   once they are released (the new placement not added), or, when even
@@ -266,78 +241,41 @@ defmodule ModelBudget.ModelManager.Eviction do
   @spec plan(ledger(), ModelBudget.placement(), Enumerable.t()) ::
           {:ok, [eviction()], ModelBudget.placement()} | {:error, ModelBudget.insufficient()}
   def plan(ledger, placement, candidates) do
-    planned =
-      Enum.reduce_while(devices(ledger.budget, placement), {ledger, [], MapSet.new()}, fn
-        device, acc ->
-          case make_room(acc, placement, device, candidates) do
-            {:ok, acc} -> {:cont, acc}
-            :error -> {:halt, :error}
+    # The candidates cross to the core only when the load needs room.
+    if ModelBudget.Eviction.needs(ledger, placement) == nil,
+      do: {:ok, [], ledger.usage},
+      else: walk(ledger, placement, candidates)
+  end
+
+  # The candidates are pulled and sent to the core's chooser a few at a time,
+  # the pulled list growing fourfold (2, 8, 32, ...) until the answer needs
+  # no more: a load that evicts two models lists two, one that evicts ten of
+  # a thousand lists 32, and what crosses in all is under 4/3 of what was
+  # pulled.
+  @first_batch 2
+
+  defp walk(ledger, placement, candidates) do
+    walked =
+      Enum.reduce_while(candidates, {[], 0, @first_batch}, fn candidate, {pulled, n, batch} ->
+        pulled = [candidate | pulled]
+
+        if n + 1 < batch do
+          {:cont, {pulled, n + 1, batch}}
+        else
+          case ModelBudget.Eviction.choose_from(ledger, placement, Enum.reverse(pulled), true) do
+            :more -> {:cont, {pulled, n + 1, batch * 4}}
+            answer -> {:halt, {:answer, answer}}
           end
+        end
       end)
 
-    case planned do
-      {after_evictions, evictions, _ids} ->
-        {:ok, Enum.reverse(evictions), after_evictions.usage}
+    case walked do
+      {:answer, answer} ->
+        answer
 
-      :error ->
-        {:error, _} = ModelBudget.check(ledger.budget, placement, ledger.usage)
+      {pulled, _n, _batch} ->
+        ModelBudget.Eviction.choose_from(ledger, placement, Enum.reverse(pulled), false)
     end
-  end
-
-  defp make_room({ledger, _, _} = acc, placement, device, candidates) do
-    case need(ledger, placement, device) do
-      nil ->
-        {:ok, acc}
-
-      reason ->
-        candidates
-        |> Enum.reduce_while({acc, reason}, fn {id, held}, {{ledger, evictions, ids}, reason} ->
-          if share(held, device) == 0 or MapSet.member?(ids, id) do
-            {:cont, {{ledger, evictions, ids}, reason}}
-          else
-            eviction = %{id: id, placement: held, device: device, reason: reason}
-            acc = {release(ledger, held), [eviction | evictions], MapSet.put(ids, id)}
-
-            case need(elem(acc, 0), placement, device) do
-              nil -> {:halt, {acc, nil}}
-              reason -> {:cont, {acc, reason}}
-            end
-          end
-        end)
-        |> case do
-          {_acc, {:does_not_fit, _, _}} -> :error
-          # Fits; the rules may still hold, with nothing left to evict.
-          {acc, _} -> {:ok, acc}
-        end
-    end
-  end
-
-  # Why the device still needs room, or nil.
-  defp need(ledger, placement, device) do
-    values = measure(ledger, placement, device, ledger.rules.measure)
-
-    cond do
-      limit(ledger.budget, device) != :infinity and values.memory_required > values.available ->
-        {:does_not_fit, values.memory_required, values.available}
-
-      Constraint.met?(ledger.rules.constraint, values) ->
-        :constraint
-
-      true ->
-        nil
-    end
-  end
-
-  # The ledger once `held` is released; its bytes count as free again.
-  defp release(ledger, held) do
-    free = if ledger.free, do: Map.new(ledger.free, fn {d, f} -> {d, f + share(held, d)} end)
-
-    %{
-      ledger
-      | usage: ModelBudget.release(ledger.usage, held),
-        resident_count: ledger.resident_count - 1,
-        free: free
-    }
   end
 
   @doc """
@@ -366,66 +304,6 @@ defmodule ModelBudget.ModelManager.Eviction do
           [ModelBudget.placement()]
   def residuals(_budget, [], _placement), do: []
 
-  def residuals(%{mode: :combined}, evicted, placement) do
-    excess = max(Enum.sum(Enum.map(evicted, &total/1)) - total(placement), 0)
-    {residuals, 0} = Enum.map_reduce(evicted, excess, &take_bytes/2)
-    residuals
-  end
-
-  def residuals(_budget, evicted, placement) do
-    held = Enum.reduce(evicted, ModelBudget.empty_usage(), &ModelBudget.fold(&2, &1))
-    excess = subtract(held, placement)
-    {residuals, _} = Enum.map_reduce(evicted, excess, &take_each/2)
-    residuals
-  end
-
-  # Up to `left` bytes of `held`, RAM first, then GPUs by index.
-  defp take_bytes(held, left) do
-    ram = min(held.ram, left)
-
-    {vram, left} =
-      held.vram
-      |> Enum.sort()
-      |> Enum.flat_map_reduce(left - ram, fn {gpu, bytes}, left ->
-        taken = min(bytes, left)
-        {if(taken > 0, do: [{gpu, taken}], else: []), left - taken}
-      end)
-
-    {%{ram: ram, vram: Map.new(vram)}, left}
-  end
-
-  # Up to `left`'s bytes of `held` on each device.
-  defp take_each(held, left) do
-    taken = %{
-      ram: min(held.ram, left.ram),
-      vram:
-        for({gpu, bytes} <- held.vram, min(bytes, Map.get(left.vram, gpu, 0)) > 0, into: %{}) do
-          {gpu, min(bytes, Map.get(left.vram, gpu, 0))}
-        end
-    }
-
-    {taken, subtract(left, taken)}
-  end
-
-  # Per device, never below 0; GPUs left with nothing are dropped.
-  defp subtract(a, b) do
-    vram =
-      for {gpu, bytes} <- a.vram, bytes > Map.get(b.vram, gpu, 0), into: %{} do
-        {gpu, bytes - Map.get(b.vram, gpu, 0)}
-      end
-
-    %{ram: max(a.ram - b.ram, 0), vram: vram}
-  end
-
-  defp limit(%{mode: :unlimited}, _device), do: :infinity
-  defp limit(%{mode: :combined, limit: limit}, :total), do: limit
-  defp limit(%{mode: :per_device, ram: ram}, :ram), do: ram
-  defp limit(%{mode: :per_device, vram: :infinity}, {:gpu, _}), do: :infinity
-  defp limit(%{mode: :per_device, vram: vram}, {:gpu, gpu}), do: Map.get(vram, gpu, :infinity)
-
-  defp share(placement, :total), do: total(placement)
-  defp share(placement, :ram), do: placement.ram
-  defp share(placement, {:gpu, gpu}), do: Map.get(placement.vram, gpu, 0)
-
-  defp total(%{ram: ram, vram: vram}), do: ram + Enum.sum(Map.values(vram))
+  def residuals(budget, evicted, placement),
+    do: ModelBudget.Eviction.residuals(budget, evicted, placement)
 end

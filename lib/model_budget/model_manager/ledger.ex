@@ -8,15 +8,16 @@ defmodule ModelBudget.ModelManager.Ledger do
 
   What it decides:
 
-    * **Admission** (`admit/4`): the eviction plan (`ModelBudget.ModelManager.Eviction.plan/3`)
-      over the idle models, least recently used first, then
-      `ModelBudget.check/3` against the usage without them; the loads
-      waiting ahead count as if they were held.
+    * **Admission** (`admit/4`): the eviction plan (`ModelBudget.ModelManager.Eviction.plan/3`,
+      the core's chooser) over the idle models, least recently used first,
+      listed only when the load needs room; the loads waiting ahead count
+      as if they were held.
     * **Possible at all** (`possible?/2`): whether a load would fit with
       every unpinned model gone; a waiting load must be.
     * **The hand-over** (`hand_over/4`): what models evicted for a load
       still count until their unloads return (`Eviction.residuals/3`), so
-      the usage never exceeds the budget nor undercounts what backends hold.
+      the usage never exceeds the budget nor undercounts what backends hold;
+      and a load cancelled while it waits for them (`cancel/2`), in one step.
     * **Keep-alive** (`expired/2`): the models whose keep-alive ran out.
   """
 
@@ -128,53 +129,60 @@ defmodule ModelBudget.ModelManager.Ledger do
       free: probe.free
     }
 
-    with {:ok, evictions, after_evictions} <-
-           Eviction.plan(plan_ledger, placement, candidates(ledger, probe)),
-         :ok <- ModelBudget.check(ledger.budget, placement, after_evictions) do
+    # The core's plan leaves room for the placement (its proptests hold it
+    # to `check/3`): no second check.
+    with {:ok, evictions, _after_evictions} <-
+           Eviction.plan(plan_ledger, placement, candidates(ledger, probe)) do
       {:ok, evictions}
     end
   end
 
   @doc """
   The models a plan may evict, least recently used first, as
-  `{id, placement}`: walked lazily, so the order is computed (and the
-  leases asked) only when a plan needs room.
+  `{id, placement}`: a stream that computes the order only when a plan
+  pulls it (only when the load needs room), and asks the leases of each
+  candidate as it is pulled.
   """
   @spec candidates(t(), probe()) :: Enumerable.t()
   def candidates(%__MODULE__{min_idle_ms: :infinity}, _probe), do: []
 
   def candidates(ledger, probe) do
-    idle_since = probe.now - ledger.min_idle_ms
-    exclude = probe.exclude
-    last_use = probe.last_use
-
-    # One pass over the entries and a key sort, only when a plan pulls the
-    # first candidate: the order comes from the gates, which requests stamp
-    # without telling the manager.
-    [ledger.entries]
-    |> Stream.flat_map(fn entries ->
-      ready =
-        :maps.fold(
-          fn
-            id, %Entry{status: :ready, pinned: false} = entry, acc ->
-              {lru, used_at} = last_use.(entry)
-
-              if used_at <= idle_since and not MapSet.member?(exclude, id),
-                do: [{lru, entry} | acc],
-                else: acc
-
-            _id, _entry, acc ->
-              acc
-          end,
-          [],
-          entries
-        )
-
-      :lists.keysort(1, ready)
+    # The leases are asked of the candidates a plan pulls, one at a time.
+    Stream.flat_map([ledger], fn ledger ->
+      ledger
+      |> idle(probe)
+      |> Stream.reject(fn {_lru, entry} -> probe.leased?.(entry) end)
+      |> Stream.map(fn {_lru, entry} -> {entry.id, entry.placement} end)
     end)
-    |> Stream.reject(fn {_lru, entry} -> probe.leased?.(entry) end)
-    |> Stream.map(fn {_lru, entry} -> {entry.id, entry.placement} end)
   end
+
+  # One pass over the entries and a key sort: the order comes from the
+  # gates, which requests stamp without telling the manager.
+  defp idle(ledger, probe) do
+    idle_since = probe.now - ledger.min_idle_ms
+
+    ready =
+      :maps.fold(
+        fn
+          id, %Entry{status: :ready, pinned: false} = entry, acc ->
+            {lru, used_at} = probe.last_use.(entry)
+
+            if used_at <= idle_since and not excluded?(probe.exclude, id),
+              do: [{lru, entry} | acc],
+              else: acc
+
+          _id, _entry, acc ->
+            acc
+        end,
+        [],
+        ledger.entries
+      )
+
+    :lists.keysort(1, ready)
+  end
+
+  # Nothing is excluded but after a claim found a candidate leased.
+  defp excluded?(exclude, id), do: MapSet.size(exclude) > 0 and MapSet.member?(exclude, id)
 
   @doc """
   Whether `placement` would fit with every unpinned model gone (pinned
@@ -236,11 +244,22 @@ defmodule ModelBudget.ModelManager.Ledger do
   end
 
   @doc """
-  An evicted model whose load was cancelled before its unload returned: it
-  counts its whole placement again.
+  Cancels the load `id` while it still awaits its evicted models' unloads:
+  its entry leaves the books, and each evicted model it awaits counts its
+  whole placement again (it holds its memory until its unload returns).
+  Returns the load's entry and the ledger.
+
+  One step, because only the two changes together stay within the budget:
+  the evicted models' placements fit beside the rest only once the load's
+  own placement is released (what evicting them made room for).
   """
-  @spec restore(t(), term()) :: t()
-  def restore(ledger, id) do
+  @spec cancel(t(), term()) :: {Entry.t(), t()}
+  def cancel(ledger, id) do
+    {entry, ledger} = release(ledger, id)
+    {entry, Enum.reduce(entry.awaiting, ledger, &restore(&2, &1))}
+  end
+
+  defp restore(ledger, id) do
     entry = fetch!(ledger, id)
     usage = ledger.usage |> ModelBudget.release(entry.held) |> ModelBudget.fold(entry.placement)
     put(%{ledger | usage: usage}, %{entry | held: entry.placement, evicted_for: nil})
@@ -273,6 +292,8 @@ defmodule ModelBudget.ModelManager.Ledger do
 
   @doc "The placements of the loads waiting before `ref` (all of them for `nil`)."
   @spec ahead(t(), reference() | nil) :: [ModelBudget.placement()]
+  def ahead(%__MODULE__{queue: []}, _ref), do: []
+
   def ahead(ledger, ref) do
     ledger.queue |> Enum.take_while(&(&1.ref != ref)) |> Enum.map(& &1.placement)
   end

@@ -285,10 +285,12 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # unloads return, so they count in full again.
   def cancel_load(state, %Entry{task: nil} = entry, waiters) do
     state = demonitor(state, entry.caller_ref)
-
-    ledger = Enum.reduce(entry.awaiting, state.ledger, &Ledger.restore(&2, &1))
-    state = save(%{state | ledger: ledger}, MapSet.to_list(entry.awaiting))
-    state = drop(state, entry.id)
+    # The books change in one step and readers see them once: the evicted
+    # models' placements alone beside the load's would exceed the budget.
+    {cancelled, ledger} = Ledger.cancel(state.ledger, entry.id)
+    restored = Enum.map(entry.awaiting, &Ledger.fetch!(ledger, &1))
+    state = forget(%{state | ledger: ledger}, cancelled, restored)
+    reply_waiters(cancelled, :ok)
     reply_waiters(%{entry | unload_waiters: waiters}, :ok)
     reply(entry.caller, {:error, {:load_failed, :cancelled}})
     state
@@ -711,9 +713,15 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   defp release(state, id) do
     {entry, ledger} = Ledger.release(state.ledger, id)
-    Table.delete(state.table, ledger.usage, id)
+    {entry, forget(%{state | ledger: ledger}, entry, [])}
+  end
+
+  # An entry gone from the ledger leaves the readers' table, in the write
+  # that also carries the usage and the `changed` entries.
+  defp forget(state, entry, changed) do
+    Table.delete(state.table, state.ledger.usage, entry.id, changed)
     Leases.drop(state.leases, entry.gate)
-    {entry, demonitor(%{state | ledger: ledger}, entry.handle_ref)}
+    demonitor(state, entry.handle_ref)
   end
 
   defp drop(state, id) do

@@ -37,7 +37,7 @@ defmodule ModelBudget.ModelManager.Options do
 
   @doc "The default clock: monotonic milliseconds."
   @spec monotonic_ms() :: integer()
-  def monotonic_ms, do: System.monotonic_time(:millisecond)
+  def monotonic_ms, do: :erlang.monotonic_time(:millisecond)
 
   @doc "Checks start_link/1's options; raises ArgumentError naming a bad one."
   @spec start!(term()) :: start()
@@ -63,6 +63,9 @@ defmodule ModelBudget.ModelManager.Options do
     }
   end
 
+  # The manager's own load/4 options.
+  @load_keys [:n_gpus, :pinned, :keep_alive, :timeout]
+
   @doc """
   Checks load/4's options (the manager's own; the rest go to
   `ModelBudget.distribute/3` and the backend) and returns them unchanged.
@@ -76,6 +79,15 @@ defmodule ModelBudget.ModelManager.Options do
     check!(opts, :timeout, &ms_or_infinity?/1, "a non-negative integer or :infinity")
     opts
   end
+
+  @doc """
+  load/4's options less the manager's own (`:n_gpus`, `:pinned`,
+  `:keep_alive`, `:timeout`): what `ModelBudget.distribute/3` is given. It
+  checks every key it does not know against its own for a near miss, which
+  costs microseconds a key; the manager's keys are never its.
+  """
+  @spec placement(keyword()) :: keyword()
+  def placement(opts), do: Keyword.drop(opts, @load_keys)
 
   @doc "Checks unload/3's options; returns `%{timeout:, force:}` with defaults."
   @spec unload!(term()) :: %{timeout: non_neg_integer() | :infinity, force: boolean()}

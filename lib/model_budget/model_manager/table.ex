@@ -60,12 +60,14 @@ defmodule ModelBudget.ModelManager.Table do
     notify(table)
   end
 
-  @doc "Removes an entry and writes the usage without it."
-  @spec delete(:ets.tid(), ModelBudget.placement(), term()) :: true
-  def delete(table, usage, id) do
+  @doc """
+  Removes an entry, then writes the usage without it and the entries
+  `changed` with it in one insert.
+  """
+  @spec delete(:ets.tid(), ModelBudget.placement(), term(), [Entry.t()]) :: true
+  def delete(table, usage, id, changed \\ []) do
     :ets.delete(table, {:model, id})
-    :ets.insert(table, usage_row(placement: usage))
-    notify(table)
+    put(table, usage, changed)
   end
 
   @doc """

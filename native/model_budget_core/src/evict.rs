@@ -37,7 +37,15 @@ pub struct Free {
 }
 
 impl Free {
-    fn on(&self, device: Device) -> u64 {
+    /// Free bytes as a probe reads them: RAM's available bytes and each
+    /// GPU's free bytes; the combined pool has their sum.
+    pub fn probed(ram: u64, gpus: GpuMap<u64>) -> Free {
+        let total = gpus.values().fold(ram, |acc, b| acc.saturating_add(*b));
+        Free { total, ram, gpus }
+    }
+
+    /// The free bytes on `device` (0 on a GPU the probe did not see).
+    pub fn on(&self, device: Device) -> u64 {
         match device {
             Device::Total => self.total,
             Device::Ram => self.ram,
@@ -189,6 +197,27 @@ pub fn check_rules(rules: &Constraint) -> Result<()> {
     }
 }
 
+/// Whether `placement` needs room: the first device it touches
+/// ([`devices`]) where it does not fit or the rules hold, and why; `None`
+/// when it fits everywhere and the rules hold nowhere, so that [`choose`]
+/// would evict nothing whatever the candidates, and a manager need not list
+/// them.
+pub fn needs(
+    ledger: &Ledger,
+    rules: Option<&Constraint>,
+    placement: &Placement,
+) -> Result<Option<(Device, Reason)>> {
+    if let Some(rules) = rules {
+        check_rules(rules)?;
+    }
+    for device in devices(&ledger.budget, placement) {
+        if let Some(why) = need(ledger, rules, placement, device)? {
+            return Ok(Some((device, why)));
+        }
+    }
+    Ok(None)
+}
+
 /// Chooses evictions for `placement`: for each device it touches
 /// ([`devices`]), while the load does not fit there or the rules hold, the
 /// next of `candidates` (least recently used first) that holds bytes on the
@@ -204,6 +233,21 @@ pub fn choose(
     placement: &Placement,
     candidates: &[Placement],
 ) -> Result<Choice> {
+    let choice = choose_from(ledger, rules, placement, candidates, false)?;
+    Ok(choice.expect("a walk with no more candidates always answers"))
+}
+
+/// [`choose`] over the first candidates of a longer list, so that a caller
+/// can pass them a few at a time: `None` when `more` candidates follow and
+/// a device still needs room once these are walked (the answer needs more
+/// of them); otherwise the answer [`choose`] gives over the whole list.
+pub fn choose_from(
+    ledger: &Ledger,
+    rules: Option<&Constraint>,
+    placement: &Placement,
+    candidates: &[Placement],
+    more: bool,
+) -> Result<Option<Choice>> {
     if let Some(rules) = rules {
         check_rules(rules)?;
     }
@@ -234,6 +278,9 @@ pub fn choose(
             });
             reason = need(&sim, rules, placement, device)?;
         }
+        if reason.is_some() && more {
+            return Ok(None);
+        }
         if let Some(Reason::DoesNotFit {
             required,
             available,
@@ -246,13 +293,13 @@ pub fn choose(
                     required,
                     available,
                 });
-            return Ok(Choice::Short(short));
+            return Ok(Some(Choice::Short(short)));
         }
     }
-    Ok(Choice::Room {
+    Ok(Some(Choice::Room {
         evictions,
         usage: sim.usage,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -419,6 +466,65 @@ mod tests {
     }
 
     proptest! {
+        /// With rules, `needs` is `None` exactly when the chooser, given
+        /// every candidate, has nothing to do: no eviction, the usage as it
+        /// stands.
+        #[test]
+        fn needs_none_means_nothing_to_evict(
+            b in budget(),
+            held in proptest::collection::vec(small(), 0..5),
+            extra in small(),
+            p in small(),
+            rule in prop_oneof![
+                Just("memory_required > available * 0.70"),
+                Just("used_percent > 50"),
+                Just("resident_count > 2"),
+            ],
+        ) {
+            let usage = held.iter().try_fold(extra.clone(), |u, h| u.fold(h)).unwrap();
+            let l = ledger(b, usage.clone());
+            let r = rules(&[rule]);
+            let need = needs(&l, Some(&r), &p).unwrap();
+            let choice = choose(&l, Some(&r), &p, &held).unwrap();
+            if need.is_none() {
+                prop_assert_eq!(choice, Choice::Room { evictions: vec![], usage });
+            } else if let (Some((device, _)), Choice::Room { evictions, .. }) = (need, &choice) {
+                // The first device that needs room evicts its first candidate there.
+                let any_there = held.iter().any(|h| share(h, device) > 0);
+                prop_assert!(!any_there || !evictions.is_empty());
+            }
+        }
+    }
+
+    proptest! {
+        /// Walking the candidates a few at a time, as long as the answer
+        /// asks for more, gives the answer over the whole list.
+        #[test]
+        fn a_prefix_answers_as_the_whole_list(
+            b in budget(),
+            held in proptest::collection::vec(small(), 0..6),
+            extra in small(),
+            p in small(),
+            step in 1..4usize,
+            rule in prop_oneof![Just(None), Just(Some("used_percent > 30")), Just(Some("resident_count > 1"))],
+        ) {
+            let usage = held.iter().try_fold(extra.clone(), |u, h| u.fold(h)).unwrap();
+            let l = ledger(b, usage);
+            let r = rule.map(|e| rules(&[e]));
+            let whole = choose(&l, r.as_ref(), &p, &held).unwrap();
+            let mut n = 0;
+            let chunked = loop {
+                n = (n + step).min(held.len());
+                let more = n < held.len();
+                if let Some(choice) = choose_from(&l, r.as_ref(), &p, &held[..n], more).unwrap() {
+                    break choice;
+                }
+            };
+            prop_assert_eq!(chunked, whole);
+        }
+    }
+
+    proptest! {
         /// Without rules the chooser and a plain check agree: room means the
         /// placement fits the usage left; short means it fits nowhere even
         /// with every candidate gone, and names what `check` names; and no
@@ -434,6 +540,7 @@ mod tests {
             let l = ledger(b.clone(), usage.clone());
             match choose(&l, None, &p, &held).unwrap() {
                 Choice::Room { evictions, usage: left } => {
+                    prop_assert_eq!(needs(&l, None, &p).unwrap().is_none(), check(&b, &p, &usage).is_ok());
                     prop_assert_eq!(check(&b, &p, &left), Ok(()));
                     if check(&b, &p, &usage).is_ok() {
                         prop_assert!(evictions.is_empty());
@@ -445,6 +552,11 @@ mod tests {
                     prop_assert_eq!(released, left);
                 }
                 Choice::Short(short) => {
+                    let short_somewhere = matches!(
+                        needs(&l, None, &p).unwrap(),
+                        Some((_, Reason::DoesNotFit { .. }))
+                    );
+                    prop_assert!(short_somewhere);
                     prop_assert_eq!(Err(short), check(&b, &p, &usage));
                     let none_left = held.iter().try_fold(usage.clone(), |u, h| u.release(h)).unwrap();
                     prop_assert!(check(&b, &p, &none_left).is_err());

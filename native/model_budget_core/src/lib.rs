@@ -14,6 +14,7 @@ pub mod error;
 pub mod evict;
 pub mod fit;
 pub mod gpu_map;
+pub mod handover;
 pub mod layout;
 pub mod model;
 pub mod options;

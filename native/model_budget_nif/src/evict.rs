@@ -19,7 +19,7 @@ rustler::atoms! {
 
 /// `:constraint | {:does_not_fit, required, available}`.
 #[derive(NifTaggedEnum)]
-enum ReasonTerm {
+pub(crate) enum ReasonTerm {
     Constraint,
     DoesNotFit(u64, u64),
 }
@@ -83,7 +83,22 @@ fn decode_rules(term: Term) -> Decoded<Option<ResourceArc<Compiled>>> {
     })
 }
 
-fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
+/// A ledger term, and its rules.
+pub(crate) fn decode_ledger(ledger: Term) -> Decoded<(Ledger, Option<ResourceArc<Compiled>>)> {
+    let rules = decode_rules(field(ledger, rules())?)?;
+    let decoded = Ledger {
+        budget: budget::decode(field(ledger, atoms::budget())?)?,
+        usage: placement::decode(field(ledger, usage())?, "ledger :usage")?,
+        resident_count: crate::decode::bytes(
+            field(ledger, resident_count())?,
+            "ledger :resident_count",
+        )?,
+        free: decode_free(field(ledger, free())?)?,
+    };
+    Ok((decoded, rules))
+}
+
+pub(crate) fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
     let Ok(list) = term.decode::<ListIterator>() else {
         return bad("candidates", "a list of placements", term);
     };
@@ -91,6 +106,31 @@ fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
 }
 
 /// `{:ok, [{index, device, reason}], usage}` or `{:error, {:insufficient_memory, details}}`.
+pub(crate) fn encode_choice(env: Env, choice: Choice) -> Term {
+    match choice {
+        Choice::Room { evictions, usage } => {
+            let list: Vec<Term> = evictions
+                .iter()
+                .map(|e| {
+                    (
+                        e.candidate,
+                        DeviceTerm::from(e.device),
+                        ReasonTerm::from(e.reason),
+                    )
+                        .encode(env)
+                })
+                .collect();
+            (atoms::ok(), list, encode_placement(env, &usage)).encode(env)
+        }
+        Choice::Short(short) => (
+            atoms::error(),
+            (atoms::insufficient_memory(), InsufficientTerm(short)),
+        )
+            .encode(env),
+    }
+}
+
+/// The chooser over every candidate: see [`encode_choice`].
 #[rustler::nif]
 fn evict_choose<'a>(
     env: Env<'a>,
@@ -99,16 +139,7 @@ fn evict_choose<'a>(
     candidates: Term<'a>,
 ) -> Term<'a> {
     let result = (|| {
-        let rules = decode_rules(field(ledger, rules())?)?;
-        let ledger = Ledger {
-            budget: budget::decode(field(ledger, atoms::budget())?)?,
-            usage: placement::decode(field(ledger, usage())?, "ledger :usage")?,
-            resident_count: crate::decode::bytes(
-                field(ledger, resident_count())?,
-                "ledger :resident_count",
-            )?,
-            free: decode_free(field(ledger, free())?)?,
-        };
+        let (ledger, rules) = decode_ledger(ledger)?;
         let placement = placement::decode(placement_term, "placement")?;
         let candidates = decode_candidates(candidates)?;
         let choice = evict::choose(
@@ -117,27 +148,7 @@ fn evict_choose<'a>(
             &placement,
             &candidates,
         )?;
-        Ok(match choice {
-            Choice::Room { evictions, usage } => {
-                let list: Vec<Term> = evictions
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.candidate,
-                            DeviceTerm::from(e.device),
-                            ReasonTerm::from(e.reason),
-                        )
-                            .encode(env)
-                    })
-                    .collect();
-                (atoms::ok(), list, encode_placement(env, &usage)).encode(env)
-            }
-            Choice::Short(short) => (
-                atoms::error(),
-                (atoms::insufficient_memory(), InsufficientTerm(short)),
-            )
-                .encode(env),
-        })
+        Ok(encode_choice(env, choice))
     })();
     reply(env, result)
 }

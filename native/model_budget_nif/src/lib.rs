@@ -13,6 +13,7 @@ mod devices;
 mod distribute;
 mod echo;
 mod evict;
+mod evict_steps;
 mod fit;
 mod floor;
 mod json;

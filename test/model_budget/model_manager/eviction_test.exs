@@ -214,7 +214,7 @@ defmodule ModelBudget.ModelManager.EvictionTest do
       assert ids(Eviction.plan(ledger, ram(800), candidates)) == [:both]
     end
 
-    test "walks the candidates lazily and once per device" do
+    test "walks the candidates lazily and once, and not at all when the load fits" do
       test = self()
 
       candidates =
@@ -226,7 +226,16 @@ defmodule ModelBudget.ModelManager.EvictionTest do
       assert ids(Eviction.plan(full(), ram(300), candidates)) == [:a, :b]
       assert_received {:walked, :a}
       assert_received {:walked, :b}
-      refute_received {:walked, :c}
+      refute_received {:walked, _}
+
+      # Four evictions: pulled in batches, each candidate once.
+      assert ids(Eviction.plan(full(), ram(1_000), candidates)) == [:a, :b, :c, :d]
+      for id <- [:a, :b, :c, :d], do: assert_received({:walked, ^id})
+      refute_received {:walked, _}
+
+      roomy = ledger(1_000, ram(500), count: 2)
+      assert Eviction.plan(roomy, ram(300), candidates) == {:ok, [], ram(500)}
+      refute_received {:walked, _}
     end
   end
 

@@ -106,7 +106,7 @@ defmodule ModelBudget.ModelManager.LedgerTest do
       assert books.usage == ram(700)
     end
 
-    test "a fence takes nothing over; restore/2 counts an evicted model in full again" do
+    test "a fence takes nothing over: its evicted models count in full" do
       books = with_entries(ledger(1_000), [entry(:a, 400)])
       {:ok, evictions} = Ledger.admit(books, ram(800), [], probe())
 
@@ -114,12 +114,41 @@ defmodule ModelBudget.ModelManager.LedgerTest do
         Ledger.hand_over(books, nil, evictions, {:fence, make_ref()})
 
       assert books.usage == ram(400)
+    end
+  end
 
-      {books, _} = Ledger.hand_over(books, entry(:b, 300), evictions, {:load, :b})
+  describe "cancel/2" do
+    # The regression behind the concurrency test's rare over-commit: the
+    # evicted model's placement was counted again while the cancelled load
+    # still counted its own, and readers saw that usage (1,600 of 1,000).
+    test "the load leaves and its evicted models count in full, never both" do
+      books = with_entries(ledger(1_000), [entry(:a, 600)])
+      {:ok, [%{id: :a}] = evictions} = Ledger.admit(books, ram(700), [], probe())
+
+      {books, [%{held: %{ram: 0}}]} =
+        Ledger.hand_over(books, entry(:new, 700), evictions, {:load, :new})
+
+      books = Ledger.add(books, entry(:c, 300))
+      assert books.usage == ram(1_000)
+
+      {%Entry{id: :new}, books} = Ledger.cancel(books, :new)
+      assert books.usage == ram(900)
+      assert %{evicted_for: nil, held: %{ram: 600}} = Ledger.fetch!(books, :a)
+      assert Ledger.fetch(books, :new) == :error
+    end
+
+    test "evicted models whose unloads returned are not counted again" do
+      books =
+        with_entries(ledger(1_000), [entry(:a, 400, use: {1, 0}), entry(:b, 400, use: {2, 0})])
+
+      {:ok, evictions} = Ledger.admit(books, ram(700), [], probe())
+      {books, _} = Ledger.hand_over(books, entry(:new, 700), evictions, {:load, :new})
+      {_a, books} = Ledger.release(books, :a)
+      books = Ledger.put(books, %{Ledger.fetch!(books, :new) | awaiting: MapSet.new([:b])})
+
+      {_new, books} = Ledger.cancel(books, :new)
       assert books.usage == ram(400)
-      books = Ledger.restore(books, :a)
-      assert books.usage == ram(700)
-      assert %{evicted_for: nil, held: %{ram: 400}} = Ledger.fetch!(books, :a)
+      assert Map.keys(books.entries) == [:b]
     end
   end
 

@@ -1,0 +1,137 @@
+//! The core's eviction steps around the chooser (`evict_choose`), for a
+//! manager: whether an admission needs room at all, the chooser over the
+//! candidates a few at a time, the rule variables' values, the hand-over's
+//! residuals, and a probe's free bytes by device.
+
+use model_budget_core::evict::{self, Free};
+use model_budget_core::handover;
+use model_budget_core::Device;
+use rustler::{Encoder, Env, ListIterator, Term};
+
+use crate::atoms;
+use crate::badarg::{bad, reply, Decoded};
+use crate::codec::{DeviceTerm, GpuMapTerm};
+use crate::evict::{decode_candidates, decode_ledger, encode_choice, ReasonTerm};
+use crate::placement::{self, Encoded};
+use crate::{budget, decode};
+
+rustler::atoms! {
+    more,
+}
+
+fn device(term: Term) -> Decoded<Device> {
+    term.decode::<DeviceTerm>()
+        .map(Device::from)
+        .or_else(|_| bad("device", ":total, :ram or {:gpu, index}", term))
+}
+
+/// `nil` when `placement` fits and the rules hold nowhere (nothing to
+/// evict), else `{device, reason}` for the first device that needs room.
+#[rustler::nif]
+fn evict_needs<'a>(env: Env<'a>, ledger: Term<'a>, placement_term: Term<'a>) -> Term<'a> {
+    let result = (|| {
+        let (ledger, rules) = decode_ledger(ledger)?;
+        let placement = placement::decode(placement_term, "placement")?;
+        let need = evict::needs(&ledger, rules.as_ref().map(|r| &r.constraint), &placement)?;
+        Ok(match need {
+            None => atoms::nil().encode(env),
+            Some((device, why)) => (DeviceTerm::from(device), ReasonTerm::from(why)).encode(env),
+        })
+    })();
+    reply(env, result)
+}
+
+/// The chooser over the first candidates of a longer list: `:more` when
+/// `more` candidates follow and the answer needs them, else what
+/// `evict_choose` answers over the whole list.
+#[rustler::nif]
+fn evict_choose_from<'a>(
+    env: Env<'a>,
+    ledger: Term<'a>,
+    placement_term: Term<'a>,
+    candidates: Term<'a>,
+    follow: bool,
+) -> Term<'a> {
+    let result = (|| {
+        let (ledger, rules) = decode_ledger(ledger)?;
+        let placement = placement::decode(placement_term, "placement")?;
+        let candidates = decode_candidates(candidates)?;
+        let rules = rules.as_ref().map(|r| &r.constraint);
+        Ok(
+            match evict::choose_from(&ledger, rules, &placement, &candidates, follow)? {
+                Some(choice) => encode_choice(env, choice),
+                None => more().encode(env),
+            },
+        )
+    })();
+    reply(env, result)
+}
+
+/// The rule variables' values on `device`, in `evict::VARIABLES` order.
+#[rustler::nif]
+fn evict_values<'a>(
+    env: Env<'a>,
+    ledger: Term<'a>,
+    placement_term: Term<'a>,
+    device_term: Term<'a>,
+) -> Term<'a> {
+    let result = (|| {
+        let (ledger, _rules) = decode_ledger(ledger)?;
+        let placement = placement::decode(placement_term, "placement")?;
+        let values = evict::values(&ledger, &placement, device(device_term)?);
+        Ok(values.to_vec())
+    })();
+    reply(env, result)
+}
+
+/// What each evicted model still counts while a load takes its memory over.
+#[rustler::nif]
+fn evict_residuals<'a>(
+    env: Env<'a>,
+    budget_term: Term<'a>,
+    evicted_term: Term<'a>,
+    placement_term: Term<'a>,
+) -> Term<'a> {
+    let result = (|| {
+        let budget = budget::decode(budget_term)?;
+        let Ok(list) = evicted_term.decode::<ListIterator>() else {
+            return bad("evicted", "a list of placements", evicted_term);
+        };
+        let evicted = list
+            .map(|p| placement::decode(p, "evicted"))
+            .collect::<Decoded<Vec<_>>>()?;
+        let placement = placement::decode(placement_term, "placement")?;
+        let residuals = handover::residuals(&budget, &evicted, &placement)?;
+        Ok(residuals.into_iter().map(Encoded).collect::<Vec<_>>())
+    })();
+    reply(env, result)
+}
+
+/// `%{device => free bytes}` on the devices `placement` touches, from a
+/// probe's RAM available bytes and GPUs' free bytes.
+#[rustler::nif]
+fn evict_free<'a>(
+    env: Env<'a>,
+    budget_term: Term<'a>,
+    placement_term: Term<'a>,
+    ram_term: Term<'a>,
+    gpus_term: Term<'a>,
+) -> Term<'a> {
+    let result = (|| {
+        let budget = budget::decode(budget_term)?;
+        let placement = placement::decode(placement_term, "placement")?;
+        let ram = decode::bytes(ram_term, "ram")?;
+        let Ok(GpuMapTerm(gpus)) = gpus_term.decode::<GpuMapTerm<u64>>() else {
+            return bad("gpus", "a map of GPU indices to bytes", gpus_term);
+        };
+        let free = Free::probed(ram, gpus);
+        let mut map = Term::map_new(env);
+        for d in evict::devices(&budget, &placement) {
+            map = map
+                .map_put(DeviceTerm::from(d).encode(env), free.on(d).encode(env))
+                .or_else(|_| bad("placement", "a placement", placement_term))?;
+        }
+        Ok(map)
+    })();
+    reply(env, result)
+}

@@ -39,30 +39,28 @@ defmodule ModelBudget.ModelManager do
 
   Checkout and checkin are the per-request path: they never send the
   manager a message in the ordinary case, and never wait for it. Each
-  model has a gate (an `:atomics` array: open or closed, and the time of
-  its last use) and each lease is one row in an ETS table of the manager's
-  (`{{model_incarnation, lease_ref}, holder_pid}`). Checkout reads the gate,
-  inserts its row, and reads the gate again; checkin deletes its row and
-  stamps the gate's last use. To unload or evict a model, the manager
-  closes its gate, then counts its rows: each side writes before it reads,
-  and atomics are mutually ordered, so either the manager sees the lease or
-  the checkout sees the closed gate and takes its row back. Evictions and
-  keep-alive expiry claim a gate instead of closing it outright (a
+  model has a gate (a NIF resource of atomics: its state, its lease count
+  and its last use) and each lease is a NIF resource holding its gate.
+  Checkout is one NIF call: it counts the lease, then reads the state;
+  checkin is one NIF call: it counts the lease down (once) and stamps the
+  gate's last use. To unload or evict a model, the manager closes its
+  gate, then reads its count: each side writes before it reads, and the
+  atomics are sequentially consistent, so either the manager sees the lease
+  or the checkout sees the closed gate and takes its count back. Evictions
+  and keep-alive expiry claim a gate instead of closing it outright (a
   checkout meanwhile waits, within the manager's same step, for the
   verdict), so a model that turns out to be leased stays open and no
-  checkout fails for it. Only two cases send the manager a message from a
-  checkin: a model whose unload waits for its leases, and, once per wake-up,
-  loads waiting for room.
+  checkout fails for it. Only two cases send the manager a message when a
+  lease ends: a model whose unload waits for its leases, and, once per
+  wake-up, loads waiting for room.
 
-  A lease holder's death is noticed without a message per checkout: the
-  manager sweeps the lease table (every `:sweep_ms`, when an unload starts
-  waiting for leases, when a load starts waiting for room, and before it
-  refuses a load): the rows of dead holders go at once, live holders it
-  does not watch yet get a monitor (one per process, however many leases it
-  takes), and a later `:DOWN` deletes their rows. Each lease being one row,
-  a holder killed at any instant leaves a row (ended by the sweep) or none:
-  never a count that no process owns. Checking a lease in twice does
-  nothing the second time.
+  A lease also ends, without a checkin, when the runtime frees its last
+  term: when the process that took it exits (killed or not: its heap goes),
+  or when it drops the lease and collects its garbage. No sweep and no
+  monitor is involved. A lease term sent to another process (or stored in
+  ETS) lives until every copy is checked in or gone: the exit of the
+  process that took it does not end it then. Checking a lease in twice
+  does nothing the second time.
 
   ## How a load goes
 
@@ -366,9 +364,8 @@ defmodule ModelBudget.ModelManager do
       milliseconds, for `:keep_alive`, `:min_idle_ms` and `info/2`'s
       `:last_used` (tests pass their own). Defaults to
       `System.monotonic_time(:millisecond)`.
-    * `:sweep_ms` - how often the manager sweeps (see `sweep/1`): ends the
-      leases of dead holders it does not monitor yet, and unloads models
-      whose keep-alive ran out. Defaults to `1000`.
+    * `:sweep_ms` - how often the manager sweeps (see `sweep/1`): unloads
+      models whose keep-alive ran out. Defaults to `1000`.
     * `:name` - any `GenServer` name (an atom, `{:global, term}`,
       `{:via, module, term}`). Defaults to no name.
     * `:cluster` - a name (any term) of a `ModelBudget.Cluster` to join:
@@ -542,8 +539,9 @@ defmodule ModelBudget.ModelManager do
   `{:error, :not_loaded}` (also while it is loading or unloading).
 
   The model is not evicted or unloaded (but by `unload/3` with
-  `force: true`) until the lease ends: at `checkin/2`, or when the calling
-  process exits. No message goes to the manager (see "Leases" above).
+  `force: true`) until the lease ends: at `checkin/2`, or when no process
+  holds it any more (the calling process exits, say). No message goes to
+  the manager (see "Leases" above).
 
   ## Examples
 
@@ -675,9 +673,8 @@ defmodule ModelBudget.ModelManager do
   end
 
   @doc """
-  Runs the manager's periodic sweep now, and returns once it is done: the
-  leases of lease holders that died end, and models whose `:keep_alive` ran
-  out (by the `:clock`) are unloaded (returns before their backend unloads
+  Runs the manager's periodic sweep now, and returns once it is done:
+  models whose `:keep_alive` ran out (by the `:clock`) are unloaded (returns before their backend unloads
   finish). The manager also sweeps every `:sweep_ms` by itself.
 
   ## Examples
@@ -863,14 +860,11 @@ defmodule ModelBudget.ModelManager do
   def init(config) do
     {:ok, task_sup} = Task.Supervisor.start_link()
     table = Table.new()
-    leases = Leases.new_table()
     flags = Leases.new_flags()
 
     shared = %{
       manager: self(),
       table: table,
-      leases: leases,
-      flags: flags,
       clock: config.clock,
       budget: config.budget,
       backend: config.backend,
@@ -899,7 +893,6 @@ defmodule ModelBudget.ModelManager do
      %Lifecycle{
        name: config.name,
        table: table,
-       leases: leases,
        flags: flags,
        task_sup: task_sup,
        backend: config.backend,
@@ -993,7 +986,7 @@ defmodule ModelBudget.ModelManager do
     end
   end
 
-  def handle_info({:DOWN, ref, :process, pid, reason} = message, state) do
+  def handle_info({:DOWN, ref, :process, _pid, reason} = message, state) do
     {watched, refs} = Map.pop(state.refs, ref)
     state = %{state | refs: refs}
 
@@ -1015,14 +1008,12 @@ defmodule ModelBudget.ModelManager do
         {:noreply, Lifecycle.settle(Lifecycle.handle_died(state, id, reason))}
 
       nil ->
-        if Map.get(state.holders, pid) == ref,
-          do: {:noreply, Lifecycle.settle(Lifecycle.holder_died(state, pid))},
-          else: unexpected(state, "message", message)
+        unexpected(state, "message", message)
     end
   end
 
-  def handle_info({__MODULE__, :lease_ended, id, inc}, state),
-    do: {:noreply, Lifecycle.settle(Lifecycle.lease_ended(state, id, inc))}
+  def handle_info({__MODULE__, :lease_ended, inc}, state),
+    do: {:noreply, Lifecycle.settle(Lifecycle.lease_ended(state, inc))}
 
   def handle_info({__MODULE__, :sweep}, state) do
     schedule_sweep(state.sweep_ms)

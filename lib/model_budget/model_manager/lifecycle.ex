@@ -15,29 +15,26 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   alias ModelBudget.ModelManager
   alias ModelBudget.ModelManager.{Entry, Eviction, Leases, Ledger, Measured, Table}
 
-  @enforce_keys [:table, :leases, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger]
-  defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}, holders: %{}]
+  @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger]
+  defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}]
 
   @typedoc """
   The manager's state. `:refs` maps every monitor and task ref to what it
   watches: `{:load | :unload, id}` tasks, `{:caller, id}` callers of
   admitted loads, `{:waiter, ref}` callers of waiting loads, `{:handle, id}`
-  pid handles. `:holders` maps lease holders to their monitors; `:fences`
-  fences waiting for their evicted models.
+  pid handles; `:fences` fences waiting for their evicted models.
   """
   @type t :: %__MODULE__{
           name: term(),
           table: :ets.tid(),
-          leases: :ets.tid(),
-          flags: :atomics.atomics_ref(),
+          flags: reference(),
           task_sup: pid(),
           backend: module(),
           clock: (() -> integer()),
           sweep_ms: pos_integer(),
           ledger: Ledger.t(),
           refs: %{reference() => term()},
-          fences: %{reference() => map()},
-          holders: %{pid() => reference()}
+          fences: %{reference() => map()}
         }
 
   ## Loads
@@ -49,26 +46,17 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       reply(from, {:error, :already_loaded})
       state
     else
-      case admit_swept(state, placement, Ledger.ahead(state.ledger, nil)) do
+      case admit(state, placement, Ledger.ahead(state.ledger, nil)) do
         {:ok, evictions, state} ->
           start_load(state, from, request, evictions)
 
-        {{:error, _} = refused, state} ->
+        {:error, _} = refused ->
           timeout = Keyword.get(request.opts, :timeout, 0)
 
           if timeout == 0 or not Ledger.possible?(state.ledger, placement),
             do: refuse(state, from, refused),
             else: enqueue(state, from, request, timeout)
       end
-    end
-  end
-
-  # Admission; when it fails, leases of dead holders are reaped and it is
-  # tried once more, so a lease that ended with its holder never refuses.
-  defp admit_swept(state, placement, ahead) do
-    with {:error, _} = refused <- admit(state, placement, ahead) do
-      {reaped, state} = sweep_holders(state)
-      if reaped > 0, do: admit_swept(state, placement, ahead), else: {refused, state}
     end
   end
 
@@ -80,7 +68,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     probe = %{
       now: state.clock.(),
       last_use: &lru_order/1,
-      leased?: &Leases.leased?(state.leases, &1.gate),
+      leased?: &Leases.leased?(&1.gate),
       free: Eviction.probe_free(ledger.rules, ledger.budget, placement),
       exclude: exclude
     }
@@ -92,7 +80,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       {:ok, evictions} ->
         gates = Enum.map(evictions, &Ledger.fetch!(ledger, &1.id).gate)
 
-        case Leases.claim(state.leases, gates) do
+        case Leases.claim(gates) do
           :ok ->
             {:ok, evictions, state}
 
@@ -121,7 +109,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # The evicted models (already claimed) start unloading; the load waits for
   # them, then its backend load runs.
   defp start_load(state, from, request, evictions) do
-    gate = Leases.new_gate(state.clock.())
+    gate = Leases.new_gate(state.flags, state.clock.())
     entry = %{Entry.new(request, gate, Table.history_of(state.table, request.id)) | caller: from}
     {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
     state = %{state | ledger: ledger}
@@ -205,7 +193,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
         {state, ready} = reserve_measured(state, ready)
         {state, ready} = monitor_handle(state, ready)
-        Leases.used(elem(ready.gate, 1), now)
+        Leases.used(ready.gate, now)
         # The row first, then the gate: a checkout that sees the gate open
         # must find the ready row (with_model/3 reads it).
         state = put(state, ready)
@@ -330,7 +318,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
       {:ok, %Entry{status: :ready} = entry} ->
         if opts.force do
-          Leases.drop(state.leases, entry.gate)
+          Leases.drop(entry.gate)
           begin_unload(state, %{entry | unload_waiters: [{from, nil}]})
         else
           drain(state, entry, from, opts.timeout)
@@ -338,7 +326,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
       {:ok, %Entry{draining: true} = entry} ->
         if opts.force do
-          Leases.drop(state.leases, entry.gate)
+          Leases.drop(entry.gate)
           begin_unload(state, add_waiter(entry, from, nil))
         else
           put(state, add_waiter(entry, from, timer(opts.timeout, {:unload_timeout, id})))
@@ -354,25 +342,28 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     do: %{entry | unload_waiters: [{from, timer} | entry.unload_waiters]}
 
   # Closes the gate (checkouts fail from now on) and unloads once no lease
-  # is left; a checkin or a holder's death tells the manager when.
+  # is left; the end of its last lease (a checkin, or its last term gone)
+  # tells the manager when.
   defp drain(state, entry, from, timeout) do
-    if Leases.close(state.leases, entry.gate) do
+    if Leases.close(entry.gate) do
       timer = timer(timeout, {:unload_timeout, entry.id})
       entry = %{entry | status: :unloading, draining: true, unload_waiters: [{from, timer}]}
-      {_reaped, state} = sweep_holders(put(state, entry))
-      drained(state, entry.id)
+      put(state, entry)
     else
       begin_unload(state, %{entry | unload_waiters: [{from, nil}]})
     end
   end
 
-  @doc "A lease ended: a drained model unloads; waiting loads are tried again."
-  @spec lease_ended(t(), term(), pos_integer() | nil) :: t()
-  def lease_ended(state, nil, nil), do: state
+  @doc """
+  A lease ended on the closed gate of incarnation `inc`: a drained model
+  unloads. `nil`: loads wait for room (settle/1 tries them again).
+  """
+  @spec lease_ended(t(), pos_integer() | nil) :: t()
+  def lease_ended(state, nil), do: state
 
-  def lease_ended(state, id, inc) do
-    case Ledger.fetch(state.ledger, id) do
-      {:ok, %Entry{gate: {^inc, _}, draining: true}} -> drained(state, id)
+  def lease_ended(state, inc) do
+    case Enum.find(state.ledger.entries, fn {_id, entry} -> elem(entry.gate, 0) == inc end) do
+      {id, %Entry{draining: true}} -> drained(state, id)
       _ -> state
     end
   end
@@ -380,7 +371,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # A draining model unloads once its last lease is gone.
   defp drained(state, id) do
     with {:ok, %Entry{draining: true} = entry} <- Ledger.fetch(state.ledger, id),
-         false <- Leases.leased?(state.leases, entry.gate) do
+         false <- Leases.leased?(entry.gate) do
       waiters = for {from, timer} <- entry.unload_waiters, do: {from, cancel_timer(timer)}
       begin_unload(state, %{entry | draining: false, unload_waiters: waiters})
     else
@@ -506,7 +497,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   @doc "fence/3: makes room, answered once the evicted models are unloaded."
   @spec fence(t(), ModelBudget.placement(), GenServer.from()) :: t()
   def fence(state, placement, from) do
-    case admit_swept(state, placement, []) do
+    case admit(state, placement, []) do
       {:ok, [], state} ->
         Table.bump(state.table, :fences)
         reply(from, {:ok, []})
@@ -523,7 +514,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         state = %{state | ledger: ledger, fences: Map.put(state.fences, ref, fence)}
         evict(state, evictions, evicted, {:fence, ref})
 
-      {refused, state} ->
+      {:error, _} = refused ->
         refuse(state, from, refused)
     end
   end
@@ -546,9 +537,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     }
 
     ledger = Ledger.enqueue(state.ledger, waiter)
-    state = %{state | ledger: ledger, refs: Map.put(state.refs, caller_ref, {:waiter, ref})}
-    {_reaped, state} = sweep_holders(state)
-    state
+    %{state | ledger: ledger, refs: Map.put(state.refs, caller_ref, {:waiter, ref})}
   end
 
   @doc """
@@ -562,8 +551,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   def settle(%__MODULE__{} = state) do
     # Armed before the leases are looked at: a lease that ends after this
-    # point tells the manager (the checkin deletes its row, then reads the
-    # flag), one that ended before is seen by the admissions below.
+    # point tells the manager (its end counts down, then reads the flag),
+    # one that ended before is seen by the admissions below.
     Leases.arm(state.flags, true)
 
     state =
@@ -597,11 +586,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         state
 
       waiter ->
-        case admit_swept(state, waiter.placement, ahead) do
+        case admit(state, waiter.placement, ahead) do
           {:ok, evictions, state} ->
             admit_waiter(state, %{waiter | timer: nil}, evictions)
 
-          {refused, state} ->
+          {:error, _} = refused ->
             {_, ledger} = Ledger.dequeue(state.ledger, ref)
             state = demonitor(%{state | ledger: ledger}, waiter.caller_ref)
             refuse(state, waiter.from, refused)
@@ -620,13 +609,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   ## Lease holders and keep-alive
 
   @doc """
-  Housekeeping, every `:sweep_ms` and on `sweep/1`: leases of dead holders
-  end, live holders are monitored, and models whose keep-alive ran out
-  unload.
+  Housekeeping, every `:sweep_ms` and on `sweep/1`: models whose keep-alive
+  ran out unload. (Leases of dead holders end with their holders' heaps.)
   """
   @spec sweep(t()) :: t()
   def sweep(state) do
-    {_reaped, state} = sweep_holders(state)
     now = state.clock.()
 
     probe = %{now: now, last_use: &Leases.last_use(&1.gate)}
@@ -634,7 +621,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     state.ledger
     |> Ledger.expired(probe)
     |> Enum.reduce(state, fn entry, state ->
-      case Leases.claim(state.leases, [entry.gate]) do
+      case Leases.claim([entry.gate]) do
         :ok -> expire(state, entry, now)
         {:leased, _} -> state
       end
@@ -653,39 +640,6 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     begin_unload(state, entry)
   end
 
-  # Ends the leases of dead holders and monitors the live ones; returns how
-  # many leases ended.
-  defp sweep_holders(state) do
-    pids = Leases.holders(state.leases)
-    {dead, live} = Enum.split_with(pids, &(not Process.alive?(&1)))
-    reaped = Enum.reduce(dead, 0, &(&2 + Leases.reap(state.leases, &1)))
-
-    holders =
-      Map.new(live, fn pid ->
-        {pid, Map.get_lazy(state.holders, pid, fn -> Process.monitor(pid) end)}
-      end)
-
-    for {pid, ref} <- state.holders,
-        not Map.has_key?(holders, pid),
-        do: Process.demonitor(ref, [:flush])
-
-    state = %{state | holders: holders}
-    {reaped, if(reaped > 0, do: drain_all(state), else: state)}
-  end
-
-  @doc "A lease holder died: its leases end."
-  @spec holder_died(t(), pid()) :: t()
-  def holder_died(state, pid) do
-    Leases.reap(state.leases, pid)
-    drain_all(%{state | holders: Map.delete(state.holders, pid)})
-  end
-
-  defp drain_all(state) do
-    state.ledger.entries
-    |> Enum.filter(fn {_id, entry} -> entry.draining end)
-    |> Enum.reduce(state, fn {id, _}, state -> drained(state, id) end)
-  end
-
   ## Books and answers
 
   @doc "A model's public view: its entry's fields, its lease count and last use."
@@ -694,7 +648,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     case Table.gate(shared.table, info.id) do
       {:ok, gate} ->
         {_lru, used_at} = Leases.last_use(gate)
-        Map.merge(info, %{leases: Leases.count(shared.leases, gate), last_used: used_at})
+        Map.merge(info, %{leases: Leases.count(gate), last_used: used_at})
 
       :error ->
         Map.merge(info, %{leases: 0, last_used: info.loaded_at})
@@ -720,7 +674,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # that also carries the usage and the `changed` entries.
   defp forget(state, entry, changed) do
     Table.delete(state.table, state.ledger.usage, entry.id, changed)
-    Leases.drop(state.leases, entry.gate)
+    Leases.drop(entry.gate)
     demonitor(state, entry.handle_ref)
   end
 

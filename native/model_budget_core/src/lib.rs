@@ -13,6 +13,7 @@ pub mod distribute;
 pub mod error;
 pub mod evict;
 pub mod fit;
+pub mod gate;
 pub mod gpu_map;
 pub mod handover;
 pub mod layout;

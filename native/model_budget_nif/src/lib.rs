@@ -16,6 +16,7 @@ mod evict;
 mod evict_steps;
 mod fit;
 mod floor;
+mod gate;
 mod json;
 mod layout;
 mod model;

@@ -1,29 +1,19 @@
 defmodule ModelBudget.ModelManager.LeasesTest do
   # The lease gate without a manager process: this test process owns the
-  # tables and plays the manager's part.
+  # table and plays the manager's part (its gates tell it).
   use ExUnit.Case, async: true
 
   alias ModelBudget.ModelManager.{Entry, Leases, Table}
-
-  # The gate's state slot and the claiming state (see Leases).
-  @state 1
-  @claiming 2
+  alias ModelBudget.Native
 
   defp setup_gate(id \\ :m) do
     table = Table.new()
-    gate = Leases.new_gate(0)
+    flags = Leases.new_flags()
+    gate = Leases.new_gate(flags, 0)
     placement = %{ram: 1, vram: %{}}
     request = %{id: id, source: nil, opts: [], bytes: 1, placement: placement}
     Table.put(table, placement, [Entry.new(request, gate, {0, 0})])
-
-    shared = %{
-      table: table,
-      leases: Leases.new_table(),
-      flags: Leases.new_flags(),
-      clock: fn -> 0 end,
-      manager: self()
-    }
-
+    shared = %{table: table, flags: flags, clock: fn -> 0 end, manager: self()}
     {shared, gate}
   end
 
@@ -32,28 +22,43 @@ defmodule ModelBudget.ModelManager.LeasesTest do
     assert Leases.checkout(shared, :m) == {:error, :not_loaded}
     Leases.open(gate)
     assert {:ok, lease} = Leases.checkout(shared, :m)
-    assert Leases.count(shared.leases, gate) == 1 and Leases.leased?(shared.leases, gate)
+    assert Leases.count(gate) == 1 and Leases.leased?(gate)
     assert Leases.checkin(lease) == :ok
-    assert Leases.count(shared.leases, gate) == 0 and not Leases.leased?(shared.leases, gate)
+    assert Leases.count(gate) == 0 and not Leases.leased?(gate)
+    assert Leases.checkin(lease) == :ok
+    assert Leases.count(gate) == 0
   end
 
   test "a checkout waits while the gate is claimed, and gets the verdict" do
-    {shared, {_inc, atomics} = gate} = setup_gate()
+    {shared, {_inc, ref} = gate} = setup_gate()
     Leases.open(gate)
 
-    :atomics.put(atomics, @state, @claiming)
+    Native.gate_set(ref, :claiming)
     kept = Task.async(fn -> Leases.checkout(shared, :m) end)
     assert Task.yield(kept, 50) == nil
     Leases.open(gate)
     assert {:ok, lease} = Task.await(kept)
     Leases.checkin(lease)
 
-    :atomics.put(atomics, @state, @claiming)
+    Native.gate_set(ref, :claiming)
     evicted = Task.async(fn -> Leases.checkout(shared, :m) end)
     assert Task.yield(evicted, 50) == nil
-    :atomics.put(atomics, @state, 3)
+    Native.gate_set(ref, :closed)
     assert Task.await(evicted) == {:error, :not_loaded}
-    assert Leases.count(shared.leases, gate) == 0
+    assert Leases.count(gate) == 0
+  end
+
+  test "a claim is all or none: a leased gate keeps every gate open" do
+    {shared, a} = setup_gate(:a)
+    b = Leases.new_gate(shared.flags, 0)
+    Leases.open(a)
+    Leases.open(b)
+    {:ok, lease} = Leases.checkout(shared, :a)
+    assert Leases.claim([b, a]) == {:leased, [1]}
+    assert Native.gate_state(elem(a, 1)) == :open and Native.gate_state(elem(b, 1)) == :open
+    Leases.checkin(lease)
+    assert Leases.claim([b, a]) == :ok
+    assert Leases.checkout(shared, :a) == {:error, :not_loaded}
   end
 
   test "closing races checkouts: a checkout that succeeds is always seen by the close" do
@@ -61,42 +66,58 @@ defmodule ModelBudget.ModelManager.LeasesTest do
       {shared, gate} = setup_gate()
       Leases.open(gate)
       checkouts = for _ <- 1..4, do: Task.async(fn -> Leases.checkout(shared, :m) end)
-      leased? = Leases.close(shared.leases, gate)
+      leased? = Leases.close(gate)
       results = Task.await_many(checkouts)
 
       if Enum.any?(results, &match?({:ok, _}, &1)), do: assert(leased?)
-      # Failed checkouts took their rows back.
+      # Failed checkouts took their counts back.
       ok = Enum.count(results, &match?({:ok, _}, &1))
-      assert Leases.count(shared.leases, gate) == ok
+      assert Leases.count(gate) == ok
+      for {:ok, lease} <- results, do: Leases.checkin(lease)
       :ets.delete(shared.table)
-      :ets.delete(shared.leases)
     end
   end
 
-  test "a checkin on a closed gate tells the manager; a dead holder's leases are reaped" do
+  test "a lease ending on a closed gate tells the manager: at checkin, or with its holder" do
     {shared, {inc, _} = gate} = setup_gate()
     Leases.open(gate)
     {:ok, lease} = Leases.checkout(shared, :m)
-    true = Leases.close(shared.leases, gate)
+    true = Leases.close(gate)
     :ok = Leases.checkin(lease)
-    assert_received {ModelBudget.ModelManager, :lease_ended, :m, ^inc}
+    assert_received {ModelBudget.ModelManager, :lease_ended, ^inc}
 
     Leases.open(gate)
     test = self()
 
     holder =
       spawn(fn ->
-        send(test, {:took, Leases.checkout(shared, :m)})
+        {:ok, lease} = Leases.checkout(shared, :m)
+        send(test, :took)
         Process.sleep(:infinity)
+        Leases.checkin(lease)
       end)
 
-    assert_receive {:took, {:ok, _}}
-    assert Leases.holders(shared.leases) == [holder]
-    assert Leases.reap(shared.leases, holder) == 1
-    assert Leases.count(shared.leases, gate) == 0
+    assert_receive :took
+    assert Leases.close(gate)
+    Process.exit(holder, :kill)
+    assert_receive {ModelBudget.ModelManager, :lease_ended, ^inc}, 2_000
+    assert Leases.count(gate) == 0
   end
 
-  test "armed flags: the next checkin tells the manager once" do
+  test "a forced drop ends every lease out; their later ends count for nothing" do
+    {shared, gate} = setup_gate()
+    Leases.open(gate)
+    {:ok, first} = Leases.checkout(shared, :m)
+    {:ok, second} = Leases.checkout(shared, :m)
+    Leases.drop(gate)
+    assert Leases.count(gate) == 0
+    Leases.checkin(first)
+    assert Leases.count(gate) == 0
+    assert Leases.checkout(shared, :m) == {:error, :not_loaded}
+    Leases.checkin(second)
+  end
+
+  test "armed flags: the next lease end tells the manager once" do
     {shared, gate} = setup_gate()
     Leases.open(gate)
     Leases.arm(shared.flags, true)
@@ -106,7 +127,22 @@ defmodule ModelBudget.ModelManager.LeasesTest do
       :ok = Leases.checkin(lease)
     end
 
-    assert_received {ModelBudget.ModelManager, :lease_ended, nil, nil}
-    refute_received {ModelBudget.ModelManager, :lease_ended, nil, nil}
+    assert_received {ModelBudget.ModelManager, :lease_ended, nil}
+    refute_received {ModelBudget.ModelManager, :lease_ended, nil}
+  end
+
+  test "touch stamps a use unless the gate is closed; checkin stamps the clock" do
+    {shared, gate} = setup_gate()
+    {lru, 0} = Leases.last_use(gate)
+    shared = %{shared | clock: fn -> 42 end}
+    assert Leases.touch(shared, :m) == :ok
+    assert {later, 42} = Leases.last_use(gate)
+    assert later > lru
+    Leases.open(gate)
+    {:ok, lease} = Leases.checkout(shared, :m)
+    Leases.checkin(%{lease | clock: fn -> 43 end})
+    assert {_, 43} = Leases.last_use(gate)
+    Leases.close(gate)
+    assert Leases.touch(shared, :m) == {:error, :not_loaded}
   end
 end

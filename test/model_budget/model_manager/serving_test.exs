@@ -37,18 +37,29 @@ defmodule ModelBudget.ModelManager.ServingTest do
     end
   end
 
-  # A process that takes a lease on `id` and holds it until killed.
+  # A process that takes a lease on `id` and holds it until killed. Only
+  # the outcome comes back: a copy of the lease here would keep it alive.
   defp holder(manager, id) do
     test = self()
 
     pid =
       spawn(fn ->
-        send(test, {:leased, self(), ModelManager.checkout(manager, id)})
+        {:ok, lease} = ModelManager.checkout(manager, id)
+        send(test, {:leased, self()})
         Process.sleep(:infinity)
+        ModelManager.checkin(manager, lease)
       end)
 
-    assert_receive {:leased, ^pid, {:ok, _lease}}, @wait
+    assert_receive {:leased, ^pid}, @wait
     pid
+  end
+
+  # Kills `pid` and waits until its exit is done (its heap, leases
+  # included, is freed before its monitors fire).
+  defp kill(pid) do
+    ref = Process.monitor(pid)
+    Process.exit(pid, :kill)
+    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, @wait
   end
 
   describe "checkout/2 and checkin/2" do
@@ -70,10 +81,12 @@ defmodule ModelBudget.ModelManager.ServingTest do
     test "a load that only a leased model could make room for is refused" do
       manager = start_manager(memory_budget: 1_000, evict_when: [])
       {:ok, _} = load(manager, :a, 600)
-      {:ok, _lease} = ModelManager.checkout(manager, :a)
+      {:ok, lease} = ModelManager.checkout(manager, :a)
 
       assert load(manager, :b, 600) ==
                {:error, {:insufficient_memory, [device: :total, required: 600, available: 400]}}
+
+      assert ModelManager.checkin(manager, lease) == :ok
     end
 
     test "answers :not_loaded while the model loads, unloads, or is unknown" do
@@ -122,10 +135,30 @@ defmodule ModelBudget.ModelManager.ServingTest do
       manager = start_manager([])
       {:ok, _} = load(manager, :a, 10)
       {:ok, first} = ModelManager.checkout(manager, :a)
-      {:ok, _second} = ModelManager.checkout(manager, :a)
+      {:ok, second} = ModelManager.checkout(manager, :a)
       assert ModelManager.checkin(manager, first) == :ok
       assert ModelManager.checkin(manager, first) == :ok
       assert %{leases: 1} = info!(manager, :a)
+      assert ModelManager.checkin(manager, second) == :ok
+    end
+
+    test "a lease dropped without a checkin ends once its holder collects it" do
+      manager = start_manager([])
+      {:ok, _} = load(manager, :a, 10)
+      test = self()
+
+      spawn_link(fn ->
+        {:ok, _dropped} = ModelManager.checkout(manager, :a)
+        send(test, :took)
+        :erlang.garbage_collect()
+        send(test, :collected)
+        Process.sleep(:infinity)
+      end)
+
+      assert_receive :took, @wait
+      assert_receive :collected, @wait
+      assert %{leases: 0} = info!(manager, :a)
+      assert ModelManager.unload(manager, :a, timeout: 0) == :ok
     end
 
     test "a lease holder killed with :kill frees its lease, before or after it is watched" do
@@ -133,16 +166,17 @@ defmodule ModelBudget.ModelManager.ServingTest do
       {:ok, _} = load(manager, :a, 10)
       {:ok, _} = load(manager, :b, 10)
 
-      # Killed before the manager watches it: the unload's sweep ends the lease.
+      # Killed before the unload: its lease ends with its heap, whenever the
+      # runtime frees it; the unload waits for that.
       Process.exit(holder(manager, :a), :kill)
       assert ModelManager.unload(manager, :a) == :ok
 
-      # Watched while the unload waits for it, then killed: its :DOWN ends it.
+      # Killed while the unload waits for it: its lease's end tells the manager.
       pid = holder(manager, :b)
       unloading = Task.async(fn -> ModelManager.unload(manager, :b) end)
       eventually(fn -> info!(manager, :b).status == :unloading end)
       assert Task.yield(unloading, 50) == nil
-      Process.exit(pid, :kill)
+      kill(pid)
       assert Task.await(unloading) == :ok
       assert ModelManager.list(manager) == []
     end
@@ -150,7 +184,7 @@ defmodule ModelBudget.ModelManager.ServingTest do
     test "a dead holder's lease does not keep its model from being evicted" do
       manager = start_manager(memory_budget: 1_000, evict_when: [])
       {:ok, _} = load(manager, :a, 600)
-      Process.exit(holder(manager, :a), :kill)
+      kill(holder(manager, :a))
       assert {:ok, %{evicted: [:a]}} = load(manager, :b, 600)
     end
 
@@ -239,9 +273,10 @@ defmodule ModelBudget.ModelManager.ServingTest do
 
       # A new load of the same id: the stale lease cannot end its leases.
       {:ok, _} = load(manager, :a, 10)
-      {:ok, _fresh} = ModelManager.checkout(manager, :a)
+      {:ok, fresh} = ModelManager.checkout(manager, :a)
       assert ModelManager.checkin(manager, lease) == :ok
       assert %{leases: 1} = info!(manager, :a)
+      assert ModelManager.checkin(manager, fresh) == :ok
     end
 
     test "raises ArgumentError for bad options" do
@@ -352,7 +387,7 @@ defmodule ModelBudget.ModelManager.ServingTest do
     test "at the deadline, get the refusal a load without timeout gets" do
       manager = start_manager(memory_budget: 1_000, evict_when: [])
       {:ok, _} = load(manager, :a, 600)
-      {:ok, _lease} = ModelManager.checkout(manager, :a)
+      {:ok, lease} = ModelManager.checkout(manager, :a)
 
       assert load(manager, :b, 700, timeout: 30) ==
                {:error, {:insufficient_memory, [device: :total, required: 700, available: 400]}}
@@ -360,13 +395,14 @@ defmodule ModelBudget.ModelManager.ServingTest do
       assert waiting(manager) == []
       assert %{refused: 1} = ModelManager.stats(manager)
       assert ModelManager.info(manager, :b) == {:error, :not_loaded}
+      :ok = ModelManager.checkin(manager, lease)
     end
 
     test "are refused at once when they would not fit with every unpinned model gone" do
       manager = start_manager(memory_budget: 1_000, evict_when: [])
       {:ok, _} = load(manager, :pinned, 600, pinned: true)
       {:ok, _} = load(manager, :other, 300)
-      {:ok, _lease} = ModelManager.checkout(manager, :other)
+      {:ok, lease} = ModelManager.checkout(manager, :other)
 
       # Would wait forever otherwise.
       assert load(manager, :b, 500, timeout: :infinity) ==
@@ -376,6 +412,7 @@ defmodule ModelBudget.ModelManager.ServingTest do
                {:error, {:insufficient_memory, [device: :total, required: 1001, available: 100]}}
 
       assert waiting(manager) == []
+      :ok = ModelManager.checkin(manager, lease)
     end
 
     test "a waiting caller that dies leaves the queue" do
@@ -398,10 +435,11 @@ defmodule ModelBudget.ModelManager.ServingTest do
     test "a second load of a waiting id is :already_loaded" do
       manager = start_manager(memory_budget: 1_000, evict_when: [])
       {:ok, _} = load(manager, :a, 600)
-      {:ok, _lease} = ModelManager.checkout(manager, :a)
+      {:ok, lease} = ModelManager.checkout(manager, :a)
       _waiting = Task.async(fn -> load(manager, :b, 600, timeout: :infinity) end)
       eventually(fn -> waiting(manager) == [:b] end)
       assert load(manager, :b, 10, timeout: :infinity) == {:error, :already_loaded}
+      :ok = ModelManager.checkin(manager, lease)
     end
   end
 end

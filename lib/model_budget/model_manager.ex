@@ -866,6 +866,7 @@ defmodule ModelBudget.ModelManager do
       manager: self(),
       table: table,
       clock: config.clock,
+      lease_clock: Leases.lease_clock(config.clock),
       budget: config.budget,
       backend: config.backend,
       n_gpus: default_gpu_count(config.budget)

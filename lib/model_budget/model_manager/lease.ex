@@ -21,6 +21,6 @@ defmodule ModelBudget.ModelManager.Lease do
   @type t :: %__MODULE__{
           id: term(),
           ref: reference(),
-          clock: (() -> integer())
+          clock: (() -> integer()) | nil
         }
 end

@@ -70,7 +70,7 @@ defmodule ModelBudget.ModelManager.Leases do
   defp take(shared, id, gate) do
     case Native.gate_checkout(gate) do
       {:ok, ref} ->
-        {:ok, %Lease{id: id, ref: ref, clock: shared.clock}}
+        {:ok, %Lease{id: id, ref: ref, clock: shared.lease_clock}}
 
       # The manager is deciding, in one step, whether to evict or expire it
       # (unless it died meanwhile: then nothing will be decided).
@@ -85,7 +85,16 @@ defmodule ModelBudget.ModelManager.Leases do
 
   @doc "Ends a lease; a second checkin of the same lease does nothing."
   @spec checkin(Lease.t()) :: :ok
+  def checkin(%Lease{ref: ref, clock: nil}), do: Native.gate_checkin(ref, nil)
   def checkin(%Lease{ref: ref, clock: clock}), do: Native.gate_checkin(ref, clock.())
+
+  @doc """
+  The clock a lease stamps its checkin with: `nil` for the default clock
+  (the NIF reads the same runtime clock itself), else the manager's.
+  """
+  @spec lease_clock((() -> integer())) :: (() -> integer()) | nil
+  def lease_clock(clock),
+    do: if(clock == (&ModelBudget.ModelManager.Options.monotonic_ms/0), do: nil, else: clock)
 
   @doc "Marks model `id` as used now, unless it is closed or gone."
   @spec touch(map(), term()) :: :ok | {:error, :not_loaded}

@@ -118,9 +118,15 @@ fn gate_checkout(env: Env, gate: ResourceArc<GateRes>) -> Term {
     }
 }
 
-/// Ends a lease (a second checkin does nothing) and stamps a use at `now`.
+/// Ends a lease (a second checkin does nothing) and stamps a use at `now`:
+/// the manager's clock, or `nil` for its default clock, the runtime's
+/// monotonic milliseconds (`:erlang.monotonic_time(:millisecond)`), read
+/// here without a call back into Erlang.
 #[rustler::nif]
-fn gate_checkin(env: Env, lease: ResourceArc<LeaseRes>, now: i64) -> Atom {
+fn gate_checkin(env: Env, lease: ResourceArc<LeaseRes>, now: Option<i64>) -> Atom {
+    let now = now.unwrap_or_else(|| unsafe {
+        rustler::sys::enif_monotonic_time(rustler::sys::ErlNifTimeUnit::ERL_NIF_MSEC)
+    });
     if let Some(notify) = lease.lease.checkin(now) {
         tell(env, &lease.manager, lease.inc, notify);
     }

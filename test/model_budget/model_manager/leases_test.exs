@@ -13,7 +13,8 @@ defmodule ModelBudget.ModelManager.LeasesTest do
     placement = %{ram: 1, vram: %{}}
     request = %{id: id, source: nil, opts: [], bytes: 1, placement: placement}
     Table.put(table, placement, [Entry.new(request, gate, {0, 0})])
-    shared = %{table: table, flags: flags, clock: fn -> 0 end, manager: self()}
+    clock = fn -> 0 end
+    shared = %{table: table, flags: flags, clock: clock, lease_clock: clock, manager: self()}
     {shared, gate}
   end
 
@@ -134,7 +135,7 @@ defmodule ModelBudget.ModelManager.LeasesTest do
   test "touch stamps a use unless the gate is closed; checkin stamps the clock" do
     {shared, gate} = setup_gate()
     {lru, 0} = Leases.last_use(gate)
-    shared = %{shared | clock: fn -> 42 end}
+    shared = %{shared | clock: fn -> 42 end, lease_clock: fn -> 42 end}
     assert Leases.touch(shared, :m) == :ok
     assert {later, 42} = Leases.last_use(gate)
     assert later > lru
@@ -144,5 +145,14 @@ defmodule ModelBudget.ModelManager.LeasesTest do
     assert {_, 43} = Leases.last_use(gate)
     Leases.close(gate)
     assert Leases.touch(shared, :m) == {:error, :not_loaded}
+
+    # The default clock: the NIF reads the runtime's monotonic milliseconds.
+    assert Leases.lease_clock(&ModelBudget.ModelManager.Options.monotonic_ms/0) == nil
+    Leases.open(gate)
+    {:ok, lease} = Leases.checkout(%{shared | lease_clock: nil}, :m)
+    before = :erlang.monotonic_time(:millisecond)
+    Leases.checkin(lease)
+    {_, stamped} = Leases.last_use(gate)
+    assert stamped >= before and stamped <= :erlang.monotonic_time(:millisecond)
   end
 end

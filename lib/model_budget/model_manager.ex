@@ -558,8 +558,14 @@ defmodule ModelBudget.ModelManager do
   @spec checkout(manager(), id()) :: {:ok, lease()} | {:error, :not_loaded}
   def checkout(manager, id) do
     args = [manager, id]
-    config = config!(manager, :checkout, args)
-    read(config, :checkout, args, fn _table -> Leases.checkout(config, id) end)
+    config = config!(manager, :checkout, args, false)
+
+    # A lease found proves the manager's table, and so the manager, alive;
+    # only a miss is checked (the request path's most frequent call).
+    with {:error, :not_loaded} = missing <- Leases.checkout(config, id) do
+      alive!(config, :checkout, args)
+      missing
+    end
   end
 
   @doc """
@@ -787,7 +793,8 @@ defmodule ModelBudget.ModelManager do
 
   # The manager's fixed settings and tables live in a persistent term keyed
   # by its pid: managers have no fixed names, and reads must not call them.
-  defp config!(manager, fun, args) do
+  # `checked?` false leaves the manager's liveness to the caller.
+  defp config!(manager, fun, args, checked? \\ true) do
     pid = GenServer.whereis(manager)
 
     if is_pid(pid) and node(pid) == node() do
@@ -795,7 +802,8 @@ defmodule ModelBudget.ModelManager do
         # Named but still in init/1 (a restart, say), or gone: ask it like
         # a call, which waits or exits.
         nil -> initialized_config!(pid, fun, args)
-        config -> alive!(config, fun, args)
+        config when checked? -> alive!(config, fun, args)
+        config -> config
       end
     else
       exit({:noproc, {__MODULE__, fun, args}})

@@ -197,6 +197,9 @@ defmodule ModelBudget.ModelManager.ServingTest do
       Process.exit(manager, :kill)
       assert_receive {:DOWN, ^ref, :process, _, :killed}, @wait
       assert ModelManager.checkin(manager, lease) == :ok
+      # A checkout of a manager that is gone exits like a call to it.
+      assert {:noproc, {ModelManager, :checkout, [^manager, :a]}} =
+               catch_exit(ModelManager.checkout(manager, :a))
     end
 
     test "checkin/2 raises ArgumentError for something that is not a lease" do

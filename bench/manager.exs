@@ -12,7 +12,8 @@
 #     loads run;
 #   * floors measured in the same run, so that a shared machine's load
 #     cancels out of the ratios: a bare ETS insert + delete on an
-#     ordered_set (what a lease writes) from the same 100 processes, and two
+#     ordered_set (what a lease wrote before leases became NIF resources;
+#     kept as a yardstick of the machine) from the same 100 processes, and two
 #     bare GenServer round trips per admission (what an admission's messages
 #     cost) from the same callers.
 #

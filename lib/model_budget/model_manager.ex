@@ -202,7 +202,7 @@ defmodule ModelBudget.ModelManager do
   ## Reads
 
   `info/2`, `list/1`, `usage/1`, `budget/1`, `stats/1`, `checkout/2`,
-  `checkin/2` and `touch/2` read (or write) ETS tables and atomics the
+  `checkin/2` and `touch/2` read (or write) ETS tables and lease gates the
   manager owns, without a message to the manager, so they stay fast while
   it is busy (they must run on the manager's node). The total usage is one
   row of that table, rewritten with every change (in the same insert as an

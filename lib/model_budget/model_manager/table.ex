@@ -9,7 +9,7 @@ defmodule ModelBudget.ModelManager.Table do
   #     the other.
   #   * stats_row(...): the manager's totals, bumped with update_counter.
   #   * {{:model, id}, info, gate}: an entry's public fields (Entry.info/1)
-  #     and its lease gate ({inc, atomics}, read alone by checkout).
+  #     and its lease gate ({inc, resource}, read alone by checkout).
   #   * {{:history, id}, loads, evictions}: per id, kept for the manager's life.
   #   * {:watcher, name}: only for a manager in a cluster: told of every
   #     usage write (ModelBudget.Cluster.View publishes it).
@@ -142,8 +142,8 @@ defmodule ModelBudget.ModelManager.Table do
   @spec member?(:ets.tid(), term()) :: boolean()
   def member?(table, id), do: :ets.member(table, {:model, id})
 
-  @doc "The lease gate of model `id`: `{inc, atomics}`."
-  @spec gate(:ets.tid(), term()) :: {:ok, {pos_integer(), :atomics.atomics_ref()}} | :error
+  @doc "The lease gate of model `id`: `{inc, resource}` (see Leases)."
+  @spec gate(:ets.tid(), term()) :: {:ok, {pos_integer(), reference()}} | :error
   def gate(table, id) do
     {:ok, :ets.lookup_element(table, {:model, id}, 3)}
   rescue

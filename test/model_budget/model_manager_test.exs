@@ -1058,8 +1058,8 @@ defmodule ModelBudget.ModelManagerTest do
 
     defp eviction_round(manager) do
       counter = :counters.new(2, [:atomics])
-      collector = spawn_link(fn -> collect([]) end)
-      observer = Task.async(fn -> observe_held(manager, counter, {0, 0, 0}) end)
+      collector = spawn_link(&TestBackend.collect_holders/0)
+      observer = Task.async(fn -> TestBackend.observe(manager, counter, 0) end)
 
       outcomes =
         1..100
@@ -1138,29 +1138,6 @@ defmodule ModelBudget.ModelManagerTest do
 
     defp work_outcome({:error, {:load_failed, :told_to_fail}}), do: :failed
     defp work_outcome({:error, reason}) when reason in [:already_loaded, :not_loaded], do: reason
-
-    defp collect(holders) do
-      receive do
-        {TestBackend, :holder, holder} -> collect([holder | holders])
-        {:holders, to} -> send(to, {:holders, holders})
-      end
-    end
-
-    defp observe_held(manager, counter, {samples, max_usage, max_held}) do
-      receive do
-        :stop -> {samples, max_usage, max_held}
-      after
-        0 ->
-          usage = total(ModelManager.usage(manager))
-          {_, held} = TestBackend.held(counter)
-
-          observe_held(
-            manager,
-            counter,
-            {samples + 1, max(max_usage, usage), max(max_held, held)}
-          )
-      end
-    end
   end
 
   defmodule SlowRegistry do

@@ -98,6 +98,37 @@ defmodule ModelBudget.TestBackend do
   @doc "Live holders and bytes they hold, from a `:counter` ref."
   def held(counter), do: {:counters.get(counter, 1), :counters.get(counter, 2)}
 
+  @doc """
+  Run in a process of its own, the `:notify` target of many loads: gathers
+  the holders announced to it until asked `{:holders, pid}`, then sends
+  `{:holders, holders}` to `pid`.
+  """
+  def collect_holders(holders \\ []) do
+    receive do
+      {__MODULE__, :holder, holder} -> collect_holders([holder | holders])
+      {:holders, to} -> send(to, {:holders, holders})
+    end
+  end
+
+  @doc """
+  Run in a task beside a stress test: samples the manager's usage (all
+  devices summed) and the bytes the holders of `counter` hold, every
+  `every_ms`, until it gets `:stop`; returns `{samples, max_usage,
+  max_held}`.
+  """
+  def observe(manager, counter, every_ms, {samples, max_usage, max_held} \\ {0, 0, 0}) do
+    receive do
+      :stop -> {samples, max_usage, max_held}
+    after
+      every_ms ->
+        %{ram: ram, vram: vram} = ModelBudget.ModelManager.usage(manager)
+        usage = ram + Enum.sum(Map.values(vram))
+        {_, held} = held(counter)
+        acc = {samples + 1, max(max_usage, usage), max(max_held, held)}
+        observe(manager, counter, every_ms, acc)
+    end
+  end
+
   # Linked to the loading task: it dies with a task that crashes or is killed,
   # and outlives one that returns.
   defp hold(bytes, behaviour, opts) do

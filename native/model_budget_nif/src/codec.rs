@@ -56,49 +56,24 @@ impl From<SplitModeTerm> for SplitMode {
     }
 }
 
-/// A KV cache type atom: the one table of names, mapped both ways.
-#[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheTypeTerm {
-    F32,
-    F16,
-    Bf16,
-    Q8_0,
-    Q4_0,
-    Q4_1,
-    Q5_0,
-    Q5_1,
-    Iq4Nl,
-}
+/// A KV cache type atom (`:q8_0`, ...): the core's one table of cache
+/// types (`CacheType::ALL` and its names), read and written by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheTypeTerm(pub CacheType);
 
-impl From<CacheTypeTerm> for CacheType {
-    fn from(t: CacheTypeTerm) -> Self {
-        match t {
-            CacheTypeTerm::F32 => CacheType::F32,
-            CacheTypeTerm::F16 => CacheType::F16,
-            CacheTypeTerm::Bf16 => CacheType::Bf16,
-            CacheTypeTerm::Q8_0 => CacheType::Q8_0,
-            CacheTypeTerm::Q4_0 => CacheType::Q4_0,
-            CacheTypeTerm::Q4_1 => CacheType::Q4_1,
-            CacheTypeTerm::Q5_0 => CacheType::Q5_0,
-            CacheTypeTerm::Q5_1 => CacheType::Q5_1,
-            CacheTypeTerm::Iq4Nl => CacheType::Iq4Nl,
-        }
+impl<'a> Decoder<'a> for CacheTypeTerm {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        CacheType::from_name(&term.atom_to_string()?)
+            .map(CacheTypeTerm)
+            .ok_or(rustler::Error::BadArg)
     }
 }
 
-impl From<CacheType> for CacheTypeTerm {
-    fn from(t: CacheType) -> Self {
-        match t {
-            CacheType::F32 => CacheTypeTerm::F32,
-            CacheType::F16 => CacheTypeTerm::F16,
-            CacheType::Bf16 => CacheTypeTerm::Bf16,
-            CacheType::Q8_0 => CacheTypeTerm::Q8_0,
-            CacheType::Q4_0 => CacheTypeTerm::Q4_0,
-            CacheType::Q4_1 => CacheTypeTerm::Q4_1,
-            CacheType::Q5_0 => CacheTypeTerm::Q5_0,
-            CacheType::Q5_1 => CacheTypeTerm::Q5_1,
-            CacheType::Iq4Nl => CacheTypeTerm::Iq4Nl,
-        }
+impl Encoder for CacheTypeTerm {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        Atom::from_str(env, self.0.name())
+            .expect("cache type names are valid atoms")
+            .encode(env)
     }
 }
 

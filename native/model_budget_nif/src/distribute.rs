@@ -227,7 +227,7 @@ fn decode_repack(term: Term) -> Decoded<Repack> {
 /// A KV cache type atom such as `:q8_0`.
 pub fn cache_type<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, CacheType> {
     match term.decode::<CacheTypeTerm>() {
-        Ok(t) => Ok(t.into()),
+        Ok(t) => Ok(t.0),
         Err(_) => {
             // The names come from the core's one table of cache types.
             let names: Vec<String> = CacheType::ALL

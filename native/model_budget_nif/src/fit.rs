@@ -45,7 +45,7 @@ fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
         ),
         (
             cache_type().encode(env),
-            s.cache_type.map(CacheTypeTerm::from).encode(env),
+            s.cache_type.map(CacheTypeTerm).encode(env),
         ),
     ];
     let (keys, values): (Vec<Term>, Vec<Term>) = pairs.into_iter().unzip();

@@ -24,8 +24,8 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
 
     counter = :counters.new(2, [:atomics])
     violations = :counters.new(1, [:atomics])
-    collector = spawn_link(fn -> collect([]) end)
-    observer = Task.async(fn -> observe(manager, counter, {0, 0, 0}) end)
+    collector = spawn_link(&TestBackend.collect_holders/0)
+    observer = Task.async(fn -> TestBackend.observe(manager, counter, 1) end)
     deadline = System.monotonic_time(:millisecond) + @run_ms
     opts = [counter: counter, notify: collector, mode: :direct, n_gpus: 0]
 
@@ -144,24 +144,6 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
     case ModelManager.checkout(manager, id) do
       {:ok, lease} -> ModelManager.checkin(manager, lease)
       {:error, :not_loaded} -> :not_loaded
-    end
-  end
-
-  defp collect(holders) do
-    receive do
-      {TestBackend, :holder, holder} -> collect([holder | holders])
-      {:holders, to} -> send(to, {:holders, holders})
-    end
-  end
-
-  defp observe(manager, counter, {samples, max_usage, max_held}) do
-    receive do
-      :stop -> {samples, max_usage, max_held}
-    after
-      1 ->
-        %{ram: usage} = ModelManager.usage(manager)
-        {_, held} = TestBackend.held(counter)
-        observe(manager, counter, {samples + 1, max(max_usage, usage), max(max_held, held)})
     end
   end
 

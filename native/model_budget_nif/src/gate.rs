@@ -80,7 +80,7 @@ fn gate_waiting_new() -> ResourceArc<WaitingRes> {
 }
 
 #[rustler::nif]
-fn gate_waiting_arm(waiting: ResourceArc<WaitingRes>, on: bool) -> Atom {
+fn gate_waiting_arm(waiting: &WaitingRes, on: bool) -> Atom {
     waiting.0.arm(on);
     atoms::ok()
 }
@@ -98,7 +98,7 @@ fn gate_new(
 
 /// `{:ok, lease}`, `:claiming` (ask again) or `:not_open`.
 #[rustler::nif]
-fn gate_checkout(env: Env, gate: ResourceArc<GateRes>) -> Term {
+fn gate_checkout<'a>(env: Env<'a>, gate: &GateRes) -> Term<'a> {
     match gate.gate.checkout() {
         Ok(lease) => {
             let lease = LeaseRes {
@@ -123,7 +123,7 @@ fn gate_checkout(env: Env, gate: ResourceArc<GateRes>) -> Term {
 /// monotonic milliseconds (`:erlang.monotonic_time(:millisecond)`), read
 /// here without a call back into Erlang.
 #[rustler::nif]
-fn gate_checkin(env: Env, lease: ResourceArc<LeaseRes>, now: Option<i64>) -> Atom {
+fn gate_checkin(env: Env, lease: &LeaseRes, now: Option<i64>) -> Atom {
     let now = now.unwrap_or_else(|| unsafe {
         rustler::sys::enif_monotonic_time(rustler::sys::ErlNifTimeUnit::ERL_NIF_MSEC)
     });
@@ -134,7 +134,7 @@ fn gate_checkin(env: Env, lease: ResourceArc<LeaseRes>, now: Option<i64>) -> Ato
 }
 
 #[rustler::nif]
-fn gate_set(gate: ResourceArc<GateRes>, state: Atom) -> Atom {
+fn gate_set(gate: &GateRes, state: Atom) -> Atom {
     let state = [State::Loading, State::Open, State::Claiming, State::Closed]
         .into_iter()
         .find(|s| state_atom(*s) == state)
@@ -144,39 +144,39 @@ fn gate_set(gate: ResourceArc<GateRes>, state: Atom) -> Atom {
 }
 
 #[rustler::nif]
-fn gate_state(gate: ResourceArc<GateRes>) -> Atom {
+fn gate_state(gate: &GateRes) -> Atom {
     state_atom(gate.gate.state())
 }
 
 #[rustler::nif]
-fn gate_close(gate: ResourceArc<GateRes>) -> bool {
+fn gate_close(gate: &GateRes) -> bool {
     gate.gate.close()
 }
 
 #[rustler::nif]
-fn gate_drop(gate: ResourceArc<GateRes>) -> Atom {
+fn gate_drop(gate: &GateRes) -> Atom {
     gate.gate.drop_leases();
     atoms::ok()
 }
 
 #[rustler::nif]
-fn gate_count(gate: ResourceArc<GateRes>) -> u64 {
+fn gate_count(gate: &GateRes) -> u64 {
     gate.gate.count()
 }
 
 #[rustler::nif]
-fn gate_used(gate: ResourceArc<GateRes>, now: i64) -> Atom {
+fn gate_used(gate: &GateRes, now: i64) -> Atom {
     gate.gate.used(now);
     atoms::ok()
 }
 
 #[rustler::nif]
-fn gate_touch(gate: ResourceArc<GateRes>, now: i64) -> bool {
+fn gate_touch(gate: &GateRes, now: i64) -> bool {
     gate.gate.touch(now)
 }
 
 #[rustler::nif]
-fn gate_last_use(gate: ResourceArc<GateRes>) -> (i64, i64) {
+fn gate_last_use(gate: &GateRes) -> (i64, i64) {
     gate.gate.last_use()
 }
 

@@ -1,6 +1,8 @@
 defmodule ModelBudget.ModelManagerTest do
   use ExUnit.Case, async: true
 
+  import ModelBudget.Test.Eventually
+
   import ExUnit.CaptureLog
 
   alias ModelBudget.ModelManager
@@ -36,20 +38,6 @@ defmodule ModelBudget.ModelManagerTest do
 
     assert_receive {TestBackend, :stalled, load_task}, @wait
     {caller, load_task}
-  end
-
-  defp eventually(fun, tries \\ 400) do
-    cond do
-      fun.() ->
-        :ok
-
-      tries == 0 ->
-        flunk("condition not met in time")
-
-      true ->
-        Process.sleep(5)
-        eventually(fun, tries - 1)
-    end
   end
 
   defp total(%{ram: ram, vram: vram}), do: ram + Enum.sum(Map.values(vram))

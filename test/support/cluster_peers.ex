@@ -92,28 +92,8 @@ defmodule ModelBudget.Test.ClusterPeers do
     pid
   end
 
-  @doc """
-  Runs `fun` until it returns a truthy value (returned), every 10 ms, for
-  at most `ms`; raises with `what` after that.
-  """
-  def await(what, ms \\ 5_000, fun) do
-    deadline = System.monotonic_time(:millisecond) + ms
-    await_until(what, deadline, fun)
-  end
-
-  defp await_until(what, deadline, fun) do
-    cond do
-      result = fun.() ->
-        result
-
-      System.monotonic_time(:millisecond) > deadline ->
-        raise "timed out waiting for #{what}"
-
-      true ->
-        Process.sleep(10)
-        await_until(what, deadline, fun)
-    end
-  end
+  @doc "`ModelBudget.Test.Eventually.eventually/3`, waiting up to 5 s by default."
+  def await(what, ms \\ 5_000, fun), do: ModelBudget.Test.Eventually.eventually(what, ms, fun)
 
   @doc """
   Waits until `node`'s view of `cluster` has `count` members, each with

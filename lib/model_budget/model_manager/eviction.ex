@@ -47,15 +47,10 @@ defmodule ModelBudget.ModelManager.Eviction do
   Why a model is evicted: the `:evict_when` rules hold on the device, or the
   load needs `required` bytes there and only `available` are left.
   """
-  @type reason :: :constraint | {:does_not_fit, non_neg_integer(), non_neg_integer()}
+  @type reason :: ModelBudget.Eviction.reason()
 
   @typedoc "One planned eviction: the model, what it holds, and the device and reason it goes for."
-  @type eviction :: %{
-          id: term(),
-          placement: ModelBudget.placement(),
-          device: ModelBudget.device(),
-          reason: reason()
-        }
+  @type eviction :: ModelBudget.Eviction.eviction()
 
   @doc """
   The variable names `:evict_when` rules may use.

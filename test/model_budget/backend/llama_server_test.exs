@@ -3,6 +3,8 @@ defmodule ModelBudget.Backend.LlamaServerTest do
   # model, so they run one at a time.
   use ExUnit.Case, async: false
 
+  import ModelBudget.Test.Eventually
+
   import ExUnit.CaptureLog
 
   alias ModelBudget.Backend.LlamaServer
@@ -37,14 +39,6 @@ defmodule ModelBudget.Backend.LlamaServerTest do
 
   # Polls `fun` until it returns a truthy value; fails after 10 s. Exit
   # signals and port messages are asynchronous.
-  defp eventually(fun, tries \\ 200) do
-    cond do
-      result = fun.() -> result
-      tries == 0 -> flunk("condition not met in time")
-      true -> Process.sleep(50) && eventually(fun, tries - 1)
-    end
-  end
-
   describe "load/3 and unload/1 through the manager" do
     test "serves completions at base_url; unload leaves no process and frees the port",
          %{tmp_dir: dir} do
@@ -160,7 +154,10 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       log =
         capture_log(fn ->
           System.cmd("kill", ["-9", Integer.to_string(info.handle.os_pid)])
-          eventually(fn -> ModelManager.info(manager, :tiny) == {:error, :not_loaded} end)
+
+          eventually("the entry removed", 10_000, fn ->
+            ModelManager.info(manager, :tiny) == {:error, :not_loaded}
+          end)
         end)
 
       assert log =~ "exited with status 137"
@@ -331,7 +328,10 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert Real.alive?(os_pid)
       Process.exit(caller, :kill)
 
-      eventually(fn -> ModelManager.info(manager, :tiny) == {:error, :not_loaded} end)
+      eventually("the entry removed", 10_000, fn ->
+        ModelManager.info(manager, :tiny) == {:error, :not_loaded}
+      end)
+
       eventually(fn -> not Real.alive?(os_pid) end)
       assert ModelManager.usage(manager) == %{ram: 0, vram: %{}}
     end

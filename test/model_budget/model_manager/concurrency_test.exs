@@ -5,6 +5,8 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
   # bytes the backend really holds the whole while.
   use ExUnit.Case, async: true
 
+  import ModelBudget.Test.Eventually
+
   alias ModelBudget.ModelManager
   alias ModelBudget.TestBackend
 
@@ -54,7 +56,7 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
     assert state.ledger.queue == []
     assert ModelManager.list(manager) == []
     assert ModelManager.usage(manager) == ModelBudget.empty_usage()
-    wait_until(fn -> TestBackend.held(counter) == {0, 0} end)
+    eventually(fn -> TestBackend.held(counter) == {0, 0} end)
 
     # No model was unloaded twice (and, above, none is left holding memory:
     # every model loaded, or returned by a load cancelled as it finished,
@@ -144,14 +146,6 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
     case ModelManager.checkout(manager, id) do
       {:ok, lease} -> ModelManager.checkin(manager, lease)
       {:error, :not_loaded} -> :not_loaded
-    end
-  end
-
-  defp wait_until(fun, tries \\ 400) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition not met in time")
-      true -> Process.sleep(5) && wait_until(fun, tries - 1)
     end
   end
 end

@@ -2,6 +2,8 @@ defmodule ModelBudget.ModelManager.ServingTest do
   # Leases, keep-alive and loads that wait: what a model server leans on.
   use ExUnit.Case, async: true
 
+  import ModelBudget.Test.Eventually
+
   import ExUnit.CaptureLog
 
   alias ModelBudget.ModelManager
@@ -28,14 +30,6 @@ defmodule ModelBudget.ModelManager.ServingTest do
 
   # The loads waiting in the manager's queue, by id.
   defp waiting(manager), do: Enum.map(:sys.get_state(manager).ledger.queue, & &1.id)
-
-  defp eventually(fun, tries \\ 400) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition not met in time")
-      true -> Process.sleep(5) && eventually(fun, tries - 1)
-    end
-  end
 
   # A process that takes a lease on `id` and holds it until killed. Only
   # the outcome comes back: a copy of the lease here would keep it alive.

@@ -40,10 +40,11 @@ defmodule ModelBudget.ModelManager do
   Checkout and checkin are the per-request path: they never send the
   manager a message in the ordinary case, and never wait for it. Each
   model has a gate (a NIF resource of atomics: its state, its lease count
-  and its last use) and each lease is a NIF resource holding its gate.
-  Checkout is one NIF call: it counts the lease, then reads the state;
-  checkin is one NIF call: it counts the lease down (once) and stamps the
-  gate's last use. To unload or evict a model, the manager closes its
+  and its last use), and each process that takes leases has a holder (a
+  NIF resource in its process dictionary that keeps its leases by number
+  and monitors it); a lease is its holder and a number. Checkout is one
+  NIF call: it counts the lease, then reads the state; checkin is one NIF
+  call: it stamps the gate's last use and counts the lease down (once). To unload or evict a model, the manager closes its
   gate, then reads its count: each side writes before it reads, and the
   atomics are sequentially consistent, so either the manager sees the lease
   or the checkout sees the closed gate and takes its count back. Evictions
@@ -54,13 +55,12 @@ defmodule ModelBudget.ModelManager do
   lease ends: a model whose unload waits for its leases, and, once per
   wake-up, loads waiting for room.
 
-  A lease also ends, without a checkin, when the runtime frees its last
-  term: when the process that took it exits (killed or not: its heap goes),
-  or when it drops the lease and collects its garbage. No sweep and no
-  monitor is involved. A lease term sent to another process (or stored in
-  ETS) lives until every copy is checked in or gone: the exit of the
-  process that took it does not end it then. Checking a lease in twice
-  does nothing the second time.
+  A lease also ends, without a checkin, when the process that took it
+  exits, killed or not: its holder's monitor (a NIF monitor, which sends
+  nobody a message) ends every lease it keeps, even where copies of the
+  lease were sent to other processes. Any process may check a lease in;
+  checking it in twice does nothing the second time. A lease dropped
+  without a checkin keeps its model leased until its process exits.
 
   ## How a load goes
 

@@ -5,22 +5,22 @@ defmodule ModelBudget.ModelManager.Lease do
   `unload/3` with `force: true`). Give it back with
   `ModelBudget.ModelManager.checkin/2`.
 
-  A lease is also a value with a lifetime of its own: it ends at its first
-  checkin, or, without one, once no process holds it any more: when the
-  process that took it exits, or drops it and collects its garbage. A lease
-  sent to (or stored by) other processes lives until every copy is checked
-  in or gone: the process that took it exiting does not end it then.
+  A lease belongs to the process that took it: it ends at its first
+  checkin (from any process), or, without one, when that process exits,
+  killed or not, even if other processes hold copies of the lease. A lease
+  dropped without a checkin keeps its model leased until then.
 
   The fields are the manager's business; `:id` is the model's id.
   """
 
-  @enforce_keys [:id, :ref, :clock]
+  @enforce_keys [:id, :holder, :number, :clock]
   defstruct @enforce_keys
 
   @typedoc "A lease; only `:id` (the model's id) is meant to be read."
   @type t :: %__MODULE__{
           id: term(),
-          ref: reference(),
+          holder: reference(),
+          number: pos_integer(),
           clock: (() -> integer()) | nil
         }
 end

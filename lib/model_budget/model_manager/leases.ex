@@ -12,21 +12,24 @@ defmodule ModelBudget.ModelManager.Leases do
   #     last use: keep-alive and :min_idle_ms). Its incarnation `inc` (a
   #     unique integer per admission) tells a model from an earlier load of
   #     the same id. It lives in the model's row of the readers' table.
-  #   * A lease: a NIF resource holding its gate. It ends once: at checkin,
-  #     or when the runtime frees its last term (the resource's destructor),
-  #     so a holder that exits, killed or not, ends its leases with its heap,
-  #     without a sweep or a monitor. A lease term sent to another process
-  #     lives until every copy is gone (see ModelBudget.ModelManager.Lease).
+  #   * A holder per process that takes leases: a NIF resource, kept in the
+  #     process dictionary, that holds the process's leases by number and
+  #     monitors the process (a NIF monitor, no message to anyone). A lease
+  #     is its holder and a number: taking one allocates nothing the garbage
+  #     collector must free. It ends once: at checkin (from any process), or
+  #     when the process that took it exits, killed or not (the holder's
+  #     `down` callback), whoever holds a copy of its term.
   #
   # ## Checkout, checkin
   #
-  # checkout reads the gate (one ETS lookup of the manager's table) and makes
-  # one NIF call: the count goes up, then the state is read: open means the
-  # lease stands. checkin (one NIF call) ends the lease, stamps the gate's
-  # `lru` and `used_at` and reads the state: a message goes to the manager
-  # only when the model is closed (an unload waits for its leases) or when
-  # the manager armed its flag (loads wait for room). A destructor does the
-  # same, without the stamp.
+  # checkout reads the gate (one ETS lookup of the manager's table) and the
+  # holder (the process dictionary) and makes one NIF call: the count goes
+  # up, then the state is read: open means the lease stands, and the holder
+  # numbers it. checkin (one NIF call) stamps the gate's `lru` and
+  # `used_at`, ends the lease and reads the state: a message goes to the
+  # manager only when the model is closed (an unload waits for its leases)
+  # or when the manager armed its flag (loads wait for room). The holder's
+  # `down` does the same, without the stamp.
   #
   # ## Closing a gate, race-free
   #
@@ -58,35 +61,52 @@ defmodule ModelBudget.ModelManager.Leases do
 
   ## The request path
 
+  @holder {__MODULE__, :holder}
+
   @doc "Takes a lease on model `id` (see the module doc)."
   @spec checkout(map(), term()) :: {:ok, Lease.t()} | {:error, :not_loaded}
   def checkout(shared, id) do
     case Table.gate(shared.table, id) do
-      {:ok, {_inc, gate}} -> take(shared, id, gate)
+      {:ok, {_inc, gate}} -> take(shared, id, gate, holder())
       :error -> {:error, :not_loaded}
     end
   end
 
-  defp take(shared, id, gate) do
-    case Native.gate_checkout(gate) do
-      {:ok, ref} ->
-        {:ok, %Lease{id: id, ref: ref, clock: shared.lease_clock}}
+  defp take(shared, id, gate, holder) do
+    case Native.gate_checkout(gate, holder) do
+      {:ok, number} ->
+        {:ok, %Lease{id: id, holder: holder, number: number, clock: shared.lease_clock}}
 
       # The manager is deciding, in one step, whether to evict or expire it
       # (unless it died meanwhile: then nothing will be decided).
       :claiming ->
         :erlang.yield()
-        if Process.alive?(shared.manager), do: take(shared, id, gate), else: {:error, :not_loaded}
+
+        if Process.alive?(shared.manager),
+          do: take(shared, id, gate, holder),
+          else: {:error, :not_loaded}
 
       :not_open ->
         {:error, :not_loaded}
     end
   end
 
+  # The calling process's holder, made at its first checkout.
+  defp holder do
+    with nil <- Process.get(@holder) do
+      holder = Native.gate_holder_new()
+      Process.put(@holder, holder)
+      holder
+    end
+  end
+
   @doc "Ends a lease; a second checkin of the same lease does nothing."
   @spec checkin(Lease.t()) :: :ok
-  def checkin(%Lease{ref: ref, clock: nil}), do: Native.gate_checkin(ref, nil)
-  def checkin(%Lease{ref: ref, clock: clock}), do: Native.gate_checkin(ref, clock.())
+  def checkin(%Lease{holder: holder, number: number, clock: nil}),
+    do: Native.gate_checkin(holder, number, nil)
+
+  def checkin(%Lease{holder: holder, number: number, clock: clock}),
+    do: Native.gate_checkin(holder, number, clock.())
 
   @doc """
   The clock a lease stamps its checkin with: `nil` for the default clock

@@ -1,11 +1,15 @@
 //! The lease gate of a loaded model and the leases it gives: the request
-//! path of a model server, lock-free.
+//! path of a model server, lock-free but for one uncontended lock per
+//! holder.
 //!
 //! A [`Gate`] holds a model's state (loading, open, claiming, closed), its
 //! lease count and its last use (`lru`, the order of uses; `used_at`, the
-//! manager's clock). A [`Lease`] holds its gate and ends once: at checkin,
-//! or when the last handle to it is dropped (the NIF crate ends it from the
-//! resource's destructor).
+//! manager's clock). A [`Lease`] holds its gate and ends once, when it is
+//! consumed or dropped. A [`Holder`] keeps the leases one process took, by
+//! number: each ends at its checkin, and all of them when the process
+//! exits (the NIF crate's holder resource monitors the process). Leases
+//! are counted, not allocated, on the request path: a checkout adds a
+//! numbered entry to its process's holder.
 //!
 //! ## Closing a gate, race-free
 //!
@@ -24,9 +28,11 @@
 //! (an unload waits for the leases to end) or when it armed the flag (loads
 //! wait for room; one message per arming).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering::Release, Ordering::SeqCst};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 /// A gate's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,8 +156,13 @@ impl Gate {
 
     /// Stamps a use now: the order of uses and the manager's clock `now`.
     pub fn used(&self, now: i64) {
-        self.lru.store(lru_stamp(), SeqCst);
-        self.used_at.store(now, SeqCst);
+        // Release suffices: nothing but the stamp depends on it, and a
+        // lease's count, taken back after its stamp, is SeqCst. The clock
+        // (ms) mostly has not moved: its line is then only read.
+        self.lru.store(lru_stamp(), Release);
+        if self.used_at.load(SeqCst) != now {
+            self.used_at.store(now, Release);
+        }
     }
 
     /// Stamps a use unless the gate is closed; returns whether it did.
@@ -177,8 +188,7 @@ impl Gate {
         self.count.fetch_add(1, SeqCst);
         match self.state() {
             State::Open => Ok(Lease {
-                gate: Arc::clone(self),
-                ended: AtomicBool::new(false),
+                gate: Some(Arc::clone(self)),
             }),
             State::Claiming => Err((Refused::Claiming, self.release())),
             State::Loading | State::Closed => Err((Refused::NotOpen, self.release())),
@@ -220,35 +230,115 @@ pub fn claim(gates: &[&Gate]) -> Result<(), Vec<usize>> {
     }
 }
 
-/// A lease on a gate: ends once.
+/// A lease on a gate: ends once, at [`Lease::checkin`], [`Lease::end`] or
+/// when dropped (then without telling anyone: a holder ends its leases
+/// itself, and says whom to tell).
 #[derive(Debug)]
 pub struct Lease {
-    gate: Arc<Gate>,
-    ended: AtomicBool,
+    // Taken when the lease ends.
+    gate: Option<Arc<Gate>>,
 }
 
 impl Lease {
-    /// Its gate.
-    pub fn gate(&self) -> &Arc<Gate> {
-        &self.gate
-    }
-
-    /// Ends the lease and stamps a use at `now` (manager's clock); `None`
-    /// when it had ended already, else whom to tell.
-    pub fn checkin(&self, now: i64) -> Option<Notify> {
-        let notify = self.end()?;
-        self.gate.used(now);
-        Some(notify)
-    }
-
-    /// Ends the lease without a use (its last handle is gone); `None` when
-    /// it had ended already.
-    pub fn end(&self) -> Option<Notify> {
-        if self.ended.swap(true, SeqCst) {
-            None
-        } else {
-            Some(self.gate.release())
+    /// Ends the lease after stamping a use at `now` (manager's clock; the
+    /// use is seen before the count drops); says whom to tell.
+    pub fn checkin(mut self, now: i64) -> Notify {
+        if let Some(gate) = &self.gate {
+            gate.used(now);
         }
+        self.finish()
+    }
+
+    /// Ends the lease without a use (its process is gone); says whom to tell.
+    pub fn end(mut self) -> Notify {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Notify {
+        self.gate
+            .take()
+            .map(|gate| gate.release())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// The leases one process took, by number, each with `T`: whom its end
+/// must tell (the NIF crate: the model's manager).
+#[derive(Debug)]
+pub struct Holder<T> {
+    held: Mutex<Held<T>>,
+}
+
+#[derive(Debug)]
+struct Held<T> {
+    last: u64,
+    leases: Vec<(u64, Lease, T)>,
+}
+
+// Each critical section is one push, one removal or one take of the whole
+// list: a panic cannot leave a holder half updated.
+impl<T> std::panic::RefUnwindSafe for Holder<T> {}
+
+impl<T: Copy> Default for Holder<T> {
+    fn default() -> Self {
+        Holder {
+            held: Mutex::new(Held {
+                last: 0,
+                leases: Vec::new(),
+            }),
+        }
+    }
+}
+
+impl<T: Copy> Holder<T> {
+    /// Takes a lease on `gate` (see [`Gate::checkout`]); `Ok(number)`, the
+    /// number [`Holder::checkin`] takes, unique within this holder.
+    pub fn checkout(&self, gate: &Arc<Gate>, tell: T) -> Result<u64, (Refused, Notify)> {
+        let lease = gate.checkout()?;
+        let mut held = self.held.lock();
+        held.last += 1;
+        let number = held.last;
+        held.leases.push((number, lease, tell));
+        Ok(number)
+    }
+
+    /// Ends lease `number` with a use at `now`: whom to tell, or `None`
+    /// when it had ended already (or never was).
+    pub fn checkin(&self, number: u64, now: i64) -> Option<(Notify, T)> {
+        let (lease, tell) = {
+            let mut held = self.held.lock();
+            // The newest leases are the likeliest to end first.
+            let at = held.leases.iter().rposition(|(n, _, _)| *n == number)?;
+            let (_, lease, tell) = held.leases.swap_remove(at);
+            (lease, tell)
+        };
+        Some((lease.checkin(now), tell))
+    }
+
+    /// Ends every lease still held (the process is gone), each with whom
+    /// to tell.
+    pub fn end_all(&self) -> Vec<(Notify, T)> {
+        let leases = std::mem::take(&mut self.held.lock().leases);
+        leases
+            .into_iter()
+            .map(|(_, lease, tell)| (lease.end(), tell))
+            .collect()
+    }
+
+    /// How many leases it holds.
+    pub fn len(&self) -> usize {
+        self.held.lock().leases.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -271,10 +361,11 @@ mod tests {
         gate.set_state(State::Open);
         let lease = gate.checkout().unwrap();
         assert_eq!(gate.count(), 1);
-        assert_eq!(lease.checkin(7), Some(Notify::default()));
-        assert_eq!(lease.checkin(8), None);
-        assert_eq!(lease.end(), None);
+        assert_eq!(lease.checkin(7), Notify::default());
         assert_eq!((gate.count(), gate.last_use().1), (0, 7));
+        // A lease dropped unended still gives its count back.
+        drop(gate.checkout().unwrap());
+        assert_eq!(gate.count(), 0);
     }
 
     #[test]
@@ -297,11 +388,12 @@ mod tests {
         let gate = Arc::new(Gate::new(Arc::clone(&waiting), 0));
         gate.set_state(State::Open);
         let leases: Vec<Lease> = (0..3).map(|_| gate.checkout().unwrap()).collect();
+        let mut leases = leases.into_iter();
         waiting.arm(true);
-        assert!(leases[0].end().unwrap().waiting);
-        assert!(!leases[1].end().unwrap().waiting);
+        assert!(leases.next().unwrap().end().waiting);
+        assert!(!leases.next().unwrap().end().waiting);
         assert!(gate.close());
-        assert!(leases[2].end().unwrap().closed);
+        assert!(leases.next().unwrap().end().closed);
         assert!(!gate.close());
     }
 
@@ -311,7 +403,7 @@ mod tests {
         let lease = gate.checkout().unwrap();
         gate.drop_leases();
         assert_eq!(gate.count(), 0);
-        assert!(lease.end().unwrap().closed);
+        assert!(lease.end().closed);
         assert_eq!(gate.count(), 0);
     }
 
@@ -345,21 +437,58 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_numbers_its_leases_and_ends_each_once() {
+        let gate = open_gate();
+        let holder: Holder<u8> = Holder::default();
+        let first = holder.checkout(&gate, 1).unwrap();
+        let second = holder.checkout(&gate, 2).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(gate.count(), 2);
+        assert_eq!(holder.checkin(first, 9), Some((Notify::default(), 1)));
+        assert_eq!(holder.checkin(first, 10), None);
+        assert_eq!(holder.checkin(77, 10), None);
+        assert_eq!((gate.count(), gate.last_use().1, holder.len()), (1, 9, 1));
+        assert!(holder.checkin(second, 11).is_some());
+        assert!(holder.is_empty());
+        gate.set_state(State::Loading);
+        assert_eq!(holder.checkout(&gate, 3).unwrap_err().0, Refused::NotOpen);
+        assert!(holder.is_empty());
+    }
+
+    #[test]
+    fn a_holder_whose_process_is_gone_ends_every_lease_and_says_whom_to_tell() {
+        let (a, b) = (open_gate(), open_gate());
+        let holder: Holder<&str> = Holder::default();
+        holder.checkout(&a, "a").unwrap();
+        let on_b = holder.checkout(&b, "b").unwrap();
+        holder.checkout(&b, "b").unwrap();
+        assert!(b.close());
+        let mut ended = holder.end_all();
+        ended.sort_by_key(|(_, tell)| *tell);
+        let tells: Vec<(bool, &str)> = ended.iter().map(|(n, t)| (n.closed, *t)).collect();
+        assert_eq!(tells, [(false, "a"), (true, "b"), (true, "b")]);
+        assert_eq!((a.count(), b.count()), (0, 0));
+        assert_eq!(holder.checkin(on_b, 1), None);
+        assert!(holder.end_all().is_empty());
+    }
+
+    #[test]
     fn concurrent_checkouts_and_checkins_leave_no_count() {
         let gate = open_gate();
+        let holder: Arc<Holder<()>> = Arc::new(Holder::default());
         let workers: Vec<_> = (0..4)
             .map(|_| {
-                let gate = Arc::clone(&gate);
+                let (gate, holder) = (Arc::clone(&gate), Arc::clone(&holder));
                 thread::spawn(move || {
                     for i in 0..10_000 {
-                        let lease = gate.checkout().unwrap();
-                        lease.checkin(i);
-                        lease.checkin(i);
+                        let number = holder.checkout(&gate, ()).unwrap();
+                        assert!(holder.checkin(number, i).is_some());
+                        assert!(holder.checkin(number, i).is_none());
                     }
                 })
             })
             .collect();
         workers.into_iter().for_each(|w| w.join().unwrap());
-        assert_eq!(gate.count(), 0);
+        assert_eq!((gate.count(), holder.len()), (0, 0));
     }
 }

@@ -1,13 +1,16 @@
-//! Lease gates and leases as NIF resources (the logic is
-//! `model_budget_core::gate`): a lease is a resource whose destructor ends
-//! it, so a lease ends at checkin or when its last term is garbage, its
-//! holder's exit included. Ending a lease tells the manager, when it must
-//! know, with `{ModelBudget.ModelManager, :lease_ended, inc | nil}`.
+//! Lease gates and lease holders as NIF resources (the logic is
+//! `model_budget_core::gate`). A holder keeps the leases of one process,
+//! which it monitors: a lease ends at checkin or when the process that took
+//! it exits (the holder's `down`), or, should every term of the holder be
+//! gone first, at its destructor. A lease itself is a number, so a checkout
+//! allocates nothing the garbage collector must free. Ending a lease tells
+//! the manager, when it must know, with
+//! `{ModelBudget.ModelManager, :lease_ended, inc | nil}`.
 
 use std::sync::Arc;
 
-use model_budget_core::gate::{self, Gate, Lease, Notify, Refused, State, Waiting};
-use rustler::{Atom, Encoder, Env, LocalPid, ResourceArc, Term};
+use model_budget_core::gate::{self, Gate, Holder, Notify, Refused, State, Waiting};
+use rustler::{Atom, Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 
 use crate::atoms;
 
@@ -27,41 +30,55 @@ struct WaitingRes(Arc<Waiting>);
 #[rustler::resource_impl]
 impl rustler::Resource for WaitingRes {}
 
+/// Whom the end of a lease tells: the model's manager, and the model's
+/// incarnation.
+#[derive(Clone, Copy)]
+struct Manager {
+    pid: LocalPid,
+    inc: u64,
+}
+
 struct GateRes {
     gate: Arc<Gate>,
-    manager: LocalPid,
-    inc: u64,
+    manager: Manager,
 }
 
 #[rustler::resource_impl]
 impl rustler::Resource for GateRes {}
 
-struct LeaseRes {
-    lease: Lease,
-    manager: LocalPid,
-    inc: u64,
-}
+struct HolderRes(Holder<Manager>);
 
 // A manager that is gone has nobody to tell: the send fails quietly.
-fn tell(env: Env, manager: &LocalPid, inc: u64, notify: Notify) {
+fn tell(env: Env, manager: Manager, notify: Notify) {
     if notify.closed {
-        let _ = env.send(manager, (model_manager(), lease_ended(), inc));
+        let _ = env.send(&manager.pid, (model_manager(), lease_ended(), manager.inc));
     }
     if notify.waiting {
-        let _ = env.send(manager, (model_manager(), lease_ended(), atoms::nil()));
+        let _ = env.send(&manager.pid, (model_manager(), lease_ended(), atoms::nil()));
+    }
+}
+
+fn end_all(env: Env, holder: &Holder<Manager>) {
+    for (notify, manager) in holder.end_all() {
+        tell(env, manager, notify);
     }
 }
 
 #[rustler::resource_impl]
-impl rustler::Resource for LeaseRes {
+impl rustler::Resource for HolderRes {
     const IMPLEMENTS_DESTRUCTOR: bool = true;
+    const IMPLEMENTS_DOWN: bool = true;
 
-    // The last term of a lease is gone (its holder exited, or dropped it):
-    // the lease ends, from the callback env of the garbage collection.
+    // The process that took the leases exited: they end, whoever holds a
+    // copy of their terms.
+    fn down<'a>(&'a self, env: Env<'a>, _pid: LocalPid, _monitor: Monitor) {
+        end_all(env, &self.0);
+    }
+
+    // Every term of the holder is gone before its process (its dictionary
+    // was erased, say): its leases end with it.
     fn destructor(self, env: Env<'_>) {
-        if let Some(notify) = self.lease.end() {
-            tell(env, &self.manager, self.inc, notify);
-        }
+        end_all(env, &self.0);
     }
 }
 
@@ -93,23 +110,27 @@ fn gate_new(
     now: i64,
 ) -> ResourceArc<GateRes> {
     let gate = Arc::new(Gate::new(Arc::clone(&waiting.0), now));
-    ResourceArc::new(GateRes { gate, manager, inc })
+    let manager = Manager { pid: manager, inc };
+    ResourceArc::new(GateRes { gate, manager })
 }
 
-/// `{:ok, lease}`, `:claiming` (ask again) or `:not_open`.
+/// A holder for the calling process's leases, monitoring it.
 #[rustler::nif]
-fn gate_checkout<'a>(env: Env<'a>, gate: &GateRes) -> Term<'a> {
-    match gate.gate.checkout() {
-        Ok(lease) => {
-            let lease = LeaseRes {
-                lease,
-                manager: gate.manager,
-                inc: gate.inc,
-            };
-            (atoms::ok(), ResourceArc::new(lease)).encode(env)
-        }
+fn gate_holder_new(env: Env) -> ResourceArc<HolderRes> {
+    let holder = ResourceArc::new(HolderRes(Holder::default()));
+    // The caller is alive: it is running this call.
+    let _ = env.monitor(&holder, &env.pid());
+    holder
+}
+
+/// `{:ok, number}` (the lease, in `holder`), `:claiming` (ask again) or
+/// `:not_open`.
+#[rustler::nif]
+fn gate_checkout<'a>(env: Env<'a>, gate: &GateRes, holder: &HolderRes) -> Term<'a> {
+    match holder.0.checkout(&gate.gate, gate.manager) {
+        Ok(number) => (atoms::ok(), number).encode(env),
         Err((refused, notify)) => {
-            tell(env, &gate.manager, gate.inc, notify);
+            tell(env, gate.manager, notify);
             match refused {
                 Refused::Claiming => claiming().encode(env),
                 Refused::NotOpen => not_open().encode(env),
@@ -118,17 +139,18 @@ fn gate_checkout<'a>(env: Env<'a>, gate: &GateRes) -> Term<'a> {
     }
 }
 
-/// Ends a lease (a second checkin does nothing) and stamps a use at `now`:
-/// the manager's clock, or `nil` for its default clock, the runtime's
-/// monotonic milliseconds (`:erlang.monotonic_time(:millisecond)`), read
-/// here without a call back into Erlang.
+/// Ends lease `number` of `holder` (a second checkin does nothing) and
+/// stamps a use at `now`: the manager's clock, or `nil` for its default
+/// clock, the runtime's monotonic milliseconds
+/// (`:erlang.monotonic_time(:millisecond)`), read here without a call back
+/// into Erlang.
 #[rustler::nif]
-fn gate_checkin(env: Env, lease: &LeaseRes, now: Option<i64>) -> Atom {
+fn gate_checkin(env: Env, holder: &HolderRes, number: u64, now: Option<i64>) -> Atom {
     let now = now.unwrap_or_else(|| unsafe {
         rustler::sys::enif_monotonic_time(rustler::sys::ErlNifTimeUnit::ERL_NIF_MSEC)
     });
-    if let Some(notify) = lease.lease.checkin(now) {
-        tell(env, &lease.manager, lease.inc, notify);
+    if let Some((notify, manager)) = holder.0.checkin(number, now) {
+        tell(env, manager, notify);
     }
     atoms::ok()
 }

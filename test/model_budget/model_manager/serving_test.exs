@@ -136,23 +136,39 @@ defmodule ModelBudget.ModelManager.ServingTest do
       assert ModelManager.checkin(manager, second) == :ok
     end
 
-    test "a lease dropped without a checkin ends once its holder collects it" do
+    test "a lease dropped without a checkin lasts until its process exits, copies or not" do
       manager = start_manager([])
       {:ok, _} = load(manager, :a, 10)
       test = self()
 
-      spawn_link(fn ->
-        {:ok, _dropped} = ModelManager.checkout(manager, :a)
-        send(test, :took)
-        :erlang.garbage_collect()
-        send(test, :collected)
-        Process.sleep(:infinity)
-      end)
+      taker =
+        spawn(fn ->
+          {:ok, lease} = ModelManager.checkout(manager, :a)
+          # A copy lives on in the test process; this one is dropped.
+          send(test, {:lease, lease})
+          :erlang.garbage_collect()
+          send(test, :collected)
+          Process.sleep(:infinity)
+        end)
 
-      assert_receive :took, @wait
+      assert_receive {:lease, copy}, @wait
       assert_receive :collected, @wait
+      assert %{leases: 1} = info!(manager, :a)
+
+      Process.exit(taker, :kill)
+      eventually(fn -> info!(manager, :a).leases == 0 end)
+      # The copy's checkin, after the lease ended with its process, does nothing.
+      assert ModelManager.checkin(manager, copy) == :ok
       assert %{leases: 0} = info!(manager, :a)
       assert ModelManager.unload(manager, :a, timeout: 0) == :ok
+    end
+
+    test "a lease may be checked in by another process" do
+      manager = start_manager([])
+      {:ok, _} = load(manager, :a, 10)
+      {:ok, lease} = ModelManager.checkout(manager, :a)
+      assert Task.await(Task.async(fn -> ModelManager.checkin(manager, lease) end)) == :ok
+      assert %{leases: 0} = info!(manager, :a)
     end
 
     test "a lease holder killed with :kill frees its lease, before or after it is watched" do

@@ -11,8 +11,11 @@ defmodule ModelBudget.ModelManager.Table do
   #   * {{:model, id}, info, gate}: an entry's public fields (Entry.info/1)
   #     and its lease gate ({inc, resource}, read alone by checkout).
   #   * {{:history, id}, loads, evictions}: per id, kept for the manager's life.
-  #   * {:watcher, name}: only for a manager in a cluster: told of every
-  #     usage write (ModelBudget.Cluster.View publishes it).
+
+  # A manager in a cluster names a watcher, told of every usage write
+  # (ModelBudget.Cluster.View publishes it). Only the manager writes and
+  # notifies, so the name is in its process dictionary: no ETS read per
+  # write.
 
   require Record
 
@@ -73,15 +76,19 @@ defmodule ModelBudget.ModelManager.Table do
   @doc """
   Has the process registered as `name` told
   `{ModelBudget.Cluster.View, :changed, manager}` after every usage write
-  from now on, whenever it is running (one watcher per table).
+  to `table` from now on, whenever it is running (one watcher per table).
+  Called by the manager, the table's writer.
   """
   @spec watch(:ets.tid(), atom()) :: true
-  def watch(table, name), do: :ets.insert(table, {:watcher, name})
+  def watch(table, name) do
+    Process.put({__MODULE__, :watcher, table}, name)
+    true
+  end
 
   # A message, not a call: the manager never waits on its watcher. By name,
   # so a watcher that restarts is told again.
   defp notify(table) do
-    with [{:watcher, name}] <- :ets.lookup(table, :watcher),
+    with name when name != nil <- Process.get({__MODULE__, :watcher, table}),
          pid when is_pid(pid) <- Process.whereis(name) do
       send(pid, {ModelBudget.Cluster.View, :changed, self()})
     end

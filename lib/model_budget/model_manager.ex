@@ -42,7 +42,8 @@ defmodule ModelBudget.ModelManager do
   model has a gate (a NIF resource of atomics: its state, its lease count
   and its last use), and each process that takes leases has a holder (a
   NIF resource in its process dictionary that keeps its leases by number
-  and monitors it); a lease is its holder and a number. Checkout is one
+  and monitors it, under the key `{ModelBudget.ModelManager.Leases,
+  :holder}`); a lease is its holder and a number. Checkout is one
   NIF call: it counts the lease, then reads the state; checkin is one NIF
   call: it stamps the gate's last use and counts the lease down (once). To unload or evict a model, the manager closes its
   gate, then reads its count: each side writes before it reads, and the

@@ -66,15 +66,26 @@ defmodule ModelBudget.ModelManager.LeasesTest do
     for _ <- 1..500 do
       {shared, gate} = setup_gate()
       Leases.open(gate)
-      checkouts = for _ <- 1..4, do: Task.async(fn -> Leases.checkout(shared, :m) end)
+      test = self()
+
+      # Each taker stays alive until told: its exit would end its lease.
+      takers =
+        for _ <- 1..4 do
+          spawn_link(fn ->
+            send(test, {self(), Leases.checkout(shared, :m)})
+            receive do: (:done -> :ok)
+          end)
+        end
+
       leased? = Leases.close(gate)
-      results = Task.await_many(checkouts)
+      results = for taker <- takers, do: receive(do: ({^taker, result} -> result))
 
       if Enum.any?(results, &match?({:ok, _}, &1)), do: assert(leased?)
       # Failed checkouts took their counts back.
       ok = Enum.count(results, &match?({:ok, _}, &1))
       assert Leases.count(gate) == ok
       for {:ok, lease} <- results, do: Leases.checkin(lease)
+      for taker <- takers, do: send(taker, :done)
       :ets.delete(shared.table)
     end
   end

@@ -3,6 +3,8 @@ defmodule ModelBudget.ModelManager.LeasesTest do
   # table and plays the manager's part (its gates tell it).
   use ExUnit.Case, async: true
 
+  import ModelBudget.Test.Eventually
+
   alias ModelBudget.ModelManager.{Entry, Leases, Table}
   alias ModelBudget.Native
 
@@ -114,6 +116,27 @@ defmodule ModelBudget.ModelManager.LeasesTest do
     Process.exit(holder, :kill)
     assert_receive {ModelBudget.ModelManager, :lease_ended, ^inc}, 2_000
     assert Leases.count(gate) == 0
+  end
+
+  test "a holder whose every term is gone before its process ends its leases" do
+    {shared, gate} = setup_gate()
+    Leases.open(gate)
+    test = self()
+
+    spawn_link(fn ->
+      {:ok, _lease} = Leases.checkout(shared, :m)
+      send(test, {:count, Leases.count(gate)})
+      # The process lives on, but nothing refers to its holder any more.
+      Process.delete({Leases, :holder})
+      :erlang.garbage_collect()
+      send(test, :collected)
+      receive do: (:never -> :ok)
+    end)
+
+    assert_receive {:count, 1}
+    assert_receive :collected
+    # The runtime removes the holder's monitor first, then destroys it.
+    eventually(fn -> Leases.count(gate) == 0 end)
   end
 
   test "a forced drop ends every lease out; their later ends count for nothing" do

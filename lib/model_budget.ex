@@ -165,7 +165,7 @@ defmodule ModelBudget do
         %{mode: mode, ram: ram, vram: %{gpu => limit}}
 
       {mode = :per_device, ram, vram} ->
-        %{mode: mode, ram: ram, vram: vram}
+        %{mode: mode, ram: ram, vram: vram(vram)}
 
       {:probe, :gpus} ->
         {gpus, limit} = Native.probe_machine(cuda_visible_devices())
@@ -612,10 +612,25 @@ defmodule ModelBudget do
   # The NIF answers a placement as {ram} with no GPU, {ram, gpu, bytes} with
   # one, {ram, vram} with more: Elixir builds small maps in a few ns, where
   # a NIF takes about 50 per map (the VM copies and sorts the keys).
-  @compile {:inline, placement: 1}
+  @compile {:inline, placement: 1, vram: 1}
   defp placement({ram}), do: %{ram: ram, vram: %{}}
   defp placement({ram, gpu, bytes}), do: %{ram: ram, vram: %{gpu => bytes}}
-  defp placement({ram, vram}), do: %{ram: ram, vram: vram}
+  defp placement({ram, vram}), do: %{ram: ram, vram: vram(vram)}
+
+  # A GPU map of 2 to @dense_gpus entries for GPUs 0, 1, ... comes from the
+  # NIF as the tuple of its values (codec::DENSE_GPUS, which must agree):
+  # a map of literal keys is built from a key tuple made at compile time,
+  # without the copy and sort of the keys that a map built in the NIF pays
+  # (about 150 ns for 8 GPUs). Any other GPU map comes as the map itself,
+  # and a budget's unbounded VRAM as :infinity.
+  @dense_gpus 16
+  defp vram(vram) when is_map(vram) or is_atom(vram), do: vram
+
+  for size <- 2..@dense_gpus do
+    values = Macro.generate_unique_arguments(size, __MODULE__)
+    entries = Enum.with_index(values, fn value, gpu -> {gpu, value} end)
+    defp vram({unquote_splicing(values)}), do: %{unquote_splicing(entries)}
+  end
 
   @doc """
   The usage of nothing: `%{ram: 0, vram: %{}}`.

@@ -8,7 +8,7 @@
 use smallvec::SmallVec;
 
 use crate::error::{invalid, Result};
-use crate::gpu_map::INLINE_GPUS;
+use crate::gpu_map::{GpuMap, INLINE_GPUS};
 use crate::layout::kv::CacheType;
 use crate::layout::repack::Repack;
 use crate::placement::Placement;
@@ -210,23 +210,38 @@ impl DistributeOptions {
         })
     }
 
-    /// Where the split puts `bytes` over `n_gpus` GPUs (options checked).
-    fn spread(&self, bytes: u64, n_gpus: u32) -> Placement {
-        let mut placement = Placement::empty();
+    /// Where the split puts `bytes` over `n_gpus` GPUs (options checked),
+    /// appended to `vram`; GPUs given nothing are left out.
+    fn spread(&self, bytes: u64, n_gpus: u32, vram: &mut GpuMap<u64>) {
         match self.split_mode {
-            SplitMode::None => {
-                placement.vram.insert(self.main_gpu, bytes);
+            SplitMode::None if bytes > 0 => {
+                vram.insert(self.main_gpu, bytes);
             }
+            SplitMode::None => {}
             SplitMode::Layer | SplitMode::Row => {
-                split_into(bytes, &self.tensor_split, n_gpus, &mut placement.vram);
+                split_into(bytes, &self.tensor_split, n_gpus, vram);
             }
         }
-        placement.canonical()
     }
 }
 
 /// Places a model of `file_bytes` under `opts` on a machine with `n_gpus`.
 pub fn distribute(file_bytes: u64, opts: &DistributeOptions, n_gpus: u32) -> Result<Placement> {
+    let mut placement = Placement::empty();
+    distribute_into(file_bytes, opts, n_gpus, &mut placement)?;
+    Ok(placement)
+}
+
+/// [`distribute`], written into `out` (emptied first) where it lies: a
+/// placement holds its GPU map inline, and each move of it copies the
+/// whole map, a good part of a small split's cost. On error `out` is
+/// unspecified.
+pub fn distribute_into(
+    file_bytes: u64,
+    opts: &DistributeOptions,
+    n_gpus: u32,
+    out: &mut Placement,
+) -> Result<()> {
     opts.check_gpus(n_gpus)?;
     let kv = opts.kv_bytes()?;
     let total = file_bytes.checked_add(kv).ok_or_else(|| {
@@ -235,8 +250,10 @@ pub fn distribute(file_bytes: u64, opts: &DistributeOptions, n_gpus: u32) -> Res
             format!("{file_bytes} plus a KV cache of {kv} exceeds 2^64 bytes"),
         )
     })?;
+    out.vram.clear();
     if n_gpus == 0 || opts.n_gpu_layers == 0 {
-        return Ok(Placement::in_ram(total));
+        out.ram = total;
+        return Ok(());
     }
     // Without a layer count, a partial offload is charged as a full one:
     // refusing a load that would fit is better than admitting one that won't.
@@ -245,9 +262,9 @@ pub fn distribute(file_bytes: u64, opts: &DistributeOptions, n_gpus: u32) -> Res
     } else {
         (file_bytes, kv)
     };
-    let mut placement = opts.spread(on_gpus, n_gpus);
-    placement.ram = in_ram;
-    Ok(placement)
+    out.ram = in_ram;
+    opts.spread(on_gpus, n_gpus, &mut out.vram);
+    Ok(())
 }
 
 #[cfg(test)]

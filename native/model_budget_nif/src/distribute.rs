@@ -1,10 +1,10 @@
 //! `distribute/3`: load options in, `placement()` out.
 
-use model_budget_core::distribute::{TensorSplit, MAX_GPUS};
+use model_budget_core::distribute::{distribute_into, TensorSplit, MAX_GPUS};
 use model_budget_core::layout::kv::CacheType;
 use model_budget_core::layout::repack::Repack;
 use model_budget_core::options::near_miss;
-use model_budget_core::{DistributeOptions, OptionSet};
+use model_budget_core::{DistributeOptions, OptionSet, Placement};
 use std::sync::OnceLock;
 
 use rustler::{Atom, Env, ListIterator, Term, TermType};
@@ -295,7 +295,9 @@ fn distribute<'a>(
         let mut options = DistributeOptions::default();
         read_options(opts, OptionSet::Bytes, &mut options)?;
         let n_gpus = gpu_count(n_gpus)?;
-        let placement = model_budget_core::distribute(file_bytes, &options, n_gpus)?;
+        // Written in place: a placement's GPU map is inline, a move copies it.
+        let mut placement = Placement::empty();
+        distribute_into(file_bytes, &options, n_gpus, &mut placement)?;
         Ok(encode_usage(env, &placement))
     })();
     reply(env, result)

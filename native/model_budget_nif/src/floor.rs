@@ -5,6 +5,7 @@
 //! term.
 
 use model_budget_core::budget::{Limit, VramLimits};
+use model_budget_core::distribute::distribute_into;
 use model_budget_core::{Budget, DistributeOptions, GpuMap, OptionSet, Placement};
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Env, ListIterator, Term, TermType};
@@ -188,13 +189,14 @@ fn compute_only_usage(used: Term, placement: Term, release: bool) -> Atom {
 #[rustler::nif]
 fn compute_only_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
     let mut options = DistributeOptions::default();
-    let placement = match (bytes.decode::<u64>(), gpu_count(n_gpus)) {
+    let mut placement = Placement::empty();
+    let done = match (bytes.decode::<u64>(), gpu_count(n_gpus)) {
         (Ok(bytes), Ok(n)) if read_options(opts, OptionSet::Bytes, &mut options).is_ok() => {
-            model_budget_core::distribute(bytes, &options, n).ok()
+            distribute_into(bytes, &options, n, &mut placement).is_ok()
         }
-        _ => None,
+        _ => false,
     };
-    std::hint::black_box(placement);
+    std::hint::black_box((done, &placement));
     atoms::ok()
 }
 

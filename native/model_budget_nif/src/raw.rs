@@ -37,20 +37,28 @@ pub fn for_each<'a, E>(
             return None;
         }
         let iter = iter.assume_init_mut();
-        let mut result = Ok(());
         let (mut key, mut value) = (MaybeUninit::uninit(), MaybeUninit::uninit());
-        while enif_map_iterator_get_pair(env.as_c_arg(), iter, key.as_mut_ptr(), value.as_mut_ptr())
-            != 0
-        {
-            result = visit(
+        // The result leaves the loop by `break`, never overwritten: a
+        // `Result` assigned over another is dropped first, and rustler's
+        // error type has drop glue, a call per entry.
+        let result = loop {
+            if enif_map_iterator_get_pair(
+                env.as_c_arg(),
+                iter,
+                key.as_mut_ptr(),
+                value.as_mut_ptr(),
+            ) == 0
+            {
+                break Ok(());
+            }
+            if let Err(e) = visit(
                 Term::new(env, key.assume_init()),
                 Term::new(env, value.assume_init()),
-            );
-            if result.is_err() {
-                break;
+            ) {
+                break Err(e);
             }
             enif_map_iterator_next(env.as_c_arg(), iter);
-        }
+        };
         enif_map_iterator_destroy(env.as_c_arg(), iter);
         Some(result)
     }

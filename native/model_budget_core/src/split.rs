@@ -23,6 +23,17 @@ pub fn integer_weights(weights: &[f64]) -> Weights {
 /// Below this every integer is exactly an f64.
 const EXACT_INTEGERS: f64 = (1u64 << 53) as f64;
 
+/// `w` as an integer when it is a whole number below 2^53 (each exact in
+/// an f64). The round trip through u64 tells, where `fract` would be a
+/// library call on baseline x86-64.
+fn whole(w: f64) -> Option<u64> {
+    if !(0.0..EXACT_INTEGERS).contains(&w) {
+        return None;
+    }
+    let n = w as u64;
+    (n as f64 == w).then_some(n)
+}
+
 /// `integer_weights` of weights that are all whole numbers below 2^53 (the
 /// usual `[3, 1]`), or `None`. Their exponents are their trailing zeros, so
 /// aligning them is one shift by the smallest: the same integers as
@@ -31,10 +42,7 @@ fn whole_weights(weights: &[f64]) -> Option<Weights> {
     let mut ints = Weights::with_capacity(weights.len());
     let mut shift = u32::MAX;
     for &w in weights {
-        if !(w >= 0.0 && w < EXACT_INTEGERS && w.fract() == 0.0) {
-            return None;
-        }
-        let n = w as u64;
+        let n = whole(w)?;
         if n > 0 {
             shift = shift.min(n.trailing_zeros());
         }
@@ -211,10 +219,10 @@ fn narrow_split(total: u64, split: &[f64], n: usize, shares: &mut [u64; INLINE_G
         weights[..n].fill(1);
     }
     for (slot, &w) in weights.iter_mut().zip(split) {
-        if !(w >= 0.0 && w < EXACT_INTEGERS && w.fract() == 0.0) {
+        let Some(n) = whole(w) else {
             return false;
-        }
-        *slot = w as u64;
+        };
+        *slot = n;
     }
     let mut remainders = [0u64; INLINE_GPUS];
     narrow_shares(total, &weights[..n], &mut shares[..n], &mut remainders[..n])

@@ -624,8 +624,9 @@ defmodule ModelBudget do
   defp placement({ram, gpu, bytes}), do: %{ram: ram, vram: %{gpu => bytes}}
   defp placement({ram, vram}), do: %{ram: ram, vram: vram(vram)}
 
-  # A GPU map of 2 to @dense_gpus entries for GPUs 0, 1, ... comes from the
-  # NIF as the tuple of its values (codec::DENSE_GPUS, which must agree):
+  # A GPU map of up to @dense_gpus entries for GPUs 0, 1, ... comes from the
+  # NIF as the tuple of its values (codec::DENSE_GPUS, which must agree; the
+  # NIF sends maps of 0 or 1 entry otherwise, but every size has a clause):
   # a map of literal keys is built from a key tuple made at compile time,
   # without the copy and sort of the keys that a map built in the NIF pays
   # (about 150 ns for 8 GPUs). Any other GPU map comes as the map itself,
@@ -633,7 +634,7 @@ defmodule ModelBudget do
   @dense_gpus 16
   defp vram(vram) when is_map(vram) or is_atom(vram), do: vram
 
-  for size <- 2..@dense_gpus do
+  for size <- 0..@dense_gpus do
     values = Macro.generate_unique_arguments(size, __MODULE__)
     entries = Enum.with_index(values, fn value, gpu -> {gpu, value} end)
     defp vram({unquote_splicing(values)}), do: %{unquote_splicing(entries)}

@@ -259,7 +259,8 @@ pub fn encode_placement<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
 /// GPU maps of up to this many entries, indexed 0, 1, 2, ... (what
 /// `distribute/3` and `:auto` budgets give, and their folds), leave the NIF
 /// as a tuple of their values: `ModelBudget` has a clause per size that
-/// builds the map with literal keys (`DENSE_GPUS` there, which must agree).
+/// builds the map with literal keys (its `@dense_gpus` must agree;
+/// `test/model_budget/native_codec_test.exs` fails otherwise).
 /// The VM builds such a map from a literal key tuple without sorting; a map
 /// a NIF builds has its keys copied and sorted first, about 150 ns for 8
 /// GPUs against about 30 for the tuple and the literal map.

@@ -41,6 +41,9 @@ defmodule ModelBudget.Native do
   def floor_usage(_used, _placement), do: not_loaded()
   def floor_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
   def floor_resolve(_spec, _gpus, _ram_limit), do: not_loaded()
+  def floor_result_usage(_used, _placement), do: not_loaded()
+  def floor_result_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
+  def floor_result_resolve(_spec, _gpus), do: not_loaded()
   # Lease gates and leases (native/model_budget_nif/src/gate.rs).
   def gate_waiting_new, do: not_loaded()
   def gate_waiting_arm(_waiting, _on), do: not_loaded()

@@ -119,4 +119,82 @@ defmodule ModelBudget.NativeCodecTest do
       refused(&Native.echo_insufficient/1, required: 2, device: :ram, available: 1)
     end
   end
+
+  # The budget calls answer tuples that ModelBudget turns into maps: a GPU
+  # map of 2 to 16 entries for GPUs 0, 1, ... as the tuple of its values
+  # (codec::DENSE_GPUS, and ModelBudget's @dense_gpus, which must agree),
+  # any other as the map. Each shape must come back as the same map.
+  describe "the budget calls' answers" do
+    @empty %{ram: 0, vram: %{}}
+
+    # GPU maps of every shape: none, one GPU, 0..k-1 for k up to one past
+    # the dense limit, and maps that are not 0, 1, ...
+    defp gpu_maps(value) do
+      dense = for k <- 1..17, do: Map.new(0..(k - 1), &{&1, value.(&1)})
+      sparse = [%{5 => value.(5)}, %{1 => value.(1), 2 => value.(2)}, %{0 => value.(0), 2 => 1}]
+      [%{} | dense ++ sparse ++ [Map.new(1..16, &{&1, value.(&1)})]]
+    end
+
+    test "a placement of any GPU map comes back whole through fold/2, release/2 and the NIF" do
+      for vram <- gpu_maps(&(&1 * 1_000 + 1)) ++ gpu_maps(fn _ -> @u64_max end) do
+        p = %{ram: 7, vram: vram}
+        assert ModelBudget.fold(p, @empty) == p
+        assert ModelBudget.fold(@empty, p) == p
+        assert ModelBudget.release(p, @empty) == p
+
+        # The NIF's own answer: the tuple of values exactly where dense.
+        answer = Native.fold(p, @empty)
+        keys = Map.keys(vram) |> Enum.sort()
+
+        cond do
+          map_size(vram) == 0 ->
+            assert answer == {7}
+
+          map_size(vram) == 1 ->
+            [{gpu, bytes}] = Map.to_list(vram)
+            assert answer == {7, gpu, bytes}
+
+          map_size(vram) <= 16 and keys == Enum.to_list(0..(map_size(vram) - 1)) ->
+            assert answer == {7, List.to_tuple(for k <- keys, do: vram[k])}
+
+          true ->
+            assert answer == {7, vram}
+        end
+      end
+    end
+
+    test "a per-device budget of any GPU map comes back whole through resolve/2" do
+      limit = fn gpu -> if rem(gpu, 3) == 2, do: :infinity, else: gpu * 10 + 1 end
+
+      for vram <- gpu_maps(limit) do
+        assert ModelBudget.resolve(%{ram: 5, vram: vram}, []) ==
+                 %{mode: :per_device, ram: 5, vram: vram}
+
+        # The same limits as a list, and as :auto from GPU entries.
+        if Map.keys(vram) == Enum.to_list(0..(map_size(vram) - 1)//1) do
+          list = for gpu <- 0..(map_size(vram) - 1)//1, do: vram[gpu]
+
+          assert ModelBudget.resolve(%{ram: :infinity, vram: list}, []) ==
+                   %{mode: :per_device, ram: :infinity, vram: vram}
+        end
+
+        gpus = for {gpu, l} <- vram, is_integer(l), do: %{gpu_index: gpu, memory_free: l}
+        auto = Map.new(gpus, &{&1.gpu_index, &1.memory_free})
+
+        assert ModelBudget.resolve(%{ram: 5, vram: :auto}, gpus) ==
+                 %{mode: :per_device, ram: 5, vram: auto}
+      end
+
+      assert ModelBudget.resolve(%{ram: 5, vram: :infinity}, []) ==
+               %{mode: :per_device, ram: 5, vram: :infinity}
+    end
+
+    test "distribute/3 over 1 to 20 GPUs gives every GPU its share, as a map" do
+      for n <- 1..20 do
+        p = ModelBudget.distribute(1_000_003, [mode: :direct, split_mode: :layer], n)
+        assert Map.keys(p.vram) |> Enum.sort() == Enum.to_list(0..(n - 1))
+        assert Enum.sum(Map.values(p.vram)) == 1_000_003
+      end
+    end
+  end
 end

@@ -135,8 +135,55 @@ pub fn auto_ram(bytes: u64) -> u64 {
 /// process may use (physical memory or its cgroup limit); `gpus` the probed
 /// GPUs. Each is consulted only when the spec says `:auto` for it.
 pub fn resolve(spec: &BudgetSpec, ram_limit: u64, gpus: &[GpuFree]) -> Result<Budget> {
-    let auto_vram = || -> Result<VramLimits> {
-        let mut map = GpuMap::new();
+    let mut budget = Budget::Unlimited;
+    resolve_into(spec, ram_limit, gpus, &mut budget)?;
+    Ok(budget)
+}
+
+/// [`resolve`], written into `out` where it lies: a per-device budget holds
+/// its GPU map inline, and each move of it copies the whole map, which
+/// costs more than resolving a small budget. On error `out` is unspecified.
+pub fn resolve_into(
+    spec: &BudgetSpec,
+    ram_limit: u64,
+    gpus: &[GpuFree],
+    out: &mut Budget,
+) -> Result<()> {
+    let (ram, vram) = match spec {
+        BudgetSpec::Unlimited => {
+            *out = Budget::Unlimited;
+            return Ok(());
+        }
+        BudgetSpec::Combined(limit) => {
+            *out = Budget::Combined { limit: *limit };
+            return Ok(());
+        }
+        BudgetSpec::Auto => (Limit::Bytes(auto_ram(ram_limit)), &VramSpec::Auto),
+        BudgetSpec::PerDevice { ram, vram } => (
+            match ram {
+                RamSpec::Bytes(b) => Limit::Bytes(*b),
+                RamSpec::Infinity => Limit::Infinity,
+                RamSpec::Auto => Limit::Bytes(auto_ram(ram_limit)),
+            },
+            vram,
+        ),
+    };
+    *out = Budget::PerDevice {
+        ram,
+        vram: match vram {
+            VramSpec::Infinity => VramLimits::Infinity,
+            VramSpec::Auto => VramLimits::PerGpu(GpuMap::new()),
+            VramSpec::PerGpu(map) => VramLimits::PerGpu(map.clone()),
+        },
+    };
+    if let (
+        VramSpec::Auto,
+        Budget::PerDevice {
+            vram: VramLimits::PerGpu(map),
+            ..
+        },
+    ) = (vram, out)
+    {
         for gpu in gpus {
             if map
                 .insert(gpu.gpu_index, Limit::Bytes(gpu.memory_free))
@@ -148,28 +195,8 @@ pub fn resolve(spec: &BudgetSpec, ram_limit: u64, gpus: &[GpuFree]) -> Result<Bu
                 ));
             }
         }
-        Ok(VramLimits::PerGpu(map))
-    };
-    Ok(match spec {
-        BudgetSpec::Unlimited => Budget::Unlimited,
-        BudgetSpec::Combined(limit) => Budget::Combined { limit: *limit },
-        BudgetSpec::Auto => Budget::PerDevice {
-            ram: Limit::Bytes(auto_ram(ram_limit)),
-            vram: auto_vram()?,
-        },
-        BudgetSpec::PerDevice { ram, vram } => Budget::PerDevice {
-            ram: match ram {
-                RamSpec::Bytes(b) => Limit::Bytes(*b),
-                RamSpec::Infinity => Limit::Infinity,
-                RamSpec::Auto => Limit::Bytes(auto_ram(ram_limit)),
-            },
-            vram: match vram {
-                VramSpec::Infinity => VramLimits::Infinity,
-                VramSpec::Auto => auto_vram()?,
-                VramSpec::PerGpu(map) => VramLimits::PerGpu(map.clone()),
-            },
-        },
-    })
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,11 +5,14 @@
 //! layout, so it is deliberately conservative (any offload is charged as a
 //! full offload, and the KV cache is a coarse per-token estimate).
 
+use smallvec::SmallVec;
+
 use crate::error::{invalid, Result};
+use crate::gpu_map::{GpuMap, INLINE_GPUS};
 use crate::layout::kv::CacheType;
 use crate::layout::repack::Repack;
 use crate::placement::Placement;
-use crate::split::{apportion, integer_weights, Weights};
+use crate::split::{split_into, split_weights, Weights};
 
 /// The most GPUs a placement may span. CUDA builds of llama.cpp cap devices
 /// at 16; this leaves room while keeping allocations bounded.
@@ -55,6 +58,10 @@ pub enum SplitMode {
     Row,
 }
 
+/// `:tensor_split` weights, inline up to `INLINE_GPUS` GPUs: options
+/// decoded on every `distribute/3` call allocate nothing.
+pub type TensorSplit = SmallVec<[f64; INLINE_GPUS]>;
+
 /// llama.cpp-style load options. Defaults match the Elixir documentation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DistributeOptions {
@@ -63,7 +70,7 @@ pub struct DistributeOptions {
     pub n_gpu_layers: i64,
     pub split_mode: SplitMode,
     /// Non-negative weights per GPU; empty means an equal split.
-    pub tensor_split: Vec<f64>,
+    pub tensor_split: TensorSplit,
     pub main_gpu: u32,
     /// Whether the KV cache sits on the GPU(s).
     pub offload_kqv: bool,
@@ -102,7 +109,7 @@ impl Default for DistributeOptions {
             mode: Mode::Server,
             n_gpu_layers: 99,
             split_mode: SplitMode::None,
-            tensor_split: Vec::new(),
+            tensor_split: TensorSplit::new(),
             main_gpu: 0,
             offload_kqv: true,
             n_ctx: None,
@@ -129,6 +136,12 @@ impl DistributeOptions {
     /// Checks the options against the GPU count; returns the integer weight of
     /// each of the `n_gpus` GPUs for a split.
     pub fn gpu_weights(&self, n_gpus: u32) -> Result<Weights> {
+        self.check_gpus(n_gpus)?;
+        Ok(split_weights(&self.tensor_split, n_gpus))
+    }
+
+    /// Checks the options against the GPU count.
+    pub fn check_gpus(&self, n_gpus: u32) -> Result<()> {
         if n_gpus > MAX_GPUS {
             return Err(invalid(
                 "n_gpus",
@@ -175,14 +188,7 @@ impl DistributeOptions {
                 return Err(invalid(name, "expected a positive integer, got: 0"));
             }
         }
-        let mut weights = if split.is_empty() {
-            smallvec::smallvec![1; n_gpus as usize]
-        } else {
-            integer_weights(split)
-        };
-        // Missing entries mean zero, as in llama.cpp.
-        weights.resize(n_gpus as usize, 0);
-        Ok(weights)
+        Ok(())
     }
 
     /// The coarse KV-cache estimate in bytes (0 in `:direct` mode).
@@ -204,27 +210,39 @@ impl DistributeOptions {
         })
     }
 
-    /// The GPUs the split puts bytes on, and their weights.
-    fn spread(&self, bytes: u64, weights: &[u128]) -> Placement {
-        let mut placement = Placement::empty();
+    /// Where the split puts `bytes` over `n_gpus` GPUs (options checked),
+    /// appended to `vram`; GPUs given nothing are left out.
+    fn spread(&self, bytes: u64, n_gpus: u32, vram: &mut GpuMap<u64>) {
         match self.split_mode {
-            SplitMode::None => {
-                placement.vram.insert(self.main_gpu, bytes);
+            SplitMode::None if bytes > 0 => {
+                vram.insert(self.main_gpu, bytes);
             }
+            SplitMode::None => {}
             SplitMode::Layer | SplitMode::Row => {
-                for (gpu, share) in apportion(bytes, weights).into_iter().enumerate() {
-                    // gpu < n_gpus <= MAX_GPUS, so it fits in u32.
-                    placement.vram.insert(gpu as u32, share);
-                }
+                split_into(bytes, &self.tensor_split, n_gpus, vram);
             }
         }
-        placement.canonical()
     }
 }
 
 /// Places a model of `file_bytes` under `opts` on a machine with `n_gpus`.
 pub fn distribute(file_bytes: u64, opts: &DistributeOptions, n_gpus: u32) -> Result<Placement> {
-    let weights = opts.gpu_weights(n_gpus)?;
+    let mut placement = Placement::empty();
+    distribute_into(file_bytes, opts, n_gpus, &mut placement)?;
+    Ok(placement)
+}
+
+/// [`distribute`], written into `out` (emptied first) where it lies: a
+/// placement holds its GPU map inline, and each move of it copies the
+/// whole map, a good part of a small split's cost. On error `out` is
+/// unspecified.
+pub fn distribute_into(
+    file_bytes: u64,
+    opts: &DistributeOptions,
+    n_gpus: u32,
+    out: &mut Placement,
+) -> Result<()> {
+    opts.check_gpus(n_gpus)?;
     let kv = opts.kv_bytes()?;
     let total = file_bytes.checked_add(kv).ok_or_else(|| {
         invalid(
@@ -232,8 +250,10 @@ pub fn distribute(file_bytes: u64, opts: &DistributeOptions, n_gpus: u32) -> Res
             format!("{file_bytes} plus a KV cache of {kv} exceeds 2^64 bytes"),
         )
     })?;
+    out.vram.clear();
     if n_gpus == 0 || opts.n_gpu_layers == 0 {
-        return Ok(Placement::in_ram(total));
+        out.ram = total;
+        return Ok(());
     }
     // Without a layer count, a partial offload is charged as a full one:
     // refusing a load that would fit is better than admitting one that won't.
@@ -242,9 +262,9 @@ pub fn distribute(file_bytes: u64, opts: &DistributeOptions, n_gpus: u32) -> Res
     } else {
         (file_bytes, kv)
     };
-    let mut placement = opts.spread(on_gpus, &weights);
-    placement.ram = in_ram;
-    Ok(placement)
+    out.ram = in_ram;
+    opts.spread(on_gpus, n_gpus, &mut out.vram);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -349,7 +369,7 @@ mod tests {
             let o = DistributeOptions {
                 mode: Mode::Direct,
                 split_mode,
-                tensor_split: vec![3.0, 1.0],
+                tensor_split: vec![3.0, 1.0].into(),
                 ..opts()
             };
             assert_eq!(
@@ -357,7 +377,7 @@ mod tests {
                 Placement::new(0, &[(0, 8), (1, 2)])
             );
             let equal = DistributeOptions {
-                tensor_split: vec![],
+                tensor_split: TensorSplit::new(),
                 ..o.clone()
             };
             assert_eq!(
@@ -366,7 +386,7 @@ mod tests {
             );
             // Missing entries are zero; zero weights exclude a GPU.
             let short = DistributeOptions {
-                tensor_split: vec![0.0, 1.0],
+                tensor_split: vec![0.0, 1.0].into(),
                 ..o
             };
             assert_eq!(
@@ -380,7 +400,7 @@ mod tests {
     fn bad_splits_are_refused() {
         let split = |tensor_split: Vec<f64>| DistributeOptions {
             split_mode: SplitMode::Layer,
-            tensor_split,
+            tensor_split: tensor_split.into(),
             ..opts()
         };
         let err = distribute(1, &split(vec![1.0, 1.0, 1.0]), 2).unwrap_err();
@@ -439,7 +459,7 @@ mod tests {
                         mode,
                         n_gpu_layers: ngl,
                         split_mode,
-                        tensor_split,
+                        tensor_split: tensor_split.into(),
                         offload_kqv,
                         n_ctx: Some(n_ctx),
                         n_parallel,

@@ -124,15 +124,19 @@ impl<V> GpuMap<V> {
     ) where
         V: Copy,
     {
+        // The walk is over a plain slice, taken again only after an insert:
+        // each index into the `SmallVec` itself asks whether it spilled.
         let mut i = 0;
+        let mut slots: &mut [(u32, V)] = &mut self.0;
         for (gpu, w) in entries {
-            while i < self.0.len() && self.0[i].0 < gpu {
+            while i < slots.len() && slots[i].0 < gpu {
                 i += 1;
             }
-            if i == self.0.len() || self.0[i].0 != gpu {
+            if i == slots.len() || slots[i].0 != gpu {
                 self.0.insert(i, (gpu, default));
+                slots = &mut self.0;
             }
-            update(&mut self.0[i].1, w);
+            update(&mut slots[i].1, w);
             i += 1;
         }
     }

@@ -107,6 +107,8 @@ impl Placement {
             ));
         }
         let mut held = self.vram.as_slice();
+        // Whether a GPU is emptied: only then is there a zero to drop.
+        let mut emptied = false;
         for &(gpu, bytes) in other.vram.as_slice() {
             let here = seek(&mut held, gpu).unwrap_or(0);
             if bytes > here {
@@ -115,12 +117,15 @@ impl Placement {
                     format!("releases {bytes} bytes of GPU {gpu} but only {here} are held"),
                 ));
             }
+            emptied |= bytes == here;
         }
         self.ram -= other.ram;
         let taken = other.vram.as_slice().iter().filter(|(_, b)| *b > 0);
         self.vram
             .update_sorted(taken.copied(), 0, |held, bytes| *held -= bytes);
-        self.vram.retain(|_, b| *b > 0);
+        if emptied {
+            self.vram.retain(|_, b| *b > 0);
+        }
         Ok(())
     }
 }

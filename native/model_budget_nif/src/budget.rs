@@ -7,7 +7,7 @@ use model_budget_core::budget::{
 };
 use model_budget_core::{devices, system, GpuMap};
 use rustler::types::map::MapIterator;
-use rustler::{Encoder, Env, ListIterator, NifMap, Term};
+use rustler::{Encoder, Env, ListIterator, NifMap, Term, TermType};
 use smallvec::SmallVec;
 
 use crate::atoms;
@@ -28,18 +28,19 @@ const BUDGET: &str = "a budget: %{mode: :unlimited}, %{mode: :combined, limit: p
 /// LlamaCppEx, which accepts `%{vram: [...]}`).
 pub fn decode_spec(term: Term) -> Decoded<BudgetSpec> {
     const ARG: &str = "memory budget";
-    if is_unbounded(term) {
-        return Ok(BudgetSpec::Unlimited);
-    }
-    if atom(term) == Some(atoms::auto()) {
-        return Ok(BudgetSpec::Auto);
-    }
-    if let Ok(limit) = term.decode::<u64>() {
-        return if limit > 0 {
-            Ok(BudgetSpec::Combined(limit))
-        } else {
-            bad(ARG, SPEC, term)
-        };
+    // By type first: a failed decode makes an error that must be dropped,
+    // and the map, the shape of every per-device budget, would fail two.
+    match term.get_type() {
+        TermType::Atom if is_unbounded(term) => return Ok(BudgetSpec::Unlimited),
+        TermType::Atom if atom(term) == Some(atoms::auto()) => return Ok(BudgetSpec::Auto),
+        TermType::Integer => {
+            return match term.decode::<u64>() {
+                Ok(limit) if limit > 0 => Ok(BudgetSpec::Combined(limit)),
+                _ => bad(ARG, SPEC, term),
+            };
+        }
+        TermType::Map => {}
+        _ => return bad(ARG, SPEC, term),
     }
     let Ok(size) = term.map_size() else {
         return bad(ARG, SPEC, term);
@@ -178,25 +179,30 @@ struct GpuFreeFields {
     memory_free: u64,
 }
 
-type Gpus = SmallVec<[GpuFree; 8]>;
+pub type Gpus = SmallVec<[GpuFree; 8]>;
 
 /// GPU entries as `LlamaCppEx.devices/0` and `ModelBudget.devices/0` give
-/// them: maps with at least `:gpu_index` and `:memory_free`.
-pub fn decode_gpus(term: Term) -> Decoded<Gpus> {
+/// them (maps with at least `:gpu_index` and `:memory_free`), appended to
+/// `out` in place (see `budget::resolve_into`: the list is inline, and
+/// each move copies it).
+pub fn read_gpus<'a>(term: Term<'a>, out: &mut Gpus) -> Decoded<'a, ()> {
     let fast = term.decode::<ListIterator>().and_then(|list| {
-        list.map(|gpu| {
+        for gpu in list {
             let GpuFreeFields {
                 gpu_index,
                 memory_free,
             } = gpu.decode()?;
-            Ok(GpuFree {
+            out.push(GpuFree {
                 gpu_index,
                 memory_free,
-            })
-        })
-        .collect::<rustler::NifResult<Gpus>>()
+            });
+        }
+        Ok(())
     });
-    fast.or_else(|_| explain_gpus(term))
+    if fast.is_err() {
+        *out = explain_gpus(term)?;
+    }
+    Ok(())
 }
 
 fn explain_gpus(term: Term) -> Decoded<Gpus> {
@@ -230,26 +236,29 @@ fn explain_gpus(term: Term) -> Decoded<Gpus> {
 fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>) -> Term<'a> {
     let result = (|| {
         let spec = decode_spec(spec)?;
-        let mut gpus = optional(gpus, decode_gpus)?;
+        // Read in place, and the budget resolved in place: both hold GPUs
+        // inline, and each move copies them.
+        let mut gpu_list = Gpus::new();
+        let mut have_gpus = atom(gpus) != Some(atoms::nil());
+        if have_gpus {
+            read_gpus(gpus, &mut gpu_list)?;
+        }
         let mut ram_limit = optional(ram_limit, |t| bytes(t, "ram_limit"))?;
         // Both answers are what the dirty-scheduler probe would give now.
-        if spec.needs_gpus() && gpus.is_none() && devices::known_absent() {
-            gpus = Some(Gpus::new());
+        if spec.needs_gpus() && !have_gpus && devices::known_absent() {
+            have_gpus = true;
         }
         if spec.needs_system_memory() && ram_limit.is_none() {
             ram_limit = system::cached_limit();
         }
-        if spec.needs_gpus() && gpus.is_none() {
+        if spec.needs_gpus() && !have_gpus {
             return Ok((atoms::probe(), atoms::gpus()).encode(env));
         }
         if spec.needs_system_memory() && ram_limit.is_none() {
             return Ok((atoms::probe(), atoms::ram()).encode(env));
         }
-        let resolved = budget::resolve(
-            &spec,
-            ram_limit.unwrap_or(0),
-            gpus.as_deref().unwrap_or(&[]),
-        )?;
+        let mut resolved = Budget::Unlimited;
+        budget::resolve_into(&spec, ram_limit.unwrap_or(0), &gpu_list, &mut resolved)?;
         Ok(match &resolved {
             Budget::PerDevice { ram, vram } => encode_per_device(env, *ram, vram),
             other => encode_budget(env, other),

@@ -256,29 +256,60 @@ pub fn encode_placement<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
     )
 }
 
+/// GPU maps of up to this many entries, indexed 0, 1, 2, ... (what
+/// `distribute/3` and `:auto` budgets give, and their folds), leave the NIF
+/// as a tuple of their values: `ModelBudget` has a clause per size that
+/// builds the map with literal keys (its `@dense_gpus` must agree;
+/// `test/model_budget/native_codec_test.exs` fails otherwise).
+/// The VM builds such a map from a literal key tuple without sorting; a map
+/// a NIF builds has its keys copied and sorted first, about 150 ns for 8
+/// GPUs against about 30 for the tuple and the literal map.
+pub const DENSE_GPUS: usize = 16;
+
+/// A GPU map as `ModelBudget` reads it from the budget calls: a tuple of
+/// its values when it is dense (see `DENSE_GPUS`), else the map.
+pub fn encode_gpus<'a, V: GpuValue>(env: Env<'a>, map: &GpuMap<V>) -> Term<'a> {
+    let entries = map.as_slice();
+    let dense = entries.len() <= DENSE_GPUS
+        && entries
+            .iter()
+            .enumerate()
+            .all(|(i, (gpu, _))| *gpu as usize == i);
+    if !dense {
+        return encode_gpu_map(env, map);
+    }
+    let mut values = [ErlNifTerm::default(); DENSE_GPUS];
+    for (slot, (_, value)) in values.iter_mut().zip(entries) {
+        *slot = raw(value.encode_value(env));
+    }
+    raw::tuple(env, &values[..entries.len()])
+}
+
 /// A placement as the tuple `ModelBudget` turns into `%{ram:, vram:}`:
 /// `{ram}` with no GPU, `{ram, gpu, bytes}` with one, `{ram, vram}` with
-/// more. Elixir builds a small map with literal keys in a few nanoseconds,
-/// where a NIF takes about 50 per map (the VM copies and sorts its keys on
-/// a fresh heap); so only GPU maps of two or more entries are built here.
+/// more, where `vram` is `encode_gpus`'s: a tuple of bytes for GPUs 0, 1,
+/// ..., else a map. Elixir builds small maps with literal keys in a few
+/// nanoseconds, where a NIF takes about 50 per map (the VM copies and sorts
+/// its keys on a fresh heap).
 pub fn encode_usage<'a>(env: Env<'a>, p: &Placement) -> Term<'a> {
     match p.vram.as_slice() {
         [] => (p.ram,).encode(env),
         [(gpu, bytes)] => (p.ram, *gpu, *bytes).encode(env),
-        _ => (p.ram, encode_gpu_map(env, &p.vram)).encode(env),
+        _ => (p.ram, encode_gpus(env, &p.vram)).encode(env),
     }
 }
 
 /// A resolved per-device budget, as `encode_usage` answers placements:
 /// `{:per_device, ram}` with an empty GPU map, `{:per_device, ram, gpu,
-/// limit}` with one GPU, `{:per_device, ram, vram}` otherwise.
+/// limit}` with one GPU, `{:per_device, ram, vram}` otherwise (`vram`:
+/// `:infinity`, or `encode_gpus`'s tuple or map).
 pub fn encode_per_device<'a>(env: Env<'a>, ram: Limit, vram: &VramLimits) -> Term<'a> {
     let (mode, ram) = (atoms::per_device(), LimitTerm(ram));
     match vram {
         VramLimits::PerGpu(map) => match map.as_slice() {
             [] => (mode, ram).encode(env),
             [(gpu, limit)] => (mode, ram, *gpu, LimitTerm(*limit)).encode(env),
-            _ => (mode, ram, encode_gpu_map(env, map)).encode(env),
+            _ => (mode, ram, encode_gpus(env, map)).encode(env),
         },
         VramLimits::Infinity => (mode, ram, atoms::infinity()).encode(env),
     }

@@ -1,9 +1,10 @@
 //! `distribute/3`: load options in, `placement()` out.
 
+use model_budget_core::distribute::{distribute_into, TensorSplit, MAX_GPUS};
 use model_budget_core::layout::kv::CacheType;
 use model_budget_core::layout::repack::Repack;
 use model_budget_core::options::near_miss;
-use model_budget_core::{distribute::MAX_GPUS, DistributeOptions, OptionSet};
+use model_budget_core::{DistributeOptions, OptionSet, Placement};
 use std::sync::OnceLock;
 
 use rustler::{Atom, Env, ListIterator, Term, TermType};
@@ -248,14 +249,15 @@ pub fn positive<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, u64> {
 }
 
 /// `:tensor_split`: a list of finite, non-negative numbers.
-fn decode_weights(term: Term) -> Decoded<Vec<f64>> {
+fn decode_weights(term: Term) -> Decoded<TensorSplit> {
     const ARG: &str = "option :tensor_split";
     const EXPECTED: &str = "a list of non-negative numbers";
+    // The length refuses improper lists, which the iterator would cut short.
     let (Ok(list), Ok(len)) = (term.decode::<ListIterator>(), term.list_length()) else {
         return bad(ARG, EXPECTED, term);
     };
-    // Sized up front: collecting through `Result` would grow it step by step.
-    let mut weights = Vec::with_capacity(len);
+    // Inline up to `INLINE_GPUS` weights: no allocation for a usual split.
+    let mut weights = TensorSplit::with_capacity(len);
     for w in list {
         // By type, so that each weight is decoded once.
         let weight = match w.get_type() {
@@ -293,7 +295,9 @@ fn distribute<'a>(
         let mut options = DistributeOptions::default();
         read_options(opts, OptionSet::Bytes, &mut options)?;
         let n_gpus = gpu_count(n_gpus)?;
-        let placement = model_budget_core::distribute(file_bytes, &options, n_gpus)?;
+        // Written in place: a placement's GPU map is inline, a move copies it.
+        let mut placement = Placement::empty();
+        distribute_into(file_bytes, &options, n_gpus, &mut placement)?;
         Ok(encode_usage(env, &placement))
     })();
     reply(env, result)

@@ -4,12 +4,14 @@
 //! use) and return `:ok`, with no validation, no arithmetic and no result
 //! term.
 
-use model_budget_core::{Budget, DistributeOptions, OptionSet, Placement};
+use model_budget_core::budget::{Limit, VramLimits};
+use model_budget_core::distribute::distribute_into;
+use model_budget_core::{Budget, DistributeOptions, GpuMap, OptionSet, Placement};
 use rustler::types::tuple::get_tuple;
-use rustler::{Atom, ListIterator, Term, TermType};
+use rustler::{Atom, Env, ListIterator, Term, TermType};
 
-use crate::budget::{decode_gpus, decode_spec};
-use crate::codec::{self, read_budget};
+use crate::budget::{decode_spec, read_gpus, Gpus};
+use crate::codec::{self, encode_per_device, encode_usage, read_budget};
 use crate::distribute::{gpu_count, read_options};
 use crate::{atoms, raw};
 
@@ -158,7 +160,9 @@ fn decode_only_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
 /// `resolve/2`'s decoding step: the spec and the GPU list.
 #[rustler::nif]
 fn decode_only_resolve(spec: Term, gpus: Term) -> Atom {
-    std::hint::black_box((decode_spec(spec).ok(), decode_gpus(gpus).ok()));
+    let mut list = Gpus::new();
+    let read = read_gpus(gpus, &mut list).is_ok();
+    std::hint::black_box((decode_spec(spec).ok(), read, &list));
     atoms::ok()
 }
 
@@ -185,23 +189,108 @@ fn compute_only_usage(used: Term, placement: Term, release: bool) -> Atom {
 #[rustler::nif]
 fn compute_only_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
     let mut options = DistributeOptions::default();
-    let placement = match (bytes.decode::<u64>(), gpu_count(n_gpus)) {
+    let mut placement = Placement::empty();
+    let done = match (bytes.decode::<u64>(), gpu_count(n_gpus)) {
         (Ok(bytes), Ok(n)) if read_options(opts, OptionSet::Bytes, &mut options).is_ok() => {
-            model_budget_core::distribute(bytes, &options, n).ok()
+            distribute_into(bytes, &options, n, &mut placement).is_ok()
         }
-        _ => None,
+        _ => false,
     };
-    std::hint::black_box(placement);
+    std::hint::black_box((done, &placement));
     atoms::ok()
 }
 
 /// `resolve/2` up to its result.
 #[rustler::nif]
 fn compute_only_resolve(spec: Term, gpus: Term) -> Atom {
-    let budget = match (decode_spec(spec), decode_gpus(gpus)) {
-        (Ok(spec), Ok(gpus)) => model_budget_core::budget::resolve(&spec, 0, &gpus).ok(),
-        _ => None,
+    let mut list = Gpus::new();
+    let mut budget = Budget::Unlimited;
+    let done = match (decode_spec(spec), read_gpus(gpus, &mut list)) {
+        (Ok(spec), Ok(())) => {
+            model_budget_core::budget::resolve_into(&spec, 0, &list, &mut budget).is_ok()
+        }
+        _ => false,
     };
-    std::hint::black_box(budget);
+    std::hint::black_box((done, &budget));
     atoms::ok()
+}
+
+/// The floors with the call's result: each reads its arguments as its
+/// floor does (no validation, no arithmetic), gathers the values it read
+/// into the core's type as they come, and answers the result term the call
+/// answers, built from them by the call's own encoder, with the same GPUs.
+/// No implementation of a call can do less than this, so this over the
+/// floor is the part of the target the result term alone takes.
+///
+/// A placement as read, unchecked (`used` and `placement` name the same
+/// GPUs in the benchmark, so `fold/2`'s and `release/2`'s result has
+/// `used`'s).
+fn gather_placement(term: Term, out: &mut Placement) {
+    out.ram = term
+        .map_get(atoms::ram())
+        .map_or(0, |t| t.decode::<u64>().unwrap_or(0));
+    if let Ok(vram) = term.map_get(atoms::vram()) {
+        raw::for_each(vram, |k, v| {
+            out.vram
+                .insert(k.decode::<u32>().unwrap_or(0), v.decode().unwrap_or(0));
+            Ok::<(), ()>(())
+        });
+    }
+}
+
+/// `fold/2` and `release/2`'s floor with their result.
+#[rustler::nif]
+fn floor_result_usage<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
+    let (mut u, mut p) = (Placement::empty(), Placement::empty());
+    gather_placement(used, &mut u);
+    gather_placement(placement, &mut p);
+    std::hint::black_box(&p);
+    encode_usage(env, &u)
+}
+
+/// `distribute/3`'s floor with its result: `bytes / n_gpus` on each GPU.
+#[rustler::nif]
+fn floor_result_distribute<'a>(
+    env: Env<'a>,
+    bytes: Term<'a>,
+    opts: Term<'a>,
+    n_gpus: Term<'a>,
+) -> Term<'a> {
+    let read_opts = opts.decode::<ListIterator>().map_or(0, |items| {
+        items.fold(0u64, |acc, item| {
+            let value = item.decode::<(Atom, Term)>().map_or(0, |(_, v)| read(v));
+            acc.wrapping_add(value)
+        })
+    });
+    std::hint::black_box(read_opts);
+    let bytes = bytes.decode::<u64>().unwrap_or(0);
+    let n = n_gpus.decode::<u32>().unwrap_or(0);
+    let mut placement = Placement::empty();
+    for gpu in 0..n {
+        placement.vram.insert(gpu, bytes / u64::from(n));
+    }
+    encode_usage(env, &placement)
+}
+
+/// `resolve/2`'s floor on `%{ram: bytes, vram: :auto}` with its result:
+/// the RAM read, each GPU's free memory as its limit.
+#[rustler::nif]
+fn floor_result_resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>) -> Term<'a> {
+    let ram = spec
+        .map_get(atoms::ram())
+        .map_or(0, |t| t.decode::<u64>().unwrap_or(0));
+    std::hint::black_box(spec.map_get(atoms::vram()).map_or(0, read));
+    let mut vram = GpuMap::new();
+    if let Ok(items) = gpus.decode::<ListIterator>() {
+        for gpu in items {
+            let index = gpu
+                .map_get(atoms::gpu_index())
+                .map_or(0, |t| t.decode::<u32>().unwrap_or(0));
+            let free = gpu
+                .map_get(atoms::memory_free())
+                .map_or(0, |t| t.decode::<u64>().unwrap_or(0));
+            vram.insert(index, Limit::Bytes(free));
+        }
+    }
+    encode_per_device(env, Limit::Bytes(ram), &VramLimits::PerGpu(vram))
 }

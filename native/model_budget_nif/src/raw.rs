@@ -7,9 +7,9 @@
 //! rustler's helpers copy into fresh vectors first.
 
 use rustler::sys::{
-    enif_make_list_from_array, enif_make_map_from_arrays, enif_map_iterator_create,
-    enif_map_iterator_destroy, enif_map_iterator_get_pair, enif_map_iterator_next,
-    ErlNifMapIterator, ErlNifMapIteratorEntry, ErlNifTerm,
+    enif_make_list_from_array, enif_make_map_from_arrays, enif_make_tuple_from_array,
+    enif_map_iterator_create, enif_map_iterator_destroy, enif_map_iterator_get_pair,
+    enif_map_iterator_next, ErlNifMapIterator, ErlNifMapIteratorEntry, ErlNifTerm,
 };
 use rustler::{Env, Term};
 use std::mem::MaybeUninit;
@@ -37,20 +37,28 @@ pub fn for_each<'a, E>(
             return None;
         }
         let iter = iter.assume_init_mut();
-        let mut result = Ok(());
         let (mut key, mut value) = (MaybeUninit::uninit(), MaybeUninit::uninit());
-        while enif_map_iterator_get_pair(env.as_c_arg(), iter, key.as_mut_ptr(), value.as_mut_ptr())
-            != 0
-        {
-            result = visit(
+        // The result leaves the loop by `break`, never overwritten: a
+        // `Result` assigned over another is dropped first, and rustler's
+        // error type has drop glue, a call per entry.
+        let result = loop {
+            if enif_map_iterator_get_pair(
+                env.as_c_arg(),
+                iter,
+                key.as_mut_ptr(),
+                value.as_mut_ptr(),
+            ) == 0
+            {
+                break Ok(());
+            }
+            if let Err(e) = visit(
                 Term::new(env, key.assume_init()),
                 Term::new(env, value.assume_init()),
-            );
-            if result.is_err() {
-                break;
+            ) {
+                break Err(e);
             }
             enif_map_iterator_next(env.as_c_arg(), iter);
-        }
+        };
         enif_map_iterator_destroy(env.as_c_arg(), iter);
         Some(result)
     }
@@ -79,6 +87,17 @@ pub fn map_from_arrays<'a>(env: Env<'a>, keys: &[ErlNifTerm], values: &[ErlNifTe
 /// A term as the raw handle `from_arrays` takes.
 pub fn raw(term: Term) -> ErlNifTerm {
     term.as_c_arg()
+}
+
+/// A tuple of raw terms.
+pub fn tuple<'a>(env: Env<'a>, items: &[ErlNifTerm]) -> Term<'a> {
+    // SAFETY: `items` holds `items.len()` terms of `env`.
+    unsafe {
+        Term::new(
+            env,
+            enif_make_tuple_from_array(env.as_c_arg(), items.as_ptr(), items.len() as u32),
+        )
+    }
 }
 
 /// A list of raw terms.

@@ -482,7 +482,7 @@ mod tests {
     fn several_gpus_with_everything_offloaded_keep_four_copies_of_their_inputs() {
         let split = |offload_kqv| DistributeOptions {
             split_mode: SplitMode::Layer,
-            tensor_split: vec![1.0, 1.0],
+            tensor_split: vec![1.0, 1.0].into(),
             offload_kqv,
             ..opts(-1)
         };

@@ -640,7 +640,7 @@ pub(crate) mod tests {
         let o = DistributeOptions {
             n_gpu_layers: 10,
             split_mode: SplitMode::Layer,
-            tensor_split: vec![3.0, 1.0],
+            tensor_split: vec![3.0, 1.0].into(),
             ..opts()
         };
         let b = breakdown(&llama_8b(), &o, 2).unwrap();
@@ -680,7 +680,7 @@ pub(crate) mod tests {
     fn row_split_spreads_weights_but_keeps_kv_on_the_main_gpu() {
         let o = DistributeOptions {
             split_mode: SplitMode::Row,
-            tensor_split: vec![1.0, 1.0],
+            tensor_split: vec![1.0, 1.0].into(),
             main_gpu: 1,
             ..opts()
         };
@@ -813,7 +813,8 @@ pub(crate) mod tests {
             .prop_map(
                 |(split_mode, n_gpus, split, offload_kqv, flash_attn, mmap, n_ctx)| {
                     // A split names at most n_gpus weights, not all zero.
-                    let mut tensor_split = split[..n_gpus as usize].to_vec();
+                    let mut tensor_split: crate::distribute::TensorSplit =
+                        split[..n_gpus as usize].into();
                     if tensor_split.iter().all(|w| *w == 0.0) {
                         tensor_split.clear();
                     }

@@ -335,6 +335,16 @@ defmodule ModelBudget.ModelManager do
     %{id: id, start: {__MODULE__, :start_link, [opts]}}
   end
 
+  # Every caller's load, unload and fence is a message to the manager, and
+  # every step rewrites part of its ledger. Messages kept off its heap are
+  # queued without the manager's main lock, so callers on other schedulers
+  # do not contend with its work; a young heap of 20,000 words (160 KB)
+  # collects its garbage 5x less often (bench/manager.exs's admission
+  # rounds, 100 callers, 20,000 admissions: 3,144 collections by default,
+  # 602 with it). Measured in alternating runs: off-heap messages 6-15%
+  # more admissions/s; the larger heap on top, 0-33% more.
+  @spawn_opt [message_queue_data: :off_heap, min_heap_size: 20_000]
+
   @doc """
   Starts a manager linked to the calling process.
 
@@ -393,7 +403,7 @@ defmodule ModelBudget.ModelManager do
   def start_link(opts) do
     config = Options.start!(opts)
     gen_opts = if config.name, do: [name: config.name], else: []
-    GenServer.start_link(__MODULE__, config, gen_opts)
+    GenServer.start_link(__MODULE__, config, [spawn_opt: @spawn_opt] ++ gen_opts)
   end
 
   @doc """

@@ -54,6 +54,13 @@ defmodule ModelBudget.ModelManagerTest do
       assert log =~ "no longer accounted for"
     end
 
+    test "the manager keeps its messages off its heap and starts with a larger heap" do
+      manager = start_manager([])
+      assert Process.info(manager, :message_queue_data) == {:message_queue_data, :off_heap}
+      assert {:min_heap_size, words} = Process.info(manager, :min_heap_size)
+      assert words >= 20_000
+    end
+
     test "raises ArgumentError for bad options before starting" do
       for {opts, message} <- [
             {:nope, "expected a keyword list of options, got: :nope"},

@@ -43,12 +43,13 @@ defmodule ModelBudget.ModelManager do
   and its last use), and each process that takes leases has a holder (a
   NIF resource in its process dictionary that keeps its leases by number
   and monitors it, under the key `{ModelBudget.ModelManager.Leases,
-  :holder}`); a lease is its holder and a number. Checkout is one
-  NIF call: it counts the lease, then reads the state; checkin is one NIF
-  call: it stamps the gate's last use and counts the lease down (once). To unload or evict a model, the manager closes its
-  gate, then reads its count: each side writes before it reads, and the
-  atomics are sequentially consistent, so either the manager sees the lease
-  or the checkout sees the closed gate and takes its count back. Evictions
+  :holder}`); a lease is its holder and a number. Checkout is one NIF
+  call: it counts the lease, then reads the state; checkin is one NIF
+  call: it stamps the gate's last use and counts the lease down (once).
+  To unload or evict a model, the manager closes its gate, then reads its
+  count: each side writes before it reads, and the atomics are
+  sequentially consistent, so either the manager sees the lease or the
+  checkout sees the closed gate and takes its count back. Evictions
   and keep-alive expiry claim a gate instead of closing it outright (a
   checkout meanwhile waits, within the manager's same step, for the
   verdict), so a model that turns out to be leased stays open and no

@@ -480,7 +480,8 @@ defmodule ModelBudget.ModelManager do
       with {:ok, size} <- footprint(config.backend, source, opts) do
         n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
         placement = ModelBudget.distribute(size, Options.placement(opts), n_gpus)
-        load_placed(manager, id, source, opts, {size, placement}, :infinity)
+        request = load_request(config, id, source, opts, {size, placement})
+        GenServer.call(manager, {__MODULE__, :load, request}, :infinity)
       end
     end
   end
@@ -498,10 +499,29 @@ defmodule ModelBudget.ModelManager do
           timeout()
         ) ::
           {:ok, info()} | {:error, load_error()}
-  def load_placed(manager, id, source, opts, {size, placement}, call_timeout) do
-    bytes = if is_integer(size), do: size, else: size.weight_bytes
-    request = %{id: id, source: source, opts: opts, bytes: bytes, placement: placement}
+  def load_placed(manager, id, source, opts, sized, call_timeout) do
+    config = config!(manager, :load, [manager, id, source, opts], false)
+    request = load_request(config, id, source, opts, sized)
     GenServer.call(manager, {__MODULE__, :load, request}, call_timeout)
+  end
+
+  @doc false
+  # What a load asks of the manager. The caller makes the model's lease gate
+  # (a NIF resource, the dearest piece of an admission) so that the manager,
+  # which admits one load at a time, does not; a refused load's gate is
+  # garbage. `:manager` says whose gate it is: a manager that restarted
+  # since makes its own.
+  @spec load_request(map(), id(), term(), keyword(), {term(), ModelBudget.placement()}) :: map()
+  def load_request(config, id, source, opts, {size, placement}) do
+    %{
+      id: id,
+      source: source,
+      opts: opts,
+      bytes: if(is_integer(size), do: size, else: size.weight_bytes),
+      placement: placement,
+      manager: config.manager,
+      gate: Leases.new_gate(config.flags, config.manager, config.clock.())
+    }
   end
 
   @doc """
@@ -885,6 +905,7 @@ defmodule ModelBudget.ModelManager do
     shared = %{
       manager: self(),
       table: table,
+      flags: flags,
       clock: config.clock,
       lease_clock: Leases.lease_clock(config.clock),
       budget: config.budget,

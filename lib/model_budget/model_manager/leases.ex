@@ -52,11 +52,11 @@ defmodule ModelBudget.ModelManager.Leases do
   @spec new_flags() :: reference()
   def new_flags, do: Native.gate_waiting_new()
 
-  @doc "A gate for a model just admitted, of the calling manager: loading, used `now`."
-  @spec new_gate(reference(), integer()) :: gate()
-  def new_gate(flags, now) do
+  @doc "A gate for a model of `manager` (whose flag is `flags`): loading, used `now`."
+  @spec new_gate(reference(), pid(), integer()) :: gate()
+  def new_gate(flags, manager, now) do
     inc = :erlang.unique_integer([:positive, :monotonic])
-    {inc, Native.gate_new(flags, self(), inc, now)}
+    {inc, Native.gate_new(flags, manager, inc, now)}
   end
 
   ## The request path

@@ -46,9 +46,12 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       reply(from, {:error, :already_loaded})
       state
     else
-      case admit(state, placement, Ledger.ahead(state.ledger, nil)) do
+      # One clock reading for the whole step.
+      now = state.clock.()
+
+      case admit(state, placement, Ledger.ahead(state.ledger, nil), now) do
         {:ok, evictions, state} ->
-          start_load(state, from, request, evictions)
+          start_load(state, from, request, evictions, now)
 
         {:error, _} = refused ->
           timeout = Keyword.get(request.opts, :timeout, 0)
@@ -62,11 +65,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   # The plan, then a claim of the models it evicts: one taken by a lease
   # since is excluded and the plan made again.
-  defp admit(state, placement, ahead, exclude \\ MapSet.new()) do
+  defp admit(state, placement, ahead, now, exclude \\ MapSet.new()) do
     ledger = state.ledger
 
     probe = %{
-      now: state.clock.(),
+      now: now,
       last_use: &lru_order/1,
       leased?: &Leases.leased?(&1.gate),
       free: Eviction.probe_free(ledger.rules, ledger.budget, placement),
@@ -86,7 +89,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
           {:leased, indexes} ->
             leased = Enum.map(indexes, &Enum.at(evictions, &1).id)
-            admit(state, placement, ahead, MapSet.union(exclude, MapSet.new(leased)))
+            admit(state, placement, ahead, now, MapSet.union(exclude, MapSet.new(leased)))
         end
 
       {:error, _} = refused ->
@@ -108,15 +111,19 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   # The evicted models (already claimed) start unloading; the load waits for
   # them, then its backend load runs.
-  defp start_load(state, from, request, evictions) do
-    gate = Leases.new_gate(state.flags, state.clock.())
+  defp start_load(state, from, request, evictions, now) do
+    gate =
+      if Map.get(request, :manager) == self(),
+        do: request.gate,
+        else: Leases.new_gate(state.flags, self(), now)
+
     entry = %{Entry.new(request, gate, Table.history_of(state.table, request.id)) | caller: from}
     {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
     state = %{state | ledger: ledger}
 
     if evictions == [] and inline?(state) do
       # Loaded within this step: nothing to cancel, no one sees it loading.
-      run_load(state, entry.id)
+      run_load(state, entry.id, now)
     else
       # The caller is watched while it waits: its death cancels the load.
       {caller, _} = from
@@ -125,15 +132,16 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       state = update(state, entry.id, &%{&1 | caller_ref: caller_ref})
       state = save(state, Enum.map(evicted, & &1.id))
       state = evict(state, evictions, evicted, {:load, entry.id})
-      if evictions == [], do: run_load(state, entry.id), else: state
+      if evictions == [], do: run_load(state, entry.id, now), else: state
     end
   end
 
-  defp run_load(state, id) do
+  defp run_load(state, id, now) do
     %Entry{source: source, placement: placement, opts: opts} = Ledger.fetch!(state.ledger, id)
 
     if inline?(state) do
-      finished_load(state, id, run_inline(fn -> state.backend.load(source, placement, opts) end))
+      outcome = run_inline(fn -> state.backend.load(source, placement, opts) end)
+      finished_load(state, id, outcome, now)
     else
       # The task also asks what the model really holds (Measured.load/4).
       task =
@@ -160,26 +168,28 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     kind, reason -> {:exit, if(kind == :exit, do: reason, else: {reason, __STACKTRACE__})}
   end
 
-  @doc "A load's outcome: `{:ok, result}` from its backend, or `{:exit, reason}`."
-  @spec finished_load(t(), term(), {:ok, term()} | {:exit, term()}) :: t()
-  def finished_load(state, id, outcome) do
+  @doc """
+  A load's outcome: `{:ok, result}` from its backend, or `{:exit, reason}`;
+  `now` is the clock, when the step read it already.
+  """
+  @spec finished_load(t(), term(), {:ok, term()} | {:exit, term()}, integer() | nil) :: t()
+  def finished_load(state, id, outcome, now \\ nil) do
     {measured, outcome} = Measured.unwrap(outcome)
     entry = Ledger.fetch!(state.ledger, id)
     state = demonitor(state, entry.caller_ref)
-    entry = %{entry | task: nil, caller_ref: nil}
 
     case {entry.cancelled, outcome} do
       # Its caller was answered when it was cancelled; a handle it returned
       # just before is unloaded, so nothing is lost.
       {true, {:ok, {:ok, handle}}} ->
-        begin_unload(state, %{entry | handle: handle})
+        begin_unload(state, %{entry | task: nil, caller_ref: nil, handle: handle})
 
       {true, _failed} ->
         drop(state, id)
 
       {false, {:ok, {:ok, handle}}} ->
         loads = Table.bump_history(state.table, id, :loads)
-        now = state.clock.()
+        now = now || state.clock.()
 
         ready = %{
           entry
@@ -188,7 +198,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
             measured: measured,
             loaded_at: now,
             loads: loads,
-            caller: nil
+            caller: nil,
+            task: nil,
+            caller_ref: nil
         }
 
         {state, ready} = reserve_measured(state, ready)
@@ -196,12 +208,14 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         Leases.used(ready.gate, now)
         # The row first, then the gate: a checkout that sees the gate open
         # must find the ready row (with_model/3 reads it).
-        state = put(state, ready)
+        info = Entry.info(ready)
+        ledger = Ledger.put(state.ledger, ready)
+        Table.put_info(state.table, ledger.usage, info, ready.gate)
         Leases.open(ready.gate)
         Table.bump(state.table, :loads)
         # No lease can have been taken yet: the gate opened in this step.
-        reply(entry.caller, {:ok, Map.merge(Entry.info(ready), %{leases: 0, last_used: now})})
-        state
+        reply(entry.caller, {:ok, Map.merge(info, %{leases: 0, last_used: now})})
+        %{state | ledger: ledger}
 
       {false, failed} ->
         reason =
@@ -407,8 +421,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
     if inline?(state) do
       # Released within this step: readers never see it unloading.
-      state = %{state | ledger: Ledger.put(state.ledger, entry)}
-      finished_unload(state, entry.id, run_inline(fn -> state.backend.unload(entry.handle) end))
+      unloaded(state, entry, run_inline(fn -> state.backend.unload(entry.handle) end))
     else
       task = Task.Supervisor.async_nolink(state.task_sup, state.backend, :unload, [entry.handle])
       state = %{state | refs: Map.put(state.refs, task.ref, {:unload, entry.id})}
@@ -418,15 +431,20 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   @doc "An unload's outcome: the memory is released, and what waited for it goes on."
   @spec finished_unload(t(), term(), {:ok, term()} | {:exit, term()}) :: t()
-  def finished_unload(state, id, outcome) do
+  def finished_unload(state, id, outcome),
+    do: unloaded(state, Ledger.fetch!(state.ledger, id), outcome)
+
+  # `entry` as it is now (the ledger's, or one not written back yet).
+  defp unloaded(state, entry, outcome) do
     with {:exit, reason} <- outcome do
       Logger.error(
-        "#{prefix(state)}: unloading #{inspect(id)} crashed (#{inspect(reason)}); " <>
+        "#{prefix(state)}: unloading #{inspect(entry.id)} crashed (#{inspect(reason)}); " <>
           "its memory is released anyway"
       )
     end
 
-    {entry, state} = release(state, id)
+    {_, ledger} = Ledger.release(state.ledger, entry.id)
+    state = forget(%{state | ledger: ledger}, entry, [])
     reply_waiters(entry, :ok)
     evicted(state, entry)
   end
@@ -438,7 +456,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     entry = Ledger.fetch!(state.ledger, load_id)
     awaiting = MapSet.delete(entry.awaiting, id)
     state = put(state, %{entry | awaiting: awaiting})
-    if MapSet.size(awaiting) == 0, do: run_load(state, load_id), else: state
+    if MapSet.size(awaiting) == 0, do: run_load(state, load_id, state.clock.()), else: state
   end
 
   defp evicted(state, %Entry{evicted_for: {:fence, ref}, id: id}) do
@@ -497,7 +515,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   @doc "fence/3: makes room, answered once the evicted models are unloaded."
   @spec fence(t(), ModelBudget.placement(), GenServer.from()) :: t()
   def fence(state, placement, from) do
-    case admit(state, placement, []) do
+    case admit(state, placement, [], state.clock.()) do
       {:ok, [], state} ->
         Table.bump(state.table, :fences)
         reply(from, {:ok, []})
@@ -554,13 +572,14 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     # point tells the manager (its end counts down, then reads the flag),
     # one that ended before is seen by the admissions below.
     Leases.arm(state.flags, true)
+    now = state.clock.()
 
     state =
       Enum.reduce(state.ledger.queue, state, fn waiter, state ->
         ahead = Ledger.ahead(state.ledger, waiter.ref)
 
-        case admit(state, waiter.placement, ahead) do
-          {:ok, evictions, state} -> admit_waiter(state, waiter, evictions)
+        case admit(state, waiter.placement, ahead, now) do
+          {:ok, evictions, state} -> admit_waiter(state, waiter, evictions, now)
           {:error, _} -> state
         end
       end)
@@ -569,11 +588,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     state
   end
 
-  defp admit_waiter(state, waiter, evictions) do
+  defp admit_waiter(state, waiter, evictions, now) do
     {_, ledger} = Ledger.dequeue(state.ledger, waiter.ref)
     cancel_timer(waiter.timer)
     state = demonitor(%{state | ledger: ledger}, waiter.caller_ref)
-    start_load(state, waiter.from, waiter.request, evictions)
+    start_load(state, waiter.from, waiter.request, evictions, now)
   end
 
   @doc "A waiting load's deadline: one last try, else the usual refusal."
@@ -586,9 +605,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         state
 
       waiter ->
-        case admit(state, waiter.placement, ahead) do
+        now = state.clock.()
+
+        case admit(state, waiter.placement, ahead, now) do
           {:ok, evictions, state} ->
-            admit_waiter(state, %{waiter | timer: nil}, evictions)
+            admit_waiter(state, %{waiter | timer: nil}, evictions, now)
 
           {:error, _} = refused ->
             {_, ledger} = Ledger.dequeue(state.ledger, ref)

@@ -55,13 +55,19 @@ defmodule ModelBudget.ModelManager.Table do
   @doc "Writes entries and the usage in one insert."
   @spec put(:ets.tid(), ModelBudget.placement(), [Entry.t()]) :: true
   def put(table, usage, entries) do
-    rows =
-      for %Entry{id: id, gate: gate} = entry <- entries,
-          do: {{:model, id}, Entry.info(entry), gate}
-
+    rows = for %Entry{gate: gate} = entry <- entries, do: model_row(Entry.info(entry), gate)
     :ets.insert(table, [usage_row(placement: usage) | rows])
     notify(table)
   end
+
+  @doc "Writes one entry, its public fields `info` already made, and the usage in one insert."
+  @spec put_info(:ets.tid(), ModelBudget.placement(), map(), term()) :: true
+  def put_info(table, usage, info, gate) do
+    :ets.insert(table, [usage_row(placement: usage), model_row(info, gate)])
+    notify(table)
+  end
+
+  defp model_row(%{id: id} = info, gate), do: {{:model, id}, info, gate}
 
   @doc """
   Removes an entry, then writes the usage without it and the entries

@@ -11,7 +11,7 @@ defmodule ModelBudget.ModelManager.LeasesTest do
   defp setup_gate(id \\ :m) do
     table = Table.new()
     flags = Leases.new_flags()
-    gate = Leases.new_gate(flags, 0)
+    gate = Leases.new_gate(flags, self(), 0)
     placement = %{ram: 1, vram: %{}}
     request = %{id: id, source: nil, opts: [], bytes: 1, placement: placement}
     Table.put(table, placement, [Entry.new(request, gate, {0, 0})])
@@ -53,7 +53,7 @@ defmodule ModelBudget.ModelManager.LeasesTest do
 
   test "a claim is all or none: a leased gate keeps every gate open" do
     {shared, a} = setup_gate(:a)
-    b = Leases.new_gate(shared.flags, 0)
+    b = Leases.new_gate(shared.flags, self(), 0)
     Leases.open(a)
     Leases.open(b)
     {:ok, lease} = Leases.checkout(shared, :a)

@@ -343,7 +343,8 @@ defmodule ModelBudget.ModelManager do
   # collects its garbage 5x less often (bench/manager.exs's admission
   # rounds, 100 callers, 20,000 admissions: 3,144 collections by default,
   # 602 with it). Measured in alternating runs: off-heap messages 6-15%
-  # more admissions/s; the larger heap on top, 0-33% more.
+  # more admissions/s; the larger heap on top, 0-33% more. Its priority is
+  # the :priority option's.
   @spawn_opt [message_queue_data: :off_heap, min_heap_size: 20_000]
 
   @doc """
@@ -387,6 +388,14 @@ defmodule ModelBudget.ModelManager do
     * `:labels` - a map of terms describing the manager in its cluster
       (`%{gpu: "h100", zone: "a"}`), for `ModelBudget.Cluster.load/4`'s
       `:where`. Defaults to `%{}`.
+    * `:priority` - the manager process's priority, `:high` or `:normal`.
+      Every load, unload and fence waits on this one process, so by
+      default it runs ahead of normal processes whenever it has work: with
+      100 callers it admits 8-25% more loads a second than at `:normal`
+      (bench/RESULTS.md). It cannot take a scheduler for itself: each of
+      its steps is short and never blocks (backends load and unload in
+      tasks, at normal priority), and it only works when asked. Defaults
+      to `:high`.
 
   ## Examples
 
@@ -404,7 +413,8 @@ defmodule ModelBudget.ModelManager do
   def start_link(opts) do
     config = Options.start!(opts)
     gen_opts = if config.name, do: [name: config.name], else: []
-    GenServer.start_link(__MODULE__, config, [spawn_opt: @spawn_opt] ++ gen_opts)
+    spawn_opt = [priority: config.priority] ++ @spawn_opt
+    GenServer.start_link(__MODULE__, config, [spawn_opt: spawn_opt] ++ gen_opts)
   end
 
   @doc """

@@ -61,6 +61,16 @@ defmodule ModelBudget.ModelManagerTest do
       assert words >= 20_000
     end
 
+    test "the manager runs at high priority, or at the :priority given; backends at normal" do
+      manager = start_manager([])
+      assert Process.info(manager, :priority) == {:priority, :high}
+      {_caller, load_task} = stalled_load(manager, :a, 10)
+      assert Process.info(load_task, :priority) == {:priority, :normal}
+
+      assert Process.info(start_manager(priority: :normal), :priority) ==
+               {:priority, :normal}
+    end
+
     test "raises ArgumentError for bad options before starting" do
       for {opts, message} <- [
             {:nope, "expected a keyword list of options, got: :nope"},
@@ -69,6 +79,7 @@ defmodule ModelBudget.ModelManagerTest do
             {[backend: String], "invalid option :backend: expected a module implementing"},
             {[backend: "x"], "invalid option :backend"},
             {[models: :a], "invalid option :models: expected a list"},
+            {[priority: :max], "invalid option :priority: expected :high or :normal, got: :max"},
             {[models: [:a]], "expected entries {id, source} or {id, source, opts}, got: :a"},
             {[models: [{:a, {:bytes, 1}, :x}]], "invalid load options: expected a keyword list"},
             {[models: [{:a, {:bytes, 1}, n_gpus: -1}]],

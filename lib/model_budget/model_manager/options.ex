@@ -18,7 +18,8 @@ defmodule ModelBudget.ModelManager.Options do
     clock: nil,
     sweep_ms: 1_000,
     cluster: nil,
-    labels: %{}
+    labels: %{},
+    priority: :high
   ]
 
   @typedoc "The checked start options, as the manager's init/1 takes them."
@@ -32,7 +33,8 @@ defmodule ModelBudget.ModelManager.Options do
           sweep_ms: pos_integer(),
           name: GenServer.name() | nil,
           cluster: term() | nil,
-          labels: map()
+          labels: map(),
+          priority: :high | :normal
         }
 
   @doc "The default clock: monotonic milliseconds."
@@ -59,7 +61,8 @@ defmodule ModelBudget.ModelManager.Options do
       sweep_ms: check!(opts, :sweep_ms, &(is_integer(&1) and &1 > 0), "a positive integer"),
       name: opts[:name],
       cluster: opts[:cluster],
-      labels: check!(opts, :labels, &is_map/1, "a map")
+      labels: check!(opts, :labels, &is_map/1, "a map"),
+      priority: check!(opts, :priority, &(&1 in [:high, :normal]), ":high or :normal")
     }
   end
 

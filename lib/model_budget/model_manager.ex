@@ -388,14 +388,14 @@ defmodule ModelBudget.ModelManager do
     * `:labels` - a map of terms describing the manager in its cluster
       (`%{gpu: "h100", zone: "a"}`), for `ModelBudget.Cluster.load/4`'s
       `:where`. Defaults to `%{}`.
-    * `:priority` - the manager process's priority, `:high` or `:normal`.
-      Every load, unload and fence waits on this one process, so by
-      default it runs ahead of normal processes whenever it has work: with
-      100 callers it admits 8-25% more loads a second than at `:normal`
-      (bench/RESULTS.md). It cannot take a scheduler for itself: each of
-      its steps is short and never blocks (backends load and unload in
-      tasks, at normal priority), and it only works when asked. Defaults
-      to `:high`.
+    * `:priority` - the manager process's priority, `:normal` or `:high`.
+      Every load, unload and fence waits on this one process; at `:high`
+      it runs ahead of normal processes whenever it has work, which admits
+      more loads a second when many callers load at once (bench/RESULTS.md),
+      at the expense of what else runs then, leases included. Each of its
+      steps is short and never blocks (backends load and unload in tasks,
+      at normal priority), so it cannot take a scheduler for itself but
+      while callers keep it busy. Defaults to `:normal`.
 
   ## Examples
 

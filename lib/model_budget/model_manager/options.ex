@@ -19,7 +19,7 @@ defmodule ModelBudget.ModelManager.Options do
     sweep_ms: 1_000,
     cluster: nil,
     labels: %{},
-    priority: :high
+    priority: :normal
   ]
 
   @typedoc "The checked start options, as the manager's init/1 takes them."

@@ -764,6 +764,22 @@ defmodule ModelBudget.ModelManagerTest do
                max_estimate_error: 0
              }
     end
+
+    test "counts loads and evictions per id with the reservation backend (loads within a step)" do
+      manager =
+        start_manager(
+          memory_budget: 1_000,
+          evict_when: [],
+          backend: ModelBudget.Backend.Reservation
+        )
+
+      assert {:ok, %{loads: 1, evictions: 0}} = load(manager, :a, {:bytes, 600})
+      assert {:ok, %{loads: 1, evicted: [:a]}} = load(manager, :b, {:bytes, 600})
+      assert {:ok, %{loads: 2, evictions: 1, evicted: [:b]}} = load(manager, :a, {:bytes, 600})
+      assert :ok = ModelManager.unload(manager, :a)
+      assert {:ok, %{loads: 3, evictions: 1}} = load(manager, :a, {:bytes, 600})
+      assert {:ok, %{loads: 2, evictions: 1, evicted: []}} = load(manager, :b, {:bytes, 300})
+    end
   end
 
   # Every usage the manager writes to its readers' table while `fun` runs:

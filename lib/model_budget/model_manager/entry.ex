@@ -78,9 +78,10 @@ defmodule ModelBudget.ModelManager.Entry do
           cancelled: boolean()
         }
 
-  @doc "A new entry for an admitted load; it holds its placement."
-  @spec new(map(), Leases.gate(), {non_neg_integer(), non_neg_integer()}) :: t()
-  def new(request, gate, {loads, evictions}) do
+  @doc "A new entry for an admitted load of `caller`; it holds its placement."
+  @spec new(map(), Leases.gate(), {non_neg_integer(), non_neg_integer()}, GenServer.from() | nil) ::
+          t()
+  def new(request, gate, {loads, evictions}, caller \\ nil) do
     %__MODULE__{
       id: request.id,
       source: request.source,
@@ -92,7 +93,8 @@ defmodule ModelBudget.ModelManager.Entry do
       keep_alive: Keyword.get(request.opts, :keep_alive, :infinity),
       gate: gate,
       loads: loads,
-      evictions: evictions
+      evictions: evictions,
+      caller: caller
     }
   end
 

@@ -117,7 +117,14 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         do: request.gate,
         else: Leases.new_gate(state.flags, self(), now)
 
-    entry = %{Entry.new(request, gate, Table.history_of(state.table, request.id)) | caller: from}
+    # A load finished within this step is seen first ready, with the
+    # history counted then.
+    history =
+      if evictions == [] and inline?(state),
+        do: {0, 0},
+        else: Table.history_of(state.table, request.id)
+
+    entry = Entry.new(request, gate, history, from)
     {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
     state = %{state | ledger: ledger}
 
@@ -188,7 +195,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         drop(state, id)
 
       {false, {:ok, {:ok, handle}}} ->
-        loads = Table.bump_history(state.table, id, :loads)
+        {loads, evictions} = Table.count_load(state.table, id)
         now = now || state.clock.()
 
         ready = %{
@@ -198,6 +205,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
             measured: measured,
             loaded_at: now,
             loads: loads,
+            evictions: evictions,
             caller: nil,
             task: nil,
             caller_ref: nil
@@ -478,7 +486,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     |> Enum.reduce(state, fn {eviction, entry}, state ->
       log_eviction(state, entry, eviction, for)
       Table.bump(state.table, :evictions)
-      Table.bump_history(state.table, entry.id, :evictions)
+      Table.count_eviction(state.table, entry.id)
       begin_unload(state, entry)
     end)
   end

@@ -119,12 +119,25 @@ defmodule ModelBudget.ModelManager.Table do
     true
   end
 
-  @doc "Bumps and returns one of an id's history counters (:loads or :evictions)."
-  @spec bump_history(:ets.tid(), term(), :loads | :evictions) :: non_neg_integer()
-  def bump_history(table, id, name) do
-    position = if name == :loads, do: @history_loads, else: @history_evictions
-    :ets.update_counter(table, {:history, id}, {position, 1}, {{:history, id}, 0, 0})
+  @doc "Counts a finished load of `id`: its history `{loads, evictions}`, loads bumped."
+  @spec count_load(:ets.tid(), term()) :: {pos_integer(), non_neg_integer()}
+  def count_load(table, id) do
+    [loads, evictions] =
+      :ets.update_counter(
+        table,
+        {:history, id},
+        [{@history_loads, 1}, {@history_evictions, 0}],
+        {{:history, id}, 0, 0}
+      )
+
+    {loads, evictions}
   end
+
+  @doc "Counts an eviction of `id`; returns its evictions so far."
+  @spec count_eviction(:ets.tid(), term()) :: pos_integer()
+  def count_eviction(table, id),
+    do:
+      :ets.update_counter(table, {:history, id}, {@history_evictions, 1}, {{:history, id}, 0, 0})
 
   @doc "An id's `{loads, evictions}` so far."
   @spec history_of(:ets.tid(), term()) :: {non_neg_integer(), non_neg_integer()}

@@ -22,8 +22,9 @@ defmodule ModelBudget.ModelManager.Leases do
   #
   # ## Checkout, checkin
   #
-  # checkout reads the gate (one ETS lookup of the manager's table) and the
-  # holder (the process dictionary) and makes one NIF call: the count goes
+  # checkout reads the gate (one ETS lookup of the manager's table, or the
+  # process's last gate) and the holder (the process dictionary) and makes
+  # one NIF call: the count goes
   # up, then the state is read: open means the lease stands, and the holder
   # numbers it. checkin (one NIF call) stamps the gate's `lru` and
   # `used_at`, ends the lease and reads the state: a message goes to the
@@ -63,12 +64,35 @@ defmodule ModelBudget.ModelManager.Leases do
 
   @holder {__MODULE__, :holder}
 
+  # The gate of the model this process last checked out, `{table, id,
+  # gate}`: one slot, so a process that serves one model skips the table's
+  # lookup, and a process that serves many keeps one gate alive, not many.
+  # An open gate is its model's current one (a gate never reopens for a
+  # later load of its id), so a closed one is looked up again. A manager
+  # that died leaves its gates open: it is asked after (the table's lookup
+  # fails with it).
+  @last {__MODULE__, :last_gate}
+
   @doc "Takes a lease on model `id` (see the module doc)."
   @spec checkout(map(), term()) :: {:ok, Lease.t()} | {:error, :not_loaded}
-  def checkout(shared, id) do
+  def checkout(%{table: table} = shared, id) do
+    with {^table, ^id, gate} <- Process.get(@last),
+         true <- Process.alive?(shared.manager),
+         {:ok, _lease} = taken <- take(shared, id, gate, holder()) do
+      taken
+    else
+      _ -> look_up_and_take(shared, id)
+    end
+  end
+
+  defp look_up_and_take(shared, id) do
     case Table.gate(shared.table, id) do
-      {:ok, {_inc, gate}} -> take(shared, id, gate, holder())
-      :error -> {:error, :not_loaded}
+      {:ok, {_inc, gate}} ->
+        Process.put(@last, {shared.table, id, gate})
+        take(shared, id, gate, holder())
+
+      :error ->
+        {:error, :not_loaded}
     end
   end
 

@@ -125,6 +125,32 @@ defmodule ModelBudget.ModelManager.ServingTest do
       end
     end
 
+    test "a process's checkouts follow its models through unloads, reloads and turns" do
+      manager = start_manager([])
+      {:ok, _} = load(manager, :a, 10)
+      {:ok, _} = load(manager, :b, 10)
+      {:ok, lease} = ModelManager.checkout(manager, :a)
+      :ok = ModelManager.checkin(manager, lease)
+      :ok = ModelManager.unload(manager, :a)
+      # The gate this process used last closed with its model.
+      assert ModelManager.checkout(manager, :a) == {:error, :not_loaded}
+
+      # A new load of the id has a new gate: the lease is on it.
+      {:ok, _} = load(manager, :a, 10)
+      assert {:ok, lease} = ModelManager.checkout(manager, :a)
+      assert %{leases: 1} = info!(manager, :a)
+      assert ModelManager.unload(manager, :a, timeout: 0) == {:error, :busy}
+
+      # From one model to another and back.
+      assert {:ok, lease_b} = ModelManager.checkout(manager, :b)
+      assert {:ok, lease_a} = ModelManager.checkout(manager, :a)
+      assert %{leases: 2} = info!(manager, :a)
+      assert %{leases: 1} = info!(manager, :b)
+      for lease <- [lease, lease_a, lease_b], do: :ok = ModelManager.checkin(manager, lease)
+      assert %{leases: 0} = info!(manager, :a)
+      assert %{leases: 0} = info!(manager, :b)
+    end
+
     test "a second checkin of the same lease does nothing" do
       manager = start_manager([])
       {:ok, _} = load(manager, :a, 10)

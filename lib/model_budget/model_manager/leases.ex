@@ -69,15 +69,15 @@ defmodule ModelBudget.ModelManager.Leases do
   # lookup, and a process that serves many keeps one gate alive, not many.
   # An open gate is its model's current one (a gate never reopens for a
   # later load of its id), so a closed one is looked up again. A manager
-  # that died leaves its gates open: it is asked after (the table's lookup
-  # fails with it).
+  # that died leaves its gates open; the NIF finds them not open (it looks
+  # the manager up in the process table: Process.alive?/1 would wait for a
+  # busy manager's signals), and the table's lookup fails with it.
   @last {__MODULE__, :last_gate}
 
   @doc "Takes a lease on model `id` (see the module doc)."
   @spec checkout(map(), term()) :: {:ok, Lease.t()} | {:error, :not_loaded}
   def checkout(%{table: table} = shared, id) do
     with {^table, ^id, gate} <- Process.get(@last),
-         true <- Process.alive?(shared.manager),
          {:ok, _lease} = taken <- take(shared, id, gate, holder()) do
       taken
     else

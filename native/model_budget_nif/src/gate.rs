@@ -124,9 +124,14 @@ fn gate_holder_new(env: Env) -> ResourceArc<HolderRes> {
 }
 
 /// `{:ok, number}` (the lease, in `holder`), `:claiming` (ask again) or
-/// `:not_open`.
+/// `:not_open`. A gate whose manager is gone (or exiting) is not open: a
+/// caller may hold a gate from before its manager died.
 #[rustler::nif]
 fn gate_checkout<'a>(env: Env<'a>, gate: &GateRes, holder: &HolderRes) -> Term<'a> {
+    // A lookup in the process table: no signal to the manager, no wait.
+    if !gate.manager.pid.is_alive(env) {
+        return not_open().encode(env);
+    }
     match holder.0.checkout(&gate.gate, gate.manager) {
         Ok(number) => (atoms::ok(), number).encode(env),
         Err((refused, notify)) => {

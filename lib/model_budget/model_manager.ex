@@ -602,8 +602,9 @@ defmodule ModelBudget.ModelManager do
     args = [manager, id]
     config = config!(manager, :checkout, args, false)
 
-    # A lease found proves the manager's table, and so the manager, alive;
-    # only a miss is checked (the request path's most frequent call).
+    # A lease found proves the manager alive (the gate's NIF looks it up in
+    # the process table); only a miss is checked (the request path's most
+    # frequent call).
     with {:error, :not_loaded} = missing <- Leases.checkout(config, id) do
       alive!(config, :checkout, args)
       missing

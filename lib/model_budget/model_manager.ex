@@ -43,8 +43,11 @@ defmodule ModelBudget.ModelManager do
   and its last use), and each process that takes leases has a holder (a
   NIF resource in its process dictionary that keeps its leases by number
   and monitors it, under the key `{ModelBudget.ModelManager.Leases,
-  :holder}`); a lease is its holder and a number. Checkout is one NIF
-  call: it counts the lease, then reads the state; checkin is one NIF
+  :holder}`); a lease is its holder and a number. The process also keeps
+  the gate it checked out last (key `{ModelBudget.ModelManager.Leases,
+  :last_gate}`), so serving one model skips the table lookup. Checkout is
+  one NIF call: it counts the lease, then reads the state (a gate whose
+  manager is gone is not open); checkin is one NIF
   call: it stamps the gate's last use and counts the lease down (once).
   To unload or evict a model, the manager closes its gate, then reads its
   count: each side writes before it reads, and the atomics are

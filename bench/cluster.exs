@@ -10,6 +10,8 @@
 #
 #     mix run bench/cluster.exs
 Code.require_file("support/timing.exs", __DIR__)
+# ClusterPeers waits with Test.Eventually.
+Code.require_file("../test/support/eventually.ex", __DIR__)
 Code.require_file("../test/support/cluster_peers.ex", __DIR__)
 alias Bench.Timing
 alias ModelBudget.{Cluster, ModelManager}

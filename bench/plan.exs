@@ -1,4 +1,4 @@
-# What `mix model_budget.plan` costs beyond starting the VM: Plan.search/3
+# What `mix model_budget.plan` costs beyond starting the VM: Plan.fit_search/3
 # (every answer found by placing the model again) and a whole Plan.run/1.
 #
 #     mix run bench/plan.exs
@@ -27,10 +27,10 @@ machine = %{
 IO.puts("plan, #{Timing.machine()}")
 
 for {name, fun, batches, per_batch} <- [
-      {"search/3, 70B fits in RAM (context search)", fn -> Plan.search(big, [], ram_only) end, 31,
-       200},
-      {"search/3, 70B short on 2 GPUs (all searches)",
-       fn -> Plan.search(big, [split_mode: :layer], two_gpus) end, 31, 20},
+      {"fit_search/3, 70B fits in RAM (context search)",
+       fn -> Plan.fit_search(big, [], ram_only) end, 31, 200},
+      {"fit_search/3, 70B short on 2 GPUs (all searches)",
+       fn -> Plan.fit_search(big, [split_mode: :layer], two_gpus) end, 31, 20},
       {"run/1, the 5 built-in models, RAM only",
        fn -> Plan.run(budget: %{ram: 16 * gib, vram: []}, machine: machine) end, 31, 20}
     ] do

@@ -113,22 +113,20 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # them, then its backend load runs.
   defp start_load(state, from, request, evictions, now) do
     gate =
-      if Map.get(request, :manager) == self(),
+      if request.manager == self(),
         do: request.gate,
         else: Leases.new_gate(state.flags, self(), now)
 
+    within_step? = evictions == [] and inline?(state)
+
     # A load finished within this step is seen first ready, with the
     # history counted then.
-    history =
-      if evictions == [] and inline?(state),
-        do: {0, 0},
-        else: Table.history_of(state.table, request.id)
-
+    history = if within_step?, do: {0, 0}, else: Table.history_of(state.table, request.id)
     entry = Entry.new(request, gate, history, from)
     {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
     state = %{state | ledger: ledger}
 
-    if evictions == [] and inline?(state) do
+    if within_step? do
       # Loaded within this step: nothing to cancel, no one sees it loading.
       run_load(state, entry.id, now)
     else
@@ -442,7 +440,6 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   def finished_unload(state, id, outcome),
     do: unloaded(state, Ledger.fetch!(state.ledger, id), outcome)
 
-  # `entry` as it is now (the ledger's, or one not written back yet).
   defp unloaded(state, entry, outcome) do
     with {:exit, reason} <- outcome do
       Logger.error(
@@ -451,8 +448,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       )
     end
 
-    {_, ledger} = Ledger.release(state.ledger, entry.id)
-    state = forget(%{state | ledger: ledger}, entry, [])
+    state = release(state, entry)
     reply_waiters(entry, :ok)
     evicted(state, entry)
   end
@@ -694,9 +690,10 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     state
   end
 
-  defp release(state, id) do
-    {entry, ledger} = Ledger.release(state.ledger, id)
-    {entry, forget(%{state | ledger: ledger}, entry, [])}
+  # `entry` as it is now: the ledger's, or one not written back yet.
+  defp release(state, entry) do
+    {_, ledger} = Ledger.release(state.ledger, entry.id)
+    forget(%{state | ledger: ledger}, entry, [])
   end
 
   # An entry gone from the ledger leaves the readers' table, in the write
@@ -708,7 +705,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   end
 
   defp drop(state, id) do
-    {entry, state} = release(state, id)
+    entry = Ledger.fetch!(state.ledger, id)
+    state = release(state, entry)
     reply_waiters(entry, :ok)
     state
   end

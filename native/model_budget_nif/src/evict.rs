@@ -98,11 +98,12 @@ pub(crate) fn decode_ledger(ledger: Term) -> Decoded<(Ledger, Option<ResourceArc
     Ok((decoded, rules))
 }
 
-pub(crate) fn decode_candidates(term: Term) -> Decoded<Vec<Placement>> {
+/// A list of placements, argument `arg`.
+pub(crate) fn decode_placements<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Vec<Placement>> {
     let Ok(list) = term.decode::<ListIterator>() else {
-        return bad("candidates", "a list of placements", term);
+        return bad(arg, "a list of placements", term);
     };
-    list.map(|p| placement::decode(p, "candidates")).collect()
+    list.map(|p| placement::decode(p, arg)).collect()
 }
 
 /// `{:ok, [{index, device, reason}], usage}` or `{:error, {:insufficient_memory, details}}`.
@@ -141,7 +142,7 @@ fn evict_choose<'a>(
     let result = (|| {
         let (ledger, rules) = decode_ledger(ledger)?;
         let placement = placement::decode(placement_term, "placement")?;
-        let candidates = decode_candidates(candidates)?;
+        let candidates = decode_placements(candidates, "candidates")?;
         let choice = evict::choose(
             &ledger,
             rules.as_ref().map(|r| &r.constraint),

@@ -6,12 +6,12 @@
 use model_budget_core::evict::{self, Free};
 use model_budget_core::handover;
 use model_budget_core::Device;
-use rustler::{Encoder, Env, ListIterator, Term};
+use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
 use crate::codec::{DeviceTerm, GpuMapTerm};
-use crate::evict::{decode_candidates, decode_ledger, encode_choice, ReasonTerm};
+use crate::evict::{decode_ledger, decode_placements, encode_choice, ReasonTerm};
 use crate::placement::{self, Encoded};
 use crate::{budget, decode};
 
@@ -55,7 +55,7 @@ fn evict_choose_from<'a>(
     let result = (|| {
         let (ledger, rules) = decode_ledger(ledger)?;
         let placement = placement::decode(placement_term, "placement")?;
-        let candidates = decode_candidates(candidates)?;
+        let candidates = decode_placements(candidates, "candidates")?;
         let rules = rules.as_ref().map(|r| &r.constraint);
         Ok(
             match evict::choose_from(&ledger, rules, &placement, &candidates, follow)? {
@@ -94,12 +94,7 @@ fn evict_residuals<'a>(
 ) -> Term<'a> {
     let result = (|| {
         let budget = budget::decode(budget_term)?;
-        let Ok(list) = evicted_term.decode::<ListIterator>() else {
-            return bad("evicted", "a list of placements", evicted_term);
-        };
-        let evicted = list
-            .map(|p| placement::decode(p, "evicted"))
-            .collect::<Decoded<Vec<_>>>()?;
+        let evicted = decode_placements(evicted_term, "evicted")?;
         let placement = placement::decode(placement_term, "placement")?;
         let residuals = handover::residuals(&budget, &evicted, &placement)?;
         Ok(residuals.into_iter().map(Encoded).collect::<Vec<_>>())

@@ -9,8 +9,8 @@ use smallvec::SmallVec;
 
 use crate::error::{invalid, Result};
 use crate::gpu_map::{GpuMap, INLINE_GPUS};
+use crate::layout::cpu_buffers::CpuBuffers;
 use crate::layout::kv::CacheType;
-use crate::layout::repack::Repack;
 use crate::placement::Placement;
 use crate::split::{split_into, split_weights, Weights};
 
@@ -95,8 +95,9 @@ pub struct DistributeOptions {
     pub flash_attn: bool,
     /// Bytes each GPU that receives anything pays for the driver's context.
     pub gpu_overhead: u64,
-    /// Which weight types the CPU repacks (model-aware path).
-    pub repack: Repack,
+    /// The runtime profile's extra CPU buffers: which weight matrices the
+    /// CPU copies into buffers of its own (model-aware path).
+    pub cpu_buffers: CpuBuffers,
     /// Whether the file is memory-mapped (`--mmap`, llama.cpp's default).
     pub mmap: bool,
     /// A server's prompt cache in RAM (`--cache-ram`), server mode only.
@@ -125,7 +126,7 @@ impl Default for DistributeOptions {
             n_ubatch: 512,
             flash_attn: true,
             gpu_overhead: DEFAULT_GPU_OVERHEAD,
-            repack: Repack::detect(),
+            cpu_buffers: CpuBuffers::detect(),
             mmap: true,
             cache_ram: DEFAULT_CACHE_RAM,
         }

@@ -217,7 +217,7 @@ mod tests {
     /// grow while a server runs: no repacking, no prompt cache.
     fn base() -> DistributeOptions {
         DistributeOptions {
-            repack: crate::layout::repack::Repack::None,
+            cpu_buffers: crate::layout::cpu_buffers::CpuBuffers::None,
             cache_ram: 0,
             ..DistributeOptions::default()
         }

@@ -70,6 +70,7 @@ impl TryFrom<&Model> for ModelShape {
             tied_embeddings: m.tied_embeddings,
             layer_matrices: m.layer_matrices.clone(),
             head_matrices: m.head_matrices.clone(),
+            embedding_matrix: m.embedding_matrix,
             n_ff: m.n_ff.unwrap_or(0),
             n_ff_exp: m.n_ff_exp.unwrap_or(0),
             n_expert_used: m.n_experts_used.unwrap_or(0),
@@ -128,6 +129,7 @@ mod tests {
             n_ff_exp: None,
             layer_matrices: vec![],
             head_matrices: Default::default(),
+            embedding_matrix: None,
             layer_largest_matrix: vec![],
             file_order: vec![],
         }

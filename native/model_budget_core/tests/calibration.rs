@@ -1,16 +1,17 @@
 //! The estimator against real llama.cpp: every case of the recorded tables
 //! placed with the same file and options, term by term, within the bounds
-//! of the calibration issues. The CPU table
-//! (test/fixtures/llama_cpp_truth.json) is written by
-//! scripts/llama_cpp_truth.py through `make calibrate`; the GPU table
-//! (test/fixtures/llama_cpp_gpu_truth.json) is transcribed from public
-//! CUDA logs, each case with its source. Run with `--nocapture` (as `make
-//! calibrate` does) for the tables.
+//! of the calibration issues. The CPU sets (test/fixtures/truth/*.json,
+//! one per machine and build) are written by scripts/llama_cpp_truth.py
+//! through `make calibrate`, each with the runtime profile it was recorded
+//! with, and each is checked with that profile, whatever CPU runs this
+//! test. The GPU table (test/fixtures/llama_cpp_gpu_truth.json) is
+//! transcribed from public CUDA logs, each case with its source. Run with
+//! `--nocapture` (as `make calibrate` does) for the tables.
 
 use std::path::PathBuf;
 
+use model_budget_core::layout::cpu_buffers::{CpuBuffers, ExtraBuffer};
 use model_budget_core::layout::kv::CacheType;
-use model_budget_core::layout::repack::Repack;
 use model_budget_core::layout::{breakdown, ModelShape, Share};
 use model_budget_core::model::read_gguf_header;
 use model_budget_core::{DistributeOptions, Mode, SplitMode};
@@ -25,19 +26,23 @@ fn fixtures() -> PathBuf {
 }
 
 /// Bytes of the buffers of one term on `device` ("host" or "gpuN"; CPU
-/// cases name none: all host), `CPU_REPACK` apart from the weights.
-fn truth(case: &Value, device: &str, term: &str, repack: bool) -> f64 {
+/// cases name none: all host) in the extra CPU buffer `extra`, or outside
+/// every extra buffer for `None`.
+fn truth(case: &Value, device: &str, term: &str, extra: Option<ExtraBuffer>) -> f64 {
     case["buffers"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|b| b["device"].as_str().unwrap_or("host") == device)
-        .filter(|b| b["term"] == term && (b["buffer"] == "CPU_REPACK") == repack)
+        .filter(|b| {
+            b["term"] == term && ExtraBuffer::from_name(b["buffer"].as_str().unwrap()) == extra
+        })
         .map(|b| b["mib"].as_f64().unwrap() * MIB)
         .sum()
 }
 
-fn options(o: &Value) -> DistributeOptions {
+/// The options of a case recorded with the runtime profile `cpu`.
+fn options(o: &Value, cpu: CpuBuffers) -> DistributeOptions {
     let int = |k: &str| o[k].as_u64().unwrap();
     let flag = |k: &str| o[k].as_bool().unwrap();
     let cache = |k: &str| CacheType::from_name(o[k].as_str().unwrap()).unwrap();
@@ -65,12 +70,11 @@ fn options(o: &Value) -> DistributeOptions {
         flash_attn: flag("flash_attn"),
         cache_type_k: cache("cache_type_k"),
         cache_type_v: cache("cache_type_v"),
-        // The PyPI build's CPU backend: AVX2 without AVX-512 (its
-        // system_info line), whatever this machine has.
-        repack: if flag("repack") {
-            Repack::X86Avx2
+        // `--no-repack` turns every extra CPU buffer off.
+        cpu_buffers: if flag("repack") {
+            cpu
         } else {
-            Repack::None
+            CpuBuffers::None
         },
         mmap: flag("mmap"),
         // Nothing was served: the prompt cache is empty at load.
@@ -101,17 +105,19 @@ fn error(estimate: f64, truth: f64) -> f64 {
 
 struct Row {
     name: String,
-    errors: [f64; 6],
+    errors: [f64; 8],
     failures: Vec<String>,
 }
 
-const TERMS: [&str; 6] = [
-    "weights", "repack", "kv_cache", "compute", "output", "total",
+const TERMS: [&str; 8] = [
+    "weights", "amx", "kleidiai", "repack", "kv_cache", "compute", "output", "total",
 ];
 
 fn compare(case: &Value, device: &str, share: &Share) -> Row {
     let estimates = [
         share.weights,
+        share.amx,
+        share.kleidiai,
         share.repack,
         share.kv_cache,
         share.compute,
@@ -120,18 +126,24 @@ fn compare(case: &Value, device: &str, share: &Share) -> Row {
     ]
     .map(|b| b as f64);
     let mut truths = [
-        truth(case, device, "weights", false),
-        truth(case, device, "weights", true),
-        truth(case, device, "kv_cache", false),
-        truth(case, device, "compute", false),
-        truth(case, device, "output", false),
+        truth(case, device, "weights", None),
+        truth(case, device, "weights", Some(ExtraBuffer::Amx)),
+        truth(case, device, "weights", Some(ExtraBuffer::Kleidiai)),
+        truth(case, device, "weights", Some(ExtraBuffer::Repack)),
+        truth(case, device, "kv_cache", None),
+        truth(case, device, "compute", None),
+        truth(case, device, "output", None),
         0.0,
     ];
-    truths[5] = truths[..5].iter().sum();
-    let errors: [f64; 6] = std::array::from_fn(|i| error(estimates[i], truths[i]));
+    truths[7] = truths[..7].iter().sum();
+    let errors: [f64; 8] = std::array::from_fn(|i| error(estimates[i], truths[i]));
     let mut failures = Vec::new();
-    // (term, lowest, highest) relative error allowed.
+    // (term, lowest, highest) relative error allowed: weights, extra CPU
+    // buffers, KV and output within 1%, compute within 10%, the total
+    // never more than 2% low nor 5% high.
     for (i, (lo, hi)) in [
+        (-0.01, 0.01),
+        (-0.01, 0.01),
         (-0.01, 0.01),
         (-0.01, 0.01),
         (-0.01, 0.01),
@@ -191,6 +203,36 @@ fn read_table(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(fixtures().join(name)).unwrap()).unwrap()
 }
 
+/// The runtime profile a CPU set was recorded with: the one it names,
+/// which its `system_info` line (when recorded) must agree with.
+fn profile(table: &Value, name: &str) -> CpuBuffers {
+    let llama = &table["llama_cpp"];
+    let named = llama["cpu_buffers"]
+        .as_str()
+        .and_then(CpuBuffers::from_name)
+        .unwrap_or_else(|| panic!("{name}: llama_cpp.cpu_buffers names no runtime profile"));
+    if let Some(line) = llama["system_info"].as_str() {
+        assert_eq!(
+            CpuBuffers::from_system_info(line),
+            named,
+            "{name}: the system_info line reads as another profile"
+        );
+    }
+    named
+}
+
+/// Every CPU truth set: test/fixtures/truth/*.json, by name.
+fn cpu_sets() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures().join("truth"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json"))
+        .map(|n| format!("truth/{n}"))
+        .collect();
+    names.sort();
+    names
+}
+
 /// The shape of a case's model, read from its header-only GGUF copy.
 fn shape(table: &Value, case: &Value) -> ModelShape {
     let file = &table["files"][case["file"].as_str().unwrap()]["header"];
@@ -200,35 +242,46 @@ fn shape(table: &Value, case: &Value) -> ModelShape {
 
 #[test]
 fn the_estimate_matches_llama_cpp_on_every_recorded_cpu_case() {
-    let table = read_table("llama_cpp_truth.json");
-    let cases = table["cases"].as_array().unwrap();
-    assert!(cases.len() >= 100, "the table holds {} cases", cases.len());
-    let mut rows = Vec::new();
-    for case in cases {
-        let b = breakdown(&shape(&table, case), &options(&case["options"]), 0).unwrap();
-        rows.push(compare(case, "host", &b.ram));
+    let sets = cpu_sets();
+    // The xllamacpp wheel's AVX2 set and a native build's AMX set at least.
+    assert!(sets.len() >= 2, "recorded CPU sets: {sets:?}");
+    let mut failed = Vec::new();
+    for name in &sets {
+        let table = read_table(name);
+        let cpu = profile(&table, name);
+        let cases = table["cases"].as_array().unwrap();
+        assert!(cases.len() >= 20, "{name} holds {} cases", cases.len());
+        let mut rows = Vec::new();
+        for case in cases {
+            let opts = options(&case["options"], cpu);
+            let b = breakdown(&shape(&table, case), &opts, 0).unwrap();
+            rows.push(compare(case, "host", &b.ram));
+        }
+        println!("{name} (runtime profile {})", cpu.name());
+        if let Err(report) = check(&table, &rows) {
+            failed.push(format!("{name}: {report}"));
+        }
     }
-
-    check(&table, &rows);
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
-/// Prints the table and fails, saying why, on any case outside the bounds.
-fn check(table: &Value, rows: &[Row]) {
+/// Prints the table; says why on any case outside the bounds.
+fn check(table: &Value, rows: &[Row]) -> Result<(), String> {
     let mut report = format!(
-        "llama.cpp: {}\n{:<100} {}\n",
+        "llama.cpp: {}\n{:<100}{}\n",
         table["llama_cpp"]["source"],
         "case",
-        TERMS.map(|t| format!("{t:>9}")).join("")
+        TERMS.map(|t| format!("{t:>10}")).join("")
     );
     for r in rows {
         report += &format!(
-            "{:<100} {}{}\n",
+            "{:<100}{}{}\n",
             r.name,
-            r.errors.map(|e| format!("{:>+8.2}%", e * 100.0)).join(""),
+            r.errors.map(|e| format!("{:>+9.2}%", e * 100.0)).join(""),
             if r.failures.is_empty() { "" } else { "  FAIL" }
         );
     }
-    let worst: [(f64, f64); 6] = std::array::from_fn(|i| {
+    let worst: [(f64, f64); 8] = std::array::from_fn(|i| {
         rows.iter().fold((0.0f64, 0.0f64), |(lo, hi), r| {
             (lo.min(r.errors[i]), hi.max(r.errors[i]))
         })
@@ -246,13 +299,15 @@ fn check(table: &Value, rows: &[Row]) {
         .filter(|r| !r.failures.is_empty())
         .map(|r| format!("{}: {}", r.name, r.failures.join("; ")))
         .collect();
-    assert!(
-        failures.is_empty(),
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
         "{} of {} cases outside the bounds:\n{}\n\n{report}",
         failures.len(),
         rows.len(),
         failures.join("\n")
-    );
+    ))
 }
 
 /// Whether a GPU case's source shows every buffer line of `device`: a
@@ -274,7 +329,9 @@ fn the_estimate_matches_llama_cpp_on_every_recorded_gpu_case() {
     for case in cases {
         let o = &case["options"];
         let n_gpus = o["n_gpus"].as_u64().unwrap() as u32;
-        let b = breakdown(&shape(&table, case), &options(o), n_gpus).unwrap();
+        // With a GPU backend the host's weights go to its pinned buffer
+        // (CUDA_Host): every case says `repack: false`.
+        let b = breakdown(&shape(&table, case), &options(o, CpuBuffers::None), n_gpus).unwrap();
         if checked(case, "host") {
             rows.push(compare(case, "host", &b.ram));
         }
@@ -291,5 +348,5 @@ fn the_estimate_matches_llama_cpp_on_every_recorded_gpu_case() {
             }
         }
     }
-    check(&table, &rows);
+    check(&table, &rows).unwrap_or_else(|report| panic!("{report}"));
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::io::Cursor;
 
-use model_budget_core::model::{gguf, read, safetensors, PerLayer, MAX_LAYERS};
+use model_budget_core::model::{gguf, read, safetensors, MatrixClass, PerLayer, MAX_LAYERS};
 use model_budget_core::{Error, Format, Model, TypeStats};
 use proptest::prelude::*;
 use support::{llama, Gguf, Kv};
@@ -84,8 +84,20 @@ fn gguf_tied_head_counts_the_embeddings_once() {
     assert_eq!((m.input_bytes, m.embedding_bytes), (272_000, 272_000));
     assert_eq!(m.output_bytes, 1024);
     assert_eq!(m.weight_bytes, 272_000 + 1024 + 628_736);
-    // No head matrix to repack: the embeddings are looked up, not multiplied.
+    // No head matrix of its own; an extra CPU buffer may copy the
+    // embeddings for it: 1000 rows (a multiple of 8, not of 16) of 256.
     assert!(m.head_matrices.is_empty());
+    assert_eq!(
+        m.embedding_matrix,
+        Some(MatrixClass {
+            ggml: "Q8_0",
+            rows_multiple: 8,
+            cols_multiple: 256,
+            stacked: false
+        })
+    );
+    let untied = parse_gguf(&llama(1, 256, 512, 1000, 2, Q8_0, false).bytes()).unwrap();
+    assert_eq!(untied.embedding_matrix, None);
 }
 
 #[test]
@@ -97,10 +109,20 @@ fn gguf_matrices_by_type_and_ffn_width_per_block() {
     // Every 2-D weight of a block is a Q8_0 matrix; norms are not.
     let norms = 2 * 256 * 4;
     for (il, matrices) in m.layer_matrices.iter().enumerate() {
-        assert_eq!(matrices.keys().collect::<Vec<_>>(), ["Q8_0"]);
-        assert_eq!(matrices["Q8_0"], m.layer_bytes[il] - norms);
+        assert!(matrices.keys().all(|c| c.ggml == "Q8_0" && !c.stacked));
+        assert_eq!(matrices.values().sum::<u64>(), m.layer_bytes[il] - norms);
     }
-    assert_eq!(m.head_matrices["Q8_0"], 272_000);
+    // The head: 1000 rows of 256.
+    let head = MatrixClass::of("Q8_0", 1000, 256, false);
+    assert_eq!(m.head_matrices, [(head, 272_000)].into());
+    // The runs in file order carry the same classes.
+    let head_runs: Vec<_> = m
+        .file_order
+        .iter()
+        .filter(|r| r.matrix == Some(head))
+        .collect();
+    assert_eq!(head_runs.len(), 1);
+    assert_eq!(head_runs[0].bytes, 272_000);
 }
 
 #[test]

@@ -7,16 +7,16 @@
 
 pub mod assign;
 pub mod compute;
+pub mod cpu_buffers;
 pub mod estimate;
 pub mod kv;
 pub mod mapping;
-pub mod repack;
 
 use std::collections::BTreeMap;
 
 use crate::distribute::{DistributeOptions, Mode, SplitMode, MAX_GPUS};
 use crate::error::{invalid, Result};
-use crate::model::{MatrixBytes, Part, Run};
+use crate::model::{MatrixBytes, MatrixClass, Part, Run};
 use crate::placement::Placement;
 use assign::Home;
 use kv::{Cells, KvLayer, KvShape};
@@ -40,11 +40,13 @@ pub struct ModelShape {
     /// Whether the output head is the token embedding matrix: llama.cpp
     /// then copies it only to a GPU that runs the head.
     pub tied_embeddings: bool,
-    /// Per block, bytes of its weight matrices by ggml type name: what the
-    /// CPU may repack (empty when unknown: nothing repacks).
+    /// Per block, bytes of its weight matrices by class: what an extra CPU
+    /// buffer may take (empty when unknown: nothing is taken).
     pub layer_matrices: Vec<MatrixBytes>,
     /// The same for the output head.
     pub head_matrices: MatrixBytes,
+    /// With a tied head, the embeddings' class as the head's matrix.
+    pub embedding_matrix: Option<MatrixClass>,
     pub n_head: u32,
     /// KV heads per layer (one entry per layer).
     pub n_head_kv: Vec<u32>,
@@ -156,6 +158,10 @@ fn device_overflow() -> crate::Error {
 pub struct Share {
     /// Model weights (with mmap, the mapped span of the file).
     pub weights: u64,
+    /// Weights the CPU copies into its AMX layout (`AMX`).
+    pub amx: u64,
+    /// Weights the CPU copies for KleidiAI's kernels (`KLEIDIAI`).
+    pub kleidiai: u64,
     /// Weights the CPU copies into its repacked layout (`CPU_REPACK`).
     pub repack: u64,
     pub kv_cache: u64,
@@ -172,6 +178,8 @@ pub struct Share {
 impl Share {
     pub fn total(&self) -> Result<u64> {
         [
+            self.amx,
+            self.kleidiai,
             self.repack,
             self.kv_cache,
             self.compute,
@@ -282,7 +290,17 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
         &weights,
     )?;
     // A tied head is the embedding matrix, mapped once on the host; a GPU
-    // that runs the head gets its own copy.
+    // that runs the head gets its own copy, and so does an extra CPU
+    // buffer that takes it for a host head (llama-model.cpp creates the
+    // head as a duplicate of the embeddings, in the output's buffer list).
+    if let (true, Home::Ram, Some(class)) =
+        (model.tied_embeddings, plan.output, model.embedding_matrix)
+    {
+        let extra = opts
+            .cpu_buffers
+            .split(&[(class, model.embedding_bytes)].into());
+        add_extra(&mut out, &extra)?;
+    }
     if model.tied_embeddings && plan.output != Home::Ram {
         place_weights(
             &mut out,
@@ -297,7 +315,7 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
 
     if opts.mmap {
         // The host maps one range of the file (see `mapping`).
-        out.ram.weights = mapping::host_span(model, &plan);
+        out.ram.weights = mapping::host_span(model, &plan, opts.cpu_buffers);
     }
 
     compute::add_buffers(&mut out, model, opts, &plan, &kv, n_ctx_asked, &weights)?;
@@ -322,10 +340,10 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
 /// and a MoE block's stacked experts (`MUL_MAT_ID` has no split kernel)
 /// stay on the block's home, the main GPU. Without the block's matrices
 /// (a model given by hand) all of it is split. Other modes keep the block
-/// whole on its home. On the host, the matrices the CPU repacks are copied
-/// into its own buffer: on top of the mapped range with mmap (which
-/// `breakdown` sizes apart, see `mapping`), instead of their place in the
-/// loaded weights without.
+/// whole on its home. On the host, the matrices an extra CPU buffer takes
+/// are copied into it (see `cpu_buffers`): on top of the mapped range with
+/// mmap (which `breakdown` sizes apart, see `mapping`), instead of their
+/// place in the loaded weights without.
 fn place_weights(
     out: &mut Breakdown,
     home: Home,
@@ -358,14 +376,21 @@ fn place_weights(
             out.add(home, |s| &mut s.weights, bytes - split)
         }
         (Home::Ram, _) => {
-            let repacked = opts.repack.bytes(matrices).min(bytes);
+            let extra = opts.cpu_buffers.split(matrices);
             if !opts.mmap {
-                out.add(home, |s| &mut s.weights, bytes - repacked)?;
+                out.add(home, |s| &mut s.weights, bytes.saturating_sub(extra.taken))?;
             }
-            out.add(home, |s| &mut s.repack, repacked)
+            add_extra(out, &extra)
         }
         _ => out.add(home, |s| &mut s.weights, bytes),
     }
+}
+
+/// Adds the extra CPU buffers' copies to the host's share.
+fn add_extra(out: &mut Breakdown, extra: &cpu_buffers::ExtraBytes) -> Result<()> {
+    out.add(Home::Ram, |s| &mut s.amx, extra.amx)?;
+    out.add(Home::Ram, |s| &mut s.kleidiai, extra.kleidiai)?;
+    out.add(Home::Ram, |s| &mut s.repack, extra.repack)
 }
 
 /// The placement of `model`: [`breakdown`] summed per device.
@@ -379,8 +404,8 @@ pub fn distribute_model(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::cpu_buffers::CpuBuffers;
     use super::kv::CacheType;
-    use super::repack::Repack;
     use super::*;
     use proptest::prelude::*;
 
@@ -401,13 +426,14 @@ pub(crate) mod tests {
             tied_embeddings: false,
             layer_matrices: vec![
                 [
-                    ("Q4_K".to_string(), LAYER_Q4_K),
-                    ("Q6_K".to_string(), 40 * MIB)
+                    (MatrixClass::plain("Q4_K"), LAYER_Q4_K),
+                    (MatrixClass::plain("Q6_K"), 40 * MIB)
                 ]
                 .into();
                 32
             ],
-            head_matrices: [("Q6_K".to_string(), OUTPUT - MIB)].into(),
+            head_matrices: [(MatrixClass::plain("Q6_K"), OUTPUT - MIB)].into(),
+            embedding_matrix: None,
             n_head: 32,
             n_head_kv: vec![8; 32],
             head_dim_k: 128,
@@ -430,7 +456,7 @@ pub(crate) mod tests {
         DistributeOptions {
             n_ctx: Some(8192),
             n_parallel: 1,
-            repack: Repack::X86Avx2,
+            cpu_buffers: CpuBuffers::X86Avx2,
             cache_ram: 0,
             ..DistributeOptions::default()
         }
@@ -467,12 +493,12 @@ pub(crate) mod tests {
         );
         // No repacking, or an ARM CPU that repacks Q6_K too.
         let none = DistributeOptions {
-            repack: Repack::None,
+            cpu_buffers: CpuBuffers::None,
             ..opts()
         };
         assert_eq!(breakdown(&llama_8b(), &none, 0).unwrap().ram.repack, 0);
         let arm = DistributeOptions {
-            repack: Repack::ArmDotprod,
+            cpu_buffers: CpuBuffers::ArmDotprod,
             ..opts()
         };
         assert_eq!(
@@ -787,7 +813,7 @@ pub(crate) mod tests {
                 layer_bytes: bytes[..n].to_vec(),
                 layer_matrices: bytes[..n]
                     .iter()
-                    .map(|b| [("Q4_K".to_string(), b / 2)].into())
+                    .map(|b| [(crate::model::MatrixClass::plain("Q4_K"), b / 2)].into())
                     .collect(),
                 input_bytes: input,
                 output_bytes: output,

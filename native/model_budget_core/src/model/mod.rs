@@ -123,12 +123,14 @@ pub struct Model {
     pub n_ff: Option<u64>,
     /// The width of one expert's feed-forward block in a MoE block, if any.
     pub n_ff_exp: Option<u64>,
-    /// Per block, bytes of its weight matrices by ggml type name, counting
-    /// those whose row count is a multiple of 8: what a CPU backend may
-    /// repack into its own buffer. Empty for safetensors.
+    /// Per block, bytes of its weight matrices by class: what an extra CPU
+    /// buffer type may take into its own buffer. Empty for safetensors.
     pub layer_matrices: Vec<MatrixBytes>,
     /// The same for the output head (empty when it is tied).
     pub head_matrices: MatrixBytes,
+    /// With a tied head, the token embeddings' class as the head's matrix:
+    /// an extra CPU buffer may take a copy of it for the head.
+    pub embedding_matrix: Option<MatrixClass>,
     /// Per block, bytes of its largest weight matrix: what llama.cpp's op
     /// offload copies to a GPU at a time (0 where no tensor is known to be
     /// a matrix, as in safetensors).
@@ -151,29 +153,93 @@ pub enum Part {
     Output,
 }
 
-/// Bytes of consecutive tensors of one part, in the file's order.
+/// Bytes of consecutive tensors of one part, in the file's order, all
+/// weight matrices of one class or all something else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
     pub part: Part,
     pub bytes: u64,
+    /// The class of the run's matrices: an extra CPU buffer may take them
+    /// out of the memory map (`None`: norms, biases, embeddings, or not
+    /// known).
+    pub matrix: Option<MatrixClass>,
 }
 
-/// Appends `bytes` of `part` to `order`, merging it with the run before.
-pub fn push_run(order: &mut Vec<Run>, part: Part, bytes: u64) -> Result<()> {
+/// Appends `bytes` of `part` (matrices of class `matrix`, if any) to
+/// `order`, merging it with the run before when both agree.
+pub fn push_run(
+    order: &mut Vec<Run>,
+    part: Part,
+    matrix: Option<MatrixClass>,
+    bytes: u64,
+) -> Result<()> {
     match order.last_mut() {
-        Some(run) if run.part == part => {
+        Some(run) if run.part == part && run.matrix == matrix => {
             run.bytes = run
                 .bytes
                 .checked_add(bytes)
                 .ok_or_else(|| invalid(0, "the tensors' sizes add up past 2^64"))?;
         }
-        _ => order.push(Run { part, bytes }),
+        _ => order.push(Run {
+            part,
+            bytes,
+            matrix,
+        }),
     }
     Ok(())
 }
 
-/// Bytes of weight matrices by ggml type name.
-pub type MatrixBytes = BTreeMap<String, u64>;
+/// What decides whether an extra CPU buffer type takes a weight matrix:
+/// its ggml type, how its dimensions divide, and whether it stacks experts
+/// (3-D, multiplied by `MUL_MAT_ID`). See `layout::cpu_buffers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MatrixClass {
+    /// The ggml type's name (`"Q4_K"`), from [`ggml_type::TYPES`].
+    pub ggml: &'static str,
+    /// The largest power of two up to 32 dividing the row count
+    /// (`ne[1]`, the output features).
+    pub rows_multiple: u32,
+    /// The largest power of two up to 256 dividing the row length
+    /// (`ne[0]`, the input features).
+    pub cols_multiple: u32,
+    /// A MoE block's stacked experts (3-D).
+    pub stacked: bool,
+}
+
+impl MatrixClass {
+    /// The most any rule asks of a row count and a row length.
+    pub const ROWS_MULTIPLE: u32 = 32;
+    pub const COLS_MULTIPLE: u32 = 256;
+
+    /// The class of a `ggml` matrix with `rows` rows of `cols` elements.
+    pub fn of(ggml: &'static str, rows: u64, cols: u64, stacked: bool) -> MatrixClass {
+        let multiple = |n: u64, max: u32| {
+            // 1 << trailing zeros, capped: 0 counts as divisible by anything.
+            let tz = n.trailing_zeros().min(max.trailing_zeros());
+            1u32 << tz
+        };
+        MatrixClass {
+            ggml,
+            rows_multiple: multiple(rows, Self::ROWS_MULTIPLE),
+            cols_multiple: multiple(cols, Self::COLS_MULTIPLE),
+            stacked,
+        }
+    }
+
+    /// A 2-D matrix of `ggml` whose dimensions satisfy every rule: what a
+    /// type name alone stands for in a model given by hand.
+    pub fn plain(ggml: &'static str) -> MatrixClass {
+        MatrixClass {
+            ggml,
+            rows_multiple: Self::ROWS_MULTIPLE,
+            cols_multiple: Self::COLS_MULTIPLE,
+            stacked: false,
+        }
+    }
+}
+
+/// Bytes of weight matrices by class.
+pub type MatrixBytes = BTreeMap<MatrixClass, u64>;
 
 /// Reads the model at `path`: a GGUF file (with its other splits, for a
 /// model split by llama.cpp's gguf-split), a `.safetensors` file, a

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::arch::{per_layer, swa_flags, Arch, At, SwaLayers};
 use super::{
-    invalid, push_run, Format, GgmlType, MatrixBytes, Model, Part, Run, TypeStats, MAX_LAYERS,
+    invalid, push_run, Format, GgmlType, MatrixBytes, MatrixClass, Model, Part, Run, TypeStats,
+    MAX_LAYERS,
 };
 use crate::error::Result;
 
@@ -34,18 +35,26 @@ pub(crate) struct Tensor {
     pub type_name: &'static str,
     pub elements: u64,
     pub bytes: u64,
-    /// A weight matrix of a matrix product: what a CPU backend may repack.
+    /// A weight matrix: what an extra CPU buffer type may take.
     pub matrix: Option<Matrix>,
     /// A feed-forward down projection: how wide the block makes a token.
     pub ffn: Option<Ffn>,
 }
 
 /// A weight matrix (2-D, or 3-D for a MoE block's stacked experts) of a
-/// ggml type, with `rows` output rows.
+/// ggml type: `rows` output rows of `cols` elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Matrix {
     pub ggml: GgmlType,
     pub rows: u64,
+    pub cols: u64,
+    pub stacked: bool,
+}
+
+impl Matrix {
+    fn class(&self) -> MatrixClass {
+        MatrixClass::of(self.ggml.name, self.rows, self.cols, self.stacked)
+    }
 }
 
 /// The width of a feed-forward block (`n_ff`), read from its down
@@ -76,15 +85,16 @@ impl Ffn {
 }
 
 impl Matrix {
-    /// The matrix a GGUF tensor is, if it is one: a 2-D or 3-D `.weight`
-    /// other than the token embeddings (which are looked up, not multiplied).
+    /// The matrix a GGUF tensor is, if it is one: a 2-D or 3-D `.weight`.
+    /// The token embeddings are one too, though looked up, not multiplied:
+    /// a tied head multiplies by them.
     pub(crate) fn of_gguf(name: &[u8], ggml: GgmlType, dims: &[u64]) -> Option<Matrix> {
-        let matrix = name.ends_with(b".weight")
-            && (dims.len() == 2 || dims.len() == 3)
-            && name != b"token_embd.weight";
+        let matrix = name.ends_with(b".weight") && (dims.len() == 2 || dims.len() == 3);
         matrix.then(|| Matrix {
             ggml,
             rows: dims[1],
+            cols: dims[0],
+            stacked: dims.len() == 3,
         })
     }
 }
@@ -136,6 +146,7 @@ pub(crate) fn assemble(
     let (mut has_head, mut has_norm, mut embedding_bytes) = (false, false, None);
     let mut layer_matrices = vec![MatrixBytes::new(); n_layers as usize];
     let mut head_matrices = MatrixBytes::new();
+    let mut embedding_matrix = None;
     let (mut n_ff, mut n_ff_exp) = (None::<u64>, None::<u64>);
     let mut layer_largest_matrix = vec![0u64; n_layers as usize];
     let mut file_order: Vec<Run> = Vec::new();
@@ -148,7 +159,16 @@ pub(crate) fn assemble(
             Role::Head | Role::OutputNorm | Role::Output => Part::Output,
             _ => Part::Input,
         };
-        push_run(&mut file_order, part, t.bytes)?;
+        // The embeddings themselves are looked up, never taken (a tied
+        // head's copy is `embedding_matrix`).
+        let class = t
+            .matrix
+            .filter(|_| t.role != Role::Embedding)
+            .map(|m| m.class());
+        push_run(&mut file_order, part, class, t.bytes)?;
+        if t.role == Role::Embedding {
+            embedding_matrix = t.matrix.map(|m| m.class());
+        }
         if let (Some(_), Role::Layer(il)) = (t.matrix, t.role) {
             if il < n_layers {
                 let largest = &mut layer_largest_matrix[il as usize];
@@ -159,14 +179,14 @@ pub(crate) fn assemble(
             let widest = if f.expert { &mut n_ff_exp } else { &mut n_ff };
             *widest = Some(widest.map_or(f.width, |w| w.max(f.width)));
         }
-        if let Some(m) = t.matrix.filter(|m| m.rows % 8 == 0) {
+        if let Some(class) = class {
             let bucket = match t.role {
                 Role::Layer(il) if il < n_layers => Some(&mut layer_matrices[il as usize]),
                 Role::Head => Some(&mut head_matrices),
                 _ => None,
             };
             if let Some(bucket) = bucket {
-                let slot = bucket.entry(m.ggml.name.to_owned()).or_default();
+                let slot = bucket.entry(class).or_default();
                 *slot = add(*slot, t.bytes)?;
             }
         }
@@ -260,6 +280,7 @@ pub(crate) fn assemble(
         n_ff_exp,
         layer_matrices,
         head_matrices,
+        embedding_matrix: embedding_matrix.filter(|_| tied_embeddings),
         layer_largest_matrix,
         file_order,
     })

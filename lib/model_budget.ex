@@ -301,11 +301,11 @@ defmodule ModelBudget do
       output head counts as layer `n_layers` and `n_gpu_layers: k` offloads
       the last `k` of those `n_layers + 1` (the head first, `-1` means all);
       with mmap the host maps one range of the file, from its first tensor
-      to its last; each
+      to its last that no extra CPU buffer takes; each
       offloaded block's KV cache sits with it (in RAM without
       `:offload_kqv`), sized from the real KV heads and head dimensions and
       the cache types, the slots and sliding windows; the weights the CPU
-      repacks, compute buffers, the logits output buffer, llama-server's
+      copies into its extra buffers (`:cpu_buffers`), compute buffers, the logits output buffer, llama-server's
       prompt cache and `:gpu_overhead` are added. See `breakdown/3` for the
       parts. The defaults are llama-server's (build 11434).
 
@@ -350,13 +350,20 @@ defmodule ModelBudget do
       window. Defaults to `true`, as llama-server.
     * `:n_batch` - the logical batch (`--batch-size`); the compute buffer is
       sized for `min(n_ubatch, n_batch, n_ctx)` tokens. Defaults to `2048`.
-    * `:repack` - which weight matrices the CPU copies into its repacked
-      layout (an extra host buffer): `:auto` (this machine's CPU), `true`
-      (x86-64 with AVX2), `false`, `:none`, `:x86_avx2`, `:x86_avx512` or
-      `:arm_dotprod`. Defaults to `:auto`.
+    * `:cpu_buffers` - the runtime profile: which extra CPU buffers the
+      llama.cpp build uses on this machine, each taking the weight matrices
+      its kernels read into a host buffer of its own, in llama.cpp's order
+      (`AMX`, then `KLEIDIAI`, then `CPU_REPACK`): `:x86_amx` (a native
+      build on a CPU with AMX: Sapphire Rapids and later), `:x86_avx512`,
+      `:x86_avx2` (also PyPI's generic x86-64 wheels, on any x86 CPU),
+      `:arm_dotprod`, `:arm_kleidiai`, `:none` (`--no-repack`), or `:auto`
+      (a native build on this machine's CPU; `ModelBudget.Backend.LlamaServer`
+      asks its binary instead). Defaults to `:auto`.
+    * `:repack` - the older name of `:cpu_buffers`: `true` is `:x86_avx2`,
+      `false` is `:none`, and it takes `:cpu_buffers`'s values.
     * `:mmap` - whether the file is memory-mapped: mapped, the whole host
-      part of the file counts and repacked matrices come on top; loaded,
-      they replace their copy. Defaults to `true`.
+      part of the file counts and the extra buffers' copies come on top;
+      loaded, they replace their original. Defaults to `true`.
     * `:cache_ram` - bytes of llama-server's prompt cache in RAM
       (`--cache-ram`, which fills while it serves), in `:server` mode.
       Defaults to `8589934592` (8192 MiB, llama-server's default); `0` for a
@@ -402,9 +409,26 @@ defmodule ModelBudget do
     placement(Errors.call(Native.distribute(file_bytes, opts, n_gpus)))
   end
 
+  @doc """
+  The runtime profile (`:cpu_buffers`) of a llama.cpp built for this
+  machine's CPU (`GGML_NATIVE`, as `scripts/llama_server.sh` builds it):
+  what `cpu_buffers: :auto` means without a binary to ask. A CPU with
+  AMX-INT8 and AVX512-VNNI gives `:x86_amx`; then AVX-512, AVX2, Arm's
+  dot product; else `:none`.
+
+  ## Examples
+
+      iex> ModelBudget.cpu_buffers() in [:none, :x86_avx2, :x86_avx512, :x86_amx, :arm_dotprod]
+      true
+  """
+  @spec cpu_buffers() :: cpu_buffers()
+  def cpu_buffers, do: Native.cpu_buffers_detect()
+
   @typedoc "One device's share of a model-aware placement, in bytes."
   @type share :: %{
           weights: non_neg_integer(),
+          amx: non_neg_integer(),
+          kleidiai: non_neg_integer(),
           repack: non_neg_integer(),
           kv_cache: non_neg_integer(),
           compute: non_neg_integer(),
@@ -414,9 +438,13 @@ defmodule ModelBudget do
           total: non_neg_integer()
         }
 
+  @typedoc "A runtime profile: the extra CPU buffers a llama.cpp build uses."
+  @type cpu_buffers :: :none | :x86_avx2 | :x86_avx512 | :x86_amx | :arm_dotprod | :arm_kleidiai
+
   @typedoc "Where a model goes, part by part, as `breakdown/3` returns it."
   @type breakdown :: %{
           n_ctx: pos_integer(),
+          cpu_buffers: cpu_buffers(),
           ram: share(),
           vram: %{non_neg_integer() => share()}
         }
@@ -425,12 +453,17 @@ defmodule ModelBudget do
   The parts of `distribute/3`'s placement of `model` per device, each
   buffer llama.cpp allocates (the lines it logs at load), plus each device's
   `:total`, and the `:n_ctx` the KV cache was sized for (llama.cpp's: padded
-  to 256, and a multiple of the slots when they keep caches apart). The
+  to 256, and a multiple of the slots when they keep caches apart), and the
+  `:cpu_buffers` runtime profile it was sized for (`:auto` resolved). The
   totals are exactly `distribute/3`'s placement.
 
-    * `:weights` - model weights; on the host with mmap, the mapped file.
+    * `:weights` - model weights; on the host with mmap, the mapped range.
+    * `:amx` - weight matrices the CPU copies into its AMX layout (the
+      `AMX` buffer; Q4_K, Q5_K and Q8_0 grow by 4/144, 4/176 and 4/34).
+    * `:kleidiai` - the same for Arm's KleidiAI kernels (`KLEIDIAI`).
     * `:repack` - weight matrices the CPU copies into its repacked layout
-      (llama.cpp's `CPU_REPACK` buffer; host only, see `:repack`).
+      (llama.cpp's `CPU_REPACK` buffer). These three are on the host only;
+      see `:cpu_buffers`.
     * `:kv_cache` - the KV cache of the blocks on that device.
     * `:compute` - the compute graph's buffer.
     * `:output` - logits of one token per slot (`n_parallel * n_vocab`
@@ -443,10 +476,11 @@ defmodule ModelBudget do
   micro-batch of `min(n_ubatch, n_batch, n_ctx)` tokens, with the graph
   allocator reusing freed memory, so a buffer is its largest stage (the
   feed-forward block, or attention without flash attention) plus the
-  attention masks. The estimate is held to real llama.cpp on 102 recorded
-  CPU cases (`test/fixtures/llama_cpp_truth.json`; `make calibrate`
-  re-records them): weights, repacked weights, KV and output exact, compute
-  within 8%, totals within 0.3%.
+  attention masks. The estimate is held to real llama.cpp on every recorded
+  truth set (`test/fixtures/truth/`, one per machine and build: an AVX2 set
+  of 102 cases and an AMX set of 28; `make calibrate` records one on this
+  machine): weights, extra CPU buffers, KV and output exact, compute
+  within 8%, totals within 0.4%.
 
   Takes the options of `distribute/3`.
   """

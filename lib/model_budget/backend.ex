@@ -73,5 +73,13 @@ defmodule ModelBudget.Backend do
   """
   @callback measured(handle()) :: {:ok, map()} | {:error, term()}
 
-  @optional_callbacks measured: 1
+  @doc """
+  The estimator's options for a load with `opts` under this backend's
+  runtime, before the manager places it: e.g. `cpu_buffers: :auto` resolved
+  to the profile the backend's binary reports. Optional: without it the
+  options are taken as given.
+  """
+  @callback estimate_options(opts :: keyword()) :: keyword()
+
+  @optional_callbacks measured: 1, estimate_options: 1
 end

@@ -259,7 +259,7 @@ defmodule ModelBudget.Cluster do
           placement =
             ModelBudget.distribute(
               size,
-              Options.placement(opts),
+              Options.placement(Options.for_backend(backend, opts)),
               Keyword.get(opts, :n_gpus, n_gpus)
             )
 

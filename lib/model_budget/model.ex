@@ -58,19 +58,28 @@ defmodule ModelBudget.Model do
       `:n_tensors`, `:n_params` and `:bytes`.
     * `:n_ff` - the widest feed-forward projection of a dense block, or `nil`.
     * `:n_ff_exp` - one expert's feed-forward width in a MoE block, or `nil`.
-    * `:layer_matrices` - per block, a map from ggml type name to the bytes
-      of its weight matrices of that type (those with a multiple of 8
-      rows): what llama.cpp's CPU backend may repack into a buffer of its
-      own. `[]` for safetensors.
+    * `:layer_matrices` - per block, a map from a matrix class to the bytes
+      of its weight matrices of that class: what an extra CPU buffer of
+      llama.cpp's (AMX, KleidiAI, CPU_REPACK; see `ModelBudget.breakdown/3`'s
+      `:cpu_buffers`) may take. A class is `{type, rows_multiple,
+      cols_multiple, :matrix | :experts}`: the ggml type name, the largest
+      power of two up to 32 dividing the row count and up to 256 dividing
+      the row length, and whether it stacks a MoE block's experts. A bare
+      type name (`"Q4_K"`) in a hand-made model stands for a 2-D matrix
+      whose shape every kernel takes. `[]` for safetensors.
     * `:head_matrices` - the same for the output head.
+    * `:embedding_matrix` - with a tied head, the token embeddings' class
+      as the head's matrix (an extra CPU buffer may copy it), else `nil`.
     * `:layer_largest_matrix` - per block, the bytes of its largest weight
       matrix: what llama.cpp's op offload copies to a GPU when the block
       stays on the host. `[]` when unknown (placement then takes a third
       of the block).
     * `:file_order` - the weights in the file's order, as
       `{part, bytes}` runs (`part` is `:input`, `:output` or a block's
-      index): with mmap the host maps one range, from its first tensor to
-      its last, offloaded tensors between them included. `[]` when unknown
+      index), or `{part, bytes, class}` for weight matrices of one class:
+      with mmap the host maps one range, from its first tensor to its last
+      that no extra CPU buffer takes, offloaded tensors between them
+      included. `[]` when unknown
       (placement then takes convert_hf_to_gguf's order: embeddings, blocks,
       head).
 
@@ -113,12 +122,18 @@ defmodule ModelBudget.Model do
     n_ff_exp: nil,
     layer_matrices: [],
     head_matrices: %{},
+    embedding_matrix: nil,
     layer_largest_matrix: [],
     file_order: []
   ]
 
   @typedoc "A count that is the same for every layer, or one per layer."
   @type per_layer :: non_neg_integer() | [non_neg_integer()]
+
+  @typedoc "A weight matrix's class: what decides which extra CPU buffer takes it."
+  @type matrix_class ::
+          String.t()
+          | {String.t(), pos_integer(), pos_integer(), :matrix | :experts}
 
   @typedoc "Tensors of one element type."
   @type type_stats :: %{
@@ -156,10 +171,14 @@ defmodule ModelBudget.Model do
           types: %{String.t() => type_stats()},
           n_ff: pos_integer() | nil,
           n_ff_exp: pos_integer() | nil,
-          layer_matrices: [%{String.t() => non_neg_integer()}],
-          head_matrices: %{String.t() => non_neg_integer()},
+          layer_matrices: [%{matrix_class() => non_neg_integer()}],
+          head_matrices: %{matrix_class() => non_neg_integer()},
+          embedding_matrix: matrix_class() | nil,
           layer_largest_matrix: [non_neg_integer()],
-          file_order: [{:input | :output | non_neg_integer(), non_neg_integer()}]
+          file_order: [
+            {:input | :output | non_neg_integer(), non_neg_integer()}
+            | {:input | :output | non_neg_integer(), non_neg_integer(), matrix_class()}
+          ]
         }
 
   @typedoc """

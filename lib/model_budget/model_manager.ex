@@ -268,6 +268,10 @@ defmodule ModelBudget.ModelManager do
       included once it is ready.
     * `:evictions` - how many times this manager has evicted this id, an
       eviction under way included.
+    * `:cpu_buffers` - the runtime profile the model was placed with (see
+      `ModelBudget.breakdown/3`): the one its backend's binary reports
+      (`ModelBudget.Backend.LlamaServer`), else the load options' (`nil`
+      when they name none).
   """
   @type info :: %{
           id: id(),
@@ -284,7 +288,8 @@ defmodule ModelBudget.ModelManager do
           last_used: integer(),
           evicted: [id()],
           loads: non_neg_integer(),
-          evictions: non_neg_integer()
+          evictions: non_neg_integer(),
+          cpu_buffers: ModelBudget.cpu_buffers() | :auto | nil
         }
 
   @typedoc """
@@ -491,6 +496,7 @@ defmodule ModelBudget.ModelManager do
       {:error, :already_loaded}
     else
       with {:ok, size} <- footprint(config.backend, source, opts) do
+        opts = Options.for_backend(config.backend, opts)
         n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
         placement = ModelBudget.distribute(size, Options.placement(opts), n_gpus)
         request = load_request(config, id, source, opts, {size, placement})

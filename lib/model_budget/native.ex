@@ -89,6 +89,8 @@ defmodule ModelBudget.Native do
   def probe_machine(_cuda_visible_devices), do: not_loaded()
   def model_read(_path), do: not_loaded()
   def model_from_gguf_header(_header), do: not_loaded()
+  def cpu_buffers_from_system_info(_line), do: not_loaded()
+  def cpu_buffers_detect, do: not_loaded()
   def ledger_new(_budget), do: not_loaded()
   def ledger_admit(_ledger, _placement), do: not_loaded()
   def ledger_release(_ledger, _placement), do: not_loaded()

@@ -17,11 +17,28 @@ defmodule ModelBudget.Plan do
   """
 
   alias ModelBudget.{Model, Native}
+  alias ModelBudget.Backend.LlamaServer.Runtime
   alias ModelBudget.Plan.Catalog
   require ModelBudget.Native.Errors, as: Errors
 
-  @enforce_keys [:machine, :budget, :n_gpus, :options, :together, :models]
-  defstruct [:machine, :budget, :n_gpus, :options, :together, :models]
+  @enforce_keys [:machine, :budget, :n_gpus, :options, :together, :models, :runtime]
+  defstruct [:machine, :budget, :n_gpus, :options, :together, :models, :runtime]
+
+  # The oldest llama.cpp build a truth set was recorded with
+  # (test/fixtures/truth/): older builds may size buffers otherwise.
+  @oldest_recorded_build 11_434
+
+  @typedoc """
+  The runtime profile the report planned with: its extra CPU buffers, the
+  build that reported them (`nil` without a binary), where it came from,
+  and a warning for a build older than any recorded truth.
+  """
+  @type runtime :: %{
+          cpu_buffers: ModelBudget.cpu_buffers(),
+          build: non_neg_integer() | nil,
+          from: String.t(),
+          warning: String.t() | nil
+        }
 
   @typedoc "This machine as the report shows it."
   @type machine :: %{
@@ -45,6 +62,8 @@ defmodule ModelBudget.Plan do
   @type device_share :: %{
           device: device(),
           weights: non_neg_integer(),
+          amx: non_neg_integer(),
+          kleidiai: non_neg_integer(),
           repack: non_neg_integer(),
           kv_cache: non_neg_integer(),
           compute: non_neg_integer(),
@@ -137,13 +156,62 @@ defmodule ModelBudget.Plan do
   """
   @spec run(keyword()) :: {:ok, t()} | {:error, String.t()}
   def run(opts \\ []) do
-    opts = Keyword.validate!(opts, models: [], budget: :auto, load: [], machine: nil)
+    opts =
+      Keyword.validate!(opts, models: [], budget: :auto, load: [], machine: nil, llama_server: nil)
+
     machine = opts[:machine] || probe()
 
-    with {:ok, models} <- load_models(opts[:models]) do
-      plan(models, opts, machine)
+    with {:ok, runtime} <- runtime(opts[:load], opts[:llama_server]),
+         {:ok, models} <- load_models(opts[:models]) do
+      plan(models, opts, machine, runtime)
     end
   end
+
+  # Resolved once for every model: a profile the options name, else the one
+  # the given llama-server binary reports, else a native build's on this CPU.
+  defp runtime(load, binary) do
+    named =
+      case {Keyword.get(load, :cpu_buffers, :auto), Keyword.get(load, :repack)} do
+        {:auto, false} -> :none
+        {:auto, _} -> nil
+        {profile, _} -> profile
+      end
+
+    cond do
+      named != nil ->
+        {:ok, %{cpu_buffers: named, build: nil, from: "as asked", warning: nil}}
+
+      binary != nil ->
+        case Runtime.profile(binary) do
+          {:ok, r} ->
+            {:ok,
+             %{
+               cpu_buffers: r.cpu_buffers,
+               build: r.build,
+               from: "llama-server b#{r.build} (#{binary})",
+               warning: build_warning(r.build)
+             }}
+
+          {:error, {:runtime_probe_failed, _, detail}} ->
+            {:error, "--llama-server #{binary}: no system_info line from it (#{inspect(detail)})"}
+        end
+
+      true ->
+        {:ok,
+         %{
+           cpu_buffers: ModelBudget.cpu_buffers(),
+           build: nil,
+           from: "a native llama.cpp build on this CPU",
+           warning: nil
+         }}
+    end
+  end
+
+  defp build_warning(build) when is_integer(build) and build < @oldest_recorded_build,
+    do:
+      "llama.cpp build #{build} is older than the oldest recorded one (#{@oldest_recorded_build}): its buffers may differ from this estimate"
+
+  defp build_warning(_build), do: nil
 
   defp probe do
     %{
@@ -191,10 +259,13 @@ defmodule ModelBudget.Plan do
 
   # Bad options surface from the NIFs as ArgumentError: they are the user's
   # input here, reported as a message instead of a crash.
-  defp plan(models, opts, machine) do
+  defp plan(models, opts, machine, runtime) do
     budget = ModelBudget.resolve_with(opts[:budget], machine.gpus, machine.memory.limit)
     n_gpus = gpu_count(opts[:budget], machine)
-    load = opts[:load]
+
+    load =
+      opts[:load] |> Keyword.delete(:repack) |> Keyword.put(:cpu_buffers, runtime.cpu_buffers)
+
     together = opts[:models] != []
 
     {entries, _used} =
@@ -212,9 +283,10 @@ defmodule ModelBudget.Plan do
        machine: machine,
        budget: budget,
        n_gpus: n_gpus,
-       options: load,
+       options: opts[:load],
        together: together,
-       models: entries
+       models: entries,
+       runtime: runtime
      }}
   rescue
     e in ArgumentError -> {:error, Exception.message(e)}
@@ -364,7 +436,8 @@ defmodule ModelBudget.Plan do
 
         pool =
           Map.new(
-            [:weights, :repack, :kv_cache, :compute, :output, :prompt_cache, :overhead, :total],
+            [:weights, :amx, :kleidiai, :repack, :kv_cache, :compute, :output] ++
+              [:prompt_cache, :overhead, :total],
             &{&1, sum.(&1)}
           )
           |> Map.merge(%{device: :total, available: left(budget, :total, used)})
@@ -427,6 +500,7 @@ defmodule ModelBudget.Plan do
       },
       budget: budget_json(plan.budget),
       n_gpus: plan.n_gpus,
+      runtime: %{plan.runtime | cpu_buffers: Atom.to_string(plan.runtime.cpu_buffers)},
       options: options_json(plan.options),
       models: Enum.map(plan.models, &entry_json/1)
     }

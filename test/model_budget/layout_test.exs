@@ -63,9 +63,58 @@ defmodule ModelBudget.LayoutTest do
       b = ModelBudget.breakdown(model, [repack: true, mmap: false] ++ @opts, 0)
       assert b.ram.weights == 280 * @mib + 32 * 50 * @mib + 400 * @mib
 
-      assert_raise ArgumentError, ~r/invalid option :repack: expected :auto, true, false/, fn ->
+      assert_raise ArgumentError, ~r/invalid option :repack: expected true, false, :auto/, fn ->
         ModelBudget.breakdown(model, [repack: :sometimes], 0)
       end
+    end
+
+    test "the runtime profile: AMX before CPU_REPACK, its copies grown, and named in the result" do
+      q4k = {"Q4_K", 32, 256, :matrix}
+      # Rows in eights but not in 32s: AMX refuses it, CPU_REPACK takes it.
+      narrow = {"Q4_K", 8, 256, :matrix}
+      q6k_experts = {"Q6_K", 32, 256, :experts}
+
+      model =
+        Map.put(
+          @llama,
+          :layer_matrices,
+          List.duplicate(%{q4k => 144 * @mib, narrow => 144, q6k_experts => 210}, 32)
+        )
+
+      amx = ModelBudget.breakdown(model, [cpu_buffers: :x86_amx] ++ @opts, 0)
+      assert amx.cpu_buffers == :x86_amx
+      # Q4_K grows from 144 to 148 bytes a block in AMX's layout.
+      assert amx.ram.amx == 32 * 148 * @mib
+      assert amx.ram.repack == 32 * 144
+      assert amx.ram.kleidiai == 0
+
+      avx2 = ModelBudget.breakdown(model, [cpu_buffers: :x86_avx2] ++ @opts, 0)
+
+      assert {avx2.cpu_buffers, avx2.ram.amx, avx2.ram.repack} ==
+               {:x86_avx2, 0, 32 * (144 * @mib + 144)}
+
+      none = ModelBudget.breakdown(model, [cpu_buffers: :none] ++ @opts, 0)
+      assert {none.ram.amx, none.ram.repack} == {0, 0}
+
+      # :auto is this CPU's, named in the result.
+      assert ModelBudget.breakdown(model, @opts, 0).cpu_buffers == ModelBudget.cpu_buffers()
+
+      assert_raise ArgumentError,
+                   ~r/invalid option :cpu_buffers: expected :auto, :none, :x86_avx2.*got: :avx512/,
+                   fn -> ModelBudget.breakdown(model, [cpu_buffers: :avx512], 0) end
+
+      assert_raise ArgumentError,
+                   ~r/invalid model layer_matrices: expected a ggml type name/,
+                   fn ->
+                     bad =
+                       Map.put(
+                         @llama,
+                         :layer_matrices,
+                         List.duplicate(%{{"Q4_K", 3, 256, :matrix} => 1}, 32)
+                       )
+
+                     ModelBudget.breakdown(bad, @opts, 0)
+                   end
     end
 
     test "partial offload of 10 of 32 layers over two GPUs 3:1" do

@@ -15,6 +15,20 @@ defmodule ModelBudget.Test.LlamaServer do
     end
   end
 
+  # What the binary reports of itself (its runtime profile).
+  def runtime do
+    {:ok, runtime} = ModelBudget.Backend.LlamaServer.Runtime.profile(command())
+    runtime
+  end
+
+  # Options that keep a server alive past its first decode on this machine:
+  # llama.cpp b11434 dies in ggml_backend_amx_mul_mat at the first decode
+  # on AMX CPUs (llama.cpp #20824), so a test that needs one turns the
+  # extra CPU buffers off there.
+  def decode_safe do
+    if runtime().cpu_buffers == :x86_amx, do: [cpu_buffers: :none], else: []
+  end
+
   # OS pids whose command line names `path` (the model file).
   def servers_for(path) do
     for dir <- File.ls!("/proc"),

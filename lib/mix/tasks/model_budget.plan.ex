@@ -49,9 +49,17 @@ defmodule Mix.Tasks.ModelBudget.Plan do
       `auto` where the backend has it).
     * `--cache-ram MIB` - llama-server's prompt cache in RAM, which fills
       while it serves. Defaults to `8192`, llama-server's default.
-    * `--no-repack` - plan for a CPU backend that does not repack Q4
-      weights (llama.cpp's `--no-repack`); by default this machine's CPU
-      decides which types repack. `--no-mmap` loads instead of mapping.
+    * `--cpu-buffers P` - the runtime profile: which extra CPU buffers the
+      llama.cpp build copies weights into (`x86_amx`: AMX then CPU_REPACK;
+      `x86_avx512`, `x86_avx2`, `arm_dotprod`: CPU_REPACK; `arm_kleidiai`;
+      `none`; `auto`). Defaults to `auto`: what the `--llama-server` binary
+      reports, else a native build on this CPU. The "Planned on" line
+      names the profile used.
+    * `--llama-server PATH` - ask this `llama-server` binary which extra CPU
+      buffers it uses here (it is started once, on an empty file, and exits
+      at once); a build older than the oldest recorded truth is warned of.
+    * `--no-repack` - no extra CPU buffers (llama.cpp's `--no-repack`), as
+      `--cpu-buffers none`. `--no-mmap` loads instead of mapping.
     * `--cache-type-k T`, `--cache-type-v T` - KV cache types: `f32`, `f16`,
       `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`. Default `f16`.
     * `--no-kv-offload` - keep the KV cache in RAM.

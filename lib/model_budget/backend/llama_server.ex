@@ -43,9 +43,12 @@ defmodule ModelBudget.Backend.LlamaServer do
     * `:cache_ram` - bytes of the server's RAM prompt cache (`--cache-ram`,
       rounded up to whole MiB). Defaults to 8 GiB, the server's default,
       which the estimate reserves in RAM; `0` turns it off.
-    * `:repack` - `false` or `:none` turns weight repacking off
-      (`--no-repack`); any other value of the estimator's (`:auto`, `true`,
-      a CPU's name) leaves it on. Defaults to `:auto`.
+    * `:cpu_buffers` - the runtime profile (see `ModelBudget.breakdown/3`).
+      `:auto` asks the binary once (`ModelBudget.Backend.LlamaServer.Runtime`)
+      which extra CPU buffers it uses here, AMX included, and the estimate
+      takes that; `:none` starts the server with `--no-repack`; a named
+      profile is taken as given. Defaults to `:auto`.
+    * `:repack` - the older name: `false` or `:none` is `cpu_buffers: :none`.
     * `:mmap` - `true` maps the model file, `false` reads it
       (`--load-mode`). Defaults to `true`.
 
@@ -81,7 +84,7 @@ defmodule ModelBudget.Backend.LlamaServer do
 
   @behaviour ModelBudget.Backend
 
-  alias ModelBudget.Backend.LlamaServer.{Args, Log, Server}
+  alias ModelBudget.Backend.LlamaServer.{Args, Log, Runtime, Server}
 
   @enforce_keys [:pid, :base_url, :port, :os_pid, :path]
   defstruct @enforce_keys
@@ -134,6 +137,27 @@ defmodule ModelBudget.Backend.LlamaServer do
       {:ok, %{format: :gguf} = model} -> {:ok, model}
       {:ok, _} -> {:error, {:not_gguf, path}}
       {:error, reason} -> {:error, {reason, path}}
+    end
+  end
+
+  @doc """
+  The estimator's options for `opts` with this backend: `cpu_buffers: :auto`
+  becomes the profile the `llama-server` binary reports on this machine
+  (see `ModelBudget.Backend.LlamaServer.Runtime`). A binary that cannot be
+  found or asked leaves `:auto` (this CPU, a native build), and the load
+  then fails on the binary as usual.
+  """
+  @impl true
+  @spec estimate_options(keyword()) :: keyword()
+  def estimate_options(opts) do
+    checked = Args.validate!(opts)
+
+    with true <- checked.cpu_buffers == :auto and checked.repack in [nil, true, :auto],
+         {:ok, executable} <- executable(checked.command),
+         {:ok, runtime} <- Runtime.profile(executable) do
+      Keyword.merge(Keyword.delete(opts, :repack), cpu_buffers: runtime.cpu_buffers)
+    else
+      _ -> opts
     end
   end
 

@@ -114,7 +114,8 @@ defmodule ModelBudget.ModelManager.Entry do
       loaded_at: e.loaded_at,
       evicted: e.evicted,
       loads: e.loads,
-      evictions: e.evictions
+      evictions: e.evictions,
+      cpu_buffers: Keyword.get(e.opts, :cpu_buffers)
     }
   end
 end

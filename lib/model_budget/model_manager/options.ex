@@ -92,6 +92,18 @@ defmodule ModelBudget.ModelManager.Options do
   @spec placement(keyword()) :: keyword()
   def placement(opts), do: Keyword.drop(opts, @load_keys)
 
+  @doc """
+  `opts` as `backend` refines them for its runtime (its optional
+  `c:ModelBudget.Backend.estimate_options/1`), e.g. the runtime profile its
+  binary reports; as given otherwise.
+  """
+  @spec for_backend(module(), keyword()) :: keyword()
+  def for_backend(backend, opts) do
+    if Code.ensure_loaded?(backend) and function_exported?(backend, :estimate_options, 1),
+      do: backend.estimate_options(opts),
+      else: opts
+  end
+
   @doc "Checks unload/3's options; returns `%{timeout:, force:}` with defaults."
   @spec unload!(term()) :: %{timeout: non_neg_integer() | :infinity, force: boolean()}
   def unload!(opts) do

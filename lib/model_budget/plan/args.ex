@@ -21,6 +21,8 @@ defmodule ModelBudget.Plan.Args do
     kv_unified: :boolean,
     cache_ram: :integer,
     repack: :boolean,
+    cpu_buffers: :string,
+    llama_server: :string,
     mmap: :boolean,
     budget: :string,
     json: :boolean
@@ -47,6 +49,11 @@ defmodule ModelBudget.Plan.Args do
   }
 
   @flash_attn %{"on" => true, "off" => false, "auto" => true}
+
+  @cpu_buffers Map.new(
+                 ~w(auto none x86_avx2 x86_avx512 x86_amx arm_dotprod arm_kleidiai)a,
+                 &{Atom.to_string(&1), &1}
+               )
 
   @split_modes %{"none" => :none, "layer" => :layer, "row" => :row}
   @cache_types Map.new(
@@ -82,11 +89,15 @@ defmodule ModelBudget.Plan.Args do
       {parsed, paths, []} ->
         with {:ok, load} <- load_options(parsed),
              {:ok, budget} <- budget(Keyword.get(parsed, :budget, "auto")) do
-          {:ok,
-           %{
-             plan: [models: paths, budget: budget, load: load],
-             json: Keyword.get(parsed, :json, false)
-           }}
+          plan = [models: paths, budget: budget, load: load]
+
+          plan =
+            case Keyword.fetch(parsed, :llama_server) do
+              {:ok, binary} -> plan ++ [llama_server: binary]
+              :error -> plan
+            end
+
+          {:ok, %{plan: plan, json: Keyword.get(parsed, :json, false)}}
         end
 
       {_, _, [{switch, nil} | _]} ->
@@ -165,6 +176,17 @@ defmodule ModelBudget.Plan.Args do
   defp load_option(:kv_unified, yes), do: {:ok, {:kv_unified, yes}}
   defp load_option(:repack, yes), do: {:ok, {:repack, if(yes, do: :auto, else: false)}}
   defp load_option(:mmap, yes), do: {:ok, {:mmap, yes}}
+
+  defp load_option(:cpu_buffers, name) do
+    choice(
+      "--cpu-buffers",
+      name,
+      @cpu_buffers,
+      Enum.join(Map.keys(@cpu_buffers), ", "),
+      :cpu_buffers
+    )
+  end
+
   # llama-server's --cache-ram is in MiB; -1 means no limit, which no plan can hold.
   defp load_option(:cache_ram, mib) when mib >= 0, do: {:ok, {:cache_ram, mib * 2 ** 20}}
 
@@ -191,7 +213,7 @@ defmodule ModelBudget.Plan.Args do
       else: {:error, "--tensor-split: expected non-negative numbers such as 3,1, got: #{text}"}
   end
 
-  defp load_option(key, _value) when key in [:budget, :json], do: {:ok, nil}
+  defp load_option(key, _value) when key in [:budget, :json, :llama_server], do: {:ok, nil}
 
   defp choice(switch, value, choices, expected, key) do
     case Map.fetch(choices, value) do

@@ -66,9 +66,13 @@ defmodule ModelBudget.Plan.Text do
       ] ++
         [
           ["Budget", describe(plan.budget)],
-          ["Planned on", planned_on(plan)],
+          ["Planned on", planned_on(plan) <> ", " <> runtime(plan.runtime)],
           ["Options", options(plan.options)]
-        ]
+        ] ++
+        if(plan.runtime.warning,
+          do: [["Warning", paint(c.({:yellow, plan.runtime.warning}))]],
+          else: []
+        )
 
     heading("This machine", c) <> "\n" <> Format.table(rows, left: [0, 1], indent: "  ")
   end
@@ -84,6 +88,19 @@ defmodule ModelBudget.Plan.Text do
     if plan.n_gpus == length(plan.machine.gpus),
       do: "RAM and #{gpus}",
       else: "RAM and #{gpus} (as the budget lists)"
+  end
+
+  # The extra CPU buffers, as llama.cpp names them, in its order.
+  defp runtime(r) do
+    buffers =
+      case r.cpu_buffers do
+        :none -> "no extra CPU buffers"
+        :x86_amx -> "AMX, then CPU_REPACK"
+        :arm_kleidiai -> "KLEIDIAI, then CPU_REPACK"
+        _ -> "CPU_REPACK"
+      end
+
+    "CPU buffers #{r.cpu_buffers} (#{buffers}; #{r.from})"
   end
 
   defp options([]),
@@ -189,17 +206,27 @@ defmodule ModelBudget.Plan.Text do
   defp devices(e, c) do
     short = MapSet.new(e.short, & &1.device)
 
+    # AMX and KleidiAI columns only where a device has such a buffer.
+    extra =
+      Enum.filter([amx: "AMX", kleidiai: "KleidiAI"], fn {key, _} ->
+        Enum.any?(e.devices, &(&1[key] > 0))
+      end)
+
     rows =
       Enum.map(e.devices, fn d ->
         left = if d.available, do: b(d.available), else: "-"
         available = if d.device in short, do: c.({:red, left}), else: left
 
-        [device(d.device), b(d.weights), b(d.repack), b(d.kv_cache), b(d.compute)] ++
+        [device(d.device), b(d.weights)] ++
+          Enum.map(extra, fn {key, _} -> b(d[key]) end) ++
+          [b(d.repack), b(d.kv_cache), b(d.compute)] ++
           [b(d.output), b(d.prompt_cache), b(d.overhead), b(d.total), available]
       end)
 
     header =
-      ["device", "weights", "repacked", "KV cache", "compute", "output"] ++
+      ["device", "weights"] ++
+        Enum.map(extra, &elem(&1, 1)) ++
+        ["repacked", "KV cache", "compute", "output"] ++
         ["prompt cache", "overhead", "total", "available"]
 
     Format.table([header | rows], indent: "  ")

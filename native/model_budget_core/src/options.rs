@@ -40,6 +40,7 @@ const MODEL_ONLY: &[&str] = &[
     "n_batch",
     "kv_unified",
     "mmap",
+    "cpu_buffers",
     "repack",
     "cache_ram",
 ];

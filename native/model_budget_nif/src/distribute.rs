@@ -1,8 +1,8 @@
 //! `distribute/3`: load options in, `placement()` out.
 
 use model_budget_core::distribute::{distribute_into, TensorSplit, MAX_GPUS};
+use model_budget_core::layout::cpu_buffers::{CpuBuffers, PROFILES};
 use model_budget_core::layout::kv::CacheType;
-use model_budget_core::layout::repack::Repack;
 use model_budget_core::options::near_miss;
 use model_budget_core::{DistributeOptions, OptionSet, Placement};
 use std::sync::OnceLock;
@@ -58,8 +58,8 @@ pub fn read_options<'a>(
 /// The atoms of `KEYS` in order, and the bits of those `set` reads: worked
 /// out once (the core's option tables are by name, and each of rustler's
 /// atom functions checks that its atoms were made).
-fn key_table(set: OptionSet) -> (&'static [Atom; 19], u32) {
-    static TABLE: OnceLock<([Atom; 19], [u32; 2])> = OnceLock::new();
+fn key_table(set: OptionSet) -> (&'static [Atom; 20], u32) {
+    static TABLE: OnceLock<([Atom; 20], [u32; 2])> = OnceLock::new();
     let (atoms, masks) = TABLE.get_or_init(|| {
         let masks = [OptionSet::Bytes, OptionSet::Model].map(|set| {
             KEYS.iter()
@@ -80,7 +80,7 @@ type Key = (fn() -> Atom, &'static str, Setter);
 
 /// The options either path reads; a key's position is its bit in
 /// `read_options`'s masks.
-const KEYS: [Key; 19] = [
+const KEYS: [Key; 20] = [
     (atoms::mode, "mode", |o, v| {
         o.mode = v
             .decode::<ModeTerm>()
@@ -157,8 +157,12 @@ const KEYS: [Key; 19] = [
         o.mmap = boolean(v, "option :mmap")?;
         Ok(())
     }),
+    (cpu_buffers, "cpu_buffers", |o, v| {
+        o.cpu_buffers = decode_cpu_buffers(v)?;
+        Ok(())
+    }),
     (repack, "repack", |o, v| {
-        o.repack = decode_repack(v)?;
+        o.cpu_buffers = decode_repack(v)?;
         Ok(())
     }),
     (cache_ram, "cache_ram", |o, v| {
@@ -197,29 +201,49 @@ rustler::atoms! {
     n_batch,
     kv_unified,
     mmap,
+    cpu_buffers,
     repack,
     cache_ram,
-    auto,
-    x86_avx2,
-    x86_avx512,
-    arm_dotprod,
 }
 
-/// `:repack`: `:auto` (this machine's CPU), `true` (x86-64 with AVX2, the
-/// common server), `false`, or a named CPU's rules.
-fn decode_repack(term: Term) -> Decoded<Repack> {
-    if let Ok(yes) = term.decode::<bool>() {
-        return Ok(if yes { Repack::X86Avx2 } else { Repack::None });
+/// The runtime profiles' names, for messages: `:auto, :none, ...`.
+fn profile_names() -> String {
+    let names: Vec<String> = PROFILES.iter().map(|p| format!(":{}", p.name())).collect();
+    format!(":auto, {}", names.join(", "))
+}
+
+/// A profile by its atom's name, `:auto` for this machine's CPU.
+fn profile(term: Term) -> Option<CpuBuffers> {
+    let name = atom(term)?.to_term(term.get_env()).atom_to_string().ok()?;
+    if name == "auto" {
+        return Some(CpuBuffers::detect());
     }
-    match atom(term) {
-        Some(a) if a == auto() => Ok(Repack::detect()),
-        Some(a) if a == atoms::none() => Ok(Repack::None),
-        Some(a) if a == x86_avx2() => Ok(Repack::X86Avx2),
-        Some(a) if a == x86_avx512() => Ok(Repack::X86Avx512),
-        Some(a) if a == arm_dotprod() => Ok(Repack::ArmDotprod),
-        _ => bad(
+    CpuBuffers::from_name(&name)
+}
+
+/// `:cpu_buffers`: a runtime profile's name, or `:auto`.
+fn decode_cpu_buffers(term: Term) -> Decoded<CpuBuffers> {
+    match profile(term) {
+        Some(p) => Ok(p),
+        None => bad("option :cpu_buffers", &profile_names(), term),
+    }
+}
+
+/// `:repack`, the older name: `true` (x86-64 with AVX2), `false`, or what
+/// `:cpu_buffers` takes.
+fn decode_repack(term: Term) -> Decoded<CpuBuffers> {
+    if let Ok(yes) = term.decode::<bool>() {
+        return Ok(if yes {
+            CpuBuffers::X86Avx2
+        } else {
+            CpuBuffers::None
+        });
+    }
+    match profile(term) {
+        Some(p) => Ok(p),
+        None => bad(
             "option :repack",
-            ":auto, true, false, :none, :x86_avx2, :x86_avx512 or :arm_dotprod",
+            &format!("true, false, {} (or use :cpu_buffers)", profile_names()),
             term,
         ),
     }

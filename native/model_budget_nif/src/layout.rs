@@ -2,14 +2,14 @@
 //! longest context that fits.
 
 use model_budget_core::layout::{self, estimate::Estimate, kv, Breakdown, ModelShape, Share};
-use model_budget_core::model::{MatrixBytes, Model, Run};
+use model_budget_core::model::Model;
 use model_budget_core::{Format, PerLayer};
 use rustler::{Encoder, Env, ListIterator, NifMap, Term};
 
 use crate::badarg::{bad, reply, Decoded};
 use crate::decode::{bytes, optional};
 use crate::distribute::{decode_options, gpu_count, positive};
-use crate::model::PartTerm;
+use crate::matrix::{decode_class, decode_matrices, decode_runs};
 use crate::placement::Encoded;
 use model_budget_core::OptionSet;
 
@@ -20,6 +20,7 @@ rustler::atoms! {
     tied_embeddings,
     layer_matrices,
     head_matrices,
+    embedding_matrix,
     n_ff,
     n_ff_exp,
     n_experts_used,
@@ -75,16 +76,6 @@ fn count<'a>(term: Term<'a>, name: &str) -> Decoded<'a, PerLayer> {
     Ok(PerLayer::Uniform(bytes(term, &format!("model {name}"))?))
 }
 
-/// `%{"Q4_K" => bytes, ...}`.
-fn matrices<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, MatrixBytes> {
-    let Ok(map) = term.decode::<std::collections::HashMap<String, Term>>() else {
-        return bad(arg, "a map of ggml type names to byte counts", term);
-    };
-    map.into_iter()
-        .map(|(name, b)| Ok((name, bytes(b, arg)?)))
-        .collect()
-}
-
 /// A `%ModelBudget.Model{}`, or a map with its layout keys, as the core's
 /// model; the fields placement does not use may be absent.
 pub fn decode_model(term: Term) -> Decoded<ModelShape> {
@@ -103,7 +94,7 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
             let Ok(list) = t.decode::<ListIterator>() else {
                 return bad("model layer_matrices", "a list of maps", t);
             };
-            list.map(|m| matrices(m, "model layer_matrices"))
+            list.map(|m| decode_matrices(m, "model layer_matrices"))
                 .collect::<Decoded<_>>()?
         }
         Err(_) => Vec::new(),
@@ -146,34 +137,20 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
         n_ff_exp: maybe(term, n_ff_exp(), |t| bytes(t, "model n_ff_exp"))?,
         layer_matrices,
         head_matrices: maybe(term, head_matrices(), |t| {
-            matrices(t, "model head_matrices")
+            decode_matrices(t, "model head_matrices")
         })?
         .unwrap_or_default(),
+        embedding_matrix: maybe(term, embedding_matrix(), |t| {
+            decode_class(t, "model embedding_matrix")
+        })?,
         // Absent (a hand-made map): placement takes llama.cpp's convert
         // order and estimates the largest matrix from the block's bytes.
         layer_largest_matrix: maybe(term, layer_largest_matrix(), |t| {
             u64_list(t, "model layer_largest_matrix")
         })?
         .unwrap_or_default(),
-        file_order: maybe(term, file_order(), |t| {
-            t.decode::<Vec<(PartTerm, u64)>>()
-                .or_else(|_| {
-                    bad(
-                        "model file_order",
-                        "a list of {:input | :output | block, bytes} tuples",
-                        t,
-                    )
-                })
-                .map(|runs| {
-                    runs.into_iter()
-                        .map(|(part, bytes)| Run {
-                            part: part.into(),
-                            bytes,
-                        })
-                        .collect()
-                })
-        })?
-        .unwrap_or_default(),
+        file_order: maybe(term, file_order(), |t| decode_runs(t, "model file_order"))?
+            .unwrap_or_default(),
     };
     Ok(ModelShape::try_from(&model)?)
 }
@@ -181,6 +158,8 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
 #[derive(NifMap)]
 struct ShareTerm {
     weights: u64,
+    amx: u64,
+    kleidiai: u64,
     repack: u64,
     kv_cache: u64,
     compute: u64,
@@ -193,6 +172,8 @@ struct ShareTerm {
 fn share_term<'a>(share: &Share) -> Decoded<'a, ShareTerm> {
     Ok(ShareTerm {
         weights: share.weights,
+        amx: share.amx,
+        kleidiai: share.kleidiai,
         repack: share.repack,
         kv_cache: share.kv_cache,
         compute: share.compute,
@@ -206,13 +187,21 @@ fn share_term<'a>(share: &Share) -> Decoded<'a, ShareTerm> {
 #[derive(NifMap)]
 struct BreakdownTerm {
     n_ctx: u64,
+    cpu_buffers: rustler::Atom,
     ram: ShareTerm,
     vram: std::collections::HashMap<u32, ShareTerm>,
 }
 
-fn breakdown_term<'a>(b: &Breakdown) -> Decoded<'a, BreakdownTerm> {
+fn breakdown_term<'a>(env: Env<'a>, b: &Breakdown) -> Decoded<'a, BreakdownTerm> {
     Ok(BreakdownTerm {
         n_ctx: b.n_ctx,
+        // The profiles' names are the core's fixed table: always atoms.
+        cpu_buffers: rustler::Atom::from_str(env, b.cpu_buffers.name()).map_err(|_| {
+            model_budget_core::Error::InvalidArgument {
+                arg: "opts",
+                message: "no atom for the runtime profile".into(),
+            }
+        })?,
         ram: share_term(&b.ram)?,
         vram: b
             .gpus
@@ -253,7 +242,7 @@ fn distribute_model<'a>(
 fn breakdown<'a>(env: Env<'a>, model: Term<'a>, opts: Term<'a>, n_gpus: Term<'a>) -> Term<'a> {
     let result = (|| {
         let (shape, opts, n_gpus) = placement_args(model, opts, n_gpus)?;
-        Ok(breakdown_term(&layout::breakdown(&shape, &opts, n_gpus)?)?.encode(env))
+        Ok(breakdown_term(env, &layout::breakdown(&shape, &opts, n_gpus)?)?.encode(env))
     })();
     reply(env, result)
 }

@@ -19,9 +19,11 @@ mod floor;
 mod gate;
 mod json;
 mod layout;
+mod matrix;
 mod model;
 mod placement;
 mod raw;
+mod runtime;
 mod system;
 
 rustler::init!("Elixir.ModelBudget.Native");

@@ -10,6 +10,7 @@ use rustler::{Atom, Binary, Encoder, Env, NifMap, NifStruct, NifUnitEnum, NifUnt
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
+use crate::matrix::{encode_matrices, ClassTerm, RunTerm};
 
 rustler::atoms! {
     invalid_model,
@@ -100,10 +101,11 @@ struct ModelTerm {
     types: HashMap<String, TypeTerm>,
     n_ff: Option<u64>,
     n_ff_exp: Option<u64>,
-    layer_matrices: Vec<HashMap<String, u64>>,
-    head_matrices: HashMap<String, u64>,
+    layer_matrices: Vec<HashMap<ClassTerm, u64>>,
+    head_matrices: HashMap<ClassTerm, u64>,
+    embedding_matrix: Option<ClassTerm>,
     layer_largest_matrix: Vec<u64>,
-    file_order: Vec<(PartTerm, u64)>,
+    file_order: Vec<RunTerm>,
 }
 
 fn count(c: PerLayer) -> CountTerm {
@@ -170,18 +172,11 @@ impl From<model::Model> for ModelTerm {
             types,
             n_ff: m.n_ff,
             n_ff_exp: m.n_ff_exp,
-            layer_matrices: m
-                .layer_matrices
-                .into_iter()
-                .map(HashMap::from_iter)
-                .collect(),
-            head_matrices: HashMap::from_iter(m.head_matrices),
+            layer_matrices: m.layer_matrices.into_iter().map(encode_matrices).collect(),
+            head_matrices: encode_matrices(m.head_matrices),
+            embedding_matrix: m.embedding_matrix.map(ClassTerm::from),
             layer_largest_matrix: m.layer_largest_matrix,
-            file_order: m
-                .file_order
-                .into_iter()
-                .map(|r| (r.part.into(), r.bytes))
-                .collect(),
+            file_order: m.file_order.into_iter().map(RunTerm::from).collect(),
         }
     }
 }

@@ -216,7 +216,15 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
         json(args ++ ["--split-mode", "layer", "--ctx", "16384", "--cache-type-k", "q8_0"])
 
       assert Map.keys(report) ==
-               ~w(budget fits machine models n_gpus options together)
+               ~w(budget fits machine models n_gpus options runtime together)
+
+      # No binary and no profile asked for: a native build's on this CPU.
+      assert report["runtime"] == %{
+               "cpu_buffers" => Atom.to_string(ModelBudget.cpu_buffers()),
+               "build" => nil,
+               "from" => "a native llama.cpp build on this CPU",
+               "warning" => nil
+             }
 
       assert report["fits"] == false
       assert report["together"] == true
@@ -275,7 +283,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       # The devices are exactly ModelBudget.breakdown/3's, with what was left.
       opts = [split_mode: :layer, n_ctx: 16_384, cache_type_k: :q8_0]
       b = ModelBudget.breakdown(model, opts, 2)
-      parts = ~w(weights repack kv_cache compute output prompt_cache overhead total)
+      parts = ~w(weights amx kleidiai repack kv_cache compute output prompt_cache overhead total)
 
       expected =
         [
@@ -475,6 +483,53 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
     end
   end
 
+  describe "the runtime profile" do
+    # llama.cpp b11434's buffers on a Sapphire Rapids Xeon for this model at
+    # -c 4096 -np 1 (test/fixtures/truth/llama_server_b11434_x86_amx.json).
+    @amx_mib 4491.48
+    @mapped_mib 4274.33
+
+    test "--cpu-buffers x86_amx: the AMX buffer within 1% of llama.cpp's, and the profile named" do
+      args = ~w(llama-3.1-8b --ctx 4096 --parallel 1 --no-kv-unified --cache-ram 0)
+      {0, out, ""} = plan(args ++ ~w(--cpu-buffers x86_amx))
+      assert out =~ "CPU buffers x86_amx (AMX, then CPU_REPACK; as asked)"
+      assert out =~ ~r/\n  device\s+weights\s+AMX\s+repacked\s+KV cache/
+
+      {0, report} = json(args ++ ~w(--cpu-buffers x86_amx))
+      [%{"devices" => [ram]}] = report["models"]
+      assert_in_delta ram["amx"] / 2 ** 20, @amx_mib, @amx_mib * 0.01
+      assert_in_delta ram["weights"] / 2 ** 20, @mapped_mib, @mapped_mib * 0.01
+      assert report["runtime"]["cpu_buffers"] == "x86_amx"
+
+      # Without AMX there is no such column.
+      {0, out, ""} = plan(args ++ ~w(--cpu-buffers x86_avx2))
+      refute out =~ "AMX"
+    end
+
+    test "--llama-server: the profile the binary reports, and a warning for an old build", %{
+      dir: dir
+    } do
+      fake = Path.join(dir, "old-llama-server")
+
+      File.write!(fake, """
+      #!/bin/sh
+      echo "cmn  common_params_print_info: build 9000 (abc) with GNU 12 for Linux x86_64" >&2
+      echo "cmn  common_param: system_info: n_threads = 2 / 2 | CPU : SSE3 = 1 | AVX2 = 1 | AVX512 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | REPACK = 1 |" >&2
+      exit 1
+      """)
+
+      File.chmod!(fake, 0o755)
+
+      {_, out, ""} =
+        plan(["llama-3.1-8b", "--llama-server", fake] ++ (@pinned -- ["--no-repack"]))
+
+      assert out =~ "CPU buffers x86_amx (AMX, then CPU_REPACK; llama-server b9000 (#{fake}))"
+
+      assert out =~
+               "Warning     llama.cpp build 9000 is older than the oldest recorded one (11434)"
+    end
+  end
+
   describe "bad input" do
     for {args, message} <- [
           {["--frobnicate"], "unknown option --frobnicate"},
@@ -508,7 +563,11 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
           {["--flash-attn", "sometimes"],
            "--flash-attn: expected on, off or auto, got: sometimes"},
           {["--batch-size", "0"],
-           "invalid --batch-size: expected a positive integer below 2^64, got: 0"}
+           "invalid --batch-size: expected a positive integer below 2^64, got: 0"},
+          {["--cpu-buffers", "amx"],
+           "--cpu-buffers: expected arm_dotprod, arm_kleidiai, auto, none, x86_amx, x86_avx2, x86_avx512, got: amx"},
+          {["--llama-server", "/nonexistent/llama-server"],
+           "--llama-server /nonexistent/llama-server: no system_info line from it (:enoent)"}
         ] do
       test "#{Enum.join(args, " ")}" do
         {status, out, err} = plan(unquote(args))

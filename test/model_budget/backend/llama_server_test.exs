@@ -21,9 +21,16 @@ defmodule ModelBudget.Backend.LlamaServerTest do
   # One thread each: the machine has two cores and other work on them. No
   # prompt cache: it is empty at load, so the reservation would only be
   # padded by it.
+  # Servers that decode stay clear of llama.cpp's AMX crash (#20824). A
+  # fake `:command` (a script) is no llama-server to ask for its profile:
+  # it gets one named.
   defp opts(extra \\ []) do
+    profile =
+      if Keyword.has_key?(extra, :command), do: [cpu_buffers: :none], else: Real.decode_safe()
+
     Keyword.merge(
-      [command: Real.command(), n_gpus: 0, cache_ram: 0, extra_args: ["--threads", "1"]],
+      [command: Real.command(), n_gpus: 0, cache_ram: 0, extra_args: ["--threads", "1"]] ++
+        profile,
       extra
     )
   end
@@ -47,6 +54,10 @@ defmodule ModelBudget.Backend.LlamaServerTest do
 
       {:ok, info} = ModelManager.load(manager, :tiny, {:path, path}, opts())
       assert info.status == :ready
+      # Placed with the profile the binary reports (none where it has AMX).
+      assert info.cpu_buffers ==
+               Keyword.get(Real.decode_safe(), :cpu_buffers, Real.runtime().cpu_buffers)
+
       %LlamaServer{base_url: base_url, os_pid: os_pid, port: port} = info.handle
       assert base_url == "http://127.0.0.1:#{port}"
       assert Real.servers_for(path) == [os_pid]
@@ -106,8 +117,13 @@ defmodule ModelBudget.Backend.LlamaServerTest do
     test "reports llama.cpp's buffers per device and the resident memory", %{tmp_dir: dir} do
       path = model!(dir)
       {:ok, model} = LlamaServer.footprint({:path, path}, [])
-      placement = ModelBudget.distribute(model, opts(), 0)
-      {:ok, handle} = LlamaServer.load({:path, path}, placement, opts())
+      # The binary's own profile, extra CPU buffers on (AMX where it has
+      # them): no warm-up and no decode, so no AMX crash (#20824).
+      base = opts(cpu_buffers: :auto, extra_args: ["--threads", "1", "--no-warmup"])
+      estimate_opts = LlamaServer.estimate_options(base)
+      assert Keyword.fetch!(estimate_opts, :cpu_buffers) == Real.runtime().cpu_buffers
+      placement = ModelBudget.distribute(model, estimate_opts, 0)
+      {:ok, handle} = LlamaServer.load({:path, path}, placement, base)
 
       {:ok, measured} = LlamaServer.measured(handle)
       kinds = Enum.map(measured.buffers, & &1.kind)
@@ -116,19 +132,26 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert measured.ram == Enum.sum(Enum.map(measured.buffers, & &1.bytes))
       assert is_integer(measured.rss) and measured.rss > measured.ram
 
-      # Term by term against the estimate, each log figure known to 0.005
-      # MiB, within the calibration bounds (issue 11): weights, KV cache (2
-      # layers x 512 cells x 128 key + 128 value F16 elements) and output
-      # exact up to that rounding; compute within 10%; the total at most 2%
-      # below llama.cpp's and 5% above.
-      estimate = ModelBudget.breakdown(model, opts(), 0).ram
+      # Term by term against the estimate with the profile the binary
+      # reports, each log figure known to 0.005 MiB, within the calibration
+      # bounds: weights, the extra CPU buffers, KV cache and output exact up
+      # to that rounding; compute within 10%; the total at most 2% below
+      # llama.cpp's and 5% above.
+      estimate = ModelBudget.breakdown(model, estimate_opts, 0).ram
       rounding = 5243
 
       got = fn kind ->
         for %{kind: ^kind, bytes: b} <- measured.buffers, reduce: 0, do: (a -> a + b)
       end
 
-      for {kind, term} <- [model: :weights, kv: :kv_cache, output: :output] do
+      for {kind, term} <- [
+            model: :weights,
+            amx: :amx,
+            kleidiai: :kleidiai,
+            repack: :repack,
+            kv: :kv_cache,
+            output: :output
+          ] do
         assert abs(got.(kind) - Map.fetch!(estimate, term)) <= rounding, inspect({kind, estimate})
       end
 
@@ -140,6 +163,29 @@ defmodule ModelBudget.Backend.LlamaServerTest do
 
       assert :ok = LlamaServer.unload(handle)
       assert {:error, :not_running} = LlamaServer.measured(handle)
+    end
+
+    test "the profile the binary reports is what the manager places with and shows" do
+      runtime = Real.runtime()
+      assert runtime.build >= 11_434
+
+      assert runtime.cpu_buffers in [
+               :x86_avx2,
+               :x86_avx512,
+               :x86_amx,
+               :arm_dotprod,
+               :arm_kleidiai
+             ]
+
+      assert runtime.system_info =~ "system_info:"
+      # Asked once per binary: the second answer is the cached one.
+      assert {:ok, ^runtime} = LlamaServer.Runtime.profile(Real.command())
+
+      assert LlamaServer.estimate_options(opts(cpu_buffers: :auto))[:cpu_buffers] ==
+               runtime.cpu_buffers
+
+      # A profile the caller names is taken as given.
+      assert LlamaServer.estimate_options(opts(cpu_buffers: :none))[:cpu_buffers] == :none
     end
   end
 

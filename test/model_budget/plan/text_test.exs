@@ -23,7 +23,9 @@ defmodule ModelBudget.Plan.TextTest do
       assert text =~ "GPUs        GPU 0: Test GPU 0, 80.00 GiB total, 20.00 GiB free"
       assert text =~ "            GPU 1: Test GPU 1, 80.00 GiB total, 20.00 GiB free"
       assert text =~ "Budget      RAM 51.20 GiB; GPU 0: 20.00 GiB, GPU 1: 20.00 GiB"
-      assert text =~ "Planned on  RAM and 2 GPUs\n"
+
+      assert text =~
+               "Planned on  RAM and 2 GPUs, CPU buffers none (no extra CPU buffers; as asked)\n"
 
       assert text =~
                "Options     split_mode layer, n_ctx 8192, n_parallel 1, cache_ram 0, repack false\n"

@@ -8,7 +8,7 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   is passed explicitly too, so the server starts what was reserved: the
   context, the GPU layers, the split mode, flash attention, the KV cache
   types and offload, the batch sizes, the slots and whether their KV cache
-  is unified, the RAM prompt cache, repacking and mmap. llama.cpp's `--fit`,
+  is unified, the RAM prompt cache, the extra CPU buffers and mmap. llama.cpp's `--fit`,
   which would shrink the context or the offload to what it thinks fits, is
   always off. Without GPUs in the placement the server gets `--device none`.
   """
@@ -37,13 +37,16 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
     n_batch: 2048,
     n_ubatch: 512,
     offload_kqv: true,
-    repack: :auto,
+    cpu_buffers: :auto,
+    repack: nil,
     mmap: true
   ]
 
   @cache_types [:f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1, :iq4_nl]
-  # The estimator's :repack values: a CPU's repacking rules, or none.
-  @repacks [:auto, true, false, :none, :x86_avx2, :x86_avx512, :arm_dotprod]
+  # The estimator's runtime profiles (ModelBudget.cpu_buffers/0), and the
+  # older :repack's booleans.
+  @profiles [:none, :x86_avx2, :x86_avx512, :x86_amx, :arm_dotprod, :arm_kleidiai]
+  @repacks [nil, true, false, :auto | @profiles]
   @split_modes [:none, :layer, :row]
   @mib 1024 * 1024
 
@@ -136,10 +139,15 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   defp check!(:cache_ram, value),
     do: invalid!(:cache_ram, "a non-negative integer (bytes)", value)
 
+  defp check!(:cpu_buffers, value) when value == :auto or value in @profiles, do: value
+
+  defp check!(:cpu_buffers, value),
+    do: invalid!(:cpu_buffers, Enum.map_join([:auto | @profiles], ", ", &inspect/1), value)
+
   defp check!(:repack, value) when value in @repacks, do: value
 
   defp check!(:repack, value),
-    do: invalid!(:repack, Enum.map_join(@repacks, ", ", &inspect/1), value)
+    do: invalid!(:repack, Enum.map_join(tl(@repacks), ", ", &inspect/1), value)
 
   defp check!(key, value) when key in [:flash_attn, :kv_unified, :offload_kqv, :mmap] do
     if is_boolean(value), do: value, else: invalid!(key, "a boolean", value)
@@ -178,9 +186,9 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
       ["--cache-type-v", to_string(opts.cache_type_v)],
       if(opts.offload_kqv, do: "--kv-offload", else: "--no-kv-offload"),
       ["--batch-size", to_string(opts.n_batch), "--ubatch-size", to_string(opts.n_ubatch)],
-      # The server repacks for the CPU it runs on, whichever rules the
-      # estimate assumed.
-      if(opts.repack in [false, :none], do: "--no-repack", else: "--repack"),
+      # The server uses the extra CPU buffers of its build on this CPU,
+      # whichever profile the estimate assumed; none turns them all off.
+      if(no_extra_buffers?(opts), do: "--no-repack", else: "--repack"),
       ["--load-mode", if(opts.mmap, do: "mmap", else: "none")],
       # llama.cpp logs its buffer sizes (what `measured/1` reports) only at
       # trace verbosity.
@@ -188,6 +196,13 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
       opts.extra_args
     ])
   end
+
+  @doc """
+  Whether `opts` turn llama.cpp's extra CPU buffers off (`--no-repack`):
+  `cpu_buffers: :none`, or the older `repack: false` / `repack: :none`.
+  """
+  @spec no_extra_buffers?(t()) :: boolean()
+  def no_extra_buffers?(opts), do: opts.cpu_buffers == :none or opts.repack in [false, :none]
 
   defp gpu_args(_opts, false), do: ["--device", "none", "--n-gpu-layers", "0"]
 

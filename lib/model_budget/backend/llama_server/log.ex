@@ -15,13 +15,15 @@ defmodule ModelBudget.Backend.LlamaServer.Log do
   (half of 0.01 MiB); they are read back as bytes rounded to the nearest.
   A buffer named after a GPU backend and its index (`CUDA0`, `ROCm1`,
   `Vulkan0`, ...) is that GPU's; every other one (`CPU`, `CPU_Mapped`,
-  `CPU_REPACK`, `CUDA_Host`, ...) is host RAM.
+  `CPU_REPACK`, `AMX`, `CUDA_Host`, ...) is host RAM. The extra CPU
+  buffers' weights (`AMX`, `KLEIDIAI`, `*_REPACK`) are kinds of their own,
+  as `ModelBudget.breakdown/3` names them.
   """
 
   @typedoc "One buffer llama.cpp reported."
   @type buffer :: %{
           device: String.t(),
-          kind: :model | :repack | :kv | :recurrent | :compute | :output,
+          kind: :model | :amx | :kleidiai | :repack | :kv | :recurrent | :compute | :output,
           bytes: non_neg_integer()
         }
 
@@ -47,6 +49,9 @@ defmodule ModelBudget.Backend.LlamaServer.Log do
     "output" => :output
   }
 
+  # llama.cpp's extra CPU buffer types by name (ggml-cpu/amx, kleidiai).
+  @extra_buffers %{"AMX" => :amx, "KLEIDIAI" => :kleidiai}
+
   @doc """
   The buffer a log line reports, or `nil` for any other line.
 
@@ -58,6 +63,9 @@ defmodule ModelBudget.Backend.LlamaServer.Log do
       iex> ModelBudget.Backend.LlamaServer.Log.buffer("load_tensors:   CPU_REPACK model buffer size =     0.50 MiB")
       %{device: "CPU_REPACK", kind: :repack, bytes: 524288}
 
+      iex> ModelBudget.Backend.LlamaServer.Log.buffer("load_tensors:          AMX model buffer size =  4491.48 MiB")
+      %{device: "AMX", kind: :amx, bytes: 4709658132}
+
       iex> ModelBudget.Backend.LlamaServer.Log.buffer("main: server is listening on http://127.0.0.1:8080")
       nil
   """
@@ -66,7 +74,11 @@ defmodule ModelBudget.Backend.LlamaServer.Log do
     case Regex.named_captures(@buffer_line, line) do
       %{"device" => device, "kind" => kind, "mib" => mib} ->
         kind =
-          if String.ends_with?(device, "_REPACK"), do: :repack, else: Map.fetch!(@kinds, kind)
+          cond do
+            kind != "model" -> Map.fetch!(@kinds, kind)
+            String.ends_with?(device, "_REPACK") -> :repack
+            true -> Map.get(@extra_buffers, device, :model)
+          end
 
         %{device: device, kind: kind, bytes: mib_to_bytes(mib)}
 

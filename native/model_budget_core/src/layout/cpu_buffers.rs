@@ -65,9 +65,10 @@ enum Isa {
 /// A runtime profile's extra CPU buffers: what a llama.cpp build does on
 /// the machine it runs on. Each variant lists its buffers in llama.cpp's
 /// order of precedence ([`CpuBuffers::chain`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum CpuBuffers {
     /// None: `--no-repack`, or a build without extra buffers.
+    #[default]
     None,
     /// CPU_REPACK with the AVX2 kernels.
     X86Avx2,

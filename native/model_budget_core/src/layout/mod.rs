@@ -201,6 +201,8 @@ pub struct Breakdown {
     /// The context the KV cache was sized for (llama.cpp's `n_ctx`: padded
     /// to 256, and a multiple of the slots when they do not share a cache).
     pub n_ctx: u64,
+    /// The runtime profile the host's extra buffers were sized for.
+    pub cpu_buffers: cpu_buffers::CpuBuffers,
 }
 
 impl Breakdown {
@@ -257,6 +259,7 @@ pub fn breakdown(model: &ModelShape, opts: &DistributeOptions, n_gpus: u32) -> R
             .cells
             .per_stream(n_ctx_asked)
             .saturating_mul(kv.cells.streams()),
+        cpu_buffers: opts.cpu_buffers,
         ..Breakdown::default()
     };
 

@@ -19,7 +19,7 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
       assert {opts.cache_type_k, opts.cache_type_v} == {:f16, :f16}
       assert {opts.n_parallel, opts.kv_unified, opts.cache_ram} == {4, true, 8 * 2 ** 30}
       assert {opts.n_batch, opts.n_ubatch} == {2048, 512}
-      assert {opts.repack, opts.mmap} == {:auto, true}
+      assert {opts.cpu_buffers, opts.repack, opts.mmap} == {:auto, nil, true}
       refute Map.has_key?(opts, :unknown_to_us)
     end
 
@@ -50,7 +50,8 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
             kv_unified: nil,
             offload_kqv: 1,
             repack: "yes",
-            repack: nil,
+            cpu_buffers: true,
+            cpu_buffers: :avx2,
             mmap: :lazy
           ] do
         message = "invalid option #{inspect(key)}: expected"

@@ -3,22 +3,40 @@
 
 For each case below this script writes a sparse GGUF file with the tensor
 shapes and type mix of a real model (holes where the weights would be),
-loads it in real llama.cpp in a fresh process (the `xllamacpp` wheel from
-PyPI: an in-process llama-server), and records every buffer llama.cpp
-reports, per buffer type, with the options and the llama.cpp version, into
-test/fixtures/llama_cpp_truth.json. The table also keeps each model's
-metadata and tensor table, so the test can rebuild the same header without
-Python or llama.cpp.
+loads it in real llama.cpp in a fresh process, and records every buffer
+llama.cpp reports, per buffer type, with the options, the llama.cpp version
+and the runtime profile of its extra CPU buffers, into a truth set under
+test/fixtures/truth/ (one per machine and build). The sets keep each model's
+metadata and tensor table (header-only files beside them), so the test can
+rebuild the same header without Python or llama.cpp.
 
-    python3 scripts/llama_cpp_truth.py [--out PATH] [--only SUBSTRING] [--resume]
+Two runtimes load the cases:
 
-Run through `make calibrate`, which installs xllamacpp into a cache venv.
+  xllamacpp      (default) the PyPI wheel, an in-process llama-server; its
+                 CPU backend is generic x86-64 with AVX2, whatever the machine.
+                 Writes test/fixtures/truth/xllamacpp_x86_avx2.json, every case
+                 (--set full) unless told otherwise.
+  llama-server   a llama-server binary (--binary PATH), e.g. the project's own
+                 native build (scripts/llama_server.sh), one server per case,
+                 killed once it has loaded. Writes
+                 test/fixtures/truth/llama_server_b<build>_<profile>.json, the
+                 profile read from the system_info line the server logs; the
+                 28 cases of the native sets (--set native) unless told
+                 otherwise (about 9 minutes on 2 cores).
+
+    python3 scripts/llama_cpp_truth.py [--runtime xllamacpp | --runtime llama-server --binary PATH]
+                                       [--set full|native] [--out PATH] [--only SUBSTRING] [--resume]
+
+Run through `make calibrate` (the project's llama-server) or
+`make calibrate-xllamacpp` (the wheel, installed into a cache venv).
 """
 
 import argparse
 import json
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,8 +48,9 @@ from gguf import GGMLQuantizationType as T
 from gguf.constants import GGML_QUANT_SIZES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(ROOT, "test", "fixtures", "llama_cpp_truth.json")
-# Header-only GGUF files: the recorded files' (beside the table) and the
+# One truth set per machine and build: xllamacpp_x86_avx2.json, llama_server_b<build>_<profile>.json.
+TRUTH = os.path.join(ROOT, "test", "fixtures", "truth")
+# Header-only GGUF files: the recorded files' (beside the sets) and the
 # models `mix model_budget.plan` shows by default (in priv/).
 HEADERS = os.path.join(ROOT, "test", "fixtures", "llama_cpp_truth")
 CATALOG = os.path.join(ROOT, "priv", "catalog")
@@ -337,8 +356,94 @@ def cases():
     return out
 
 
+def native_cases():
+    """The shorter set of the native llama-server sets (28 cases, a few minutes on 2 cores):
+    every dense model with its extra CPU buffers on, alone and with four unified slots without
+    flash attention, each weight type with them, and without them mapped or read; the MoE
+    models, whose repacking would need their whole size again in RAM, left out."""
+    out = []
+    dense = ["llama-3.1-8b", "llama-3.2-1b", "qwen2.5-7b", "qwen3-8b", "phi-3-mini-4k", "gemma-2-9b",
+             "gemma-3-4b", "qwen2.5-0.5b"]
+    for m in dense:
+        out += [case(m, "Q4_K_M", repack=True),
+                case(m, "Q4_K_M", repack=True, flash_attn=False, n_parallel=4, n_ctx=8192, kv_unified=True)]
+    for m in ["llama-3.1-8b", "qwen3-8b"]:
+        out += [case(m, "Q4_0", repack=True), case(m, "Q8_0", repack=True), case(m, "F16", repack=True),
+                case(m, "Q4_K_M"), case(m, "Q4_K_M", repack=True, mmap=False)]
+    for m in ["gemma-2-9b", "gemma-3-4b"]:
+        out.append(case(m, "Q8_0", repack=True, n_parallel=4, n_ctx=8192, kv_unified=True))
+    return out
+
+
+CASE_SETS = {"full": cases, "native": native_cases}
+
+
 # ---------------------------------------------------------------------------
-# Loading in llama.cpp, one fresh process per case.
+# Loading in llama.cpp, one fresh process per case. A runtime turns a file and a case's options
+# into llama.cpp's log; both runtimes' logs are read alike (parse) and saved alike (save).
+
+BUFFER = re.compile(r"(load_tensors|llama_kv_cache|llama_context|sched_reserve):\s+(\S+)\s+"
+                    r"(model|KV|output|compute) buffer size =\s+([0-9.]+) MiB")
+FIELD = re.compile(r"llama_context: (n_ctx|n_ctx_seq|n_seq_max|n_outputs_max)\s+= (\d+)")
+FIELDS = {"n_ctx", "n_ctx_seq", "n_seq_max", "n_outputs_max"}
+SYSTEM_INFO = re.compile(r"system_info: [^\n]*")
+TERM = {"model": "weights", "KV": "kv_cache", "output": "output", "compute": "compute"}
+
+
+def parse(log):
+    """The buffers llama.cpp logged, in its order (AMX, CPU_REPACK and KleidiAI buffers are
+    model buffers: term weights), the llama_context fields, and its system_info line (None when
+    it logged none). The whole log is searched, not line by line: llama.cpp's log sometimes
+    glues a line to the one before."""
+    # llama.cpp prints MiB with two decimals: bytes to within 5.3 KB.
+    buffers = [{"buffer": b.group(2), "term": TERM[b.group(3)], "mib": float(b.group(4))}
+               for b in BUFFER.finditer(log)]
+    fields = {f.group(1): int(f.group(2)) for f in FIELD.finditer(log)}
+    info = SYSTEM_INFO.search(log)
+    return buffers, fields, info.group(0).strip() if info else None
+
+
+def profile_from_system_info(line):
+    """The runtime profile of llama.cpp's extra CPU buffers that its system_info line shows, by
+    the Rust core's rule (CpuBuffers::from_system_info), which the calibration test checks each
+    set's `cpu_buffers` against."""
+    def on(feature):
+        for field in line.split("|"):
+            kv = field.split("=")
+            if kv[0].rsplit(":", 1)[-1].strip() == feature and len(kv) > 1 and kv[1].strip() == "1":
+                return True
+        return False
+
+    if on("AMX_INT8"):
+        return "x86_amx"
+    if on("KLEIDIAI"):
+        return "arm_kleidiai"
+    if not on("REPACK"):
+        return "none"
+    for feature, profile in [("AVX512", "x86_avx512"), ("AVX2", "x86_avx2"), ("DOTPROD", "arm_dotprod")]:
+        if on(feature):
+            return profile
+    return "none"
+
+
+class Runtime:
+    """What the two runtimes share: the system_info line, seen once and the same in every case."""
+    system_info = None
+
+    def saw(self, line):
+        if line is None:
+            return
+        if self.system_info is None:
+            self.system_info = line
+        elif line != self.system_info:
+            raise RuntimeError(f"another system_info line than before:\n  {line}\n  {self.system_info}")
+
+    def profile(self):
+        return profile_from_system_info(self.system_info) if self.system_info else "none"
+
+    def check(self):
+        pass
+
 
 LOADER = r"""
 import json, os, sys
@@ -365,31 +470,161 @@ sys.stderr.write("TRUTH-LOADED\n"); sys.stderr.flush()
 os._exit(0)  # keeps the server referenced: its destructor would wait
 """
 
-BUFFER = re.compile(r"(load_tensors|llama_kv_cache|llama_context|sched_reserve):\s+(\S+)\s+"
-                    r"(model|KV|output|compute) buffer size =\s+([0-9.]+) MiB")
-FIELD = re.compile(r"llama_context: (n_ctx|n_ctx_seq|n_seq_max|n_outputs_max)\s+= (\d+)")
-TERM = {"model": "weights", "KV": "kv_cache", "output": "output", "compute": "compute"}
+
+class Xllamacpp(Runtime):
+    """The PyPI wheel (an in-process llama-server), in a fresh Python per case."""
+    PROFILE = "x86_avx2"
+    PROFILE_WHY = ("the wheel's CPU backend is built for generic x86-64 with AVX2 and without AVX-512 "
+                   "kernels, whatever the recording CPU had")
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+
+    def check(self):
+        import xllamacpp  # noqa: F401  (fails here, not in every case)
+
+    def default_out(self):
+        return os.path.join(TRUTH, f"xllamacpp_{self.PROFILE}.json")
+
+    def saw(self, line):
+        if line is not None and profile_from_system_info(line) != self.PROFILE:
+            raise RuntimeError(f"xllamacpp's system_info reads as {profile_from_system_info(line)}, "
+                               f"not {self.PROFILE}: {line}")
+        super().saw(line)
+
+    def profile(self):
+        return self.PROFILE
+
+    def load(self, path, options):
+        proc = subprocess.run([sys.executable, "-c", LOADER, path, json.dumps(options)],
+                              capture_output=True, text=True, timeout=self.timeout)
+        log = proc.stdout + proc.stderr
+        if "TRUTH-LOADED" not in log:
+            tail = "\n".join(log.splitlines()[-15:])
+            raise RuntimeError(f"llama.cpp did not load {path} with {options}:\n{tail}")
+        return log
+
+    def about(self):
+        return ("Buffers real llama.cpp reported loading sparse GGUF files of real model shapes "
+                "(CPU build). Written by scripts/llama_cpp_truth.py; do not edit by hand.")
+
+    def describe(self):
+        import xllamacpp
+        return {"source": "PyPI xllamacpp " + xllamacpp.__version__, "build_info": xllamacpp.BUILD_INFO,
+                "cpu_buffers_why": self.PROFILE_WHY}
 
 
-def load(python, path, options):
-    proc = subprocess.run([python, "-c", LOADER, path, json.dumps(options)], capture_output=True,
-                          text=True, timeout=900)
-    log = proc.stdout + proc.stderr
-    if "TRUTH-LOADED" not in log:
-        tail = "\n".join(log.splitlines()[-15:])
-        raise RuntimeError(f"llama.cpp did not load {path} with {options}:\n{tail}")
-    buffers, fields = [], {}
-    for line in log.splitlines():
-        if (b := BUFFER.search(line)):
-            # llama.cpp prints MiB with two decimals: bytes to within 5.3 KB.
-            buffers.append({"buffer": b.group(2), "term": TERM[b.group(3)],
-                            "mib": float(b.group(4))})
-        elif (f := FIELD.search(line)):
-            fields[f.group(1)] = int(f.group(2))
-    return buffers, fields
+class LlamaServer(Runtime):
+    """A llama-server binary, one server per case: started with the case's options, read until it
+    has loaded (it says so once every buffer is allocated), then killed."""
+    # Every case: CPU only, nothing fitted, no prompt cache, no warmup (llama.cpp #20824), two
+    # threads, the buffer sizes logged, an ephemeral loopback port.
+    FLAGS = ["-ngl", "0", "--device", "none", "--fit", "off", "--cache-ram", "0", "--no-warmup",
+             "-t", "2", "--verbosity", "4", "--host", "127.0.0.1", "--port", "0"]
+    READY = re.compile(rb"model loaded|listening on")
+
+    def __init__(self, binary, timeout):
+        self.binary, self.timeout = os.path.abspath(binary), timeout
+        if not os.access(self.binary, os.X_OK):
+            sys.exit(f"no llama-server at {binary} (bash scripts/llama_server.sh builds the project's)")
+        v = subprocess.run([self.binary, "--version"], capture_output=True, text=True, timeout=60)
+        self.version = [line.strip() for line in (v.stdout + v.stderr).splitlines()
+                        if line.strip().startswith(("version:", "built with"))]
+        text = "\n".join(self.version)
+        build = re.search(r"\(build (\d+)(?:, commit (\S+?))?\)", text)
+        if not build:
+            sys.exit(f"{binary} --version names no build:\n{v.stdout}{v.stderr}")
+        self.build_info = {"build_number": int(build.group(1))}
+        if build.group(2):
+            self.build_info["commit"] = build.group(2)
+        if (built := re.search(r"built with (.+?) for (.+)", text)):
+            self.build_info.update(compiler=built.group(1), build_target=built.group(2))
+        # The system_info line comes before the model loads: a server pointed at no file logs it
+        # with the same flags as the cases, then exits.
+        with tempfile.TemporaryDirectory(prefix="model_budget_truth_") as tmp:
+            log, _ = self.serve(["--model", os.path.join(tmp, "none.gguf")])
+        line = parse(log)[2]
+        if line is None:
+            tail = "\n".join(log.splitlines()[-15:])
+            sys.exit(f"{binary} logged no system_info line:\n{tail}")
+        self.saw(line)
+
+    def default_out(self):
+        return os.path.join(TRUTH, f"llama_server_b{self.build_info['build_number']}_{self.profile()}.json")
+
+    def serve(self, args):
+        """Runs the server with `args` until it says it has loaded (True) or exits (False); raises
+        TimeoutError past the timeout. Kills it and waits for it whatever happens (Ctrl-C, an
+        error): it runs in a session of its own, so a Ctrl-C reaches this script alone."""
+        proc = subprocess.Popen([self.binary, *args, *self.FLAGS], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        log, deadline = bytearray(), time.monotonic() + self.timeout
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"llama-server not loaded after {self.timeout:.0f} s:\n"
+                                       + "\n".join(log.decode(errors="replace").splitlines()[-15:]))
+                if not select.select([proc.stdout], [], [], min(left, 1.0))[0]:
+                    continue
+                data = os.read(proc.stdout.fileno(), 1 << 16)
+                if not data:
+                    return log.decode(errors="replace"), False
+                seen = max(0, len(log) - 64)
+                log += data
+                if self.READY.search(log, seen):
+                    return log.decode(errors="replace"), True
+        finally:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+            proc.stdout.close()
+
+    def load(self, path, o):
+        args = ["--model", path, "--ctx-size", str(o["n_ctx"]), "--parallel", str(o["n_parallel"]),
+                "--kv-unified" if o["kv_unified"] else "--no-kv-unified",
+                "--batch-size", str(o["n_batch"]), "--ubatch-size", str(o["n_ubatch"]),
+                "--flash-attn", "on" if o["flash_attn"] else "off",
+                "--cache-type-k", o["cache_type_k"], "--cache-type-v", o["cache_type_v"],
+                "--repack" if o["repack"] else "--no-repack",
+                "--load-mode", "mmap" if o["mmap"] else "none"]
+        log, loaded = self.serve(args)
+        if not loaded:
+            tail = "\n".join(log.splitlines()[-15:])
+            raise RuntimeError(f"llama-server did not load {path} with {o}:\n{tail}")
+        return log
+
+    def about(self):
+        b = self.build_info["build_number"]
+        return (f"Buffers llama-server b{b} logged loading sparse GGUF files of real model shapes, one "
+                f"server per case, started with the case's options and {' '.join(self.FLAGS)}, killed "
+                f"once loaded; runtime profile {self.profile()} (from its system_info line). Extra CPU "
+                "buffers (AMX, CPU_REPACK, KleidiAI) are recorded with term weights. Written by "
+                "scripts/llama_cpp_truth.py --runtime llama-server; do not edit by hand.")
+
+    def describe(self):
+        b = self.build_info["build_number"]
+        return {"source": f"llama-server b{b} ({', '.join(self.version)})", "build_info": self.build_info}
 
 
 GPU_TABLE = os.path.join(ROOT, "test", "fixtures", "llama_cpp_gpu_truth.json")
+
+
+def write_header(path, spec):
+    """A header-only file, replaced only when its bytes change."""
+    write_gguf(path + ".tmp", spec, header_only=True)
+    with open(path + ".tmp", "rb") as new:
+        same = False
+        if os.path.exists(path):
+            with open(path, "rb") as old:
+                same = old.read() == new.read()
+    if same:
+        os.remove(path + ".tmp")
+    else:
+        os.replace(path + ".tmp", path)
 
 
 def write_headers(keys):
@@ -400,33 +635,55 @@ def write_headers(keys):
         keys = set(keys) | set(json.load(open(GPU_TABLE))["files"])
     for key in sorted(keys):
         model, mix = key.rsplit("-", 1) if not key.endswith("Q4_K_M") else (key[:-7], "Q4_K_M")
-        write_gguf(os.path.join(HEADERS, key + ".gguf"), file_spec(model, mix), header_only=True)
+        write_header(os.path.join(HEADERS, key + ".gguf"), file_spec(model, mix))
     os.makedirs(CATALOG, exist_ok=True)
     for name, model in CATALOG_MODELS:
         spec = file_spec(model, "Q4_K_M")
         spec["metadata"] = [[k, t, f"{name}-Q4_K_M" if k == "general.name" else v]
                             for k, t, v in spec["metadata"]]
-        write_gguf(os.path.join(CATALOG, f"{model}-Q4_K_M.gguf"), spec, header_only=True)
+        write_header(os.path.join(CATALOG, f"{model}-Q4_K_M.gguf"), spec)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--only", default="")
+    ap.add_argument("--runtime", choices=["xllamacpp", "llama-server"], default="xllamacpp",
+                    help="what loads the cases (default: xllamacpp, the PyPI wheel)")
+    ap.add_argument("--binary", help="the llama-server binary (--runtime llama-server); "
+                    "`bash scripts/llama_server.sh` builds and prints the project's")
+    ap.add_argument("--set", choices=sorted(CASE_SETS),
+                    help="full: every case (102; xllamacpp's default); native: the 28 of the native "
+                    "llama-server sets (llama-server's default)")
+    ap.add_argument("--out", help="default: test/fixtures/truth/xllamacpp_x86_avx2.json, or "
+                    "test/fixtures/truth/llama_server_b<build>_<profile>.json for llama-server")
+    ap.add_argument("--only", default="", help="only the files whose name holds this")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds a case may take to load")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the cases already in the table (same file and options)")
+                    help="keep the cases already in the set (same file and options)")
     ap.add_argument("--headers", action="store_true",
-                    help="only rewrite the header-only files of the recorded table and the catalog")
+                    help="only rewrite the header-only files of the recorded set and the catalog")
     args = ap.parse_args()
+    if (args.runtime == "llama-server") != bool(args.binary):
+        ap.error("--binary PATH goes with --runtime llama-server, and only there")
+    # A kill ends this script as a Ctrl-C does: the running case's server is killed too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    if args.runtime == "llama-server":
+        runtime = LlamaServer(args.binary, args.timeout)
+    else:
+        runtime = Xllamacpp(args.timeout)
+    out = args.out or runtime.default_out()
     if args.headers:
-        write_headers(json.load(open(args.out))["files"])
+        write_headers(json.load(open(out))["files"])
         return
-    import xllamacpp
+    runtime.check()
     recorded, failed = [], []
-    if args.resume and os.path.exists(args.out):
-        recorded = json.load(open(args.out)).get("cases", [])
+    if args.resume and os.path.exists(out):
+        recorded = json.load(open(out)).get("cases", [])
     done = {(r["file"], json.dumps(r["options"], sort_keys=True)) for r in recorded}
-    all_cases = [c for c in cases() if args.only in f"{c['model']}-{c['mix']}"]
+    args.set = args.set or ("native" if args.runtime == "llama-server" else "full")
+    all_cases = [c for c in CASE_SETS[args.set]() if args.only in f"{c['model']}-{c['mix']}"]
+    print(f"{len(all_cases)} cases ({args.set} set) in {runtime.describe()['source']}, runtime profile "
+          f"{runtime.profile()}, into {os.path.relpath(out)}", flush=True)
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="model_budget_truth_") as tmp:
         for n, c in enumerate(all_cases, 1):
             key = f"{c['model']}-{c['mix']}"
@@ -436,31 +693,37 @@ def main():
                 write_gguf(os.path.join(tmp, key + ".gguf"), file_spec(c["model"], c["mix"]))
             t0 = time.time()
             try:
-                buffers, fields = load(sys.executable, os.path.join(tmp, key + ".gguf"), c["options"])
-            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                buffers, fields, info = parse(runtime.load(os.path.join(tmp, key + ".gguf"), c["options"]))
+                missing = ({"weights", "kv_cache", "output", "compute"} - {b["term"] for b in buffers}
+                           | FIELDS - set(fields))
+                if missing:
+                    raise RuntimeError(f"llama.cpp logged no {', '.join(sorted(missing))}")
+                runtime.saw(info)
+            except (RuntimeError, TimeoutError, subprocess.TimeoutExpired) as e:
                 failed.append(f"{key} {c['options']}: {e}")
                 print(f"[{n}/{len(all_cases)}] FAILED {key}: {e}", flush=True)
                 continue
             recorded.append({"file": key, "options": c["options"], "llama_cpp": fields,
                              "buffers": buffers})
-            save(args.out, recorded)
+            save(out, recorded, runtime)
             summary = ", ".join(f"{b['buffer']} {b['term']} {b['mib']}" for b in buffers)
             print(f"[{n}/{len(all_cases)}] {key} {c['options']} ({time.time() - t0:.1f} s): {summary}",
                   flush=True)
-    save(args.out, recorded)
+    save(out, recorded, runtime)
     write_headers({r["file"] for r in recorded})
-    print(f"wrote {len(recorded)} cases over {len({r['file'] for r in recorded})} files to {args.out}")
+    print(f"wrote {len(recorded)} cases over {len({r['file'] for r in recorded})} files to {out} "
+          f"in {time.time() - started:.0f} s")
     if failed:
         sys.exit("llama.cpp failed on:\n" + "\n".join(failed))
 
 
-def save(out, recorded):
-    import xllamacpp
+def save(out, recorded, runtime):
+    llama_cpp = {**runtime.describe(), "cpu": cpu_flags(), "cpu_buffers": runtime.profile()}
+    if runtime.system_info:
+        llama_cpp["system_info"] = runtime.system_info
     table = {
-        "about": "Buffers real llama.cpp reported loading sparse GGUF files of real model shapes "
-                 "(CPU build). Written by scripts/llama_cpp_truth.py; do not edit by hand.",
-        "llama_cpp": {"source": "PyPI xllamacpp " + xllamacpp.__version__,
-                      "build_info": xllamacpp.BUILD_INFO, "cpu": cpu_flags()},
+        "about": runtime.about(),
+        "llama_cpp": llama_cpp,
         "files": {k: {"header": f"llama_cpp_truth/{k}.gguf"} for k in sorted({r["file"] for r in recorded})},
         "cases": recorded,
     }
@@ -480,4 +743,7 @@ def cpu_flags():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the cases recorded so far are saved (--resume goes on from them)")

@@ -75,8 +75,9 @@ defmodule ModelBudget.Cluster do
       `reasons` has `{node, manager, reason}` for every member tried or
       left out by the view (`reason` is `ModelBudget.check/3`'s
       `{:insufficient_memory, ...}`, or `:timeout`, `:noconnection`,
-      `:noproc`). Members that `:where` excludes are not listed; `[]` when
-      no member matches.
+      `:noproc`). Members that `:where` excludes are not listed.
+    * `{:error, {:no_member, where}}` - no member of the cluster has labels
+      that contain `:where` (or the cluster has no member at all).
     * the manager's other errors (`:already_loaded`, `{:load_failed, _}`,
       `{:load_crashed, _}`): they are about the model, not the member,
       so no other member is tried.
@@ -95,7 +96,10 @@ defmodule ModelBudget.Cluster do
   """
   @spec load(cluster(), term(), term(), keyword()) ::
           {:ok, %{node: node(), manager: pid(), info: ModelManager.info()}}
-          | {:error, ModelManager.load_error() | {:insufficient_memory, [member_reason()]}}
+          | {:error,
+             ModelManager.load_error()
+             | {:insufficient_memory, [member_reason()]}
+             | {:no_member, map()}}
   def load(cluster, id, source, opts \\ []) do
     {policy, where, timeout, load_opts} = load_opts!(opts)
 
@@ -119,10 +123,16 @@ defmodule ModelBudget.Cluster do
   # decide/5, with the load's size per backend (a member of this node is
   # handed both, so its manager does not size and place the load again).
   defp rank(views, source, load_opts, policy, where) do
-    views = Enum.filter(views, &Placement.where?(&1.labels, where))
-
-    with {:ok, placements, sizes} <- placements(views, source, load_opts) do
+    with {:ok, views} <- eligible(views, where),
+         {:ok, placements, sizes} <- placements(views, source, load_opts) do
       {:ok, Placement.rank(views, placements, policy), sizes}
+    end
+  end
+
+  defp eligible(views, where) do
+    case Enum.filter(views, &Placement.where?(&1.labels, where)) do
+      [] -> {:error, {:no_member, where}}
+      views -> {:ok, views}
     end
   end
 

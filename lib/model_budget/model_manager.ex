@@ -374,6 +374,10 @@ defmodule ModelBudget.ModelManager do
       another with `load/4` once the manager is running, so a slow load does
       not hold up the supervisor. Failures are logged and do not stop the
       manager or the models after them. Defaults to `[]`.
+    * `:catalog` - models known by id and loaded on demand, in the same
+      shape as `:models` (load options such as `:keep_alive` and `:pinned`
+      included): `checkout/3` and `with_model/4` load one that is not loaded
+      by its id alone. An id given twice raises. Defaults to `[]`.
     * `:evict_when` - rules, combined with OR, that make room by evicting
       idle models before a load (see "Eviction" above for the variables);
       `[]` evicts only what a load needs to fit. Defaults to
@@ -459,6 +463,11 @@ defmodule ModelBudget.ModelManager do
     * `:n_gpus` - the number of GPUs to place over. Defaults to the GPUs a
       per-device budget names (one past its highest VRAM index), else the
       number of GPUs `ModelBudget.devices/0` found when the manager started.
+      Under a budget whose VRAM is `:auto` (`memory_budget: :auto`, or
+      `vram: :auto`) there is room only on the GPUs found: more raises
+      `ArgumentError` naming both numbers (so do `:main_gpu` and
+      `:tensor_split` beyond them). A per-device budget that names its GPUs
+      plans for them whatever this machine has.
     * `:pinned` - keeps the model resident: it is never evicted (an
       explicit `unload/2` or its `:keep_alive` still unloads it). Defaults
       to `false`.
@@ -492,15 +501,22 @@ defmodule ModelBudget.ModelManager do
     args = [manager, id, source, opts]
     config = config!(manager, :load, args)
 
+    with {:ok, request} <- sized_request(config, args) do
+      GenServer.call(manager, {__MODULE__, :load, request}, :infinity)
+    end
+  end
+
+  # load/4's request, sized and placed in the caller: `:already_loaded`
+  # when the id is known, a backend's refusal to size the source.
+  defp sized_request(config, [_manager, id, source, opts] = args) do
     if read(config, :load, args, &Table.member?(&1, id)) do
       {:error, :already_loaded}
     else
       with {:ok, size} <- footprint(config.backend, source, opts) do
         opts = Options.for_backend(config.backend, opts)
-        n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
+        n_gpus = Options.n_gpus!(config, opts)
         placement = ModelBudget.distribute(size, Options.placement(opts), n_gpus)
-        request = load_request(config, id, source, opts, {size, placement})
-        GenServer.call(manager, {__MODULE__, :load, request}, :infinity)
+        {:ok, load_request(config, id, source, opts, {size, placement})}
       end
     end
   end
@@ -621,6 +637,116 @@ defmodule ModelBudget.ModelManager do
   end
 
   @doc """
+  Takes a lease on model `id`, loading it first when it is not loaded:
+  `{:ok, lease}` once it is ready, with no moment between its load and the
+  lease in which another load could evict it.
+
+  Without `:load`, a model of the manager's `:catalog` is loaded from its
+  catalog entry, the way llama-swap's config and Ollama's names work; an id
+  in neither answers `{:error, :not_loaded}` as `checkout/2` does.
+
+  A model that is loading (another caller's load) is waited for, and a load
+  that does not fit waits for room (as `load/4` with `:timeout`), both up to
+  `:timeout`: then `{:error, :timeout}` (or the load's own
+  `{:error, {:insufficient_memory, ...}}`). A load that fails answers as
+  `load/4` does. Loads with the same id from many callers at once load it
+  once; each gets its own lease.
+
+  ## Options
+
+    * `:load` - `{source, opts}`: what `load/4` takes, used when the model is
+      not loaded. Defaults to the `:catalog` entry of `id`, if any.
+    * `:timeout` - milliseconds, or `:infinity`, to wait for a load in
+      progress or for room. Defaults to `:infinity`.
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link(memory_budget: 1_000)
+      iex> {:ok, lease} = ModelBudget.ModelManager.checkout(manager, :a, load: {{:bytes, 600}, mode: :direct})
+      iex> ModelBudget.ModelManager.info(manager, :a) |> elem(1) |> Map.take([:status, :leases])
+      %{leases: 1, status: :ready}
+      iex> :ok = ModelBudget.ModelManager.checkin(manager, lease)
+      iex> ModelBudget.ModelManager.checkout(manager, :b, [])
+      {:error, :not_loaded}
+  """
+  @spec checkout(manager(), id(), keyword()) ::
+          {:ok, lease()} | {:error, :not_loaded | :timeout | load_error()}
+  def checkout(manager, id, opts) do
+    checked = Options.checkout!(opts)
+    args = [manager, id, opts]
+    config = config!(manager, :checkout, args)
+
+    case checked.load || Map.get(config.catalog, id) do
+      nil -> checkout(manager, id)
+      {source, load_opts} -> load_and_lease(config, args, source, load_opts, deadline(checked))
+    end
+  end
+
+  defp deadline(%{timeout: :infinity}), do: :infinity
+  defp deadline(%{timeout: ms}), do: System.monotonic_time(:millisecond) + ms
+
+  defp remaining(:infinity), do: :infinity
+  defp remaining(deadline), do: max(deadline - System.monotonic_time(:millisecond), 0)
+
+  # A lease if it is open, else our own load with a lease reserved on its
+  # gate before the manager sees it; another caller's load is waited for.
+  defp load_and_lease(config, [manager, id, _] = args, source, load_opts, deadline) do
+    with {:error, :not_loaded} <- Leases.checkout(config, id) do
+      load_opts = Keyword.put(load_opts, :timeout, remaining(deadline))
+
+      case sized_request(config, [manager, id, source, load_opts]) do
+        {:ok, request} ->
+          {:ok, lease} = Leases.reserve(config, id, request.gate)
+
+          case GenServer.call(manager, {__MODULE__, :load, request}, :infinity) do
+            {:ok, _info} ->
+              {:ok, lease}
+
+            {:error, :already_loaded} ->
+              Leases.checkin(lease)
+              await_load(config, args, source, load_opts, deadline)
+
+            error ->
+              Leases.checkin(lease)
+              error
+          end
+
+        {:error, :already_loaded} ->
+          await_load(config, args, source, load_opts, deadline)
+
+        error ->
+          error
+      end
+    end
+  end
+
+  # Someone else's load of `id` is under way: poll until it opens (lease
+  # it), goes away (load it ourselves) or the deadline passes.
+  defp await_load(config, [_, id, _] = args, source, load_opts, deadline, wait \\ 1) do
+    case Leases.checkout(config, id) do
+      {:ok, _} = leased ->
+        leased
+
+      {:error, :not_loaded} ->
+        cond do
+          not read(config, :checkout, args, &Table.member?(&1, id)) ->
+            load_and_lease(config, args, source, load_opts, deadline)
+
+          remaining(deadline) == 0 ->
+            {:error, :timeout}
+
+          true ->
+            receive do
+            after
+              min(wait, remaining(deadline)) -> :ok
+            end
+
+            await_load(config, args, source, load_opts, deadline, min(wait * 2, 50))
+        end
+    end
+  end
+
+  @doc """
   Ends a lease from `checkout/2` (from any process); returns `:ok`. A lease
   already ended (checked in, or ended by a forced unload) is left alone.
   `manager` must be the manager that gave the lease.
@@ -665,6 +791,35 @@ defmodule ModelBudget.ModelManager do
   end
 
   def with_model(_manager, _id, fun),
+    do: raise(ArgumentError, "invalid fun: expected a function of arity 1, got: #{inspect(fun)}")
+
+  @doc """
+  `with_model/3` with `checkout/3`'s options: loads model `id` first when
+  it is not loaded (from `:load` or the `:catalog`), then runs `fun.(info)`
+  under the lease.
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link(catalog: [{:a, {:bytes, 10}}])
+      iex> ModelBudget.ModelManager.with_model(manager, :a, [], fn info -> {info.status, info.leases} end)
+      {:ok, {:ready, 1}}
+  """
+  @spec with_model(manager(), id(), keyword(), (info() -> result)) ::
+          {:ok, result} | {:error, :not_loaded | :timeout | load_error()}
+        when result: term()
+  def with_model(manager, id, opts, fun) when is_function(fun, 1) do
+    with {:ok, lease} <- checkout(manager, id, opts) do
+      try do
+        config = config!(manager, :with_model, [manager, id, opts, fun])
+        {:ok, info} = info_of(config, id)
+        {:ok, fun.(info)}
+      after
+        Leases.checkin(lease)
+      end
+    end
+  end
+
+  def with_model(_manager, _id, _opts, fun),
     do: raise(ArgumentError, "invalid fun: expected a function of arity 1, got: #{inspect(fun)}")
 
   @doc """
@@ -930,7 +1085,9 @@ defmodule ModelBudget.ModelManager do
       lease_clock: Leases.lease_clock(config.clock),
       budget: config.budget,
       backend: config.backend,
-      n_gpus: default_gpu_count(config.budget)
+      n_gpus: default_gpu_count(config.budget),
+      gpu_limit: config.gpu_limit,
+      catalog: config.catalog
     }
 
     publish_config(shared)

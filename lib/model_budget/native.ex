@@ -50,6 +50,7 @@ defmodule ModelBudget.Native do
   def gate_new(_waiting, _manager, _inc, _now), do: not_loaded()
   def gate_holder_new, do: not_loaded()
   def gate_checkout(_gate, _holder), do: not_loaded()
+  def gate_reserve(_gate, _holder), do: not_loaded()
   def gate_checkin(_holder, _number, _now), do: not_loaded()
   def gate_set(_gate, _state), do: not_loaded()
   def gate_state(_gate), do: not_loaded()

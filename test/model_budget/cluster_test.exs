@@ -71,7 +71,7 @@ defmodule ModelBudget.ClusterTest do
       assert node_of(Cluster.load(c, :e, {:bytes, 10}, [where: %{zone: "y"}] ++ @load)) == n3
 
       assert Cluster.load(c, :f, {:bytes, 10}, where: %{gpu: "c"}) ==
-               {:error, {:insufficient_memory, []}}
+               {:error, {:no_member, %{gpu: "c"}}}
 
       assert Cluster.locate(c, :c) == [{n2, m2}]
       assert Cluster.locate(c, :nope) == []
@@ -344,9 +344,9 @@ defmodule ModelBudget.ClusterOptionsTest do
       end
     end
 
-    test "a cluster without members refuses with no reasons" do
+    test "a cluster without members says so" do
       assert Cluster.load({:empty, make_ref()}, :a, {:bytes, 1}) ==
-               {:error, {:insufficient_memory, []}}
+               {:error, {:no_member, %{}}}
 
       assert Cluster.usage({:empty, make_ref()}) == []
     end
@@ -396,7 +396,7 @@ defmodule ModelBudget.ClusterOptionsTest do
         Cluster.usage(cluster) == []
       end)
 
-      assert Cluster.load(cluster, :n, {:bytes, 10}) == {:error, {:insufficient_memory, []}}
+      assert Cluster.load(cluster, :n, {:bytes, 10}) == {:error, {:no_member, %{}}}
     end
   end
 end

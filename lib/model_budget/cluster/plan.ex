@@ -228,6 +228,10 @@ defmodule ModelBudget.Cluster.Plan do
             IO.puts("#{name} -> does not fit on any member#{reasons(refused)}")
             {1, views}
 
+          {:error, {:no_member, where}} ->
+            IO.puts("#{name} -> no member has the labels #{inspect(where)}")
+            {1, views}
+
           {:error, reason} ->
             IO.puts("#{name} -> cannot be sized: #{inspect(reason)}")
             {1, views}
@@ -241,8 +245,6 @@ defmodule ModelBudget.Cluster.Plan do
     do: %{view | usage: ModelBudget.fold(view.usage, placement)}
 
   defp add(view, _manager, _placement), do: view
-
-  defp reasons([]), do: " (none matches)"
 
   defp reasons(refused) do
     Enum.map_join(refused, "", fn {node, _manager, {:insufficient_memory, reason}} ->

@@ -115,6 +115,24 @@ defmodule ModelBudget.ModelManager.Leases do
     end
   end
 
+  @doc """
+  Takes a lease on the gate `gate` that this process made for its own load
+  of `id` (`ModelBudget.ModelManager.load_request/5`), before the manager
+  sees it: the model opens leased, so nothing can evict it in between.
+  """
+  @spec reserve(map(), term(), gate()) :: {:ok, Lease.t()} | {:error, :not_loaded}
+  def reserve(shared, id, {_inc, gate}) do
+    holder = holder()
+
+    case Native.gate_reserve(gate, holder) do
+      {:ok, number} ->
+        {:ok, %Lease{id: id, holder: holder, number: number, clock: shared.lease_clock}}
+
+      :not_open ->
+        {:error, :not_loaded}
+    end
+  end
+
   # The calling process's holder, made at its first checkout.
   defp holder do
     with nil <- Process.get(@holder) do

@@ -13,6 +13,7 @@ defmodule ModelBudget.ModelManager.Options do
     memory_budget: :infinity,
     backend: Reservation,
     models: [],
+    catalog: [],
     evict_when: Eviction.default_rules(),
     min_idle_ms: 0,
     clock: nil,
@@ -27,6 +28,8 @@ defmodule ModelBudget.ModelManager.Options do
           budget: ModelBudget.budget(),
           backend: module(),
           models: [{term(), term(), keyword()}],
+          catalog: %{term() => {term(), keyword()}},
+          gpu_limit: non_neg_integer() | nil,
           rules: Eviction.rules(),
           min_idle_ms: non_neg_integer() | :infinity,
           clock: (() -> integer()),
@@ -50,10 +53,14 @@ defmodule ModelBudget.ModelManager.Options do
 
     opts = Keyword.validate!(opts, @start_schema)
 
+    budget = ModelBudget.resolve(opts[:memory_budget])
+
     %{
-      budget: ModelBudget.resolve(opts[:memory_budget]),
+      budget: budget,
+      gpu_limit: gpu_limit(opts[:memory_budget], budget),
       backend: backend!(opts[:backend]),
-      models: models!(opts[:models]),
+      models: models!(opts[:models], :models),
+      catalog: catalog!(opts[:catalog]),
       rules: Eviction.compile!(opts[:evict_when]),
       min_idle_ms:
         check!(opts, :min_idle_ms, &ms_or_infinity?/1, "a non-negative integer or :infinity"),
@@ -161,20 +168,104 @@ defmodule ModelBudget.ModelManager.Options do
     end
   end
 
-  defp models!(models) when is_list(models), do: Enum.map(models, &model!/1)
+  defp models!(models, key) when is_list(models), do: Enum.map(models, &model!(&1, key))
 
-  defp models!(models) do
+  defp models!(models, key) do
     raise ArgumentError,
-          "invalid option :models: expected a list of {id, source} or {id, source, opts}, got: " <>
+          "invalid option #{inspect(key)}: expected a list of {id, source} or {id, source, opts}, got: " <>
             inspect(models)
   end
 
-  defp model!({id, source}), do: {id, source, []}
-  defp model!({id, source, opts}), do: {id, source, load!(opts)}
+  # The catalog by id: a later entry of an id would silently win, so twice is an error.
+  defp catalog!(entries) do
+    Enum.reduce(models!(entries, :catalog), %{}, fn {id, source, opts}, acc ->
+      if Map.has_key?(acc, id) do
+        raise ArgumentError, "invalid option :catalog: id #{inspect(id)} is given twice"
+      end
 
-  defp model!(entry) do
+      Map.put(acc, id, {source, opts})
+    end)
+  end
+
+  # A budget whose VRAM is :auto has room only on the GPUs found: how many.
+  defp gpu_limit(spec, budget) do
+    auto? = spec == :auto or (is_map(spec) and Map.get(spec, :vram) == :auto)
+
+    case budget do
+      %{mode: :per_device, vram: vram} when auto? and is_map(vram) -> map_size(vram)
+      _ -> nil
+    end
+  end
+
+  @doc """
+  The GPU count a load with `opts` places over under `config`: its
+  `:n_gpus`, else the manager's. Under a budget whose VRAM is `:auto`, more
+  GPUs than were found is an `ArgumentError` naming both numbers.
+  """
+  @spec n_gpus!(map(), keyword()) :: non_neg_integer()
+  def n_gpus!(config, opts) do
+    n_gpus = Keyword.get(opts, :n_gpus, config.n_gpus)
+
+    with %{gpu_limit: limit} when is_integer(limit) <- config do
+      main_gpu = Keyword.get(opts, :main_gpu, 0)
+      split = Keyword.get(opts, :tensor_split, [])
+
+      cond do
+        n_gpus > limit ->
+          phantom!(:n_gpus, "#{n_gpus} GPUs", limit)
+
+        is_integer(main_gpu) and main_gpu > 0 and main_gpu >= limit ->
+          phantom!(:main_gpu, "GPU #{main_gpu}", limit)
+
+        is_list(split) and length(split) > limit ->
+          phantom!(:tensor_split, "#{length(split)} GPUs", limit)
+
+        true ->
+          :ok
+      end
+    end
+
+    n_gpus
+  end
+
+  defp phantom!(key, asked, limit) do
     raise ArgumentError,
-          "invalid option :models: expected entries {id, source} or {id, source, opts}, got: " <>
+          "invalid option #{inspect(key)}: #{asked} asked for, but this machine has #{limit} " <>
+            "(a :memory_budget with :auto VRAM has room only on the GPUs found; " <>
+            "name the GPUs in a per-device budget to plan for another machine)"
+  end
+
+  @doc "Checks checkout/3's options; returns `%{load:, timeout:}` with defaults."
+  @spec checkout!(term()) :: %{load: {term(), keyword()} | nil, timeout: timeout()}
+  def checkout!(opts) do
+    keyword!(opts, "checkout options")
+    opts = Keyword.validate!(opts, load: nil, timeout: :infinity)
+
+    load =
+      case opts[:load] do
+        nil ->
+          nil
+
+        {source, load_opts} ->
+          {source, load!(load_opts)}
+
+        other ->
+          raise ArgumentError,
+                "invalid option :load: expected {source, opts}, got: #{inspect(other)}"
+      end
+
+    %{
+      load: load,
+      timeout: check!(opts, :timeout, &ms_or_infinity?/1, "a non-negative integer or :infinity")
+    }
+  end
+
+  defp model!({id, source}, _key), do: {id, source, []}
+  defp model!({id, source, opts}, _key), do: {id, source, load!(opts)}
+
+  defp model!(entry, key) do
+    raise ArgumentError,
+          "invalid option #{inspect(key)}: expected entries {id, source} or {id, source, opts}, got: " <>
             inspect(entry)
   end
 end

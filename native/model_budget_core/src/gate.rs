@@ -195,6 +195,22 @@ impl Gate {
         }
     }
 
+    /// Takes a lease on a gate still loading: what a caller does with the
+    /// gate it made for its own load before the manager sees it, so the
+    /// model is leased the moment it opens, with no window for an
+    /// eviction. Refused once the gate is closed (the load failed or was
+    /// cancelled).
+    pub fn reserve(self: &Arc<Gate>) -> Result<Lease, (Refused, Notify)> {
+        self.count.fetch_add(1, SeqCst);
+        match self.state() {
+            State::Loading | State::Open => Ok(Lease {
+                gate: Some(Arc::clone(self)),
+            }),
+            State::Claiming => Err((Refused::Claiming, self.release())),
+            State::Closed => Err((Refused::NotOpen, self.release())),
+        }
+    }
+
     /// Takes one count back and says whom to tell.
     fn release(&self) -> Notify {
         if !self.dropped.load(SeqCst) {
@@ -308,6 +324,16 @@ impl<T: Copy> Holder<T> {
         Ok(number)
     }
 
+    /// Takes a lease on a gate still loading (see [`Gate::reserve`]).
+    pub fn reserve(&self, gate: &Arc<Gate>, tell: T) -> Result<u64, (Refused, Notify)> {
+        let lease = gate.reserve()?;
+        let mut held = self.held.lock();
+        held.last += 1;
+        let number = held.last;
+        held.leases.push((number, lease, tell));
+        Ok(number)
+    }
+
     /// Ends lease `number` with a use at `now`: whom to tell, or `None`
     /// when it had ended already (or never was).
     pub fn checkin(&self, number: u64, now: i64) -> Option<(Notify, T)> {
@@ -395,6 +421,24 @@ mod tests {
         assert!(gate.close());
         assert!(leases.next().unwrap().end().closed);
         assert!(!gate.close());
+    }
+
+    #[test]
+    fn a_reserved_lease_holds_a_loading_gate_through_its_opening() {
+        let waiting = Arc::new(Waiting::default());
+        let gate = Arc::new(Gate::new(Arc::clone(&waiting), 0));
+        // Loading: no checkout, but its maker may reserve.
+        assert_eq!(gate.checkout().unwrap_err().0, Refused::NotOpen);
+        let lease = gate.reserve().unwrap();
+        assert_eq!(gate.count(), 1);
+        gate.set_state(State::Open);
+        // Opened leased: an eviction's claim finds it held.
+        assert_eq!(claim(&[&gate]), Err(vec![0]));
+        lease.checkin(5);
+        assert_eq!(claim(&[&gate]), Ok(()));
+        // A closed gate (a failed load) takes no reservation.
+        assert_eq!(gate.reserve().unwrap_err().0, Refused::NotOpen);
+        assert_eq!(gate.count(), 0);
     }
 
     #[test]

@@ -144,6 +144,19 @@ fn gate_checkout<'a>(env: Env<'a>, gate: &GateRes, holder: &HolderRes) -> Term<'
     }
 }
 
+/// A lease of `holder` on a gate still loading, which the caller made for
+/// its own load (`Gate::reserve`): `{:ok, number}` or `:not_open`.
+#[rustler::nif]
+fn gate_reserve<'a>(env: Env<'a>, gate: &GateRes, holder: &HolderRes) -> Term<'a> {
+    match holder.0.reserve(&gate.gate, gate.manager) {
+        Ok(number) => (atoms::ok(), number).encode(env),
+        Err((_, notify)) => {
+            tell(env, gate.manager, notify);
+            not_open().encode(env)
+        }
+    }
+}
+
 /// Ends lease `number` of `holder` (a second checkin does nothing) and
 /// stamps a use at `now`: the manager's clock, or `nil` for its default
 /// clock, the runtime's monotonic milliseconds

@@ -169,9 +169,9 @@ defmodule ModelBudget.ModelManager do
   `info/2` and `list/1` count, per model id, how many times this manager
   loaded it (`:loads`) and evicted it (`:evictions`), and list the ids
   evicted to admit it (`:evicted`). `stats/1` has the manager's totals. The
-  manager remembers the two counters of every id it has loaded (one small
-  ETS row each, kept for its life): ids are meant to name models, not
-  requests.
+  manager keeps the two counters of every id while it is loaded and of the
+  `:history_limit` ids most recently unloaded (one small ETS row each), so
+  a manager fed ever new ids stays bounded.
 
   ## Keep-alive
 
@@ -195,15 +195,6 @@ defmodule ModelBudget.ModelManager do
   deadline it gets the refusal a load without timeout would get then. A
   caller that exits leaves the queue.
 
-  ## History
-
-  `info/2` and `list/1` count, per model id, how many times this manager
-  loaded it (`:loads`) and evicted it (`:evictions`), and list the ids
-  evicted to admit it (`:evicted`). `stats/1` has the manager's totals. The
-  manager remembers the two counters of every id it has loaded (one small
-  ETS row each, kept for its life): ids are meant to name models, not
-  requests.
-
   ## Reads
 
   `info/2`, `list/1`, `usage/1`, `budget/1`, `stats/1`, `checkout/2`,
@@ -214,14 +205,17 @@ defmodule ModelBudget.ModelManager do
   entry that is added or updated), so `usage/1` is always the usage of some
   state of the ledger, never a half-updated one.
 
-  ## Restarts
+  ## Stopping and restarts
 
-  **A manager that restarts starts with an empty ledger.** Models that a
-  previous incarnation loaded are no longer accounted for: the new manager
-  does not know them, does not count their memory against the budget, and
-  cannot unload them. Whatever a backend started for them keeps running
-  unless it was linked to the old manager's processes. The manager logs this
-  every time it starts; the `:models` option loads its models again.
+  **The manager owns what it starts.** A manager that stops (`GenServer.stop/1`,
+  its supervisor shutting down) or crashes unloads every ready model
+  through its backend first, most recently loaded first. One that is
+  killed cannot; the backends' processes watch it instead:
+  `ModelBudget.Backend.LlamaServer` kills each server's whole process group
+  as soon as its manager is gone, and when the VM itself dies. So a
+  restarted manager starts with an empty ledger and nothing of its
+  predecessor's left running: the leftovers are killed, not adopted, and
+  the `:models` option loads its models again.
 
   Loads that were in flight when the manager went down are killed with it:
   their tasks run under a `Task.Supervisor` the manager starts and links.
@@ -230,7 +224,7 @@ defmodule ModelBudget.ModelManager do
   use GenServer
   require Logger
 
-  alias ModelBudget.ModelManager.{Lease, Leases, Ledger, Lifecycle, Options, Table}
+  alias ModelBudget.ModelManager.{History, Lease, Leases, Ledger, Lifecycle, Options, Table}
 
   @typedoc "A manager: a pid or any `GenServer` name."
   @type manager :: GenServer.server()
@@ -257,17 +251,23 @@ defmodule ModelBudget.ModelManager do
       loaded (`c:ModelBudget.Backend.measured/1`), `:ram` and `:vram` in
       bytes like `:placement`; `nil` for a backend that does not measure.
       Where it exceeds the placement on a device, the placement was raised
-      to it when the load finished (logged as a warning with both figures),
-      so the ledger covers what is really held.
+      to it when the load finished, so the ledger covers what is really
+      held (counted in `stats/1`'s `:raised`; logged as a warning, with
+      both figures, only beyond the estimate's calibration bounds: more
+      than 2% above the reservation).
     * `:loaded_at` - when the load finished, by the manager's `:clock`;
       `nil` while loading.
     * `:last_used` - when the model was admitted, loaded, last checked in
-      or touched, by the manager's `:clock`.
+      or touched, by the manager's `:clock` (a raw reading).
+    * `:idle_ms` - milliseconds since `:last_used`, by the same clock.
+    * `:expires_in_ms` - milliseconds until its `:keep_alive` unloads it
+      (`0` once due, `:infinity` without a keep-alive or while leased).
     * `:evicted` - the ids evicted to make room for this load, in order.
     * `:loads` - how many times this manager has loaded this id, this load
       included once it is ready.
     * `:evictions` - how many times this manager has evicted this id, an
-      eviction under way included.
+      eviction under way included. With `:loads`, kept while the id is
+      loaded and for the `:history_limit` ids most recently unloaded.
     * `:cpu_buffers` - the runtime profile the model was placed with (see
       `ModelBudget.breakdown/3`): the one its backend's binary reports
       (`ModelBudget.Backend.LlamaServer`), else the load options' (`nil`
@@ -289,7 +289,9 @@ defmodule ModelBudget.ModelManager do
           evicted: [id()],
           loads: non_neg_integer(),
           evictions: non_neg_integer(),
-          cpu_buffers: ModelBudget.cpu_buffers() | :auto | nil
+          cpu_buffers: ModelBudget.cpu_buffers() | :auto | nil,
+          idle_ms: non_neg_integer(),
+          expires_in_ms: non_neg_integer() | :infinity
         }
 
   @typedoc """
@@ -300,6 +302,7 @@ defmodule ModelBudget.ModelManager do
     * `:refused` - loads and fences refused for lack of memory.
     * `:fences` - fences granted.
     * `:expired` - models unloaded because their keep-alive ran out.
+    * `:raised` - reservations raised to what a backend measured.
     * `:max_estimate_error` - the largest difference, by magnitude, between
       what a backend measured and what was reserved on one device
       (`measured - reserved` bytes: positive when a model held more than
@@ -311,6 +314,7 @@ defmodule ModelBudget.ModelManager do
           refused: non_neg_integer(),
           fences: non_neg_integer(),
           expired: non_neg_integer(),
+          raised: non_neg_integer(),
           max_estimate_error: integer()
         }
 
@@ -356,7 +360,10 @@ defmodule ModelBudget.ModelManager do
   @spawn_opt [message_queue_data: :off_heap, min_heap_size: 20_000]
 
   @doc """
-  Starts a manager linked to the calling process.
+  Starts a manager linked to the calling process. It traps exits, so when
+  that process exits (for any reason, `:normal` included) or its supervisor
+  shuts it down, the manager stops too, after unloading what it holds (see
+  "Stopping and restarts" above).
 
   Options are checked before the process starts: an unknown option, a
   budget `ModelBudget.resolve/1` rejects, a backend that does not implement
@@ -391,6 +398,10 @@ defmodule ModelBudget.ModelManager do
       `System.monotonic_time(:millisecond)`.
     * `:sweep_ms` - how often the manager sweeps (see `sweep/1`): unloads
       models whose keep-alive ran out. Defaults to `1000`.
+    * `:history_limit` - how many ids that are no longer loaded keep their
+      `:loads` and `:evictions` counts (the most recently unloaded ones), so
+      the table stays bounded with ever new ids; `:infinity` keeps all.
+      Defaults to `10_000`.
     * `:name` - any `GenServer` name (an atom, `{:global, term}`,
       `{:via, module, term}`). Defaults to no name.
     * `:cluster` - a name (any term) of a `ModelBudget.Cluster` to join:
@@ -912,7 +923,7 @@ defmodule ModelBudget.ModelManager do
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 600}, mode: :direct, n_gpus: 0)
       iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :b, {:bytes, 600}, mode: :direct, n_gpus: 0)
       iex> ModelBudget.ModelManager.stats(manager)
-      %{loads: 2, evictions: 1, refused: 0, fences: 0, expired: 0, max_estimate_error: 0}
+      %{loads: 2, evictions: 1, refused: 0, fences: 0, expired: 0, raised: 0, max_estimate_error: 0}
   """
   @spec stats(manager()) :: stats()
   def stats(manager) do
@@ -1073,6 +1084,8 @@ defmodule ModelBudget.ModelManager do
 
   @impl true
   def init(config) do
+    # terminate/2 runs at a supervisor's shutdown too: it unloads in order.
+    Process.flag(:trap_exit, true)
     {:ok, task_sup} = Task.Supervisor.start_link()
     table = Table.new()
     flags = Leases.new_flags()
@@ -1096,11 +1109,6 @@ defmodule ModelBudget.ModelManager do
     if config.cluster != nil,
       do: ModelBudget.Cluster.View.join(config.cluster, config.labels, shared)
 
-    Logger.info(
-      "#{inspect(__MODULE__)} #{inspect(config.name || self())} started with an empty ledger: " <>
-        "models loaded by a previous incarnation of this manager, if any, are no longer accounted for"
-    )
-
     if config.models != [] do
       manager = self()
       Task.Supervisor.start_child(task_sup, fn -> load_at_start(manager, config.models) end)
@@ -1117,7 +1125,8 @@ defmodule ModelBudget.ModelManager do
        backend: config.backend,
        clock: config.clock,
        sweep_ms: config.sweep_ms,
-       ledger: Ledger.new(config.budget, config.rules, config.min_idle_ms)
+       ledger: Ledger.new(config.budget, config.rules, config.min_idle_ms),
+       history: History.new(config.history_limit)
      }}
   end
 
@@ -1245,7 +1254,34 @@ defmodule ModelBudget.ModelManager do
   def handle_info({:timeout, _timer, {__MODULE__, {:load_timeout, ref}}}, state),
     do: {:noreply, Lifecycle.settle(Lifecycle.load_timeout(state, ref))}
 
+  # Its task supervisor is linked: without it no load or unload can run.
+  def handle_info({:EXIT, pid, reason}, %Lifecycle{task_sup: pid} = state),
+    do: {:stop, reason, state}
+
   def handle_info(message, state), do: unexpected(state, "message", message)
+
+  # A clean stop (or a crash) unloads what the manager holds, most recently
+  # loaded first, so nothing it started outlives it unaccounted for. A
+  # `:kill` skips this: the backends' own processes watch the manager.
+  @impl true
+  def terminate(_reason, %Lifecycle{} = state) do
+    state.ledger.entries
+    |> Map.values()
+    |> Enum.filter(&(&1.status == :ready and &1.handle != nil))
+    # A gate's incarnation grows with each admission.
+    |> Enum.sort_by(&elem(&1.gate, 0), :desc)
+    |> Enum.each(&terminate_unload(state.backend, &1))
+  end
+
+  defp terminate_unload(backend, entry) do
+    backend.unload(entry.handle)
+  catch
+    kind, reason ->
+      Logger.warning(
+        "#{inspect(__MODULE__)}: unloading #{inspect(entry.id)} at stop failed: " <>
+          Exception.format(kind, reason)
+      )
+  end
 
   defp unexpected(state, what, message) do
     Logger.warning(

@@ -13,9 +13,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   alias ModelBudget.Backend.Reservation
   alias ModelBudget.ModelManager
-  alias ModelBudget.ModelManager.{Entry, Eviction, Leases, Ledger, Measured, Table}
+  alias ModelBudget.ModelManager.{Entry, Eviction, History, Leases, Ledger, Measured, Table}
 
-  @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger]
+  @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
   defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}]
 
   @typedoc """
@@ -33,6 +33,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
           clock: (() -> integer()),
           sweep_ms: pos_integer(),
           ledger: Ledger.t(),
+          history: History.t(),
           refs: %{reference() => term()},
           fences: %{reference() => map()}
         }
@@ -118,6 +119,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         else: Leases.new_gate(state.flags, self(), now)
 
     within_step? = evictions == [] and inline?(state)
+    state = %{state | history: History.loaded(state.history, request.id)}
 
     # A load finished within this step is seen first ready, with the
     # history counted then.
@@ -220,7 +222,17 @@ defmodule ModelBudget.ModelManager.Lifecycle do
         Leases.open(ready.gate)
         Table.bump(state.table, :loads)
         # No lease can have been taken yet: the gate opened in this step.
-        reply(entry.caller, {:ok, Map.merge(info, %{leases: 0, last_used: now})})
+        reply(
+          entry.caller,
+          {:ok,
+           Map.merge(info, %{
+             leases: 0,
+             last_used: now,
+             idle_ms: 0,
+             expires_in_ms: ready.keep_alive
+           })}
+        )
+
         %{state | ledger: ledger}
 
       {false, failed} ->
@@ -248,10 +260,20 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     if raised == [] do
       {state, entry}
     else
-      Logger.warning(
-        "#{prefix(state)}: model #{inspect(entry.id)} holds more than was reserved: " <>
-          Measured.describe(raised) <> "; the reservation is raised to the measured bytes"
-      )
+      Table.bump(state.table, :raised)
+
+      # Within the estimate's bounds (rounding, a few KiB of compute) the
+      # raise is routine; beyond them someone should know.
+      case Enum.filter(raised, &Measured.beyond_bounds?/1) do
+        [] ->
+          :ok
+
+        beyond ->
+          Logger.warning(
+            "#{prefix(state)}: model #{inspect(entry.id)} holds more than was reserved: " <>
+              Measured.describe(beyond) <> "; the reservation is raised to the measured bytes"
+          )
+      end
 
       {_, ledger} = Ledger.release(state.ledger, entry.id)
       entry = %{entry | placement: placement, held: placement}
@@ -673,12 +695,29 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     case Table.gate(shared.table, info.id) do
       {:ok, gate} ->
         {_lru, used_at} = Leases.last_use(gate)
-        Map.merge(info, %{leases: Leases.count(gate), last_used: used_at})
+        durations(shared, Map.merge(info, %{leases: Leases.count(gate), last_used: used_at}))
 
       :error ->
-        Map.merge(info, %{leases: 0, last_used: info.loaded_at})
+        durations(shared, Map.merge(info, %{leases: 0, last_used: info.loaded_at}))
     end
   end
+
+  # The raw clock readings as durations a person reads: how long the model
+  # has been idle, and how long its keep-alive has left (while unleased).
+  defp durations(shared, %{last_used: last_used} = info) when is_integer(last_used) do
+    idle = max(shared.clock.() - last_used, 0)
+
+    expires =
+      case info.keep_alive do
+        :infinity -> :infinity
+        _ when info.leases > 0 -> :infinity
+        keep_alive -> max(keep_alive - idle, 0)
+      end
+
+    Map.merge(info, %{idle_ms: idle, expires_in_ms: expires})
+  end
+
+  defp durations(_shared, info), do: Map.merge(info, %{idle_ms: 0, expires_in_ms: :infinity})
 
   defp put(state, entry), do: save(%{state | ledger: Ledger.put(state.ledger, entry)}, [entry.id])
 
@@ -701,7 +740,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   defp forget(state, entry, changed) do
     Table.delete(state.table, state.ledger.usage, entry.id, changed)
     Leases.drop(entry.gate)
-    demonitor(state, entry.handle_ref)
+    {history, dropped} = History.forgotten(state.history, entry.id)
+    Enum.each(dropped, &Table.drop_history(state.table, &1))
+    demonitor(%{state | history: history}, entry.handle_ref)
   end
 
   defp drop(state, id) do

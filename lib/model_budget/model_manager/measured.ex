@@ -72,6 +72,17 @@ defmodule ModelBudget.ModelManager.Measured do
     {placement, raised, error}
   end
 
+  @doc """
+  Whether a device's measured bytes are beyond the estimate's calibration
+  bounds: more than 2% above what was reserved (the calibration holds
+  totals to at most 2% below llama.cpp's), and more than the 5 KiB a
+  log's rounding leaves.
+  """
+  @spec beyond_bounds?({ModelBudget.device(), non_neg_integer(), non_neg_integer()}) ::
+          boolean()
+  def beyond_bounds?({_device, got, reserved}),
+    do: got - reserved > 5_243 and got * 100 > reserved * 102
+
   @doc "The warning for a raised reservation: both figures per device."
   @spec describe([{ModelBudget.device(), non_neg_integer(), non_neg_integer()}]) :: String.t()
   def describe(raised) do

@@ -18,6 +18,7 @@ defmodule ModelBudget.ModelManager.Options do
     min_idle_ms: 0,
     clock: nil,
     sweep_ms: 1_000,
+    history_limit: 10_000,
     cluster: nil,
     labels: %{},
     priority: :normal
@@ -34,6 +35,7 @@ defmodule ModelBudget.ModelManager.Options do
           min_idle_ms: non_neg_integer() | :infinity,
           clock: (() -> integer()),
           sweep_ms: pos_integer(),
+          history_limit: pos_integer() | :infinity,
           name: GenServer.name() | nil,
           cluster: term() | nil,
           labels: map(),
@@ -66,6 +68,13 @@ defmodule ModelBudget.ModelManager.Options do
         check!(opts, :min_idle_ms, &ms_or_infinity?/1, "a non-negative integer or :infinity"),
       clock: clock!(opts[:clock]),
       sweep_ms: check!(opts, :sweep_ms, &(is_integer(&1) and &1 > 0), "a positive integer"),
+      history_limit:
+        check!(
+          opts,
+          :history_limit,
+          &((is_integer(&1) and &1 > 0) or &1 == :infinity),
+          "a positive integer or :infinity"
+        ),
       name: opts[:name],
       cluster: opts[:cluster],
       labels: check!(opts, :labels, &is_map/1, "a map"),

@@ -10,7 +10,8 @@ defmodule ModelBudget.ModelManager.Table do
   #   * stats_row(...): the manager's totals, bumped with update_counter.
   #   * {{:model, id}, info, gate}: an entry's public fields (Entry.info/1)
   #     and its lease gate ({inc, resource}, read alone by checkout).
-  #   * {{:history, id}, loads, evictions}: per id, kept for the manager's life.
+  #   * {{:history, id}, loads, evictions}: per id, kept while it is loaded
+  #     and for the :history_limit ids most recently gone (History).
 
   # A manager in a cluster names a watcher, told of every usage write
   # (ModelBudget.Cluster.View publishes it). Only the manager writes and
@@ -30,6 +31,7 @@ defmodule ModelBudget.ModelManager.Table do
     refused: 0,
     fences: 0,
     expired: 0,
+    raised: 0,
     max_estimate_error: 0
   )
 
@@ -37,10 +39,10 @@ defmodule ModelBudget.ModelManager.Table do
   @history_loads 2
   @history_evictions 3
 
-  @stat_names [:loads, :evictions, :refused, :fences, :expired]
+  @stat_names [:loads, :evictions, :refused, :fences, :expired, :raised]
 
   @typedoc "A total of `stats/1`."
-  @type stat :: :loads | :evictions | :refused | :fences | :expired
+  @type stat :: :loads | :evictions | :refused | :fences | :expired | :raised
 
   @doc "A new table, its usage empty and its totals 0."
   @spec new() :: :ets.tid()
@@ -138,6 +140,10 @@ defmodule ModelBudget.ModelManager.Table do
   def count_eviction(table, id),
     do:
       :ets.update_counter(table, {:history, id}, {@history_evictions, 1}, {{:history, id}, 0, 0})
+
+  @doc "Forgets the history of `id` (a model long gone: see History)."
+  @spec drop_history(:ets.tid(), term()) :: true
+  def drop_history(table, id), do: :ets.delete(table, {:history, id})
 
   @doc "An id's `{loads, evictions}` so far."
   @spec history_of(:ets.tid(), term()) :: {non_neg_integer(), non_neg_integer()}

@@ -60,14 +60,34 @@ defmodule ModelBudget.ModelManager.MeasuredTest do
       assert info.measured == nil
     end
 
+    test "within the calibration bounds a raise is counted, not logged" do
+      manager = manager!(memory_budget: %{ram: 10_000_000})
+      # 1% above the reservation: within the estimate's 2%.
+      measured = %{ram: 1_010_000, vram: %{}}
+
+      log =
+        capture_log(fn ->
+          {:ok, _} =
+            ModelManager.load(manager, :a, {:bytes, 1_000_000},
+              mode: :direct,
+              n_gpus: 0,
+              measured: measured
+            )
+        end)
+
+      assert log == ""
+      assert {:ok, %{placement: %{ram: 1_010_000}}} = ModelManager.info(manager, :a)
+      assert %{raised: 1, max_estimate_error: 10_000} = ModelManager.stats(manager)
+    end
+
     test "more measured than reserved raises the reservation, with a warning" do
-      manager = manager!(memory_budget: %{ram: 10_000, vram: [10_000, 10_000]})
-      measured = %{ram: 1_500, vram: %{1 => 900}}
+      manager = manager!(memory_budget: %{ram: 100_000, vram: [100_000, 100_000]})
+      measured = %{ram: 15_000, vram: %{1 => 15_000}}
 
       log =
         capture_log(fn ->
           {:ok, info} =
-            ModelManager.load(manager, :a, {:bytes, 1_000},
+            ModelManager.load(manager, :a, {:bytes, 10_000},
               mode: :direct,
               n_gpus: 2,
               split_mode: :layer,
@@ -78,12 +98,12 @@ defmodule ModelBudget.ModelManager.MeasuredTest do
         end)
 
       assert_received {:info, info}
-      # Placed 500 + 500 on the GPUs, none in RAM; RAM and GPU 1 grow.
-      assert info.placement == %{ram: 1_500, vram: %{0 => 500, 1 => 900}}
+      # Placed 5000 + 5000 on the GPUs, none in RAM; RAM and GPU 1 grow.
+      assert info.placement == %{ram: 15_000, vram: %{0 => 5_000, 1 => 15_000}}
       assert ModelManager.usage(manager) == info.placement
-      assert log =~ "measured 1500 bytes in :ram, 1500 more than the 0 reserved"
-      assert log =~ "measured 900 bytes on {:gpu, 1}, 400 more than the 500 reserved"
-      assert ModelManager.stats(manager).max_estimate_error == 1_500
+      assert log =~ "measured 15000 bytes in :ram, 15000 more than the 0 reserved"
+      assert log =~ "measured 15000 bytes on {:gpu, 1}, 10000 more than the 5000 reserved"
+      assert ModelManager.stats(manager).max_estimate_error == 15_000
 
       # The raised reservation is what an unload releases.
       assert :ok = ModelManager.unload(manager, :a)

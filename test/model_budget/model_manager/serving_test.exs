@@ -367,6 +367,25 @@ defmodule ModelBudget.ModelManager.ServingTest do
       assert %{status: :ready, keep_alive: :infinity} = info!(manager, :forever)
     end
 
+    test "info/2 says how long a model has been idle and when its keep-alive runs out" do
+      {clock, advance} = TestClock.new()
+      manager = start_manager(memory_budget: 1_000, clock: clock)
+      {:ok, _} = load(manager, :a, 10, keep_alive: 1_000)
+      {:ok, _} = load(manager, :b, 10)
+      advance.(300)
+      assert %{idle_ms: 300, expires_in_ms: 700} = info!(manager, :a)
+      assert %{idle_ms: 300, expires_in_ms: :infinity} = info!(manager, :b)
+
+      # A lease stops the countdown; its checkin starts it again.
+      {:ok, lease} = ModelManager.checkout(manager, :a)
+      assert %{expires_in_ms: :infinity} = info!(manager, :a)
+      advance.(100)
+      :ok = ModelManager.checkin(manager, lease)
+      assert %{idle_ms: 0, expires_in_ms: 1_000} = info!(manager, :a)
+      advance.(5_000)
+      assert %{idle_ms: 5_000, expires_in_ms: 0} = info!(manager, :a)
+    end
+
     test "rejects a bad :keep_alive" do
       manager = start_manager([])
 

@@ -81,7 +81,7 @@ end
 
 # Real nodes.
 ClusterPeers.ensure_distributed("cluster_bench")
-peers = ClusterPeers.start("mb_bench", 3)
+peers = ClusterPeers.start("mb_bench_#{System.pid()}_", 3)
 cluster = :bench
 opts = [mode: :direct, n_gpus: 0]
 

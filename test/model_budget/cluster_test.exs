@@ -16,7 +16,7 @@ defmodule ModelBudget.ClusterTest do
   end
 
   setup context do
-    peers = ClusterPeers.start("mb_#{System.unique_integer([:positive])}_", 3)
+    peers = ClusterPeers.start("mb_#{System.pid()}_#{System.unique_integer([:positive])}_", 3)
     on_exit(fn -> ClusterPeers.stop(peers) end)
     cluster = {:test_cluster, context.test}
     {:ok, peers: peers, nodes: Enum.map(peers, &elem(&1, 1)), cluster: cluster}

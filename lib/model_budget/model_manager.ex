@@ -332,20 +332,25 @@ defmodule ModelBudget.ModelManager do
   A child specification for a supervisor: starts the manager with
   `start_link/1` and `opts`. The child id is the `:name` option when given,
   else this module, so several managers under one supervisor need names (or
-  their own ids through `Supervisor.child_spec/2`).
+  their own ids through `Supervisor.child_spec/2`). Its `:shutdown` is 60
+  seconds: a stopping manager unloads each model it holds in turn (see
+  "Stopping and restarts"), and a server may take its `:stop_timeout` to
+  go. Past that the supervisor kills it, and the backends' own processes
+  end what is left.
 
   ## Examples
 
       iex> ModelBudget.ModelManager.child_spec(name: :gpu0_models, memory_budget: 2**30)
       %{
         id: :gpu0_models,
-        start: {ModelBudget.ModelManager, :start_link, [[name: :gpu0_models, memory_budget: 2**30]]}
+        start: {ModelBudget.ModelManager, :start_link, [[name: :gpu0_models, memory_budget: 2**30]]},
+        shutdown: 60_000
       }
   """
   @spec child_spec(keyword()) :: Supervisor.child_spec()
   def child_spec(opts) do
     id = if Keyword.keyword?(opts), do: Keyword.get(opts, :name, __MODULE__), else: __MODULE__
-    %{id: id, start: {__MODULE__, :start_link, [opts]}}
+    %{id: id, start: {__MODULE__, :start_link, [opts]}, shutdown: 60_000}
   end
 
   # Every caller's load, unload and fence is a message to the manager, and
@@ -789,17 +794,8 @@ defmodule ModelBudget.ModelManager do
   """
   @spec with_model(manager(), id(), (info() -> result)) :: {:ok, result} | {:error, :not_loaded}
         when result: term()
-  def with_model(manager, id, fun) when is_function(fun, 1) do
-    with {:ok, lease} <- checkout(manager, id) do
-      try do
-        config = config!(manager, :with_model, [manager, id, fun])
-        {:ok, info} = info_of(config, id)
-        {:ok, fun.(info)}
-      after
-        Leases.checkin(lease)
-      end
-    end
-  end
+  def with_model(manager, id, fun) when is_function(fun, 1),
+    do: under_lease(checkout(manager, id), manager, id, fun)
 
   def with_model(_manager, _id, fun),
     do: raise(ArgumentError, "invalid fun: expected a function of arity 1, got: #{inspect(fun)}")
@@ -818,20 +814,22 @@ defmodule ModelBudget.ModelManager do
   @spec with_model(manager(), id(), keyword(), (info() -> result)) ::
           {:ok, result} | {:error, :not_loaded | :timeout | load_error()}
         when result: term()
-  def with_model(manager, id, opts, fun) when is_function(fun, 1) do
-    with {:ok, lease} <- checkout(manager, id, opts) do
-      try do
-        config = config!(manager, :with_model, [manager, id, opts, fun])
-        {:ok, info} = info_of(config, id)
-        {:ok, fun.(info)}
-      after
-        Leases.checkin(lease)
-      end
-    end
-  end
+  def with_model(manager, id, opts, fun) when is_function(fun, 1),
+    do: under_lease(checkout(manager, id, opts), manager, id, fun)
 
   def with_model(_manager, _id, _opts, fun),
     do: raise(ArgumentError, "invalid fun: expected a function of arity 1, got: #{inspect(fun)}")
+
+  # `fun.(info)` under the lease a checkout took, which ends however `fun` does.
+  defp under_lease({:ok, lease}, manager, id, fun) do
+    config = config!(manager, :with_model, [manager, id, fun])
+    {:ok, info} = info_of(config, id)
+    {:ok, fun.(info)}
+  after
+    Leases.checkin(lease)
+  end
+
+  defp under_lease(refused, _manager, _id, _fun), do: refused
 
   @doc """
   Marks model `id` as used now, for the least-recently-used order and the

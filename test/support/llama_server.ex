@@ -38,7 +38,42 @@ defmodule ModelBudget.Test.LlamaServer do
         do: String.to_integer(dir)
   end
 
-  def alive?(os_pid), do: File.exists?("/proc/#{os_pid}")
+  # Whether the OS process runs: a zombie (an orphan that a PID 1 which
+  # does not reap keeps, as in some containers) has ended.
+  def alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not Regex.match?(~r/^.*\) Z /s, stat)
+      {:error, _} -> false
+    end
+  end
+
+  # OS pids of the processes in process group `pgid` that have not ended.
+  def group_members(pgid) do
+    for dir <- File.ls!("/proc"),
+        Regex.match?(~r/^\d+$/, dir),
+        {:ok, stat} <- [File.read("/proc/#{dir}/stat")],
+        # pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
+        [_, state, _ppid, pgrp] <- [Regex.run(~r/^.*\) (\S) (\d+) (\d+) /s, stat)],
+        state != "Z" and String.to_integer(pgrp) == pgid,
+        do: String.to_integer(dir)
+  end
+
+  # The parent of an OS process, from /proc.
+  def parent(os_pid) do
+    with {:ok, stat} <- File.read("/proc/#{os_pid}/stat"),
+         [_, ppid] <- Regex.run(~r/^.*\) \S (\d+) /s, stat) do
+      String.to_integer(ppid)
+    else
+      _ -> nil
+    end
+  end
+
+  # Its environment and command line, as lists of strings.
+  def environ(os_pid), do: split0(File.read("/proc/#{os_pid}/environ"))
+  def cmdline(os_pid), do: split0(File.read("/proc/#{os_pid}/cmdline"))
+
+  defp split0({:ok, data}), do: String.split(data, <<0>>, trim: true)
+  defp split0({:error, _}), do: []
 
   # Whether nothing listens on `port` on 127.0.0.1.
   def port_free?(port) do

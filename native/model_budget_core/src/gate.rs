@@ -316,22 +316,21 @@ impl<T: Copy> Holder<T> {
     /// Takes a lease on `gate` (see [`Gate::checkout`]); `Ok(number)`, the
     /// number [`Holder::checkin`] takes, unique within this holder.
     pub fn checkout(&self, gate: &Arc<Gate>, tell: T) -> Result<u64, (Refused, Notify)> {
-        let lease = gate.checkout()?;
-        let mut held = self.held.lock();
-        held.last += 1;
-        let number = held.last;
-        held.leases.push((number, lease, tell));
-        Ok(number)
+        Ok(self.hold(gate.checkout()?, tell))
     }
 
     /// Takes a lease on a gate still loading (see [`Gate::reserve`]).
     pub fn reserve(&self, gate: &Arc<Gate>, tell: T) -> Result<u64, (Refused, Notify)> {
-        let lease = gate.reserve()?;
+        Ok(self.hold(gate.reserve()?, tell))
+    }
+
+    /// Numbers `lease` and keeps it.
+    fn hold(&self, lease: Lease, tell: T) -> u64 {
         let mut held = self.held.lock();
         held.last += 1;
         let number = held.last;
         held.leases.push((number, lease, tell));
-        Ok(number)
+        number
     }
 
     /// Ends lease `number` with a use at `now`: whom to tell, or `None`

@@ -206,7 +206,7 @@ defmodule ModelBudget.Backend.LlamaServerTest do
           end)
         end)
 
-      assert log =~ "exited with status 137"
+      assert log =~ "exited with status 137 (killed by SIGKILL)"
       assert log =~ "of model :tiny exited"
       assert ModelManager.usage(manager) == %{ram: 0, vram: %{}}
       assert Real.servers_for(path) == []
@@ -468,7 +468,9 @@ defmodule ModelBudget.Backend.LlamaServerTest do
 
       capture_log(fn ->
         System.cmd("kill", ["-9", Integer.to_string(handle.os_pid)])
-        assert_receive {:DOWN, ^ref, :process, _, {:shutdown, {:server_exited, 137}}}, 10_000
+
+        assert_receive {:DOWN, ^ref, :process, _, {:shutdown, {:server_crashed, :sigkill}}},
+                       10_000
       end)
 
       assert :ok = LlamaServer.unload(handle)

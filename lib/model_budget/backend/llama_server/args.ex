@@ -11,6 +11,12 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   is unified, the RAM prompt cache, the extra CPU buffers and mmap. llama.cpp's `--fit`,
   which would shrink the context or the offload to what it thinks fits, is
   always off. Without GPUs in the placement the server gets `--device none`.
+
+  Where the server listens is this module's to say: `:host` and `:port`
+  only, never `--host`/`--port` in `:extra_args`. A host beyond loopback
+  needs an `:api_key`, which reaches the server through its environment
+  (`env/1`: `LLAMA_API_KEY`, the variable llama.cpp's `--api-key` reads),
+  never its command line.
   """
 
   @log_verbosity 4
@@ -19,6 +25,8 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
     command: nil,
     port: nil,
     host: "127.0.0.1",
+    api_key: nil,
+    amx_retry: true,
     ready_timeout: 120_000,
     stop_timeout: 5_000,
     extra_args: [],
@@ -48,6 +56,13 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   @profiles [:none, :x86_avx2, :x86_avx512, :x86_amx, :arm_dotprod, :arm_kleidiai]
   @repacks [nil, true, false, :auto | @profiles]
   @split_modes [:none, :layer, :row]
+  # Set by an option of ours, never by :extra_args.
+  @reserved_args %{
+    "--host" => :host,
+    "--port" => :port,
+    "--api-key" => :api_key,
+    "--api-key-file" => :api_key
+  }
   @mib 1024 * 1024
 
   @typedoc "The checked options: every key of the schema, defaults filled in."
@@ -68,10 +83,21 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   """
   @spec validate!(keyword()) :: t()
   def validate!(opts) when is_list(opts) do
-    Map.new(@schema, fn {key, default} ->
-      value = Keyword.get(opts, key, default)
-      {key, check!(key, value)}
-    end)
+    checked =
+      Map.new(@schema, fn {key, default} ->
+        value = Keyword.get(opts, key, default)
+        {key, check!(key, value)}
+      end)
+
+    if checked.api_key == nil and not loopback?(checked.host) do
+      raise ArgumentError,
+            "invalid option :host: #{inspect(checked.host)} listens beyond loopback, " <>
+              "which needs an :api_key (a non-empty string, given to the server through " <>
+              "LLAMA_API_KEY, never on its command line); or use a loopback :host " <>
+              ~s{("127.0.0.1", "::1" or "localhost")}
+    end
+
+    checked
   end
 
   def validate!(opts),
@@ -85,8 +111,36 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   defp check!(:port, value) when is_integer(value) and value in 1..65_535, do: value
   defp check!(:port, value), do: invalid!(:port, "an integer from 1 to 65535", value)
 
-  defp check!(:host, value) when is_binary(value) and value != "", do: value
+  defp check!(:host, value) when is_binary(value) and value != "" do
+    # llama-server takes a comma-separated list: one address here, so that
+    # base_url says where the server listens.
+    if String.contains?(value, ","),
+      do: invalid!(:host, "one address", value),
+      else: value
+  end
+
   defp check!(:host, value), do: invalid!(:host, "a non-empty string", value)
+
+  defp check!(:api_key, nil), do: nil
+
+  defp check!(:api_key, value) when is_binary(value) and value != "" do
+    if String.contains?(value, <<0>>) or not String.valid?(value),
+      do:
+        raise(
+          ArgumentError,
+          "invalid option :api_key: expected a non-empty UTF-8 string without NUL"
+        ),
+      else: value
+  end
+
+  # The value is a secret: its type is named, not the value.
+  defp check!(:api_key, value) do
+    got = if is_binary(value), do: "an empty string", else: "a value that is not a string"
+    raise ArgumentError, "invalid option :api_key: expected a non-empty string, got: #{got}"
+  end
+
+  defp check!(:amx_retry, value) when is_boolean(value), do: value
+  defp check!(:amx_retry, value), do: invalid!(:amx_retry, "a boolean", value)
 
   defp check!(key, value) when key in [:ready_timeout, :stop_timeout] do
     if is_integer(value) and value > 0,
@@ -95,9 +149,21 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   end
 
   defp check!(:extra_args, value) when is_list(value) do
-    if Enum.all?(value, &is_binary/1),
-      do: value,
-      else: invalid!(:extra_args, "a list of strings", value)
+    unless Enum.all?(value, &is_binary/1), do: invalid!(:extra_args, "a list of strings", value)
+
+    Enum.each(value, fn arg ->
+      case Map.fetch(@reserved_args, normalize_arg(arg)) do
+        {:ok, option} ->
+          raise ArgumentError,
+                "invalid option :extra_args: #{inspect(arg)} is not allowed there; " <>
+                  "use the #{inspect(option)} option instead"
+
+        :error ->
+          :ok
+      end
+    end)
+
+    value
   end
 
   defp check!(:extra_args, value), do: invalid!(:extra_args, "a list of strings", value)
@@ -152,6 +218,53 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   defp check!(key, value) when key in [:flash_attn, :kv_unified, :offload_kqv, :mmap] do
     if is_boolean(value), do: value, else: invalid!(key, "a boolean", value)
   end
+
+  # llama.cpp reads `--api_key` as `--api-key`; a later one may read
+  # `--port=8080`.
+  defp normalize_arg("--" <> _ = arg) do
+    [name | _] = String.split(arg, "=", parts: 2)
+    String.replace(name, "_", "-")
+  end
+
+  defp normalize_arg(arg), do: arg
+
+  @doc """
+  Whether `host` is a loopback address: `"localhost"`, `127.0.0.0/8`,
+  `::1` (or IPv4-mapped `::ffff:127.x.y.z`).
+
+  ## Examples
+
+      iex> ModelBudget.Backend.LlamaServer.Args.loopback?("127.0.0.1")
+      true
+
+      iex> ModelBudget.Backend.LlamaServer.Args.loopback?("0.0.0.0")
+      false
+  """
+  @spec loopback?(String.t()) :: boolean()
+  def loopback?("localhost"), do: true
+
+  def loopback?(host) do
+    case :inet.parse_address(String.to_charlist(host)) do
+      {:ok, {127, _, _, _}} -> true
+      {:ok, {0, 0, 0, 0, 0, 0, 0, 1}} -> true
+      {:ok, {0, 0, 0, 0, 0, 0xFFFF, high, _}} -> Bitwise.bsr(high, 8) == 127
+      _ -> false
+    end
+  end
+
+  @doc """
+  The environment the server is started with for the checked options
+  `opts`: `LLAMA_API_KEY` when there is an `:api_key`.
+
+  ## Examples
+
+      iex> opts = ModelBudget.Backend.LlamaServer.Args.validate!(host: "0.0.0.0", api_key: "k")
+      iex> ModelBudget.Backend.LlamaServer.Args.env(opts)
+      [{"LLAMA_API_KEY", "k"}]
+  """
+  @spec env(t()) :: [{String.t(), String.t()}]
+  def env(%{api_key: nil}), do: []
+  def env(%{api_key: key}), do: [{"LLAMA_API_KEY", key}]
 
   defp invalid!(key, expected, value) do
     raise ArgumentError,

@@ -52,7 +52,9 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
             repack: "yes",
             cpu_buffers: true,
             cpu_buffers: :avx2,
-            mmap: :lazy
+            mmap: :lazy,
+            amx_retry: :yes,
+            host: "127.0.0.1,0.0.0.0"
           ] do
         message = "invalid option #{inspect(key)}: expected"
 
@@ -62,6 +64,56 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
       end
 
       assert_raise ArgumentError, ~r/expected a keyword list/, fn -> Args.validate!(:none) end
+    end
+  end
+
+  describe "where the server listens" do
+    test "a host beyond loopback needs an :api_key; loopback hosts do not" do
+      for host <- ["0.0.0.0", "::", "192.168.1.10", "example.org"] do
+        error = assert_raise ArgumentError, fn -> Args.validate!(host: host) end
+        assert error.message =~ "invalid option :host: #{inspect(host)}"
+        assert error.message =~ ":api_key"
+
+        assert %{host: ^host, api_key: "k"} = Args.validate!(host: host, api_key: "k")
+      end
+
+      for host <- ["127.0.0.1", "127.0.0.2", "::1", "localhost", "::ffff:127.0.0.1"] do
+        assert %{host: ^host, api_key: nil} = Args.validate!(host: host)
+      end
+    end
+
+    test "the key goes to the environment, never to the command line" do
+      opts = Args.validate!(host: "0.0.0.0", api_key: "sekrit-key")
+      assert Args.env(opts) == [{"LLAMA_API_KEY", "sekrit-key"}]
+      refute Enum.any?(Args.build("m.gguf", opts, 8080, 512, false), &(&1 =~ "sekrit"))
+      assert Args.env(Args.validate!([])) == []
+    end
+
+    test "a malformed :api_key is refused without showing it" do
+      for value <- ["", ~c"sekrit", :sekrit, "a\0b"] do
+        error = assert_raise ArgumentError, fn -> Args.validate!(api_key: value) end
+        assert error.message =~ "invalid option :api_key"
+        refute error.message =~ "sekrit"
+      end
+    end
+
+    test ":extra_args may not say where it listens, naming the option to use instead" do
+      for {arg, option} <- [
+            {"--host", ":host"},
+            {"--port", ":port"},
+            {"--api-key", ":api_key"},
+            {"--api_key", ":api_key"},
+            {"--api-key-file", ":api_key"},
+            {"--port=8080", ":port"}
+          ] do
+        error =
+          assert_raise ArgumentError, fn ->
+            Args.validate!(extra_args: ["--threads", "1", arg, "x"])
+          end
+
+        assert error.message =~ "invalid option :extra_args: #{inspect(arg)}"
+        assert error.message =~ "use the #{option} option instead"
+      end
     end
   end
 
@@ -118,6 +170,7 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
           repack: false,
           mmap: false,
           host: "0.0.0.0",
+          api_key: "k",
           extra_args: ["--threads", "1"]
         )
 

@@ -1,3 +1,8 @@
+# The compiler that builds the Rust NIF with cargo: loaded here, before the
+# project compiles, so that the library is in place when the Elixir compiler
+# loads ModelBudget.Native (no hex package, so no rustler_mix).
+Code.require_file("mix/compile.model_budget_native.ex", __DIR__)
+
 defmodule ModelBudget.MixProject do
   use Mix.Project
 
@@ -7,12 +12,15 @@ defmodule ModelBudget.MixProject do
       version: "0.1.0",
       elixir: "~> 1.14",
       start_permanent: Mix.env() == :prod,
-      # The NIF crate is built after the Elixir sources, by a compiler of our
-      # own in lib/mix/tasks (no hex package, so no rustler_mix).
-      compilers: Mix.compilers() ++ [:model_budget_native],
+      # The NIF first: the Elixir compiler loads ModelBudget.Native, which
+      # loads the library.
+      compilers: [:model_budget_native | Mix.compilers()],
+      # priv/ is copied into _build, not linked: the NIF is installed there,
+      # so a project that depends on this one never writes into its folder.
+      build_embedded: true,
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: [],
-      docs: [main: "readme", extras: ["README.md"]]
+      docs: [main: "readme", extras: ["README.md", "CONTRIBUTING.md", "guides/leases.md"]]
     ]
   end
 

@@ -12,7 +12,7 @@ MIX_ENV=test mix compile
 rm -rf "$dest/app" && mkdir -p "$dest/app/model_budget/priv/native" "$dest/app/test/model_budget" "$dest/app/bench"
 cp target/release/examples/probe bench/gpu_proof/run.sh bench/gpu_proof/cvd.py "$dest/"
 cp -r _build/test/lib/model_budget/ebin "$dest/app/model_budget/"
-cp priv/native/model_budget_nif.so "$dest/app/model_budget/priv/native/"
+cp _build/test/lib/model_budget/priv/native/model_budget_nif.so "$dest/app/model_budget/priv/native/"
 cp test/test_helper.exs test/model_budget_doctest_test.exs "$dest/app/test/"
 cp test/model_budget/devices_test.exs "$dest/app/test/model_budget/"
 cp bench/devices.exs "$dest/app/bench/"

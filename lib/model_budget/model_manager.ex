@@ -38,34 +38,12 @@ defmodule ModelBudget.ModelManager do
   keep-alive.
 
   Checkout and checkin are the per-request path: they never send the
-  manager a message in the ordinary case, and never wait for it. Each
-  model has a gate (a NIF resource of atomics: its state, its lease count
-  and its last use), and each process that takes leases has a holder (a
-  NIF resource in its process dictionary that keeps its leases by number
-  and monitors it, under the key `{ModelBudget.ModelManager.Leases,
-  :holder}`); a lease is its holder and a number. The process also keeps
-  the gate it checked out last (key `{ModelBudget.ModelManager.Leases,
-  :last_gate}`), so serving one model skips the table lookup. Checkout is
-  one NIF call: it counts the lease, then reads the state (a gate whose
-  manager is gone is not open); checkin is one NIF
-  call: it stamps the gate's last use and counts the lease down (once).
-  To unload or evict a model, the manager closes its gate, then reads its
-  count: each side writes before it reads, and the atomics are
-  sequentially consistent, so either the manager sees the lease or the
-  checkout sees the closed gate and takes its count back. Evictions
-  and keep-alive expiry claim a gate instead of closing it outright (a
-  checkout meanwhile waits, within the manager's same step, for the
-  verdict), so a model that turns out to be leased stays open and no
-  checkout fails for it. Only two cases send the manager a message when a
-  lease ends: a model whose unload waits for its leases, and, once per
-  wake-up, loads waiting for room.
-
-  A lease also ends, without a checkin, when the process that took it
-  exits, killed or not: its holder's monitor (a NIF monitor, which sends
-  nobody a message) ends every lease it keeps, even where copies of the
-  lease were sent to other processes. Any process may check a lease in;
-  checking it in twice does nothing the second time. A lease dropped
-  without a checkin keeps its model leased until its process exits.
+  manager a message in the ordinary case and never wait for it, so requests
+  do not queue behind admissions; a lease also ends, without a checkin,
+  when the process that took it exits, killed or not. Any process may check
+  a lease in; checking it in twice does nothing the second time. How leases
+  work inside (gates of atomics, holders, the race with unloads) is in
+  [the leases guide](guides/leases.md).
 
   ## How a load goes
 

@@ -23,7 +23,7 @@ defmodule Mix.Tasks.Compile.ModelBudgetNativeTest do
       lib = Path.join([dir, "priv", "native", "model_budget_nif.so"])
       File.mkdir_p!(Path.dirname(lib))
       File.write!(lib, "not a library")
-      assert ModelBudgetNative.clean(dir, Path.join(dir, "target")) == :ok
+      assert ModelBudgetNative.clean(lib, Path.join(dir, "target"), dir) == :ok
       refute File.exists?(lib)
     end
   end

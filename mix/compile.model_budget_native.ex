@@ -2,22 +2,25 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
   @shortdoc "Builds the Rust NIF crate with cargo"
   @moduledoc """
   Builds `native/model_budget_nif` with `cargo build --release` and installs
-  the library as `priv/native/model_budget_nif.so`, where
-  `ModelBudget.Native` loads it from (`:erlang.load_nif/2` adds `.so` on
-  every Unix, macOS included; cargo names it `.dylib` there).
+  the library as `priv/native/model_budget_nif.so` in the app's build
+  directory (`_build/ENV/lib/model_budget`, whose `priv` is a copy: the
+  project is `build_embedded`), where `ModelBudget.Native` loads it from
+  (`:erlang.load_nif/2` adds `.so` on every Unix, macOS included; cargo
+  names it `.dylib` there).
 
-  It runs after the Elixir compiler (it is itself compiled by it). The
-  Elixir compiler loads each module it compiles, so on a first build
-  `ModelBudget.Native` fails to load (no library yet: its on-load error,
-  with the path, is logged once) and on later builds it loads the library
-  of the build before. Whenever a new library is installed, a
+  It runs before the Elixir compiler (mix.exs loads it), so the library is
+  in place when the Elixir compiler loads `ModelBudget.Native`: a first
+  build logs no failed load. Whenever a new library is installed, a
   `ModelBudget.Native` already loaded in this VM is loaded again, so that
   `mix test` and `recompile` in IEx run the library just built.
 
   Cargo decides what to rebuild, so editing Rust source triggers a rebuild
-  on the next `mix compile`. The cargo target directory is the workspace's
-  `target/` (or `CARGO_TARGET_DIR`), shared with `cargo test`. `mix clean`
-  removes the installed library and cargo's build of this crate.
+  on the next `mix compile`. The cargo target directory is
+  `CARGO_TARGET_DIR` when set; else, for ModelBudget itself, the
+  workspace's `target/` (shared with `cargo test`), and for a project that
+  depends on it, a folder of that project's `_build`, so nothing is written
+  into the dependency's folder. `mix clean` removes the installed library
+  and cargo's build of this crate.
   """
   use Mix.Task.Compiler
 
@@ -39,7 +42,9 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
     if status != 0, do: Mix.raise("cargo build of #{@crate} failed (exit status #{status})")
 
     built = Path.join([target_dir(root), "release", built_name(:os.type())])
-    installed = installed_path(root)
+    installed = installed_path()
+
+    own_priv!()
 
     if same_file?(built, installed) do
       {:noop, []}
@@ -58,14 +63,14 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
   @impl true
   def clean do
     root = File.cwd!()
-    clean(root, target_dir(root))
+    clean(installed_path(), target_dir(root), root)
   end
 
   @doc false
-  # Removes the library installed under `root` and cargo's build of the
-  # crate in `target`.
-  def clean(root, target) do
-    File.rm(installed_path(root))
+  # Removes the library installed at `installed` and cargo's build of the
+  # crate in `target`, for the cargo workspace at `root`.
+  def clean(installed, target, root) do
+    File.rm(installed)
 
     if cargo = System.find_executable("cargo") do
       System.cmd(cargo, ["clean", "--release", "--quiet", "-p", @crate],
@@ -95,9 +100,31 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
   def built_name({:win32, _}), do: "#{@crate}.dll"
   def built_name({:unix, _}), do: "lib#{@crate}.so"
 
-  defp installed_path(root), do: Path.join([root, "priv", "native", "#{@crate}.so"])
+  defp installed_path, do: Path.join([Mix.Project.app_path(), "priv", "native", "#{@crate}.so"])
 
-  defp target_dir(root), do: System.get_env("CARGO_TARGET_DIR") || Path.join(root, "target")
+  # A build from before the project was embedded links priv/ to the
+  # source folder: the library would land there. Copy it instead.
+  defp own_priv! do
+    priv = Path.join(Mix.Project.app_path(), "priv")
+
+    with {:ok, _link} <- File.read_link(priv) do
+      File.rm!(priv)
+      File.cp_r!(Path.expand("priv"), priv)
+    end
+
+    :ok
+  end
+
+  # A dependency's build path lies outside its folder (the parent's _build).
+  defp target_dir(root) do
+    build = Mix.Project.build_path()
+
+    cond do
+      dir = System.get_env("CARGO_TARGET_DIR") -> dir
+      String.starts_with?(build, root <> "/") -> Path.join(root, "target")
+      true -> Path.join(build, "model_budget_cargo")
+    end
+  end
 
   defp cargo!, do: System.find_executable("cargo") || Mix.raise(missing_cargo())
 
@@ -127,9 +154,10 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
 
   defp missing_cargo do
     """
-    cargo was not found on PATH. ModelBudget's NIF needs Rust 1.91 or newer \
-    (rustler 0.39). Install a Rust toolchain and run `mix compile` again; \
-    `make test` checks this for you.\
+    cargo was not found on PATH. ModelBudget compiles a Rust NIF and needs \
+    Rust 1.91 or newer (rustler 0.39), with cargo on PATH: install it with \
+    rustup or your system's packages (Debian's rustc is older than that), \
+    then run `mix compile` again.\
     """
   end
 end

@@ -584,6 +584,10 @@ defmodule ModelBudget do
         ) ::
           boolean()
   def fits_context?(bytes_or_estimate, model_or_dims, opts) do
+    unless is_list(opts) and Keyword.keyword?(opts) do
+      raise ArgumentError, "invalid opts: expected a keyword list, got: #{inspect(opts)}"
+    end
+
     n_ctx = Keyword.get(opts, :n_ctx)
 
     unless is_integer(n_ctx) and n_ctx > 0 do

@@ -51,6 +51,11 @@ defmodule ModelBudget.Format do
     end
   end
 
+  def bytes(other) do
+    raise ArgumentError,
+          "invalid bytes: expected a non-negative integer or :infinity, got: #{inspect(other)}"
+  end
+
   @typedoc "A table cell: text, or text with the ANSI colour to print it in."
   @type cell :: String.t() | {IO.ANSI.ansidata(), String.t()}
 

@@ -41,6 +41,10 @@ defmodule ModelBudget.JSON do
   """
   @spec encode!(term(), keyword()) :: String.t()
   def encode!(term, opts \\ []) do
+    unless is_list(opts) and Keyword.keyword?(opts) do
+      raise ArgumentError, "invalid opts: expected a keyword list, got: #{inspect(opts)}"
+    end
+
     opts = Keyword.validate!(opts, pretty: false)
     Errors.call(Native.json_encode(term, pretty: opts[:pretty] == true))
   end

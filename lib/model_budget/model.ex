@@ -215,9 +215,19 @@ defmodule ModelBudget.Model do
   """
   @spec read(Path.t()) :: {:ok, t()} | {:error, error()}
   def read(path) do
-    path = if is_list(path), do: IO.chardata_to_string(path), else: path
-    Errors.call(Native.model_read(path))
+    Errors.call(Native.model_read(path_string(path)))
   end
+
+  # A charlist path as a string; anything else that is no chardata is left
+  # for the NIF to refuse, naming the argument.
+  defp path_string(path) when is_list(path) do
+    IO.chardata_to_string(path)
+  rescue
+    _ in [ArgumentError, UnicodeConversionError] ->
+      raise ArgumentError, "invalid path: expected a path (a string), got: #{inspect(path)}"
+  end
+
+  defp path_string(path), do: path
 
   @doc """
   Reads a GGUF header held in memory, with no tensor data after it: what

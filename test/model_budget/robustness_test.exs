@@ -20,7 +20,12 @@ defmodule ModelBudget.RobustnessTest do
     fit_search: {&__MODULE__.fit_search/5, 5},
     parse_bytes: {&ModelBudget.Format.parse_bytes/1, 1},
     json_encode: {&ModelBudget.JSON.encode!/1, 1},
-    json_decode: {&ModelBudget.JSON.decode/1, 1}
+    json_encode_opts: {&ModelBudget.JSON.encode!/2, 2},
+    json_decode: {&ModelBudget.JSON.decode/1, 1},
+    fits_context: {&ModelBudget.fits_context?/3, 3},
+    format_bytes: {&ModelBudget.Format.bytes/1, 1},
+    constraint_compile: {&ModelBudget.Constraint.compile/2, 2},
+    model_read: {&ModelBudget.Model.read/1, 1}
   ]
 
   # ModelBudget.Plan.fit_search/3 with each part of its target random.
@@ -35,14 +40,41 @@ defmodule ModelBudget.RobustnessTest do
 
       # outcome/1 lets any exception but ArgumentError fail the test; a
       # crash of the VM fails the run.
-      errors =
-        Enum.count(1..@runs, fn _ ->
+      {errors, improper} =
+        Enum.reduce(1..@runs, {0, 0}, fn _, {errors, improper} ->
           args = Enum.map(1..arity, fn _ -> RandomTerm.term() end)
-          outcome(fn -> apply(fun, args) end) == :argument_error
+          error? = outcome(fn -> apply(fun, args) end) == :argument_error
+
+          {errors + if(error?, do: 1, else: 0),
+           improper + if(RandomTerm.improper?(args), do: 1, else: 0)}
         end)
 
-      # Errors must occur, or the generator is not reaching the decoders.
+      # Errors must occur, or the generator is not reaching the decoders;
+      # improper lists too (rustler's list iterator panics at their tail).
       assert errors > 0
+      assert improper > 0
+    end
+  end
+
+  test "an improper list is an ArgumentError naming the argument, from every public function" do
+    improper = RandomTerm.improper([{:mode, :direct}])
+    {:ok, model} = ModelBudget.Plan.Catalog.fetch("llama-3.1-8b")
+
+    for {call, arg} <- [
+          {fn -> ModelBudget.distribute(1000, improper, 0) end, "opts"},
+          {fn -> ModelBudget.breakdown(model, improper, 0) end, "opts"},
+          {fn -> ModelBudget.max_context_length(2 ** 34, model, improper) end, "opts"},
+          {fn -> ModelBudget.fits_context?(2 ** 34, model, improper) end, "opts"},
+          {fn -> ModelBudget.Constraint.compile(RandomTerm.improper(["a > 1"]), [:a]) end,
+           "expressions"},
+          {fn -> ModelBudget.resolve(%{ram: 1, vram: RandomTerm.improper([1])}) end,
+           "memory budget :vram"},
+          {fn -> ModelBudget.check(%{mode: :unlimited}, %{ram: 1, vram: %{}}, improper) end,
+           "used"},
+          {fn -> ModelBudget.JSON.encode!(%{}, RandomTerm.improper(pretty: true)) end, "opts"}
+        ] do
+      error = assert_raise ArgumentError, call
+      assert error.message =~ "invalid #{arg}:"
     end
   end
 

@@ -7,7 +7,7 @@ use model_budget_core::budget::{
 };
 use model_budget_core::{devices, system, GpuMap};
 use rustler::types::map::MapIterator;
-use rustler::{Encoder, Env, ListIterator, NifMap, Term, TermType};
+use rustler::{Encoder, Env, NifMap, Term, TermType};
 use smallvec::SmallVec;
 
 use crate::atoms;
@@ -78,7 +78,7 @@ fn decode_vram_spec(term: Term) -> Decoded<VramSpec> {
         return Ok(VramSpec::Auto);
     }
     let mut map = GpuMap::new();
-    if let Ok(list) = term.decode::<ListIterator>() {
+    if let Ok(list) = crate::decode::list(term) {
         for (gpu, limit) in list.enumerate() {
             let Ok(gpu) = u32::try_from(gpu) else {
                 return bad(ARG, VRAM, term);
@@ -186,7 +186,7 @@ pub type Gpus = SmallVec<[GpuFree; 8]>;
 /// `out` in place (see `budget::resolve_into`: the list is inline, and
 /// each move copies it).
 pub fn read_gpus<'a>(term: Term<'a>, out: &mut Gpus) -> Decoded<'a, ()> {
-    let fast = term.decode::<ListIterator>().and_then(|list| {
+    let fast = crate::decode::list(term).and_then(|list| {
         for gpu in list {
             let GpuFreeFields {
                 gpu_index,
@@ -208,7 +208,7 @@ pub fn read_gpus<'a>(term: Term<'a>, out: &mut Gpus) -> Decoded<'a, ()> {
 fn explain_gpus(term: Term) -> Decoded<Gpus> {
     const ARG: &str = "gpu_devices";
     const EXPECTED: &str = "a list of maps with :gpu_index and :memory_free";
-    let Ok(list) = term.decode::<ListIterator>() else {
+    let Ok(list) = crate::decode::list(term) else {
         return bad(ARG, EXPECTED, term);
     };
     list.map(|gpu| {

@@ -459,7 +459,7 @@ impl Encoder for InsufficientTerm {
 impl<'a> Decoder<'a> for InsufficientTerm {
     fn decode(term: Term<'a>) -> NifResult<Self> {
         let [(k1, device), (k2, required), (k3, available)]: [(Atom, Term); 3] = {
-            let items: Vec<(Atom, Term)> = term.decode()?;
+            let items: Vec<(Atom, Term)> = crate::decode::proper(term)?.decode()?;
             items.try_into().map_err(|_| Error::BadArg)?
         };
         if (k1, k2, k3) != (atoms::device(), atoms::required(), atoms::available()) {

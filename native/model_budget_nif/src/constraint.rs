@@ -2,7 +2,7 @@
 //! map of variable values.
 
 use model_budget_core::constraint::{CompileError, Constraint};
-use rustler::{Atom, Binary, Encoder, Env, ListIterator, ResourceArc, Term, TermType};
+use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term, TermType};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
@@ -122,8 +122,7 @@ fn list<'a, T>(
     expected: &str,
     element: impl Fn(Term<'a>) -> Option<T>,
 ) -> Decoded<'a, Vec<T>> {
-    let items: Option<Vec<T>> = term
-        .decode::<ListIterator>()
+    let items: Option<Vec<T>> = crate::decode::list(term)
         .ok()
         .and_then(|items| items.map(&element).collect());
     items.map_or_else(|| bad(arg, expected, term), Ok)

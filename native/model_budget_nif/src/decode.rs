@@ -1,6 +1,6 @@
 //! Decoding helpers that name the argument and keep the offending term.
 
-use rustler::{Atom, Term};
+use rustler::{Atom, ListIterator, NifResult, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, Decoded};
@@ -57,4 +57,18 @@ pub fn exact_map<'a, const N: usize>(
         };
     }
     Ok(values)
+}
+
+/// A proper list's iterator. Rustler's iterator panics at an improper tail
+/// (`[a | b]`), so an improper list is refused here like any other
+/// non-list, and the caller names the argument.
+pub fn list(term: Term) -> NifResult<ListIterator> {
+    term.list_length()?;
+    term.decode::<ListIterator>()
+}
+
+/// `term` when it is a proper list (for decoders that walk lists
+/// themselves, such as `Vec<T>`'s).
+pub fn proper(term: Term) -> NifResult<Term> {
+    term.list_length().map(|_| term)
 }

@@ -7,7 +7,7 @@ use model_budget_core::options::near_miss;
 use model_budget_core::{DistributeOptions, OptionSet, Placement};
 use std::sync::OnceLock;
 
-use rustler::{Atom, Env, ListIterator, Term, TermType};
+use rustler::{Atom, Env, Term, TermType};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, BadArg, Decoded};
@@ -32,7 +32,7 @@ pub fn read_options<'a>(
     set: OptionSet,
     opts: &mut DistributeOptions,
 ) -> Decoded<'a, ()> {
-    let Ok(list) = term.decode::<ListIterator>() else {
+    let Ok(list) = crate::decode::list(term) else {
         return bad("opts", "a keyword list", term);
     };
     let (atoms, reads) = key_table(set);
@@ -277,7 +277,7 @@ fn decode_weights(term: Term) -> Decoded<TensorSplit> {
     const ARG: &str = "option :tensor_split";
     const EXPECTED: &str = "a list of non-negative numbers";
     // The length refuses improper lists, which the iterator would cut short.
-    let (Ok(list), Ok(len)) = (term.decode::<ListIterator>(), term.list_length()) else {
+    let (Ok(list), Ok(len)) = (crate::decode::list(term), term.list_length()) else {
         return bad(ARG, EXPECTED, term);
     };
     // Inline up to `INLINE_GPUS` weights: no allocation for a usual split.

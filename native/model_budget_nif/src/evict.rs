@@ -2,7 +2,7 @@
 
 use model_budget_core::evict::{self, Choice, Free, Ledger, Reason};
 use model_budget_core::Placement;
-use rustler::{Encoder, Env, ListIterator, NifTaggedEnum, ResourceArc, Term};
+use rustler::{Encoder, Env, NifTaggedEnum, ResourceArc, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
@@ -100,7 +100,7 @@ pub(crate) fn decode_ledger(ledger: Term) -> Decoded<(Ledger, Option<ResourceArc
 
 /// A list of placements, argument `arg`.
 pub(crate) fn decode_placements<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Vec<Placement>> {
-    let Ok(list) = term.decode::<ListIterator>() else {
+    let Ok(list) = crate::decode::list(term) else {
         return bad(arg, "a list of placements", term);
     };
     list.map(|p| placement::decode(p, arg)).collect()

@@ -8,7 +8,7 @@ use model_budget_core::budget::{Limit, VramLimits};
 use model_budget_core::distribute::distribute_into;
 use model_budget_core::{Budget, DistributeOptions, GpuMap, OptionSet, Placement};
 use rustler::types::tuple::get_tuple;
-use rustler::{Atom, Env, ListIterator, Term, TermType};
+use rustler::{Atom, Env, Term, TermType};
 
 use crate::budget::{decode_spec, read_gpus, Gpus};
 use crate::codec::{self, encode_per_device, encode_usage, read_budget};
@@ -35,8 +35,7 @@ fn read(term: Term) -> u64 {
             });
             acc
         }
-        TermType::List => term
-            .decode::<ListIterator>()
+        TermType::List => crate::decode::list(term)
             .map(|items| items.fold(0u64, |acc, t| acc.wrapping_add(read(t))))
             .unwrap_or(0),
         TermType::Tuple => get_tuple(term)
@@ -98,7 +97,7 @@ fn floor_usage(used: Term, placement: Term) -> Atom {
 /// a count.
 #[rustler::nif]
 fn floor_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
-    let opts = opts.decode::<ListIterator>().map_or(0, |items| {
+    let opts = crate::decode::list(opts).map_or(0, |items| {
         items.fold(0u64, |acc, item| {
             let value = item.decode::<(Atom, Term)>().map_or(0, |(_, v)| read(v));
             acc.wrapping_add(value)
@@ -111,7 +110,7 @@ fn floor_distribute(bytes: Term, opts: Term, n_gpus: Term) -> Atom {
 /// `resolve`'s arguments: the spec, each GPU's two keys by lookup, a count.
 #[rustler::nif]
 fn floor_resolve(spec: Term, gpus: Term, ram_limit: Term) -> Atom {
-    let gpus = gpus.decode::<ListIterator>().map_or(0, |items| {
+    let gpus = crate::decode::list(gpus).map_or(0, |items| {
         items.fold(0u64, |acc, gpu| {
             let index = gpu.map_get(atoms::gpu_index()).map_or(0, read);
             let free = gpu.map_get(atoms::memory_free()).map_or(0, read);
@@ -256,7 +255,7 @@ fn floor_result_distribute<'a>(
     opts: Term<'a>,
     n_gpus: Term<'a>,
 ) -> Term<'a> {
-    let read_opts = opts.decode::<ListIterator>().map_or(0, |items| {
+    let read_opts = crate::decode::list(opts).map_or(0, |items| {
         items.fold(0u64, |acc, item| {
             let value = item.decode::<(Atom, Term)>().map_or(0, |(_, v)| read(v));
             acc.wrapping_add(value)
@@ -281,7 +280,7 @@ fn floor_result_resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>) -> Ter
         .map_or(0, |t| t.decode::<u64>().unwrap_or(0));
     std::hint::black_box(spec.map_get(atoms::vram()).map_or(0, read));
     let mut vram = GpuMap::new();
-    if let Ok(items) = gpus.decode::<ListIterator>() {
+    if let Ok(items) = crate::decode::list(gpus) {
         for gpu in items {
             let index = gpu
                 .map_get(atoms::gpu_index())

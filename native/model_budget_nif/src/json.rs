@@ -117,12 +117,13 @@ fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
 #[rustler::nif(schedule = "DirtyCpu")]
 fn json_encode<'a>(env: Env<'a>, term: Term<'a>, opts: Term<'a>) -> Term<'a> {
     let result = (|| {
-        let pretty_output = match opts.decode::<Vec<(Atom, bool)>>() {
-            Ok(list) if list.iter().all(|(k, _)| *k == pretty()) => {
-                list.first().is_some_and(|(_, v)| *v)
-            }
-            _ => return bad("opts", "[] or [pretty: boolean]", opts),
-        };
+        let pretty_output =
+            match crate::decode::proper(opts).and_then(|o| o.decode::<Vec<(Atom, bool)>>()) {
+                Ok(list) if list.iter().all(|(k, _)| *k == pretty()) => {
+                    list.first().is_some_and(|(_, v)| *v)
+                }
+                _ => return bad("opts", "[] or [pretty: boolean]", opts),
+            };
         let value = to_value(term, 0)?;
         let text = if pretty_output {
             serde_json::to_vec_pretty(&value)

@@ -4,7 +4,7 @@
 use model_budget_core::layout::{self, estimate::Estimate, kv, Breakdown, ModelShape, Share};
 use model_budget_core::model::Model;
 use model_budget_core::{Format, PerLayer};
-use rustler::{Encoder, Env, ListIterator, NifMap, Term};
+use rustler::{Encoder, Env, NifMap, Term};
 
 use crate::badarg::{bad, reply, Decoded};
 use crate::decode::{bytes, optional};
@@ -62,7 +62,7 @@ fn maybe<'a, T>(
 }
 
 fn u64_list<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Vec<u64>> {
-    let Ok(list) = term.decode::<ListIterator>() else {
+    let Ok(list) = crate::decode::list(term) else {
         return bad(arg, "a list of non-negative integers", term);
     };
     list.map(|t| bytes(t, arg)).collect()
@@ -70,7 +70,7 @@ fn u64_list<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Vec<u64>> {
 
 /// An integer, or a per-layer list of them (`n_head`, `n_head_kv`).
 fn count<'a>(term: Term<'a>, name: &str) -> Decoded<'a, PerLayer> {
-    if term.decode::<ListIterator>().is_ok() {
+    if crate::decode::list(term).is_ok() {
         return Ok(PerLayer::Layers(u64_list(term, &format!("model {name}"))?));
     }
     Ok(PerLayer::Uniform(bytes(term, &format!("model {name}"))?))
@@ -84,14 +84,14 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
     }
     let layer_bytes = u64_list(field(term, layer_bytes())?, "model layer_bytes")?;
     let sliding_window_layers = match term.map_get(sliding_window_layers()) {
-        Ok(t) => t
-            .decode::<Vec<bool>>()
+        Ok(t) => crate::decode::proper(t)
+            .and_then(|t| t.decode::<Vec<bool>>())
             .or_else(|_| bad("model sliding_window_layers", "a list of booleans", t))?,
         Err(_) => Vec::new(),
     };
     let layer_matrices = match term.map_get(layer_matrices()) {
         Ok(t) => {
-            let Ok(list) = t.decode::<ListIterator>() else {
+            let Ok(list) = crate::decode::list(t) else {
                 return bad("model layer_matrices", "a list of maps", t);
             };
             list.map(|m| decode_matrices(m, "model layer_matrices"))
@@ -288,7 +288,7 @@ fn estimate<'a>(env: Env<'a>, total_mib: Term<'a>, params: Term<'a>, bits: Term<
 /// `model_or_dims`: a model, or `[n_layers:, n_head_kv:, head_dim:]`.
 fn kv_shape<'a>(model_or_dims: Term<'a>, opts_term: Term<'a>) -> Decoded<'a, kv::KvShape> {
     let opts = decode_options(opts_term, OptionSet::Model)?;
-    if model_or_dims.decode::<ListIterator>().is_ok() {
+    if crate::decode::list(model_or_dims).is_ok() {
         let dims: Vec<(rustler::Atom, Term)> = model_or_dims.decode().or_else(|_| {
             bad(
                 "model_or_dims",

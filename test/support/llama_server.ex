@@ -29,6 +29,14 @@ defmodule ModelBudget.Test.LlamaServer do
     if runtime().cpu_buffers == :x86_amx, do: [cpu_buffers: :none], else: []
   end
 
+  # The OS pids a test's script wrote to `file`, one per word ([] until it exists).
+  def pids_in(file) do
+    case File.read(file) do
+      {:ok, text} -> text |> String.split() |> Enum.map(&String.to_integer/1)
+      {:error, _} -> []
+    end
+  end
+
   # OS pids whose command line names `path` (the model file).
   def servers_for(path) do
     for dir <- File.ls!("/proc"),

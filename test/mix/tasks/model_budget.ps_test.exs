@@ -22,8 +22,6 @@ defmodule Mix.Tasks.ModelBudget.PsTest do
   # of this node, so no other test's may run meanwhile.
   use ExUnit.Case, async: false
 
-  import ExUnit.CaptureIO
-
   alias Mix.Tasks.ModelBudget.PsTest.MeasuredBackend
   alias ModelBudget.{ModelManager, TestClock}
   alias ModelBudget.Test.ClusterPeers
@@ -37,21 +35,7 @@ defmodule Mix.Tasks.ModelBudget.PsTest do
   end
 
   # {exit status, stdout, stderr}
-  defp ps(args) do
-    {{status, stdout}, stderr} =
-      with_io(:stderr, fn ->
-        with_io(fn ->
-          try do
-            Mix.Tasks.ModelBudget.Ps.run(args)
-            0
-          catch
-            :exit, {:shutdown, status} -> status
-          end
-        end)
-      end)
-
-    {status, stdout, stderr}
-  end
+  defp ps(args), do: ModelBudget.Test.MixTask.run(Mix.Tasks.ModelBudget.Ps, args)
 
   # The output's lines, each split into its cells (columns are 2 or more
   # spaces apart; no cell holds two spaces).

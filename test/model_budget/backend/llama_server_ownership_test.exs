@@ -128,12 +128,7 @@ defmodule ModelBudget.Backend.LlamaServerOwnershipTest do
     file
   end
 
-  defp pids_in(file) do
-    case File.read(file) do
-      {:ok, text} -> text |> String.split() |> Enum.map(&String.to_integer/1)
-      {:error, _} -> []
-    end
-  end
+  defp pids_in(file), do: Real.pids_in(file)
 
   defp read_pids(file) do
     eventually("#{Path.basename(file)} written", 10_000, fn -> pids_in(file) != [] end)

@@ -36,12 +36,7 @@ defmodule ModelBudget.Backend.LlamaServer.WatchdogTest do
     pids_in(file)
   end
 
-  defp pids_in(file) do
-    case File.read(file) do
-      {:ok, text} -> text |> String.split() |> Enum.map(&String.to_integer/1)
-      {:error, _} -> []
-    end
-  end
+  defp pids_in(file), do: Real.pids_in(file)
 
   setup %{tmp_dir: dir} do
     on_exit(fn ->

@@ -19,6 +19,9 @@ defmodule ModelBudget.Model do
     * `:architecture` - `general.architecture` (GGUF) or `model_type`
       (config.json), a string, or `nil` when the file does not say.
     * `:name` - `general.name` (GGUF) or `_name_or_path` (config.json), or `nil`.
+    * `:file_type` - what a GGUF file's weights mostly are: llama.cpp's name
+      for its `general.file_type` (`"Q4_K_M"`, `"Q8_0"`, `"BF16"`, ...), or
+      `nil` when the header does not say (or for safetensors).
     * `:file_bytes` - size of the weight files (all shards), headers included.
     * `:weight_bytes` - bytes of all tensors as stored, each counted once.
     * `:n_params` - elements of all tensors.
@@ -95,6 +98,7 @@ defmodule ModelBudget.Model do
     :format,
     :architecture,
     :name,
+    :file_type,
     :file_bytes,
     :weight_bytes,
     :n_head,
@@ -146,6 +150,7 @@ defmodule ModelBudget.Model do
           format: :gguf | :safetensors,
           architecture: String.t() | nil,
           name: String.t() | nil,
+          file_type: String.t() | nil,
           file_bytes: non_neg_integer(),
           weight_bytes: non_neg_integer(),
           n_params: non_neg_integer(),

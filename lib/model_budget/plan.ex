@@ -84,13 +84,16 @@ defmodule ModelBudget.Plan do
 
   @typedoc """
   A change to the load options that makes a model fit, each found by
-  placing the model again: `{:n_gpu_layers, k}`, `{:n_ctx, n}` or
-  `{:cache_type, type}` (for both K and V).
+  placing the model again: `{:n_gpu_layers, k}`, `{:n_ctx, n}`,
+  `{:cache_type, type}` (for both K and V) or `{:cache_ram, bytes}` (a
+  smaller prompt cache, a whole number of MiB as `--cache-ram` takes it;
+  `0` for none).
   """
   @type suggestion ::
           {:n_gpu_layers, non_neg_integer()}
           | {:n_ctx, pos_integer()}
           | {:cache_type, atom()}
+          | {:cache_ram, non_neg_integer()}
 
   @typedoc """
   Something the user should know about the options: `{:n_ctx_beyond_trained,
@@ -99,11 +102,19 @@ defmodule ModelBudget.Plan do
   """
   @type warning :: {:n_ctx_beyond_trained, pos_integer(), pos_integer()}
 
-  @typedoc "The verdict for one model."
+  @typedoc """
+  The verdict for one model. `:file_type` is what the GGUF header's
+  `general.file_type` names (llama.cpp's `LLAMA_FTYPE_*`, such as
+  `"Q4_K_M"`) when the model says, else `nil`; `:bits_per_weight` is the
+  weights' bytes x 8 / their parameters, as llama.cpp's BPW (`nil` for a
+  model without parameters).
+  """
   @type entry :: %{
           name: String.t(),
           source: :builtin | Path.t(),
           model: Model.t(),
+          file_type: String.t() | nil,
+          bits_per_weight: float() | nil,
           fits: boolean(),
           n_ctx: pos_integer(),
           longest_context: pos_integer() | nil,
@@ -130,11 +141,15 @@ defmodule ModelBudget.Plan do
 
     * `:models` - model file or folder paths (anything `ModelBudget.Model.read/1`
       reads) and built-in names (`ModelBudget.Plan.Catalog.fetch/1`), checked
-      together in order; `[]` checks each built-in model alone. Defaults to `[]`.
+      together in order; `[]` checks each built-in model alone. A folder
+      without safetensors files stands for each GGUF model in it, in name
+      order, a split model once (by its first split, which reads the rest).
+      Defaults to `[]`.
     * `:budget` - a `:memory_budget` option (see `ModelBudget.resolve/2`),
       resolved against `:machine`. A per-device budget that lists VRAM limits
       plans for that many GPUs (a machine you may not be on); otherwise
-      the machine's GPUs are used. Defaults to `:auto`.
+      the machine's GPUs are used, and a `:main_gpu` or `:tensor_split`
+      beyond them is refused. Defaults to `:auto`.
     * `:load` - load options for `ModelBudget.distribute/3` (`:n_gpu_layers`,
       `:split_mode`, `:tensor_split`, `:main_gpu`, `:n_ctx`, `:n_parallel`,
       `:cache_type_k`, `:cache_type_v`, `:offload_kqv`, ...). Defaults to `[]`.
@@ -223,46 +238,112 @@ defmodule ModelBudget.Plan do
 
   defp load_models([]), do: {:ok, Enum.map(Catalog.models(), &{:builtin, &1})}
 
-  defp load_models(sources) do
-    Enum.reduce_while(sources, {:ok, []}, fn source, {:ok, acc} ->
-      case load_model(source) do
-        {:ok, loaded} -> {:cont, {:ok, [loaded | acc]}}
-        {:error, message} -> {:halt, {:error, message}}
+  defp load_models(names) do
+    with {:ok, sources} <- sources(names) do
+      Enum.reduce_while(sources, {:ok, []}, fn
+        {_name, {:model, model}}, {:ok, acc} ->
+          {:cont, {:ok, [{:builtin, model} | acc]}}
+
+        {path, {:path, path}}, {:ok, acc} ->
+          case Model.read(path) do
+            {:ok, model} -> {:cont, {:ok, [{path, model} | acc]}}
+            {:error, reason} -> {:halt, {:error, "#{path}: #{read_error(reason, path)}"}}
+          end
+      end)
+      |> case do
+        {:ok, models} -> {:ok, Enum.reverse(models)}
+        error -> error
+      end
+    end
+  end
+
+  @doc false
+  # The models that paths and built-in names stand for, in order, each with
+  # the name it goes by: `{name, {:model, model}}` for a built-in model,
+  # `{path, {:path, path}}` for a file or folder to read (a path that exists
+  # is read even when a built-in model has its name). A folder without
+  # safetensors files stands for each GGUF model in it, in name order: a
+  # split model once, by its first split (which reads the others); a later
+  # split whose first is missing is kept, for its read to say so. The
+  # cluster report (ModelBudget.Cluster.Plan) takes the same.
+  @spec sources([String.t()]) ::
+          {:ok, [{String.t(), {:model, Model.t()} | {:path, Path.t()}}]} | {:error, String.t()}
+  def sources(names) do
+    names
+    |> Enum.flat_map(&expand/1)
+    |> Enum.reduce_while({:ok, []}, fn name, {:ok, acc} ->
+      with false <- File.exists?(name),
+           {:ok, model} <- Catalog.fetch(name) do
+        {:cont, {:ok, [{name, {:model, model}} | acc]}}
+      else
+        true ->
+          {:cont, {:ok, [{name, {:path, name}} | acc]}}
+
+        :error ->
+          {:halt,
+           {:error,
+            "#{name}: no such file, and not a built-in model (#{Enum.join(Catalog.names(), ", ")})"}}
       end
     end)
     |> case do
-      {:ok, models} -> {:ok, Enum.reverse(models)}
+      {:ok, sources} -> {:ok, Enum.reverse(sources)}
       error -> error
     end
   end
 
-  # A path that exists is read even when a built-in model has its name.
-  defp load_model(source) do
-    with false <- File.exists?(source),
-         {:ok, model} <- Catalog.fetch(source) do
-      {:ok, {:builtin, model}}
-    else
-      true ->
-        case Model.read(source) do
-          {:ok, model} -> {:ok, {source, model}}
-          {:error, reason} -> {:error, "#{source}: #{read_error(reason)}"}
-        end
+  # llama.cpp's gguf-split names: NAME-00002-of-00003.gguf.
+  @split ~r/^(?<name>.+)-(?<no>\d{5})-of-(?<of>\d{5})\.gguf$/
 
-      :error ->
-        {:error,
-         "#{source}: no such file, and not a built-in model (#{Enum.join(Catalog.names(), ", ")})"}
+  defp expand(name) do
+    with {:ok, names} <- File.ls(name),
+         false <- Enum.any?(names, &String.contains?(&1, ".safetensors")),
+         [_ | _] = ggufs <- names |> Enum.filter(&String.ends_with?(&1, ".gguf")) |> Enum.sort() do
+      ggufs
+      |> Enum.reject(&later_split?(&1, names))
+      |> Enum.map(&Path.join(name, &1))
+    else
+      _ -> [name]
     end
   end
 
-  defp read_error({:invalid_model, message}), do: message
-  defp read_error(posix) when is_atom(posix), do: :file.format_error(posix) |> to_string()
+  defp later_split?(name, names) do
+    case Regex.named_captures(@split, name) do
+      %{"no" => no, "name" => base, "of" => of} when no != "00001" ->
+        "#{base}-00001-of-#{of}.gguf" in names
+
+      _ ->
+        false
+    end
+  end
+
+  @doc false
+  # Why the model at `path`, which exists, could not be read: one line.
+  @spec read_error(Model.error(), Path.t()) :: String.t()
+  def read_error({:invalid_model, message}, _path), do: message
+
+  # The path exists, so a split GGUF that is not found is missing a split.
+  def read_error(posix, path) when is_atom(posix) do
+    message = posix |> :file.format_error() |> to_string()
+
+    if posix == :enoent and Regex.match?(@split, Path.basename(path)),
+      do: "one of its other splits is missing (#{message})",
+      else: message
+  end
 
   # Bad options surface from the NIFs as ArgumentError: they are the user's
   # input here, reported as a message instead of a crash.
   defp plan(models, opts, machine, runtime) do
     budget = ModelBudget.resolve_with(opts[:budget], machine.gpus, machine.memory.limit)
-    n_gpus = gpu_count(opts[:budget], machine)
+    named = named_gpus(opts[:budget])
+    n_gpus = named || length(machine.gpus)
 
+    with :ok <- within_gpus(opts[:load], n_gpus, named != nil),
+         do: plan(models, opts, machine, runtime, {budget, n_gpus})
+  rescue
+    e in ArgumentError -> {:error, Exception.message(e)}
+  end
+
+  defp plan(models, opts, machine, runtime, {budget, n_gpus}) do
     load =
       opts[:load] |> Keyword.delete(:repack) |> Keyword.put(:cpu_buffers, runtime.cpu_buffers)
 
@@ -288,17 +369,44 @@ defmodule ModelBudget.Plan do
        models: entries,
        runtime: runtime
      }}
-  rescue
-    e in ArgumentError -> {:error, Exception.message(e)}
   end
 
-  # Explicit VRAM limits describe the GPUs to plan for.
-  defp gpu_count(%{vram: vram}, _machine) when is_list(vram), do: length(vram)
+  # Explicit VRAM limits describe the GPUs to plan for; nil when the
+  # budget lists none (the machine's are planned for).
+  defp named_gpus(%{vram: vram}) when is_list(vram), do: length(vram)
 
-  defp gpu_count(%{vram: vram}, _machine) when is_map(vram) and map_size(vram) > 0,
+  defp named_gpus(%{vram: vram}) when is_map(vram) and map_size(vram) > 0,
     do: (vram |> Map.keys() |> Enum.max()) + 1
 
-  defp gpu_count(_option, machine), do: length(machine.gpus)
+  defp named_gpus(_option), do: nil
+
+  # A GPU the options name must be one planned for (GPU 0, the default, is
+  # ignored without GPUs, as llama.cpp ignores it): on this machine, or as
+  # many as the budget lists.
+  defp within_gpus(load, n_gpus, named?) do
+    have =
+      if named?,
+        do: "--budget names #{gpus(n_gpus)}",
+        else:
+          "this machine has #{gpus(n_gpus)} (name them with --budget vram=... to plan for another machine)"
+
+    main_gpu = Keyword.get(load, :main_gpu, 0)
+    split = Keyword.get(load, :tensor_split, [])
+
+    cond do
+      is_integer(main_gpu) and main_gpu > 0 and main_gpu >= n_gpus ->
+        {:error, "--main-gpu #{main_gpu}: #{have}"}
+
+      is_list(split) and length(split) > n_gpus ->
+        {:error, "--tensor-split #{Enum.join(split, ",")}: #{length(split)} weights, and #{have}"}
+
+      true ->
+        :ok
+    end
+  end
+
+  defp gpus(1), do: "1 GPU"
+  defp gpus(n), do: "#{n} GPUs"
 
   defp placement(entry) do
     Enum.reduce(entry.devices, ModelBudget.empty_usage(), fn
@@ -328,7 +436,8 @@ defmodule ModelBudget.Plan do
           n_ctx: pos_integer(),
           longest_context: pos_integer() | nil,
           n_gpu_layers: non_neg_integer() | nil,
-          cache_type: atom() | nil
+          cache_type: atom() | nil,
+          cache_ram: non_neg_integer() | nil
         }
 
   @doc """
@@ -349,6 +458,10 @@ defmodule ModelBudget.Plan do
       the output head) that fits; `nil` when none does.
     * `:cache_type` - when the model does not fit, the first of `:q8_0` and
       `:q4_0` that, as both K and V cache type, shrinks the cache and fits.
+    * `:cache_ram` - when the model does not fit and has a prompt cache
+      (`:cache_ram`), the largest smaller one, in whole MiB (as
+      llama-server's `--cache-ram` takes it), that fits: `0` when only
+      none does, `nil` when not even that fits.
 
   ## Examples
 
@@ -373,6 +486,8 @@ defmodule ModelBudget.Plan do
       name: model.name || Path.basename(source),
       source: source,
       model: model,
+      file_type: model.file_type,
+      bits_per_weight: bits_per_weight(model),
       fits: found.short == [],
       n_ctx: found.n_ctx,
       longest_context: found.longest_context,
@@ -382,6 +497,10 @@ defmodule ModelBudget.Plan do
       warnings: warnings(load, model)
     }
   end
+
+  # As llama.cpp's load log gives it: "file size = 4.58 GiB (4.89 BPW)".
+  defp bits_per_weight(%{n_params: n}) when n in [0, nil], do: nil
+  defp bits_per_weight(%{weight_bytes: bytes, n_params: n}), do: bytes * 8 / n
 
   # A context beyond the trained one: llama.cpp warns that the model may
   # not cope, and so does the report.
@@ -410,7 +529,8 @@ defmodule ModelBudget.Plan do
       found.n_gpu_layers && {:n_gpu_layers, found.n_gpu_layers},
       found.longest_context && found.longest_context < found.n_ctx &&
         {:n_ctx, found.longest_context},
-      found.cache_type && {:cache_type, found.cache_type}
+      found.cache_type && {:cache_type, found.cache_type},
+      found.cache_ram && {:cache_ram, found.cache_ram}
     ]
     |> Enum.filter(& &1)
   end
@@ -470,9 +590,11 @@ defmodule ModelBudget.Plan do
 
   @doc """
   The report as JSON-ready data (maps, lists, strings, integers, booleans,
-  `nil`), the shape `mix model_budget.plan --json` prints. Byte counts are
-  integers; an unlimited limit is `null`; a device is `"ram"`, `"gpu"` (with
-  `"gpu"`: its index) or `"total"` (a combined budget's pool).
+  `nil`, and a float for each model's bits per weight), the shape
+  `mix model_budget.plan --json` prints. Byte counts are integers (a
+  suggested `cache_ram` too); an unlimited limit is `null`; a device is
+  `"ram"`, `"gpu"` (with `"gpu"`: its index) or `"total"` (a combined
+  budget's pool).
 
   ## Examples
 
@@ -506,10 +628,13 @@ defmodule ModelBudget.Plan do
     }
   end
 
-  defp budget_json(%{mode: :unlimited}), do: %{mode: "unlimited"}
-  defp budget_json(%{mode: :combined, limit: limit}), do: %{mode: "combined", limit: limit}
+  @doc false
+  # A resolved budget as to_json/1 gives it (the cluster report's too).
+  @spec budget_json(ModelBudget.budget()) :: map()
+  def budget_json(%{mode: :unlimited}), do: %{mode: "unlimited"}
+  def budget_json(%{mode: :combined, limit: limit}), do: %{mode: "combined", limit: limit}
 
-  defp budget_json(%{mode: :per_device, ram: ram, vram: vram}) do
+  def budget_json(%{mode: :per_device, ram: ram, vram: vram}) do
     vram = if vram == :infinity, do: nil, else: Map.new(vram, fn {i, l} -> {i, limit(l)} end)
     %{mode: "per_device", ram: limit(ram), vram: vram}
   end
@@ -535,8 +660,10 @@ defmodule ModelBudget.Plan do
       name: e.name,
       source: if(e.source == :builtin, do: "built-in", else: e.source),
       architecture: m.architecture,
+      file_type: e.file_type,
       n_params: m.n_params,
       weight_bytes: m.weight_bytes,
+      bits_per_weight: e.bits_per_weight,
       n_layers: m.n_layers,
       trained_context: m.context_length,
       fits: e.fits,
@@ -551,7 +678,8 @@ defmodule ModelBudget.Plan do
       suggestions: %{
         n_gpu_layers: e.suggestions[:n_gpu_layers],
         n_ctx: e.suggestions[:n_ctx],
-        cache_type: e.suggestions[:cache_type] && Atom.to_string(e.suggestions[:cache_type])
+        cache_type: e.suggestions[:cache_type] && Atom.to_string(e.suggestions[:cache_type]),
+        cache_ram: e.suggestions[:cache_ram]
       }
     }
     |> Map.update!(:devices, fn ds ->

@@ -43,6 +43,7 @@ defmodule ModelBudget.ModelTest do
       assert m.format == :gguf
       assert m.architecture == "llama"
       assert m.name == "Llama 3.1 8B Instruct"
+      assert m.file_type == "Q4_K_M"
       assert m.n_layers == 32
       assert m.layer_bytes == List.duplicate(layer, 32)
       assert m.input_bytes == q4_k(4096 * 128_256)

@@ -113,12 +113,36 @@ defmodule ModelBudget.PlanTest do
       found = Plan.fit_search(fetch!("llama-3.1-8b"), load, target)
       assert entry.suggestions == [n_ctx: found.longest_context, cache_type: found.cache_type]
       assert entry.longest_context == found.longest_context
+
+      # llama-server's 8 GiB prompt cache, in 8 GiB: a smaller one fits.
+      budget = %{ram: 8 * @gib, vram: []}
+      load = [n_ctx: 8192, n_parallel: 1, repack: false]
+
+      {:ok, plan} =
+        Plan.run(models: ["llama-3.1-8b"], budget: budget, load: load, machine: machine)
+
+      target = %{target | budget: plan.budget}
+      found = Plan.fit_search(fetch!("llama-3.1-8b"), load, target)
+      assert found.cache_ram in 1..(8192 * 2 ** 20 - 1)
+      assert {:cache_ram, found.cache_ram} in hd(plan.models).suggestions
+    end
+
+    test "each model's file type and bits per weight" do
+      {:ok, plan} = Plan.run(models: ["llama-3.1-8b"], machine: PlanFixtures.machine(64))
+      [entry] = plan.models
+      model = fetch!("llama-3.1-8b")
+      assert entry.bits_per_weight == model.weight_bytes * 8 / model.n_params
+      # Q4_K_M: Q4_K with some Q6_K, about 4.9 bits a weight, as llama.cpp reports.
+      assert_in_delta entry.bits_per_weight, 4.89, 0.05
+      assert entry.file_type == "Q4_K_M"
+      assert %{file_type: "Q4_K_M", bits_per_weight: bpw} = hd(Plan.to_json(plan).models)
+      assert bpw == entry.bits_per_weight
     end
 
     test "bad input is an error message, not an exception" do
       machine = PlanFixtures.machine(64)
 
-      assert {:error, "invalid option :main_gpu: must be below the GPU count 1, got: 3"} =
+      assert {:error, "--main-gpu 3: --budget names 1 GPU"} =
                Plan.run(
                  models: ["llama-3.1-8b"],
                  budget: %{ram: :auto, vram: [@gib]},
@@ -130,6 +154,83 @@ defmodule ModelBudget.PlanTest do
 
       assert {:error, "nope: no such file, and not a built-in model" <> _} =
                Plan.run(models: ["nope"], machine: machine)
+    end
+  end
+
+  describe "run/1 and the GPUs" do
+    test "a GPU beyond the machine's is refused unless the budget lists VRAM for it" do
+      run = fn machine, budget, load ->
+        Plan.run(models: ["llama-3.1-8b"], budget: budget, load: load, machine: machine)
+      end
+
+      hint = "(name them with --budget vram=... to plan for another machine)"
+      none = PlanFixtures.machine(64)
+
+      assert run.(none, :auto, main_gpu: 1) ==
+               {:error, "--main-gpu 1: this machine has 0 GPUs #{hint}"}
+
+      assert run.(PlanFixtures.machine(64, [8, 8]), :auto, main_gpu: 2) ==
+               {:error, "--main-gpu 2: this machine has 2 GPUs #{hint}"}
+
+      assert run.(PlanFixtures.machine(64, [8]), %{ram: :auto, vram: :infinity}, main_gpu: 1) ==
+               {:error, "--main-gpu 1: this machine has 1 GPU #{hint}"}
+
+      assert run.(none, 48 * @gib, tensor_split: [3, 1]) ==
+               {:error, "--tensor-split 3,1: 2 weights, and this machine has 0 GPUs #{hint}"}
+
+      assert run.(none, %{ram: :auto, vram: []}, main_gpu: 1) ==
+               {:error, "--main-gpu 1: --budget names 0 GPUs"}
+
+      # GPU 0, the default, is no GPU to refuse; GPUs the budget lists are planned for.
+      assert {:ok, %{n_gpus: 0}} = run.(none, :auto, main_gpu: 0)
+
+      assert {:ok, %{n_gpus: 2}} =
+               run.(none, %{ram: :auto, vram: [@gib, @gib]}, main_gpu: 1, tensor_split: [1, 1])
+    end
+  end
+
+  describe "run/1 and folders" do
+    setup do
+      dir =
+        Path.join(System.tmp_dir!(), "model_budget_plan_#{System.unique_integer([:positive])}")
+
+      File.mkdir_p!(dir)
+      on_exit(fn -> File.rm_rf!(dir) end)
+      %{dir: dir}
+    end
+
+    test "a folder of GGUF files is each model in it, in name order", %{dir: dir} do
+      PlanFixtures.tiny_gguf!(Path.join(dir, "b.gguf"), "B")
+      PlanFixtures.tiny_gguf!(Path.join(dir, "a.gguf"), "A")
+      File.write!(Path.join(dir, "README.md"), "not a model")
+      machine = PlanFixtures.machine(64)
+      {:ok, plan} = Plan.run(models: [dir], machine: machine)
+      assert plan.together
+
+      assert Enum.map(plan.models, &{&1.name, &1.source}) == [
+               {"A", Path.join(dir, "a.gguf")},
+               {"B", Path.join(dir, "b.gguf")}
+             ]
+    end
+
+    test "sources/1: a split model once, by its first split", %{dir: dir} do
+      for name <- ~w(m-00001-of-00002.gguf m-00002-of-00002.gguf x.gguf lone-00002-of-00003.gguf),
+          do: File.write!(Path.join(dir, name), "")
+
+      assert Plan.sources([dir, "llama-3.1-8b"]) ==
+               {:ok,
+                [
+                  {Path.join(dir, "lone-00002-of-00003.gguf"),
+                   {:path, Path.join(dir, "lone-00002-of-00003.gguf")}},
+                  {Path.join(dir, "m-00001-of-00002.gguf"),
+                   {:path, Path.join(dir, "m-00001-of-00002.gguf")}},
+                  {Path.join(dir, "x.gguf"), {:path, Path.join(dir, "x.gguf")}},
+                  {"llama-3.1-8b", {:model, fetch!("llama-3.1-8b")}}
+                ]}
+
+      # With safetensors beside them, a folder is one (safetensors) model.
+      File.write!(Path.join(dir, "model.safetensors"), "")
+      assert Plan.sources([dir]) == {:ok, [{dir, {:path, dir}}]}
     end
   end
 
@@ -148,7 +249,8 @@ defmodule ModelBudget.PlanTest do
                  n_ctx: 131_072,
                  longest_context: 131_072,
                  n_gpu_layers: nil,
-                 cache_type: nil
+                 cache_type: nil,
+                 cache_ram: nil
                }
     end
 

@@ -17,12 +17,24 @@ defmodule Mix.Tasks.ModelBudget.Plan do
   names of built-in models) it reads each model's header and checks them
   together, in order, as a model manager would load them: each model is
   checked against what the ones before it that fit already hold, and the
-  report says which would be refused.
+  report says which would be refused. A file is told by its first bytes,
+  not its name: one that is neither GGUF nor safetensors is bad input that
+  says so. A folder of safetensors files is one model; a folder of GGUF
+  files stands for each model in it, in name order, a model split by
+  gguf-split (`NAME-00001-of-00003.gguf`, ...) once, by its first split.
+
+  The summary has one line per model: its file type (the GGUF header's
+  `general.file_type`, as llama.cpp names it: `Q4_K_M`, ...; `-` when the
+  header does not say), parameters, weights and bits per weight (`BPW`:
+  the weights' bytes x 8 / parameters, as llama.cpp reports it), context
+  and what each device would hold.
 
   For a model that does not fit, the verdict names every device that is
   short and by how much, and lists the changes that would make it fit, each
   found by placing the model again: the most GPU layers that fit, the
-  longest context that fits, and a quantized KV cache (`q8_0`, else `q4_0`).
+  longest context that fits, a quantized KV cache (`q8_0`, else `q4_0`),
+  and the largest prompt cache (`--cache-ram`) that fits when the prompt
+  cache is what does not.
 
   ## Options
 
@@ -34,7 +46,10 @@ defmodule Mix.Tasks.ModelBudget.Plan do
     * `--split-mode none|layer|row` - how offloaded blocks spread over GPUs.
       Defaults to `none`.
     * `--tensor-split 3,1` - weights per GPU. Defaults to an even split.
+      More weights than GPUs is bad input.
     * `--main-gpu I` - the GPU for `--split-mode none`. Defaults to `0`.
+      A GPU this machine does not have is bad input, unless `--budget`
+      lists VRAM for it (planning for another machine).
     * `--ctx N` - the server's total context in tokens. Defaults to each
       model's trained context, as llama-server's `-c 0`.
     * `--parallel N` - slots (requests served at once). They share the
@@ -81,14 +96,20 @@ defmodule Mix.Tasks.ModelBudget.Plan do
 
   `mix model_budget.plan --cluster NAME [MODEL ...]` (with `--connect NODE`
   to reach the cluster) prints the members of the `ModelBudget.Cluster` NAME
-  and where each model would go; `--cluster NAME --help` lists its options.
+  and the member each model would go to, as `ModelBudget.Cluster.load/4`
+  ranks them. It waits (`--wait MS`, default 3000) until it has the view
+  of every member of every node the `--connect` nodes reach, and takes the
+  load options above (and `--json`), applied as the members' backends size
+  each model; not `--budget` or `--llama-server`, which are each member's
+  own. `--cluster NAME --help` lists its options.
 
   ## Exit status
 
     * `0` - every model fits.
     * `1` - a model does not fit.
     * `2` - bad input: an unknown option or value, a file that cannot be
-      read, an option the machine cannot honour. One line on standard error.
+      read or is not a model, an option the machine cannot honour (a GPU it
+      does not have). One line on standard error, and no report.
   """
   use Mix.Task
 

@@ -61,32 +61,48 @@ defmodule ModelBudget.Plan.Args do
                  &{Atom.to_string(&1), &1}
                )
 
-  @typedoc "What the command line asks for."
-  @type t :: %{plan: keyword(), json: boolean()}
+  @typedoc """
+  What the command line asks for: options for `ModelBudget.Plan.run/1`,
+  whether to print JSON, and the caller's own switches (`parse/2`'s
+  `extra`), in the order given.
+  """
+  @type t :: %{plan: keyword(), json: boolean(), extra: keyword()}
 
   @doc """
-  Reads `argv`: `{:ok, %{plan: opts, json: json?}}` with options for
-  `ModelBudget.Plan.run/1`, or `{:error, message}` (one line) for anything
-  it cannot use. Option values the core checks against the machine (a
-  `--main-gpu` beyond the GPUs, say) are left to it.
+  Reads `argv`: `{:ok, %{plan: opts, json: json?, extra: extra}}` with
+  options for `ModelBudget.Plan.run/1`, or `{:error, message}` (one line)
+  for anything it cannot use. Option values `ModelBudget.Plan.run/1`
+  checks against the machine (a `--main-gpu` beyond the GPUs, say) are
+  left to it.
+
+  `extra` are more switches, as `OptionParser`'s `:strict` takes them, that
+  the caller reads itself (`--cluster`'s own): they come back under
+  `:extra`, and are refused as unknown without it.
 
   ## Examples
 
       iex> ModelBudget.Plan.Args.parse(["model.gguf", "--ctx", "4096", "-ngl", "20", "--tensor-split", "3,1"])
-      {:ok, %{plan: [models: ["model.gguf"], budget: :auto, load: [n_gpu_layers: 20, tensor_split: [3, 1], n_ctx: 4096]], json: false}}
+      {:ok, %{plan: [models: ["model.gguf"], budget: :auto, load: [n_ctx: 4096, n_gpu_layers: 20, tensor_split: [3, 1]]], json: false, extra: []}}
 
       iex> ModelBudget.Plan.Args.parse(["--budget", "ram=64GiB,vram=24GiB:24GiB", "--json"])
-      {:ok, %{plan: [models: [], budget: %{ram: 68719476736, vram: [25769803776, 25769803776]}, load: []], json: true}}
+      {:ok, %{plan: [models: [], budget: %{ram: 68719476736, vram: [25769803776, 25769803776]}, load: []], json: true, extra: []}}
+
+      iex> ModelBudget.Plan.Args.parse(["--cluster", "c", "-c", "4096", "llama-3.1-8b"], cluster: :string)
+      {:ok, %{plan: [models: ["llama-3.1-8b"], budget: :auto, load: [n_ctx: 4096]], json: false, extra: [cluster: "c"]}}
 
       iex> ModelBudget.Plan.Args.parse(["--split-mode", "diagonal"])
       {:error, "--split-mode: expected none, layer or row, got: diagonal"}
   """
-  @spec parse([String.t()]) :: {:ok, t()} | {:error, String.t()}
-  def parse(argv) do
+  @spec parse([String.t()], keyword()) :: {:ok, t()} | {:error, String.t()}
+  def parse(argv, extra \\ []) do
     argv = Enum.map(argv, &Map.get(@llama_cpp, &1, &1))
+    switches = @switches ++ extra
 
-    case OptionParser.parse(argv, strict: @switches) do
+    case OptionParser.parse(argv, strict: switches) do
       {parsed, paths, []} ->
+        {theirs, parsed} =
+          Enum.split_with(parsed, fn {key, _} -> Keyword.has_key?(extra, key) end)
+
         with {:ok, load} <- load_options(parsed),
              {:ok, budget} <- budget(Keyword.get(parsed, :budget, "auto")) do
           plan = [models: paths, budget: budget, load: load]
@@ -97,14 +113,14 @@ defmodule ModelBudget.Plan.Args do
               :error -> plan
             end
 
-          {:ok, %{plan: plan, json: Keyword.get(parsed, :json, false)}}
+          {:ok, %{plan: plan, json: Keyword.get(parsed, :json, false), extra: theirs}}
         end
 
       {_, _, [{switch, nil} | _]} ->
         {:error, "unknown option #{switch}"}
 
       {_, _, [{switch, value} | _]} ->
-        {:error, "#{switch}: expected #{expected(switch)}, got: #{value}"}
+        {:error, "#{switch}: expected #{expected(switch, switches)}, got: #{value}"}
     end
   end
 
@@ -137,10 +153,10 @@ defmodule ModelBudget.Plan.Args do
   @spec switch_names() :: %{String.t() => String.t()}
   def switch_names, do: Map.new(@switch_of)
 
-  defp expected(switch) do
+  defp expected(switch, switches) do
     name = switch |> String.trim_leading("-") |> String.replace("-", "_")
 
-    case Keyword.get(@switches, String.to_existing_atom(name)) do
+    case Keyword.get(switches, String.to_existing_atom(name)) do
       :integer -> "an integer"
       :boolean -> "no value"
       _ -> "a value"

@@ -87,9 +87,10 @@ defmodule ModelBudget.Plan.Catalog do
   @spec names() :: [String.t()]
   def names, do: Enum.map(@entries, &elem(&1, 0))
 
+  # The headers do not name their file type: every one is Q4_K_M.
   defp model({_short, file}) do
     path = Path.join([:code.priv_dir(:model_budget), "catalog", file])
     {:ok, model} = Model.from_gguf_header(File.read!(path))
-    model
+    %{model | file_type: model.file_type || "Q4_K_M"}
   end
 end

@@ -1,11 +1,12 @@
 defmodule ModelBudget.Plan.Text do
   @moduledoc """
   Renders a `%ModelBudget.Plan{}` for people: the machine and its budget, a
-  summary table with one line per model, then each model's placement per
-  device (weights, repacked weights, KV cache, compute, output, prompt
-  cache, overhead), its verdict naming every
-  device that is short and by how much, the longest context that fits, and
-  the options that would make it fit.
+  summary table with one line per model (its file type, parameters,
+  weights, bits per weight, context and total per device), then each
+  model's placement per device (weights, repacked weights, KV cache,
+  compute, output, prompt cache, overhead), its verdict naming every device
+  that is short and by how much, the longest context that fits, and the
+  options that would make it fit.
   """
 
   alias ModelBudget.{Format, Plan}
@@ -149,7 +150,7 @@ defmodule ModelBudget.Plan.Text do
         else: "Built-in models, each on its own"
 
     gpus = Enum.map(0..(plan.n_gpus - 1)//1, &"GPU #{&1}")
-    header = ["model", "params", "weights", "context", "RAM" | gpus] ++ ["verdict"]
+    header = ["model", "type", "params", "weights", "BPW", "context", "RAM" | gpus] ++ ["verdict"]
 
     rows =
       Enum.map(plan.models, fn e ->
@@ -157,8 +158,10 @@ defmodule ModelBudget.Plan.Text do
 
         [
           e.name,
+          e.file_type || "-",
           params(e.model.n_params),
           b(e.model.weight_bytes),
+          bpw(e.bits_per_weight),
           Integer.to_string(e.n_ctx),
           b(on.(:ram).total)
           | Enum.map(0..(plan.n_gpus - 1)//1, fn i ->
@@ -170,7 +173,7 @@ defmodule ModelBudget.Plan.Text do
         ] ++ [c.(verdict_cell(e, plan))]
       end)
 
-    left = [0, length(header) - 1]
+    left = [0, 1, length(header) - 1]
     heading(title, c) <> "\n" <> Format.table([header | rows], left: left, indent: "  ")
   end
 
@@ -179,6 +182,9 @@ defmodule ModelBudget.Plan.Text do
   defp verdict_cell(_e, _plan), do: {:red, "DOES NOT FIT"}
 
   defp params(n), do: :erlang.float_to_binary(n / 1.0e9, decimals: 2) <> " B"
+
+  defp bpw(nil), do: "-"
+  defp bpw(bits), do: :erlang.float_to_binary(bits, decimals: 2)
 
   defp model(e, plan, c) do
     verdict =
@@ -264,7 +270,7 @@ defmodule ModelBudget.Plan.Text do
   defp advice(%{fits: true}, _c), do: []
 
   defp advice(%{suggestions: []}, _c),
-    do: ["  No smaller context, KV cache type or GPU offload makes it fit."]
+    do: ["  No smaller context, KV cache type, prompt cache or GPU offload makes it fit."]
 
   defp advice(%{suggestions: suggestions}, c) do
     rows =
@@ -277,6 +283,15 @@ defmodule ModelBudget.Plan.Text do
 
         {:cache_type, t} ->
           [c.({:cyan, "--cache-type-k #{t} --cache-type-v #{t}"}), "a quantized KV cache"]
+
+        {:cache_ram, 0} ->
+          [c.({:cyan, "--cache-ram 0"}), "no prompt cache"]
+
+        {:cache_ram, bytes} ->
+          [
+            c.({:cyan, "--cache-ram #{div(bytes, 2 ** 20)}"}),
+            "the largest prompt cache that fits"
+          ]
       end)
 
     ["  It fits with any one of:", Format.table(rows, left: [0, 1], indent: "    ")]

@@ -1,6 +1,7 @@
 //! The fit search: what `mix model_budget.plan` asks of each model: which devices are short
 //! and by how much, the longest context that fits, and the changes to the
-//! load options that would make it fit. Every answer is found by placing the
+//! load options that would make it fit (fewer GPU layers, a shorter context,
+//! a quantized KV cache, a smaller prompt cache). Every answer is found by placing the
 //! model again and checking it, never by a rule of thumb.
 
 use crate::budget::Budget;
@@ -74,7 +75,16 @@ pub struct Search {
     /// When the model does not fit: the first of `q8_0` and `q4_0`, used for
     /// both K and V, that is smaller than the requested cache and fits.
     pub cache_type: Option<CacheType>,
+    /// When the model does not fit and has a prompt cache (llama-server's
+    /// `--cache-ram`, in RAM): the largest one in whole MiB (the option's
+    /// unit) below the requested one that fits, `0` when only none does;
+    /// `None` when not even that fits.
+    pub cache_ram: Option<u64>,
 }
+
+/// The unit of llama-server's `--cache-ram`, in which a smaller prompt
+/// cache is suggested.
+pub const CACHE_RAM_UNIT: u64 = 1 << 20;
 
 /// The quantized KV caches worth suggesting, widest (most accurate) first.
 const SMALLER_CACHES: [CacheType; 2] = [CacheType::Q8_0, CacheType::Q4_0];
@@ -104,10 +114,13 @@ pub fn search(model: &ModelShape, opts: &DistributeOptions, target: Target) -> R
     } else {
         most_gpu_layers(model, &at_n_ctx, target)
     };
-    let cache_type = if fits {
-        None
+    let (cache_type, cache_ram) = if fits {
+        (None, None)
     } else {
-        smaller_cache(model, &at_n_ctx, target)
+        (
+            smaller_cache(model, &at_n_ctx, target),
+            smaller_prompt_cache(model, &at_n_ctx, target),
+        )
     };
     Ok(Search {
         short,
@@ -115,6 +128,7 @@ pub fn search(model: &ModelShape, opts: &DistributeOptions, target: Target) -> R
         longest_context,
         n_gpu_layers,
         cache_type,
+        cache_ram,
     })
 }
 
@@ -179,6 +193,31 @@ fn smaller_cache(
     })
 }
 
+/// The largest prompt cache in whole [`CACHE_RAM_UNIT`]s below the requested
+/// one that fits. The prompt cache only adds RAM, so whether it fits only
+/// changes once and a binary search is exact.
+fn smaller_prompt_cache(
+    model: &ModelShape,
+    opts: &DistributeOptions,
+    target: Target,
+) -> Option<u64> {
+    if opts.cache_ram == 0 {
+        return None;
+    }
+    let fits = |units: u64| {
+        let o = DistributeOptions {
+            cache_ram: units * CACHE_RAM_UNIT,
+            ..opts.clone()
+        };
+        target.fits_or_too_large(model, &o)
+    };
+    if !fits(0) {
+        return None;
+    }
+    let below = (opts.cache_ram - 1) / CACHE_RAM_UNIT;
+    Some(crate::layout::kv::largest_fitting(below, fits) * CACHE_RAM_UNIT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +275,10 @@ mod tests {
         assert_eq!(s.n_ctx, 131_072);
         // 131,072 tokens of f16 KV are 16 GiB: fits in 64 GiB with the weights.
         assert_eq!(s.longest_context, Some(131_072));
-        assert_eq!((s.n_gpu_layers, s.cache_type), (None, None));
+        assert_eq!(
+            (s.n_gpu_layers, s.cache_type, s.cache_ram),
+            (None, None, None)
+        );
     }
 
     #[test]
@@ -362,12 +404,73 @@ mod tests {
     }
 
     #[test]
+    fn a_smaller_prompt_cache_when_it_is_what_does_not_fit() {
+        // llama-server's 8 GiB prompt cache on top of 8192 tokens.
+        let opts = DistributeOptions {
+            n_ctx: Some(8192),
+            cache_ram: 8192 * MIB,
+            ..base()
+        };
+        let ram = |cache_ram| {
+            let o = DistributeOptions {
+                cache_ram,
+                ..opts.clone()
+            };
+            placed(&llama_8b(), &o, 0).ram
+        };
+        let search_at = |limit, opts: &DistributeOptions| {
+            let budget = per_device(limit, &[]);
+            search(&llama_8b(), opts, at(&budget, 0)).unwrap()
+        };
+        // Room for exactly 3000 MiB of it; a byte less leaves 2999.
+        let s = search_at(ram(3000 * MIB), &opts);
+        assert_eq!(s.short[0].device, Device::Ram);
+        assert_eq!(s.cache_ram, Some(3000 * MIB));
+        assert_eq!(
+            search_at(ram(3000 * MIB) - 1, &opts).cache_ram,
+            Some(2999 * MIB)
+        );
+        // Only without one: 0.
+        assert_eq!(search_at(ram(MIB) - 1, &opts).cache_ram, Some(0));
+        // Not even without one, or none asked for: nothing to suggest.
+        assert_eq!(search_at(ram(0) - 1, &opts).cache_ram, None);
+        let none = DistributeOptions {
+            cache_ram: 0,
+            ..opts.clone()
+        };
+        assert_eq!(search_at(ram(0) - 1, &none).cache_ram, None);
+        // A request that is no whole number of MiB: whole MiB below it.
+        let odd = DistributeOptions {
+            cache_ram: 3000 * MIB + 1,
+            ..opts.clone()
+        };
+        assert_eq!(
+            search_at(ram(3000 * MIB + 1) - 1, &odd).cache_ram,
+            Some(3000 * MIB)
+        );
+    }
+
+    #[test]
+    fn no_smaller_prompt_cache_when_a_gpu_is_what_is_short() {
+        let opts = DistributeOptions {
+            n_ctx: Some(8192),
+            cache_ram: 8192 * MIB,
+            ..base()
+        };
+        let p = placed(&llama_8b(), &opts, 1);
+        let budget = per_device(64 * GIB, &[p.gpu(0) - 1]);
+        let s = search(&llama_8b(), &opts, at(&budget, 1)).unwrap();
+        assert_eq!(s.short[0].device, Device::Gpu(0));
+        assert_eq!(s.cache_ram, None);
+    }
+
+    #[test]
     fn nothing_fits_when_the_weights_alone_are_too_large() {
         let budget = per_device(GIB, &[]);
         let s = search(&llama_8b(), &base(), at(&budget, 0)).unwrap();
         assert_eq!(
-            (s.longest_context, s.n_gpu_layers, s.cache_type),
-            (None, None, None)
+            (s.longest_context, s.n_gpu_layers, s.cache_type, s.cache_ram),
+            (None, None, None, None)
         );
     }
 
@@ -437,13 +540,15 @@ mod tests {
             proptest::option::of(1u64..100_000),
             any::<bool>(),
             any::<bool>(),
+            prop_oneof![Just(0u64), 0u64..1 << 34],
         )
             .prop_map(
-                |(n_gpu_layers, n_ctx, offload_kqv, flash_attn)| DistributeOptions {
+                |(n_gpu_layers, n_ctx, offload_kqv, flash_attn, cache_ram)| DistributeOptions {
                     n_gpu_layers,
                     n_ctx,
                     offload_kqv,
                     flash_attn,
+                    cache_ram,
                     split_mode: SplitMode::Layer,
                     ..base()
                 },
@@ -484,6 +589,16 @@ mod tests {
             if let Some(t) = s.cache_type {
                 let o = DistributeOptions { cache_type_k: t, cache_type_v: t, ..at_n_ctx.clone() };
                 prop_assert!(target.fits(&m, &o).unwrap());
+            }
+            let with = |cache_ram| DistributeOptions { cache_ram, ..at_n_ctx.clone() };
+            if let Some(c) = s.cache_ram {
+                prop_assert!(c < o.cache_ram && c % CACHE_RAM_UNIT == 0);
+                prop_assert!(target.fits(&m, &with(c)).unwrap());
+                if c + CACHE_RAM_UNIT < o.cache_ram {
+                    prop_assert!(!target.fits(&m, &with(c + CACHE_RAM_UNIT)).unwrap());
+                }
+            } else if !s.short.is_empty() && o.cache_ram > 0 {
+                prop_assert!(!target.fits(&m, &with(0)).unwrap());
             }
         }
     }

@@ -102,6 +102,7 @@ mod tests {
             format: Format::Gguf,
             architecture: Some("llama".into()),
             name: None,
+            file_type: None,
             file_bytes: 0,
             weight_bytes: 0,
             n_params: 0,

@@ -35,6 +35,20 @@ fn tiny() -> Gguf {
 }
 
 #[test]
+fn the_file_type_is_named_as_llama_cpp_names_it() {
+    let with = |kv: Kv| parse_gguf(&tiny().kv("general.file_type", kv).bytes());
+    assert_eq!(
+        with(Kv::U32(15)).unwrap().file_type.as_deref(),
+        Some("Q4_K_M")
+    );
+    assert_eq!(with(Kv::U32(7)).unwrap().file_type.as_deref(), Some("Q8_0"));
+    // Not said, or no type llama.cpp defines: none.
+    assert_eq!(parse_gguf(&tiny().bytes()).unwrap().file_type, None);
+    assert_eq!(with(Kv::U32(999)).unwrap().file_type, None);
+    assert!(with(Kv::Str("Q4_K_M".into())).is_err());
+}
+
+#[test]
 fn gguf_llama_counts_are_exact() {
     let m = parse_gguf(&tiny().bytes()).unwrap();
     assert_eq!(m.format, Format::Gguf);

@@ -20,7 +20,8 @@ rustler::atoms! {
 
 /// `ModelBudget.Plan.fit_search/3`'s answer: a map with `:short` (a list of
 /// `[device:, required:, available:, short_by:]`), `:n_ctx`, `:longest_context`,
-/// `:n_gpu_layers` and `:cache_type` (the last three `nil` when absent).
+/// `:n_gpu_layers`, `:cache_type` and `:cache_ram` (the last four `nil` when
+/// absent).
 fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
     let short_list: Vec<Term> = s
         .short
@@ -46,6 +47,10 @@ fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
         (
             cache_type().encode(env),
             s.cache_type.map(CacheTypeTerm).encode(env),
+        ),
+        (
+            crate::distribute::cache_ram().encode(env),
+            s.cache_ram.encode(env),
         ),
     ];
     let (keys, values): (Vec<Term>, Vec<Term>) = pairs.into_iter().unzip();

@@ -103,6 +103,7 @@ pub fn decode_model(term: Term) -> Decoded<ModelShape> {
         format: Format::Gguf,
         architecture: None,
         name: None,
+        file_type: None,
         file_bytes: 0,
         weight_bytes: 0,
         n_params: 0,

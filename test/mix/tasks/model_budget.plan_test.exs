@@ -145,6 +145,65 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
                "mix model_budget.plan: #{path}: GGUF version 1 is not supported (versions 2 and 3 are) at byte 4\n"
     end
 
+    test "a file that is neither GGUF nor safetensors says so, whatever its name", %{dir: dir} do
+      for {name, bytes, starts} <- [
+            {"text.gguf", "hello world\n", ~s("hello wo")},
+            {"binary.safetensors", <<0, 1, 255>>, ~s("\\x00\\x01\\xff")}
+          ] do
+        path = Path.join(dir, name)
+        File.write!(path, bytes)
+        {2, "", err} = plan([path])
+
+        assert err ==
+                 "mix model_budget.plan: #{path}: not a GGUF or safetensors file: it starts with #{starts} at byte 0\n"
+      end
+
+      # A safetensors file, cut short, keeps its own error.
+      path = Path.join(dir, "cut.safetensors")
+      File.write!(path, <<1_000::little-64, "{}">>)
+      {2, "", err} = plan([path])
+
+      assert err ==
+               "mix model_budget.plan: #{path}: header length 1000 runs past the end of the file (10 bytes) at byte 0\n"
+    end
+
+    test "a folder of GGUF files: each model in it, a split model once", %{dir: dir} do
+      folder = Path.join(dir, "ggufs")
+      File.mkdir_p!(folder)
+      PlanFixtures.tiny_gguf!(Path.join(folder, "b-tiny.gguf"), "B Tiny")
+      split_gguf!(folder, "split")
+      PlanFixtures.tiny_gguf!(Path.join(folder, "a-tiny.gguf"), "A Tiny")
+      args = [folder, "--budget", "ram=1GiB,vram=none", "--cache-ram", "0"]
+
+      {0, out, ""} = plan(args)
+      assert out =~ "A Tiny: FITS"
+      assert out =~ "B Tiny: FITS"
+      assert out =~ "Split Tiny: FITS"
+      assert out =~ "All 3 fit together."
+
+      {0, report} = json(args)
+
+      assert Enum.map(report["models"], &{&1["name"], Path.basename(&1["source"])}) == [
+               {"A Tiny", "a-tiny.gguf"},
+               {"B Tiny", "b-tiny.gguf"},
+               {"Split Tiny", "split-00001-of-00002.gguf"}
+             ]
+
+      # The split model is read whole: as the tiny model in one file. Its
+      # header names its file type (Q8_0), the others' do not.
+      [a, _b, split] = report["models"]
+      assert split["weight_bytes"] == a["weight_bytes"]
+      assert {a["file_type"], split["file_type"]} == {nil, "Q8_0"}
+      assert out =~ ~r/\n  Split Tiny +Q8_0 /
+
+      # A split whose others are missing says so.
+      File.rm!(Path.join(folder, "split-00001-of-00002.gguf"))
+      {2, "", err} = plan(args)
+
+      assert err ==
+               "mix model_budget.plan: #{Path.join(folder, "split-00002-of-00002.gguf")}: one of its other splits is missing (no such file or directory)\n"
+    end
+
     test "a missing path that is no built-in name is bad input" do
       {2, "", err} = plan(["/no/such/model.gguf"])
 
@@ -280,7 +339,17 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
                }
 
       assert llama["short"] == []
-      assert llama["suggestions"] == %{"n_gpu_layers" => nil, "n_ctx" => nil, "cache_type" => nil}
+
+      assert llama["suggestions"] == %{
+               "n_gpu_layers" => nil,
+               "n_ctx" => nil,
+               "cache_type" => nil,
+               "cache_ram" => nil
+             }
+
+      # The file type, and bits per weight.
+      assert llama["file_type"] == "Q4_K_M"
+      assert llama["bits_per_weight"] == model.weight_bytes * 8 / model.n_params
 
       # The devices are exactly ModelBudget.breakdown/3's, with what was left.
       opts = [split_mode: :layer, n_ctx: 16_384, cache_type_k: :q8_0]
@@ -392,10 +461,39 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       refute out =~ "Warning"
     end
 
+    test "a smaller prompt cache when the prompt cache is what does not fit" do
+      # Gemma-2-9B at its trained 8192 tokens needs 7.5 GiB without
+      # llama-server's 8 GiB prompt cache: with it, it does not fit 12 GiB.
+      pinned = ~w(--parallel 1 --no-repack)
+      args = ~w(gemma-2-9b --budget ram=12GiB,vram=none) ++ pinned
+      {1, out, ""} = plan(args)
+      {1, report} = json(args)
+      [model] = report["models"]
+      bytes = model["suggestions"]["cache_ram"]
+      mib = div(bytes, 2 ** 20)
+      assert bytes == mib * 2 ** 20 and mib in 1..8191
+      assert out =~ ~r/--cache-ram #{mib} +the largest prompt cache that fits\n/
+      assert {0, _, _} = plan(args ++ ["--cache-ram", "#{mib}"])
+      assert {1, _, _} = plan(args ++ ["--cache-ram", "#{mib + 1}"])
+
+      # Room for the model and not one MiB of prompt cache: none.
+      {0, report} = json(~w(gemma-2-9b --budget unlimited --cache-ram 0) ++ pinned)
+      ram = hd(hd(report["models"])["devices"])["total"]
+      args = ["gemma-2-9b", "--budget", "ram=#{ram + 2 ** 19},vram=none" | pinned]
+      {1, out, ""} = plan(args)
+      {1, report} = json(args)
+      assert hd(report["models"])["suggestions"]["cache_ram"] == 0
+      assert out =~ ~r/--cache-ram 0 +no prompt cache\n/
+
+      # Not when it is not the prompt cache that does not fit.
+      {1, report} = json(~w(llama-3.1-70b --budget ram=8GiB,vram=none --ctx 8192))
+      assert hd(report["models"])["suggestions"]["cache_ram"] == nil
+    end
+
     test "none when even the weights do not fit" do
       {1, out, ""} = plan(["llama-3.1-70b", "--budget", "ram=8GiB,vram=none"])
       assert out =~ "no context fits"
-      assert out =~ "No smaller context, KV cache type or GPU offload makes it fit."
+      assert out =~ "No smaller context, KV cache type, prompt cache or GPU offload makes it fit."
     end
   end
 
@@ -532,6 +630,34 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
     end
   end
 
+  describe "GPUs the machine does not have" do
+    # Named by the budget, they are planned for; otherwise refused.
+    test "--main-gpu and --tensor-split beyond them are bad input" do
+      n = length(ModelBudget.devices())
+      has = if n == 1, do: "1 GPU", else: "#{n} GPUs"
+      hint = "(name them with --budget vram=... to plan for another machine)"
+
+      {2, "", err} = plan(["llama-3.1-8b", "--main-gpu", "#{n + 1}"])
+
+      assert err ==
+               "mix model_budget.plan: --main-gpu #{n + 1}: this machine has #{has} #{hint}\n"
+
+      split = Enum.join(List.duplicate("1", n + 1), ",")
+      {2, "", err} = plan(["llama-3.1-8b", "--tensor-split", split, "--budget", "unlimited"])
+
+      assert err ==
+               "mix model_budget.plan: --tensor-split #{split}: #{n + 1} weights, and this machine has #{has} #{hint}\n"
+
+      vram = Enum.join(List.duplicate("8GiB", n + 2), ":")
+
+      {_, report} =
+        json(["llama-3.1-8b", "--main-gpu", "#{n + 1}", "--budget", "ram=64GiB,vram=#{vram}"])
+
+      assert report["n_gpus"] == n + 2
+      assert report["options"]["main_gpu"] == n + 1
+    end
+  end
+
   describe "bad input" do
     for {args, message} <- [
           {["--frobnicate"], "unknown option --frobnicate"},
@@ -545,11 +671,12 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
           {["--tensor-split", "3,x"],
            "--tensor-split: expected non-negative numbers such as 3,1, got: 3,x"},
           {["--tensor-split", "1,1,1", "--budget", "vram=8GiB:8GiB"],
-           "invalid --tensor-split: has 3 entries for 2 GPU(s), got: [1.0, 1.0, 1.0]"},
+           "--tensor-split 1,1,1: 3 weights, and --budget names 2 GPUs"},
           {["--tensor-split", "0,0", "--budget", "vram=8GiB:8GiB"],
            "invalid --tensor-split: needs at least one positive weight, got: [0.0, 0.0]"},
-          {["--main-gpu", "2", "--budget", "vram=8GiB"],
-           "invalid --main-gpu: must be below the GPU count 1, got: 2"},
+          {["--main-gpu", "2", "--budget", "vram=8GiB"], "--main-gpu 2: --budget names 1 GPU"},
+          {["--main-gpu", "1", "--budget", "ram=8GiB,vram=none"],
+           "--main-gpu 1: --budget names 0 GPUs"},
           {["--cache-type-v", "q9_9"],
            "--cache-type-v: expected bf16, f16, f32, iq4_nl, q4_0, q4_1, q5_0, q5_1, q8_0, got: q9_9"},
           {["--budget", "lots"],
@@ -588,6 +715,53 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       {2, "", err} = plan([path])
       assert err =~ ~r/^mix model_budget.plan: invalid model: .*\n$/
     end
+  end
+
+  # A tiny model split in two as gguf-split does: the metadata in the first
+  # file, the tensors spread over both.
+  defp split_gguf!(dir, name) do
+    # PlanFixtures.tiny_gguf!/2's tensors and metadata.
+    layer = fn i ->
+      b = &"blk.#{i}.#{&1}"
+
+      [
+        {b.("attn_norm.weight"), [256], "F32"},
+        {b.("attn_q.weight"), [256, 256], "Q8_0"},
+        {b.("attn_k.weight"), [256, 128], "Q8_0"},
+        {b.("attn_v.weight"), [256, 128], "Q8_0"},
+        {b.("attn_output.weight"), [256, 256], "Q8_0"},
+        {b.("ffn_norm.weight"), [256], "F32"},
+        {b.("ffn_gate.weight"), [256, 512], "Q8_0"},
+        {b.("ffn_up.weight"), [256, 512], "Q8_0"},
+        {b.("ffn_down.weight"), [512, 256], "Q8_0"}
+      ]
+    end
+
+    first = [{"token_embd.weight", [256, 1000], "Q8_0"} | layer.(0)]
+
+    second =
+      layer.(1) ++ [{"output_norm.weight", [256], "F32"}, {"output.weight", [256, 1000], "Q8_0"}]
+
+    metadata = [
+      {"general.architecture", :string, "llama"},
+      {"general.name", :string, "Split Tiny"},
+      {"general.file_type", :uint32, 7},
+      {"llama.block_count", :uint32, 2},
+      {"llama.context_length", :uint32, 4096},
+      {"llama.embedding_length", :uint32, 256},
+      {"llama.feed_forward_length", :uint32, 512},
+      {"llama.attention.head_count", :uint32, 4},
+      {"llama.attention.head_count_kv", :uint32, 2},
+      {"llama.vocab_size", :uint32, 1000}
+    ]
+
+    split = fn no -> [{"split.no", :uint16, no}, {"split.count", :uint16, 2}] end
+
+    write =
+      &ModelBudget.Test.GGUF.write!(Path.join(dir, "#{name}-0000#{&1}-of-00002.gguf"), &2, &3)
+
+    write.(1, metadata ++ split.(0), first)
+    write.(2, split.(1), second)
   end
 
   defp gpu_json(g),

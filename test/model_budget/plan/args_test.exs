@@ -2,6 +2,7 @@ defmodule ModelBudget.Plan.ArgsTest do
   use ExUnit.Case, async: true
 
   alias ModelBudget.Plan.Args
+  doctest Args
 
   @gib 2 ** 30
 
@@ -42,7 +43,27 @@ defmodule ModelBudget.Plan.ArgsTest do
 
     test "--json and the defaults" do
       assert Args.parse(["--json"]) ==
-               {:ok, %{plan: [models: [], budget: :auto, load: []], json: true}}
+               {:ok, %{plan: [models: [], budget: :auto, load: []], json: true, extra: []}}
+    end
+  end
+
+  describe "parse/2" do
+    test "the caller's own switches come back apart, in order; unknown without them" do
+      extra = [cluster: :string, connect: :keep, wait: :integer]
+      argv = ~w(--cluster c --connect a@h -c 4096 --connect b@h --json m.gguf --wait 10)
+
+      assert Args.parse(argv, extra) ==
+               {:ok,
+                %{
+                  plan: [models: ["m.gguf"], budget: :auto, load: [n_ctx: 4096]],
+                  json: true,
+                  extra: [cluster: "c", connect: "a@h", connect: "b@h", wait: 10]
+                }}
+
+      assert Args.parse(["--wait", "soon"], extra) ==
+               {:error, "--wait: expected an integer, got: soon"}
+
+      assert Args.parse(["--cluster", "c"]) == {:error, "unknown option --cluster"}
     end
   end
 
@@ -83,8 +104,8 @@ defmodule ModelBudget.Plan.ArgsTest do
       assert {:error, "invalid --ctx: expected a positive integer below 2^64, got: 0"} =
                run.(n_ctx: 0)
 
-      assert {:error, "invalid --main-gpu: must be below the GPU count 1, got: 3"} =
-               run.(main_gpu: 3)
+      assert {:error, "invalid --parallel: expected a positive integer below 2^64, got: 0"} =
+               run.(n_parallel: 0)
 
       # Outside, the same error names the option.
       assert {:error, "invalid option :n_ctx: " <> _} =

@@ -33,7 +33,13 @@ defmodule ModelBudget.Plan.TextTest do
       [header | _] =
         text |> String.split("\n") |> Enum.drop_while(&(not String.starts_with?(&1, "  model ")))
 
-      assert header =~ ~r/^  model\s+params\s+weights\s+context\s+RAM\s+GPU 0\s+GPU 1\s+verdict$/
+      assert header =~
+               ~r/^  model\s+type\s+params\s+weights\s+BPW\s+context\s+RAM\s+GPU 0\s+GPU 1\s+verdict$/
+
+      # Q4_K_M is about 4.9 bits a weight.
+      assert text =~
+               ~r/\n  Llama-3.1-8B-Instruct-Q4_K_M +Q4_K_M +8\.03 B +4\.58 GiB +4\.89 +8192 /
+
       # Every row of the summary has its verdict in the same column.
       column = :binary.match(header, "verdict") |> elem(0)
       rows = text |> String.split("\n") |> Enum.filter(&(&1 =~ ~r/  (FITS|DOES NOT FIT)/))

@@ -13,7 +13,7 @@ use super::arch::{gguf_default_period, Arch, At, Count, SwaLayers};
 use super::ggml_type::GgmlType;
 use super::source::Source;
 use super::tally::{assemble, Embedding, Ffn, Matrix, Role, Tensor};
-use super::{in_file, invalid, io_error, Format, Model, MAX_LAYERS};
+use super::{ftype, in_file, invalid, io_error, Format, Model, MAX_LAYERS};
 use crate::error::Result;
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -247,7 +247,12 @@ impl Kept {
 fn wanted(key: &str) -> bool {
     matches!(
         key,
-        "general.architecture" | "general.name" | "general.alignment" | "split.no" | "split.count"
+        "general.architecture"
+            | "general.name"
+            | "general.file_type"
+            | "general.alignment"
+            | "split.no"
+            | "split.count"
     ) || key
         .split_once('.')
         .is_some_and(|(_, rest)| ARCH_KEYS.contains(&rest))
@@ -463,13 +468,31 @@ impl Header {
 /// Parses the header of a GGUF file of `len` bytes.
 pub fn parse<R: Read + Seek>(reader: R, len: u64) -> Result<Model> {
     let h = header(reader, len)?;
-    assemble(
+    model(len, &h.kept, &h.tensors, h.embedding)
+}
+
+/// The model a header (the first split's, for a split model) describes.
+fn model(
+    file_bytes: u64,
+    kept: &Kept,
+    tensors: &[Tensor],
+    embedding: Option<Embedding>,
+) -> Result<Model> {
+    let mut model = assemble(
         Format::Gguf,
-        len,
-        describe(&h.kept)?,
-        &h.tensors,
-        h.embedding,
-    )
+        file_bytes,
+        describe(kept)?,
+        tensors,
+        embedding,
+    )?;
+    model.file_type = match kept.get("general.file_type") {
+        Some(v) => u32::try_from(int(v)?)
+            .ok()
+            .and_then(ftype::name)
+            .map(str::to_owned),
+        None => None,
+    };
+    Ok(model)
 }
 
 fn open(path: &Path) -> Result<(File, u64)> {
@@ -501,13 +524,7 @@ pub(crate) fn read_path(path: &Path) -> Result<Model> {
     let given = header(file, len)?;
     let (_, count) = given.split()?;
     if count <= 1 {
-        return assemble(
-            Format::Gguf,
-            len,
-            describe(&given.kept)?,
-            &given.tensors,
-            given.embedding,
-        );
+        return model(len, &given.kept, &given.tensors, given.embedding);
     }
     let paths = split_paths(path, count).ok_or_else(|| {
         invalid(
@@ -574,13 +591,7 @@ pub(crate) fn read_path(path: &Path) -> Result<Model> {
         .collect();
     let embedding = splits.iter().find_map(|(_, h)| h.embedding);
     // llama.cpp's gguf-split keeps the model's metadata in the first split.
-    assemble(
-        Format::Gguf,
-        file_bytes,
-        describe(&splits[0].1.kept)?,
-        &tensors,
-        embedding,
-    )
+    model(file_bytes, &splits[0].1.kept, &tensors, embedding)
 }
 
 fn header<R: Read + Seek>(reader: R, len: u64) -> Result<Header> {

@@ -9,6 +9,7 @@
 
 mod arch;
 mod config;
+pub mod ftype;
 pub mod ggml_type;
 pub mod gguf;
 mod json;
@@ -78,6 +79,11 @@ pub struct Model {
     pub architecture: Option<String>,
     /// `general.name` (GGUF) or `_name_or_path` (config.json).
     pub name: Option<String>,
+    /// What the weights mostly are, by llama.cpp's name for the GGUF
+    /// header's `general.file_type` (`"Q4_K_M"`, see [`ftype`]); `None`
+    /// when the header does not say, names a type llama.cpp does not
+    /// define, or the model is not GGUF.
+    pub file_type: Option<String>,
     /// Size of the model's weight files (all shards), headers included.
     pub file_bytes: u64,
     /// Bytes of all tensors as stored, each counted once.
@@ -246,16 +252,66 @@ pub type MatrixBytes = BTreeMap<MatrixClass, u64>;
 /// `model.safetensors.index.json`, or a folder holding one of the latter.
 /// For safetensors, a `config.json` in the same folder supplies the
 /// architecture numbers.
+///
+/// A file is told by its first bytes, whatever its name: the GGUF magic, or
+/// a safetensors header length followed by the header's `{`. A file with
+/// neither is refused as such (naming what it starts with) rather than
+/// read as a malformed safetensors file; an index is told by its `.json`
+/// name.
 pub fn read(path: &Path) -> Result<Model> {
     let meta = std::fs::metadata(path).map_err(|e| io_error(&e))?;
     if meta.is_dir() {
         return safetensors::read_path(&find_in_folder(path)?, path);
     }
-    if has_gguf_magic(path)? {
+    let start = first_bytes(path)?;
+    if start.starts_with(gguf::MAGIC) {
         return gguf::read_path(path);
+    }
+    if path.extension().is_none_or(|e| e != "json") {
+        safetensors_start(&start)?;
     }
     let folder = path.parent().unwrap_or(Path::new("."));
     safetensors::read_path(path, folder)
+}
+
+/// How many bytes tell a container: a safetensors header length and the
+/// header's first byte (the GGUF magic is shorter).
+const SNIFF: usize = 9;
+
+/// The first [`SNIFF`] bytes of the file at `path` (fewer for a shorter file).
+fn first_bytes(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = File::open(path).map_err(|e| io_error(&e))?;
+    let mut start = Vec::with_capacity(SNIFF);
+    file.take(SNIFF as u64)
+        .read_to_end(&mut start)
+        .map_err(|e| io_error(&e))?;
+    Ok(start)
+}
+
+/// Fails, naming what the file starts with, unless `start` (a file's first
+/// [`SNIFF`] bytes, without the GGUF magic) can begin a safetensors file:
+/// an 8-byte little-endian header length no larger than the format allows,
+/// then the JSON header, which "MUST begin with a `{`" and holds at least
+/// `{}`. What follows is the safetensors reader's to check.
+fn safetensors_start(start: &[u8]) -> Result<()> {
+    if let Some((length, rest)) = start.split_first_chunk::<8>() {
+        let n = u64::from_le_bytes(*length);
+        if rest.first() == Some(&b'{') && (2..=safetensors::MAX_HEADER).contains(&n) {
+            return Ok(());
+        }
+    }
+    let what = if start.is_empty() {
+        // "... it ends at byte 0".
+        "it ends".to_owned()
+    } else {
+        let shown = &start[..start.len().min(8)];
+        format!("it starts with \"{}\"", shown.escape_ascii())
+    };
+    Err(invalid(
+        0,
+        format!("not a GGUF or safetensors file: {what}"),
+    ))
 }
 
 /// Reads a GGUF header held in memory, without the tensor data after it
@@ -265,22 +321,6 @@ pub fn read_gguf_header(bytes: &[u8]) -> Result<Model> {
     let mut model = gguf::parse(std::io::Cursor::new(bytes), u64::MAX)?;
     model.file_bytes = (bytes.len() as u64).saturating_add(model.weight_bytes);
     Ok(model)
-}
-
-fn has_gguf_magic(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut magic = [0u8; 4];
-    let mut file = File::open(path).map_err(|e| io_error(&e))?;
-    let mut got = 0;
-    while got < magic.len() {
-        match file.read(&mut magic[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_error(&e)),
-        }
-    }
-    Ok(got == 4 && &magic == gguf::MAGIC)
 }
 
 /// The index or single file a safetensors folder holds.
@@ -326,5 +366,111 @@ pub(crate) fn in_file(err: Error, file: &str) -> Error {
             reason: format!("{file}: {reason}"),
         },
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of `bytes` named `name` in a folder of its own; the folder
+    /// goes when the guard does.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "mb-model-mod-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn reason(err: Error) -> String {
+        match err {
+            Error::InvalidModel { offset: 0, reason } => reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_neither_gguf_nor_safetensors_says_so_whatever_its_name() {
+        let dir = Scratch::new("neither");
+        let text = dir.file("x.gguf", b"hello world\n");
+        assert_eq!(
+            reason(read(&text).unwrap_err()),
+            "not a GGUF or safetensors file: it starts with \"hello wo\""
+        );
+        assert_eq!(
+            read(&text).unwrap_err().to_string(),
+            "not a GGUF or safetensors file: it starts with \"hello wo\" at byte 0"
+        );
+        // Bytes that are not printable are escaped; a short file shows all it has.
+        let binary = dir.file("x.safetensors", &[0, 1, 0xff, b'"']);
+        assert_eq!(
+            reason(read(&binary).unwrap_err()),
+            "not a GGUF or safetensors file: it starts with \"\\x00\\x01\\xff\\\"\""
+        );
+        let empty = dir.file("empty.gguf", b"");
+        assert_eq!(
+            read(&empty).unwrap_err().to_string(),
+            "not a GGUF or safetensors file: it ends at byte 0"
+        );
+        // Less than the GGUF magic is not GGUF.
+        let short = dir.file("short.gguf", b"GGU");
+        assert_eq!(
+            reason(read(&short).unwrap_err()),
+            "not a GGUF or safetensors file: it starts with \"GGU\""
+        );
+        // A header length past what the format allows, or too short to
+        // hold `{}`, is no safetensors header, even before a `{`.
+        for n in [1u64, safetensors::MAX_HEADER + 1] {
+            let mut bytes = n.to_le_bytes().to_vec();
+            bytes.extend(b"{}");
+            let path = dir.file("length.safetensors", &bytes);
+            assert!(reason(read(&path).unwrap_err()).starts_with("not a GGUF or safetensors file"));
+        }
+    }
+
+    #[test]
+    fn a_safetensors_start_keeps_the_safetensors_errors() {
+        let dir = Scratch::new("st");
+        // A plausible header length and a `{`: a safetensors file, cut short.
+        let mut bytes = 1000u64.to_le_bytes().to_vec();
+        bytes.extend(b"{}");
+        let cut = dir.file("cut.gguf", &bytes);
+        assert_eq!(
+            reason(read(&cut).unwrap_err()),
+            "header length 1000 runs past the end of the file (10 bytes)"
+        );
+        // GGUF by its magic, whatever its name.
+        let mut gguf = gguf::MAGIC.to_vec();
+        gguf.extend(1u32.to_le_bytes());
+        let old = dir.file("old.safetensors", &gguf);
+        assert!(matches!(
+            read(&old).unwrap_err(),
+            Error::InvalidModel { offset: 4, .. }
+        ));
+        // An index is told by its name, not its first bytes.
+        let index = dir.file("model.safetensors.index.json", b"{\"metadata\": {}}");
+        assert_eq!(
+            reason(read(&index).unwrap_err()),
+            "model.safetensors.index.json: no weight_map"
+        );
     }
 }

@@ -253,6 +253,7 @@ pub(crate) fn assemble(
         format,
         architecture: arch.architecture,
         name: arch.name,
+        file_type: None,
         file_bytes,
         weight_bytes,
         n_params,

@@ -13,6 +13,38 @@ defmodule ModelBudget.Test.PlanFixtures do
   context. Returns the path and its exact byte layout.
   """
   def tiny_gguf!(path, name \\ "Tiny Llama") do
+    %{blocks: blocks, input: input, output: output} = tiny_tensors()
+    GGUF.write!(path, tiny_metadata(name), input ++ List.flatten(blocks) ++ output)
+
+    sum = fn tensors ->
+      tensors |> Enum.map(fn {_, d, t} -> GGUF.tensor_bytes(t, d) end) |> Enum.sum()
+    end
+
+    %{
+      path: path,
+      layer_bytes: Enum.map(blocks, sum),
+      input_bytes: sum.(input),
+      output_bytes: sum.(output)
+    }
+  end
+
+  @doc """
+  `tiny_gguf!/2`'s model split in two as gguf-split does, into
+  `dir/NAME-00001-of-00002.gguf` and `-00002-`: the metadata (a Q8_0 file
+  type) in the first, the tensors spread over both (block 0 with the
+  embeddings, block 1 with the head).
+  """
+  def split_tiny_gguf!(dir, name) do
+    %{blocks: [b0, b1], input: input, output: output} = tiny_tensors()
+    metadata = tiny_metadata("Split Tiny") ++ [{"general.file_type", :uint32, 7}]
+    split = fn no -> [{"split.no", :uint16, no}, {"split.count", :uint16, 2}] end
+    write = &GGUF.write!(Path.join(dir, "#{name}-0000#{&1}-of-00002.gguf"), &2, &3)
+    write.(1, metadata ++ split.(0), input ++ b0)
+    write.(2, split.(1), b1 ++ output)
+  end
+
+  # Two Llama-like blocks, Q8_0 matrices and F32 norms.
+  defp tiny_tensors do
     layer = fn i ->
       b = &"blk.#{i}.#{&1}"
 
@@ -29,11 +61,15 @@ defmodule ModelBudget.Test.PlanFixtures do
       ]
     end
 
-    blocks = Enum.map(0..1, layer)
-    input = [{"token_embd.weight", [256, 1000], "Q8_0"}]
-    output = [{"output_norm.weight", [256], "F32"}, {"output.weight", [256, 1000], "Q8_0"}]
+    %{
+      blocks: Enum.map(0..1, layer),
+      input: [{"token_embd.weight", [256, 1000], "Q8_0"}],
+      output: [{"output_norm.weight", [256], "F32"}, {"output.weight", [256, 1000], "Q8_0"}]
+    }
+  end
 
-    metadata = [
+  defp tiny_metadata(name) do
+    [
       {"general.architecture", :string, "llama"},
       {"general.name", :string, name},
       {"llama.block_count", :uint32, 2},
@@ -44,19 +80,6 @@ defmodule ModelBudget.Test.PlanFixtures do
       {"llama.attention.head_count_kv", :uint32, 2},
       {"llama.vocab_size", :uint32, 1000}
     ]
-
-    GGUF.write!(path, metadata, input ++ List.flatten(blocks) ++ output)
-
-    sum = fn tensors ->
-      tensors |> Enum.map(fn {_, d, t} -> GGUF.tensor_bytes(t, d) end) |> Enum.sum()
-    end
-
-    %{
-      path: path,
-      layer_bytes: Enum.map(blocks, sum),
-      input_bytes: sum.(input),
-      output_bytes: sum.(output)
-    }
   end
 
   @doc """

@@ -3,7 +3,6 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
   # captured and its exit caught.
   use ExUnit.Case, async: true
 
-  import ExUnit.CaptureIO
   alias ModelBudget.Test.PlanFixtures
 
   @gib 2 ** 30
@@ -21,21 +20,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
   @pinned ~w(--parallel 1 --cache-ram 0 --no-repack)
 
   # {exit status, stdout, stderr}
-  defp plan(args) do
-    {{status, stdout}, stderr} =
-      with_io(:stderr, fn ->
-        with_io(fn ->
-          try do
-            Mix.Tasks.ModelBudget.Plan.run(args)
-            0
-          catch
-            :exit, {:shutdown, status} -> status
-          end
-        end)
-      end)
-
-    {status, stdout, stderr}
-  end
+  defp plan(args), do: ModelBudget.Test.MixTask.run(Mix.Tasks.ModelBudget.Plan, args)
 
   defp json(args) do
     {status, stdout, ""} = plan(["--json" | args])
@@ -171,7 +156,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       folder = Path.join(dir, "ggufs")
       File.mkdir_p!(folder)
       PlanFixtures.tiny_gguf!(Path.join(folder, "b-tiny.gguf"), "B Tiny")
-      split_gguf!(folder, "split")
+      PlanFixtures.split_tiny_gguf!(folder, "split")
       PlanFixtures.tiny_gguf!(Path.join(folder, "a-tiny.gguf"), "A Tiny")
       args = [folder, "--budget", "ram=1GiB,vram=none", "--cache-ram", "0"]
 
@@ -715,53 +700,6 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       {2, "", err} = plan([path])
       assert err =~ ~r/^mix model_budget.plan: invalid model: .*\n$/
     end
-  end
-
-  # A tiny model split in two as gguf-split does: the metadata in the first
-  # file, the tensors spread over both.
-  defp split_gguf!(dir, name) do
-    # PlanFixtures.tiny_gguf!/2's tensors and metadata.
-    layer = fn i ->
-      b = &"blk.#{i}.#{&1}"
-
-      [
-        {b.("attn_norm.weight"), [256], "F32"},
-        {b.("attn_q.weight"), [256, 256], "Q8_0"},
-        {b.("attn_k.weight"), [256, 128], "Q8_0"},
-        {b.("attn_v.weight"), [256, 128], "Q8_0"},
-        {b.("attn_output.weight"), [256, 256], "Q8_0"},
-        {b.("ffn_norm.weight"), [256], "F32"},
-        {b.("ffn_gate.weight"), [256, 512], "Q8_0"},
-        {b.("ffn_up.weight"), [256, 512], "Q8_0"},
-        {b.("ffn_down.weight"), [512, 256], "Q8_0"}
-      ]
-    end
-
-    first = [{"token_embd.weight", [256, 1000], "Q8_0"} | layer.(0)]
-
-    second =
-      layer.(1) ++ [{"output_norm.weight", [256], "F32"}, {"output.weight", [256, 1000], "Q8_0"}]
-
-    metadata = [
-      {"general.architecture", :string, "llama"},
-      {"general.name", :string, "Split Tiny"},
-      {"general.file_type", :uint32, 7},
-      {"llama.block_count", :uint32, 2},
-      {"llama.context_length", :uint32, 4096},
-      {"llama.embedding_length", :uint32, 256},
-      {"llama.feed_forward_length", :uint32, 512},
-      {"llama.attention.head_count", :uint32, 4},
-      {"llama.attention.head_count_kv", :uint32, 2},
-      {"llama.vocab_size", :uint32, 1000}
-    ]
-
-    split = fn no -> [{"split.no", :uint16, no}, {"split.count", :uint16, 2}] end
-
-    write =
-      &ModelBudget.Test.GGUF.write!(Path.join(dir, "#{name}-0000#{&1}-of-00002.gguf"), &2, &3)
-
-    write.(1, metadata ++ split.(0), first)
-    write.(2, split.(1), second)
   end
 
   defp gpu_json(g),

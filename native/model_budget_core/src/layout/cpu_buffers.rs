@@ -335,8 +335,14 @@ impl CpuBuffers {
 
     /// The profile of a llama.cpp built for this machine's CPU
     /// (`GGML_NATIVE`, as `scripts/llama_server.sh` builds it), with
-    /// CPU_REPACK.
+    /// CPU_REPACK. Asked once: every default option set reads it, and
+    /// CPUID costs a VM exit under a hypervisor (microseconds a call).
     pub fn detect() -> CpuBuffers {
+        static DETECTED: std::sync::OnceLock<CpuBuffers> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(Self::detect_now)
+    }
+
+    fn detect_now() -> CpuBuffers {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;

@@ -507,7 +507,7 @@ defmodule ModelBudget.ModelManager do
       {:error, :already_loaded}
     else
       with {:ok, size} <- footprint(config.backend, source, opts) do
-        opts = Options.for_backend(config.backend, opts)
+        opts = if config.estimate?, do: config.backend.estimate_options(opts), else: opts
         n_gpus = Options.n_gpus!(config, opts)
         placement = ModelBudget.distribute(size, Options.placement(opts), n_gpus)
         {:ok, load_request(config, id, source, opts, {size, placement})}
@@ -1076,7 +1076,9 @@ defmodule ModelBudget.ModelManager do
       backend: config.backend,
       n_gpus: default_gpu_count(config.budget),
       gpu_limit: config.gpu_limit,
-      catalog: config.catalog
+      catalog: config.catalog,
+      # Asked once: whether the backend refines the estimator's options.
+      estimate?: Options.estimates?(config.backend)
     }
 
     publish_config(shared)

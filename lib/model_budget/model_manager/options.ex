@@ -114,11 +114,13 @@ defmodule ModelBudget.ModelManager.Options do
   binary reports; as given otherwise.
   """
   @spec for_backend(module(), keyword()) :: keyword()
-  def for_backend(backend, opts) do
-    if Code.ensure_loaded?(backend) and function_exported?(backend, :estimate_options, 1),
-      do: backend.estimate_options(opts),
-      else: opts
-  end
+  def for_backend(backend, opts),
+    do: if(estimates?(backend), do: backend.estimate_options(opts), else: opts)
+
+  @doc "Whether `backend` has the optional `c:ModelBudget.Backend.estimate_options/1`."
+  @spec estimates?(module()) :: boolean()
+  def estimates?(backend),
+    do: Code.ensure_loaded?(backend) and function_exported?(backend, :estimate_options, 1)
 
   @doc "Checks unload/3's options; returns `%{timeout:, force:}` with defaults."
   @spec unload!(term()) :: %{timeout: non_neg_integer() | :infinity, force: boolean()}

@@ -687,7 +687,10 @@ defmodule ModelBudget.Plan do
     end)
   end
 
-  defp device_json(:ram), do: %{device: "ram", gpu: nil}
-  defp device_json(:total), do: %{device: "total", gpu: nil}
-  defp device_json({:gpu, i}), do: %{device: "gpu", gpu: i}
+  @doc false
+  # A device as to_json/1 gives it (`mix model_budget.ps`'s too).
+  @spec device_json(device()) :: map()
+  def device_json(:ram), do: %{device: "ram", gpu: nil}
+  def device_json(:total), do: %{device: "total", gpu: nil}
+  def device_json({:gpu, i}), do: %{device: "gpu", gpu: i}
 end

@@ -278,18 +278,12 @@ defmodule ModelBudget.PS do
   defp placement_json(%{ram: ram, vram: vram}),
     do: %{ram: ram, vram: vram, total: total(%{ram: ram, vram: vram})}
 
+  # The plan report's shapes, so that both commands print budgets and
+  # devices alike.
   defp budget_json(nil), do: nil
-  defp budget_json(%{mode: :unlimited}), do: %{mode: "unlimited"}
-  defp budget_json(%{mode: :combined, limit: limit}), do: %{mode: "combined", limit: limit}
+  defp budget_json(budget), do: ModelBudget.Plan.budget_json(budget)
 
-  defp budget_json(%{mode: :per_device, ram: ram, vram: vram}) do
-    vram = if vram == :infinity, do: nil, else: Map.new(vram, fn {i, l} -> {i, limit(l)} end)
-    %{mode: "per_device", ram: limit(ram), vram: vram}
-  end
-
-  defp device_json(:total), do: %{device: "total", gpu: nil}
-  defp device_json(:ram), do: %{device: "ram", gpu: nil}
-  defp device_json({:gpu, i}), do: %{device: "gpu", gpu: i}
+  defp device_json(device), do: ModelBudget.Plan.device_json(device)
 
   defp labels_json(nil), do: nil
 

@@ -1,7 +1,7 @@
 defmodule ModelBudget.Eviction do
   @moduledoc """
   Chooses which resident models to evict to make room for a placement: the
-  Rust core's eviction chooser (`native/model_budget_core/src/evict.rs`),
+  Rust core's eviction chooser (`native/model_budget_core/src/budget/evict.rs`),
   the one owner of the arithmetic, exposed for `ModelBudget.ModelManager`.
 
   A ledger is the manager's, as `ModelBudget.ModelManager.Eviction`

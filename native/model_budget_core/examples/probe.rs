@@ -5,8 +5,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use model_budget_core::devices::{self, GpuStatus};
-use model_budget_core::system;
+use model_budget_core::machine::devices::{self, GpuStatus};
+use model_budget_core::machine::system;
 
 const RUNS: usize = 1000;
 

@@ -10,9 +10,9 @@
 
 use std::path::PathBuf;
 
-use model_budget_core::layout::cpu_buffers::{CpuBuffers, ExtraBuffer};
-use model_budget_core::layout::kv::CacheType;
-use model_budget_core::layout::{breakdown, ModelShape, Share};
+use model_budget_core::estimate::layout::cpu_buffers::{CpuBuffers, ExtraBuffer};
+use model_budget_core::estimate::layout::kv::CacheType;
+use model_budget_core::estimate::layout::{breakdown, ModelShape, Share};
 use model_budget_core::model::read_gguf_header;
 use model_budget_core::{DistributeOptions, Mode, SplitMode};
 use serde_json::Value;

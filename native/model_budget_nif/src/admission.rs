@@ -2,7 +2,7 @@
 //! the Rust side, and only each new placement crosses the boundary. A mutex
 //! makes each admission one step, whichever process calls.
 
-use model_budget_core::admission::Admissions;
+use model_budget_core::budget::admission::Admissions;
 use parking_lot::Mutex;
 use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
 

@@ -2,10 +2,11 @@
 //! `BudgetSpec`), and resolved budgets in and out (`budget()`). The derived
 //! codecs in `codec` are the fast path; the decoders here explain bad input.
 
-use model_budget_core::budget::{
+use model_budget_core::budget::spec::{
     self, Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec,
 };
-use model_budget_core::{devices, system, GpuMap};
+use model_budget_core::machine::{devices, system};
+use model_budget_core::GpuMap;
 use rustler::types::map::MapIterator;
 use rustler::{Encoder, Env, NifMap, Term, TermType};
 use smallvec::SmallVec;
@@ -183,7 +184,7 @@ pub type Gpus = SmallVec<[GpuFree; 8]>;
 
 /// GPU entries as `LlamaCppEx.devices/0` and `ModelBudget.devices/0` give
 /// them (maps with at least `:gpu_index` and `:memory_free`), appended to
-/// `out` in place (see `budget::resolve_into`: the list is inline, and
+/// `out` in place (see `spec::resolve_into`: the list is inline, and
 /// each move copies it).
 pub fn read_gpus<'a>(term: Term<'a>, out: &mut Gpus) -> Decoded<'a, ()> {
     let fast = crate::decode::list(term).and_then(|list| {
@@ -258,7 +259,7 @@ fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>
             return Ok((atoms::probe(), atoms::ram()).encode(env));
         }
         let mut resolved = Budget::Unlimited;
-        budget::resolve_into(&spec, ram_limit.unwrap_or(0), &gpu_list, &mut resolved)?;
+        spec::resolve_into(&spec, ram_limit.unwrap_or(0), &gpu_list, &mut resolved)?;
         Ok(match &resolved {
             Budget::PerDevice { ram, vram } => encode_per_device(env, *ram, vram),
             other => encode_budget(env, other),

@@ -62,7 +62,7 @@ fn available<'a>(env: Env<'a>, budget: Term<'a>, used: Term<'a>, device: Term<'a
             return bad("device", ":total, :ram or {:gpu, index}", device);
         };
         Ok(
-            match model_budget_core::check::available(&budget, &used, d.into()) {
+            match model_budget_core::budget::check::available(&budget, &used, d.into()) {
                 Some(bytes) => bytes.encode(env),
                 None => atoms::infinity().encode(env),
             },

@@ -9,9 +9,9 @@
 //! So every term a codec accepts, the slow decoder accepts with the same
 //! meaning; `test/model_budget/native_codec_test.exs` round-trips each.
 
-use model_budget_core::budget::{Budget, Limit, VramLimits};
-use model_budget_core::gpu_map::INLINE_GPUS;
-use model_budget_core::layout::kv::CacheType;
+use model_budget_core::budget::gpu_map::INLINE_GPUS;
+use model_budget_core::budget::spec::{Budget, Limit, VramLimits};
+use model_budget_core::estimate::layout::kv::CacheType;
 use model_budget_core::{Device, GpuMap, Insufficient, Mode, Placement, SplitMode};
 use rustler::sys::ErlNifTerm;
 use rustler::{

@@ -1,7 +1,7 @@
 //! Constraint expressions: compiled once into a resource, evaluated against a
 //! map of variable values.
 
-use model_budget_core::constraint::{CompileError, Constraint};
+use model_budget_core::budget::constraint::{CompileError, Constraint};
 use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term, TermType};
 
 use crate::atoms;

@@ -6,7 +6,7 @@
 //! which is what ports hand to the programs they start, and not the C
 //! environment the NIF could read itself.
 
-use model_budget_core::devices::{self, Gpu, GpuStatus};
+use model_budget_core::machine::devices::{self, Gpu, GpuStatus};
 use rustler::{Encoder, Env, NifMap, Term};
 
 use crate::atoms;
@@ -82,7 +82,7 @@ fn probe_machine<'a>(env: Env<'a>, visible: Term<'a>) -> Term<'a> {
     let result = decode_visible(visible).map(|visible| {
         (
             gpu_terms(visible.as_deref()),
-            model_budget_core::system::limit(),
+            model_budget_core::machine::system::limit(),
         )
             .encode(env)
     });
@@ -100,7 +100,7 @@ fn gpu_status<'a>(env: Env<'a>, visible: Term<'a>) -> Term<'a> {
 #[rustler::nif(schedule = "DirtyIo")]
 fn refresh_devices<'a>(env: Env<'a>, visible: Term<'a>) -> Term<'a> {
     let result = decode_visible(visible).map(|visible| {
-        model_budget_core::system::memory();
+        model_budget_core::machine::system::memory();
         encode_status(env, devices::refresh(visible.as_deref()))
     });
     reply(env, result)

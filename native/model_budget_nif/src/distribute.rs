@@ -1,9 +1,9 @@
 //! `distribute/3`: load options in, `placement()` out.
 
-use model_budget_core::distribute::{distribute_into, TensorSplit, MAX_GPUS};
-use model_budget_core::layout::cpu_buffers::{CpuBuffers, PROFILES};
-use model_budget_core::layout::kv::CacheType;
-use model_budget_core::options::near_miss;
+use model_budget_core::estimate::distribute::{distribute_into, TensorSplit, MAX_GPUS};
+use model_budget_core::estimate::layout::cpu_buffers::{CpuBuffers, PROFILES};
+use model_budget_core::estimate::layout::kv::CacheType;
+use model_budget_core::estimate::options::near_miss;
 use model_budget_core::{DistributeOptions, OptionSet, Placement};
 use std::sync::OnceLock;
 

@@ -9,7 +9,7 @@ use crate::codec::{
     BudgetTerm, CacheTypeTerm, DeviceTerm, GpuMapTerm, InsufficientTerm, LimitTerm, ModeTerm,
     PlacementTerm, SplitModeTerm,
 };
-use model_budget_core::budget::Limit;
+use model_budget_core::budget::spec::Limit;
 
 #[rustler::nif]
 fn echo_mode(t: ModeTerm) -> ModeTerm {

@@ -1,6 +1,6 @@
 //! `evict_choose`: the core's eviction chooser over a ledger term.
 
-use model_budget_core::evict::{self, Choice, Free, Ledger, Reason};
+use model_budget_core::budget::evict::{self, Choice, Free, Ledger, Reason};
 use model_budget_core::Placement;
 use rustler::{Encoder, Env, NifTaggedEnum, ResourceArc, Term};
 

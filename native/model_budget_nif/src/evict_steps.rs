@@ -3,8 +3,8 @@
 //! candidates a few at a time, the rule variables' values, the hand-over's
 //! residuals, and a probe's free bytes by device.
 
-use model_budget_core::evict::{self, Free};
-use model_budget_core::handover;
+use model_budget_core::budget::evict::{self, Free};
+use model_budget_core::budget::handover;
 use model_budget_core::Device;
 use rustler::{Encoder, Env, Term};
 

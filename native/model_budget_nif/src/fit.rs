@@ -2,8 +2,8 @@
 //! that fits, the changes that would make a model fit; and byte sizes
 //! written with units.
 
-use model_budget_core::constraint;
-use model_budget_core::fit::{search, Search, Target};
+use model_budget_core::budget::constraint;
+use model_budget_core::estimate::fit::{search, Search, Target};
 use rustler::{Encoder, Env, Term};
 
 use crate::badarg::{bad, reply};

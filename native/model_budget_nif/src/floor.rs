@@ -4,8 +4,8 @@
 //! use) and return `:ok`, with no validation, no arithmetic and no result
 //! term.
 
-use model_budget_core::budget::{Limit, VramLimits};
-use model_budget_core::distribute::distribute_into;
+use model_budget_core::budget::spec::{Limit, VramLimits};
+use model_budget_core::estimate::distribute::distribute_into;
 use model_budget_core::{Budget, DistributeOptions, GpuMap, OptionSet, Placement};
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Env, Term, TermType};
@@ -206,7 +206,7 @@ fn compute_only_resolve(spec: Term, gpus: Term) -> Atom {
     let mut budget = Budget::Unlimited;
     let done = match (decode_spec(spec), read_gpus(gpus, &mut list)) {
         (Ok(spec), Ok(())) => {
-            model_budget_core::budget::resolve_into(&spec, 0, &list, &mut budget).is_ok()
+            model_budget_core::budget::spec::resolve_into(&spec, 0, &list, &mut budget).is_ok()
         }
         _ => false,
     };

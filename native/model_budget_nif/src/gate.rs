@@ -1,5 +1,5 @@
 //! Lease gates and lease holders as NIF resources (the logic is
-//! `model_budget_core::gate`). A holder keeps the leases of one process,
+//! `model_budget_core::serve::gate`). A holder keeps the leases of one process,
 //! which it monitors: a lease ends at checkin or when the process that took
 //! it exits (the holder's `down`), or, should every term of the holder be
 //! gone first, at its destructor. A lease itself is a number, so a checkout
@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use model_budget_core::gate::{self, Gate, Holder, Notify, Refused, State, Waiting};
+use model_budget_core::serve::gate::{self, Gate, Holder, Notify, Refused, State, Waiting};
 use rustler::{Atom, Encoder, Env, LocalPid, Monitor, ResourceArc, Term};
 
 use crate::atoms;

@@ -1,7 +1,9 @@
 //! Model-aware placement, its breakdown, the footprint estimate and the
 //! longest context that fits.
 
-use model_budget_core::layout::{self, estimate::Estimate, kv, Breakdown, ModelShape, Share};
+use model_budget_core::estimate::layout::{
+    self, estimate::Estimate, kv, Breakdown, ModelShape, Share,
+};
 use model_budget_core::model::Model;
 use model_budget_core::{Format, PerLayer};
 use rustler::{Encoder, Env, NifMap, Term};

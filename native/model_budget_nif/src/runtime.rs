@@ -1,6 +1,6 @@
 //! The runtime profile a llama.cpp build reports (`CpuBuffers`'s rules).
 
-use model_budget_core::layout::cpu_buffers::CpuBuffers;
+use model_budget_core::estimate::layout::cpu_buffers::CpuBuffers;
 use rustler::{Atom, Env, Term};
 
 use crate::badarg::{bad, reply};

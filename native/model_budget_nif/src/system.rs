@@ -11,7 +11,7 @@ struct SystemMemory {
 
 #[rustler::nif(schedule = "DirtyIo")]
 fn system_memory() -> SystemMemory {
-    let m = model_budget_core::system::memory();
+    let m = model_budget_core::machine::system::memory();
     SystemMemory {
         total: m.total,
         available: m.available,
@@ -23,5 +23,5 @@ fn system_memory() -> SystemMemory {
 /// take 80% of. Cheap after the first call (see `system::limit`).
 #[rustler::nif(schedule = "DirtyIo")]
 fn memory_limit() -> u64 {
-    model_budget_core::system::limit()
+    model_budget_core::machine::system::limit()
 }

@@ -7,8 +7,8 @@
 //! layer `j` of `act` goes to the first GPU whose cumulative `tensor_split`
 //! fraction exceeds `j / act`.
 
-use crate::distribute::{DistributeOptions, SplitMode};
 use crate::error::Result;
+use crate::estimate::distribute::{DistributeOptions, SplitMode};
 
 /// A layer's device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -40,7 +40,7 @@ pub fn estimate(total_mib: u64, params: u64, bits_per_weight: f64) -> Result<Est
     })?;
     // bits is a finite f64 in (0, 64]: exact as m * 2^e, so params * bits / 8
     // is computed exactly in u128 and rounded up.
-    let (m, e) = crate::split::mantissa_exponent(bits_per_weight)
+    let (m, e) = crate::estimate::split::mantissa_exponent(bits_per_weight)
         .expect("a positive finite number has a mantissa");
     let numerator = u128::from(params) * u128::from(m);
     let shift = e - 3; // divide by 8

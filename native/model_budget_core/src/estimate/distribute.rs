@@ -7,12 +7,12 @@
 
 use smallvec::SmallVec;
 
+use crate::budget::gpu_map::{GpuMap, INLINE_GPUS};
+use crate::budget::placement::Placement;
 use crate::error::{invalid, Result};
-use crate::gpu_map::{GpuMap, INLINE_GPUS};
-use crate::layout::cpu_buffers::CpuBuffers;
-use crate::layout::kv::CacheType;
-use crate::placement::Placement;
-use crate::split::{split_into, split_weights, Weights};
+use crate::estimate::layout::cpu_buffers::CpuBuffers;
+use crate::estimate::layout::kv::CacheType;
+use crate::estimate::split::{split_into, split_weights, Weights};
 
 /// The most GPUs a placement may span. CUDA builds of llama.cpp cap devices
 /// at 16; this leaves room while keeping allocations bounded.

@@ -4,12 +4,12 @@
 //! a quantized KV cache, a smaller prompt cache). Every answer is found by placing the
 //! model again and checking it, never by a rule of thumb.
 
-use crate::budget::Budget;
-use crate::check::{check, Insufficient};
-use crate::distribute::DistributeOptions;
+use crate::budget::check::{check, Insufficient};
+use crate::budget::placement::Placement;
+use crate::budget::spec::Budget;
 use crate::error::Result;
-use crate::layout::{distribute_model, kv::CacheType, ModelShape};
-use crate::placement::Placement;
+use crate::estimate::distribute::DistributeOptions;
+use crate::estimate::layout::{distribute_model, kv::CacheType, ModelShape};
 
 /// Where a model is to go: the budget, what is already placed there, and the
 /// number of GPUs to spread it over.
@@ -22,7 +22,7 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     /// Whether `model` fits under `opts`. Errors are the options' or the
-    /// model's (see [`crate::layout::breakdown`]).
+    /// model's (see [`crate::estimate::layout::breakdown`]).
     pub fn fits(&self, model: &ModelShape, opts: &DistributeOptions) -> Result<bool> {
         let placement = distribute_model(model, opts, self.n_gpus)?;
         Ok(check(self.budget, &placement, self.used).is_ok())
@@ -148,7 +148,7 @@ fn longest_context(
         };
         target.fits_or_too_large(model, &o)
     };
-    let lo = crate::layout::kv::largest_fitting(upper, fits);
+    let lo = crate::estimate::layout::kv::largest_fitting(upper, fits);
     (lo > 0).then_some(lo)
 }
 
@@ -215,18 +215,18 @@ fn smaller_prompt_cache(
         return None;
     }
     let below = (opts.cache_ram - 1) / CACHE_RAM_UNIT;
-    Some(crate::layout::kv::largest_fitting(below, fits) * CACHE_RAM_UNIT)
+    Some(crate::estimate::layout::kv::largest_fitting(below, fits) * CACHE_RAM_UNIT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{Limit, VramLimits};
-    use crate::check::Device;
-    use crate::distribute::SplitMode;
+    use crate::budget::check::Device;
+    use crate::budget::spec::{Limit, VramLimits};
+    use crate::estimate::distribute::SplitMode;
     use proptest::prelude::*;
 
-    use crate::layout::tests::llama_8b;
+    use crate::estimate::layout::tests::llama_8b;
 
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
@@ -256,7 +256,7 @@ mod tests {
     /// grow while a server runs: no repacking, no prompt cache.
     fn base() -> DistributeOptions {
         DistributeOptions {
-            cpu_buffers: crate::layout::cpu_buffers::CpuBuffers::None,
+            cpu_buffers: crate::estimate::layout::cpu_buffers::CpuBuffers::None,
             cache_ram: 0,
             ..DistributeOptions::default()
         }

@@ -1,8 +1,8 @@
 //! Admission: does a placement fit a budget on top of what is already used?
 
-use crate::budget::{Budget, Limit, VramLimits};
-use crate::gpu_map::seek;
-use crate::placement::Placement;
+use crate::budget::gpu_map::seek;
+use crate::budget::placement::Placement;
+use crate::budget::spec::{Budget, Limit, VramLimits};
 
 /// The device a check names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,7 +137,7 @@ fn within(limit: Limit, device: Device, required: u64, used: u64) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::VramLimits;
+    use crate::budget::spec::VramLimits;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
 

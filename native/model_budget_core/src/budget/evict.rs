@@ -5,12 +5,12 @@
 //! (The what-if search of the CLI is `fit`; the CLI's report lives in
 //! Elixir. This is the third of the things once all called "plan".)
 
-use crate::budget::{Budget, Limit};
-use crate::check::{check, limit, share, Device, Insufficient};
-use crate::constraint::Constraint;
+use crate::budget::check::{check, limit, share, Device, Insufficient};
+use crate::budget::constraint::Constraint;
+use crate::budget::gpu_map::GpuMap;
+use crate::budget::placement::Placement;
+use crate::budget::spec::{Budget, Limit};
 use crate::error::{invalid, Result};
-use crate::gpu_map::GpuMap;
-use crate::placement::Placement;
 
 /// The variables `:evict_when` rules may read, in the order a rules
 /// constraint must declare them.
@@ -305,7 +305,7 @@ pub fn choose_from(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::VramLimits;
+    use crate::budget::spec::VramLimits;
     use proptest::prelude::*;
 
     fn ledger(budget: Budget, usage: Placement) -> Ledger {

@@ -166,7 +166,7 @@ impl Constraint {
 
     /// Whether any rule holds for `values`, given in the order of
     /// [`Constraint::variables`] (values of unused variables are ignored).
-    pub fn met(&self, values: &[i128]) -> crate::Result<bool> {
+    pub fn met(&self, values: &[i128]) -> crate::error::Result<bool> {
         if values.len() != self.variables.len() {
             return Err(invalid(
                 "values",

@@ -57,8 +57,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::assign::{Home, LayerPlan};
 use super::kv::{CacheType, KvShape};
 use super::{mul, Breakdown, ModelShape};
-use crate::distribute::{DistributeOptions, SplitMode};
 use crate::error::Result;
+use crate::estimate::distribute::{DistributeOptions, SplitMode};
 
 /// Hidden states of `T * n_embd` floats alive beside the feed-forward block
 /// on the host, which also looks up the embeddings ...
@@ -144,7 +144,7 @@ impl Graph {
             .into_iter()
             .flatten()
             .try_fold(0u64, |acc, cells| {
-                Ok::<u64, crate::Error>(
+                Ok::<u64, crate::error::Error>(
                     acc.saturating_add(mul(&[cells, t, mask_value], "compute buffer estimate")?),
                 )
             })?;
@@ -371,8 +371,8 @@ pub fn add_buffers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::breakdown;
-    use crate::layout::tests::llama_8b;
+    use crate::estimate::layout::breakdown;
+    use crate::estimate::layout::tests::llama_8b;
 
     const MIB: u64 = 1 << 20;
 

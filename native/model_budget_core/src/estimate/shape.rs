@@ -2,8 +2,8 @@
 //! pure-Rust user can read a model and place it:
 //!
 //! ```no_run
-//! use model_budget_core::{layout, model, DistributeOptions};
-//! use model_budget_core::layout::ModelShape;
+//! use model_budget_core::{estimate::layout, model, DistributeOptions};
+//! use model_budget_core::estimate::layout::ModelShape;
 //!
 //! let model = model::read("model.gguf".as_ref())?;
 //! let shape = ModelShape::try_from(&model)?;
@@ -15,7 +15,7 @@
 //! `%ModelBudget.Model{}` as well.
 
 use crate::error::{invalid, Error, Result};
-use crate::layout::ModelShape;
+use crate::estimate::layout::ModelShape;
 use crate::model::{Model, PerLayer};
 
 /// Bytes that stay on the host with the token embeddings: the embeddings
@@ -94,8 +94,8 @@ impl TryFrom<&Model> for ModelShape {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::estimate::{distribute::DistributeOptions, layout};
     use crate::model::Format;
-    use crate::{layout, DistributeOptions};
 
     fn model() -> Model {
         Model {

@@ -2,10 +2,10 @@
 //! manager can admit a placement (check, then fold) in one step without
 //! passing the budget and the usage back and forth.
 
-use crate::budget::Budget;
-use crate::check::{check, Insufficient};
+use crate::budget::check::{check, Insufficient};
+use crate::budget::placement::Placement;
+use crate::budget::spec::Budget;
 use crate::error::Result;
-use crate::placement::Placement;
 
 /// A budget and what is admitted under it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,8 +3,8 @@
 //! A placement is kept canonical: a GPU holding zero bytes is absent, so two
 //! placements that describe the same memory compare equal.
 
+use crate::budget::gpu_map::{seek, GpuMap};
 use crate::error::{invalid, Result};
-use crate::gpu_map::{seek, GpuMap};
 
 /// Bytes in RAM and on each GPU (by CUDA index). Also used as a usage
 /// accumulator: the fold of every resident placement.

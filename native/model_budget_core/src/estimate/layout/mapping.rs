@@ -79,7 +79,7 @@ pub fn host_span(model: &ModelShape, plan: &LayerPlan, cpu: CpuBuffers) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::tests::llama_8b;
+    use crate::estimate::layout::tests::llama_8b;
 
     fn plan(n: usize, on_gpu: std::ops::Range<usize>, output: Home) -> LayerPlan {
         LayerPlan {

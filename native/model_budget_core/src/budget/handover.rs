@@ -8,9 +8,9 @@
 //! residuals, which add up to the evicted bytes beyond the load's (per
 //! device, or in total for a combined budget).
 
-use crate::budget::Budget;
+use crate::budget::placement::Placement;
+use crate::budget::spec::Budget;
 use crate::error::Result;
-use crate::placement::Placement;
 
 /// What each evicted model (`evicted`, their placements in eviction order)
 /// still counts while a load of `placement` takes their memory over. Each

@@ -1,7 +1,7 @@
 //! Model-aware placement: given a model's layer layout, place its weights,
 //! KV cache, compute buffers and per-GPU overhead the way llama.cpp does.
 //!
-//! The byte-count path (`crate::distribute`) only knows a file size; this
+//! The byte-count path (`crate::estimate::distribute`) only knows a file size; this
 //! one knows every layer, so a partial offload is charged layer by layer and
 //! the KV cache is sized from the real head counts.
 
@@ -14,10 +14,10 @@ pub mod mapping;
 
 use std::collections::BTreeMap;
 
-use crate::distribute::{DistributeOptions, Mode, SplitMode, MAX_GPUS};
+use crate::budget::placement::Placement;
 use crate::error::{invalid, Result};
+use crate::estimate::distribute::{DistributeOptions, Mode, SplitMode, MAX_GPUS};
 use crate::model::{MatrixBytes, MatrixClass, Part, Run};
-use crate::placement::Placement;
 use assign::Home;
 use kv::{Cells, KvLayer, KvShape};
 
@@ -149,7 +149,7 @@ impl ModelShape {
     }
 }
 
-fn device_overflow() -> crate::Error {
+fn device_overflow() -> crate::error::Error {
     invalid("model", "its placement exceeds 2^64 bytes on one device")
 }
 
@@ -366,7 +366,7 @@ fn place_weights(
                     .fold(0u64, |acc, b| acc.saturating_add(*b))
                     .min(bytes),
             };
-            for (gpu, share) in crate::split::apportion(split, weights)
+            for (gpu, share) in crate::estimate::split::apportion(split, weights)
                 .into_iter()
                 .enumerate()
             {
@@ -842,7 +842,7 @@ pub(crate) mod tests {
             .prop_map(
                 |(split_mode, n_gpus, split, offload_kqv, flash_attn, mmap, n_ctx)| {
                     // A split names at most n_gpus weights, not all zero.
-                    let mut tensor_split: crate::distribute::TensorSplit =
+                    let mut tensor_split: crate::estimate::distribute::TensorSplit =
                         split[..n_gpus as usize].into();
                     if tensor_split.iter().all(|w| *w == 0.0) {
                         tensor_split.clear();

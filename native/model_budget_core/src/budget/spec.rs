@@ -1,8 +1,8 @@
 //! Memory budgets: what a caller asks for (`BudgetSpec`) and what it resolves
 //! to on this machine (`Budget`).
 
+use crate::budget::gpu_map::GpuMap;
 use crate::error::{invalid, Result};
-use crate::gpu_map::GpuMap;
 
 /// A ceiling on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -3,7 +3,7 @@
 
 use smallvec::SmallVec;
 
-use crate::gpu_map::{GpuMap, INLINE_GPUS};
+use crate::budget::gpu_map::{GpuMap, INLINE_GPUS};
 
 /// Integer weights, one per GPU.
 pub type Weights = SmallVec<[u128; INLINE_GPUS]>;

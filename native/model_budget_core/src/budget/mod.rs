@@ -1,0 +1,13 @@
+//! Budgets: what may be used on each device (`spec`), where a model's bytes
+//! sit (`placement`), whether a placement fits (`check`), which resident
+//! models make room (`evict`, `handover`) and the user's own rules
+//! (`constraint`).
+
+pub mod admission;
+pub mod check;
+pub mod constraint;
+pub mod evict;
+pub mod gpu_map;
+pub mod handover;
+pub mod placement;
+pub mod spec;

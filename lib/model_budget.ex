@@ -368,16 +368,19 @@ defmodule ModelBudget do
       (`--cache-ram`, which fills while it serves), in `:server` mode.
       Defaults to `8589934592` (8192 MiB, llama-server's default); `0` for a
       program that is not llama-server.
-    * `:cache_type_k`, `:cache_type_v` - KV element types, one of `:f32`,
-      `:f16`, `:bf16`, `:q8_0`, `:q4_0`, `:q4_1`, `:q5_0`, `:q5_1`, `:iq4_nl`.
-      Defaults to `:f16`.
+    * `:cache_type_k`, `:cache_type_v` - KV element types such as `:f16`,
+      `:q8_0` or `:q4_0` (all of them:
+      `ModelBudget.LoadOptions.fetch!(:cache_type_k).choices`). Defaults to
+      `:f16`.
     * `:n_ubatch` - micro-batch size that sizes compute buffers. Defaults to `512`.
     * `:flash_attn` - whether attention runs fused (smaller compute
       buffers). Defaults to `true` (llama.cpp's `auto` on a backend that has it).
     * `:gpu_overhead` - bytes added to each GPU that receives anything (the
       driver's context). Defaults to `536870912` (512 MiB).
 
-  Each path ignores the other's options.
+  Each path ignores the other's options. The options, their values and
+  defaults are one table in the core, `ModelBudget.LoadOptions.all/0`
+  (`mix model_budget.plan --help` prints it).
 
   With `n_gpus` of `0` everything is charged to RAM.
 

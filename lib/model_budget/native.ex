@@ -92,6 +92,8 @@ defmodule ModelBudget.Native do
   def model_from_gguf_header(_header), do: not_loaded()
   def cpu_buffers_from_system_info(_line), do: not_loaded()
   def cpu_buffers_detect, do: not_loaded()
+  def load_options, do: not_loaded()
+  def load_options_read(_opts), do: not_loaded()
   def ledger_new(_budget), do: not_loaded()
   def ledger_admit(_ledger, _placement), do: not_loaded()
   def ledger_release(_ledger, _placement), do: not_loaded()

@@ -186,10 +186,15 @@ defmodule ModelBudget.Plan do
   # the given llama-server binary reports, else a native build's on this CPU.
   defp runtime(load, binary) do
     named =
-      case {Keyword.get(load, :cpu_buffers, :auto), Keyword.get(load, :repack)} do
-        {:auto, false} -> :none
-        {:auto, _} -> nil
-        {profile, _} -> profile
+      try do
+        # The table's reader, which reads the older :repack as well.
+        case ModelBudget.LoadOptions.read!(load).cpu_buffers do
+          :auto -> nil
+          profile -> profile
+        end
+      rescue
+        # Reported by plan/4, which names the switch.
+        ArgumentError -> nil
       end
 
     cond do

@@ -38,46 +38,28 @@ defmodule Mix.Tasks.ModelBudget.Plan do
 
   ## Options
 
-  As llama.cpp's load options (its short spellings such as `-ngl`, `-c`,
-  `-ts`, `-ctk` are accepted too):
+  The load options are llama-server's own flags (`--n-gpu-layers`,
+  `--split-mode`, `--tensor-split`, `--main-gpu`, `--ctx-size`,
+  `--parallel`, `--cache-type-k`, `--cache-type-v`, `--kv-offload`,
+  `--flash-attn on|off|auto`, `--batch-size`, `--ubatch-size`,
+  `--kv-unified`, `--mmap`, `--cache-ram MIB`, `--repack`; each boolean
+  also as `--no-...`), with llama.cpp's short spellings (`-ngl`, `-c`,
+  `-ts`, `-ctk`, ...). `mix model_budget.plan --help` lists each with its
+  values and default, from `ModelBudget.LoadOptions`, the core's one table
+  of them. Beyond the table:
 
-    * `--n-gpu-layers N` - blocks to offload; `-1` or anything above the
-      layer count offloads everything. Defaults to `99`.
-    * `--split-mode none|layer|row` - how offloaded blocks spread over GPUs.
-      Defaults to `none`.
-    * `--tensor-split 3,1` - weights per GPU. Defaults to an even split.
-      More weights than GPUs is bad input.
-    * `--main-gpu I` - the GPU for `--split-mode none`. Defaults to `0`.
-      A GPU this machine does not have is bad input, unless `--budget`
-      lists VRAM for it (planning for another machine).
-    * `--ctx N` - the server's total context in tokens. Defaults to each
-      model's trained context, as llama-server's `-c 0`.
-    * `--parallel N` - slots (requests served at once). They share the
-      whole context, or divide it among them with `--no-kv-unified`.
-      Defaults to `4`, llama-server's automatic choice.
-    * `--kv-unified`, `--no-kv-unified` - whether the slots share one KV
-      cache (llama-server's default) or each keeps its own; only
-      sliding-window layers (Gemma) hold more KV apart.
-    * `--batch-size N`, `--ubatch-size N` - batch and micro-batch; they size
-      the compute buffer. Default `2048` and `512`.
-    * `--flash-attn on|off` - flash attention. Defaults to `on` (llama.cpp's
-      `auto` where the backend has it).
-    * `--cache-ram MIB` - llama-server's prompt cache in RAM, which fills
-      while it serves. Defaults to `8192`, llama-server's default.
+    * `--tensor-split` with more weights than GPUs, or a `--main-gpu` this
+      machine does not have, is bad input, unless `--budget` lists VRAM
+      for it (planning for another machine).
     * `--cpu-buffers P` - the runtime profile: which extra CPU buffers the
       llama.cpp build copies weights into (`x86_amx`: AMX then CPU_REPACK;
       `x86_avx512`, `x86_avx2`, `arm_dotprod`: CPU_REPACK; `arm_kleidiai`;
-      `none`; `auto`). Defaults to `auto`: what the `--llama-server` binary
+      `none`). Defaults to `auto`: what the `--llama-server` binary
       reports, else a native build on this CPU. The "Planned on" line
-      names the profile used.
+      names the profile used. `--no-repack` is `--cpu-buffers none`.
     * `--llama-server PATH` - ask this `llama-server` binary which extra CPU
       buffers it uses here (it is started once, on an empty file, and exits
       at once); a build older than the oldest recorded truth is warned of.
-    * `--no-repack` - no extra CPU buffers (llama.cpp's `--no-repack`), as
-      `--cpu-buffers none`. `--no-mmap` loads instead of mapping.
-    * `--cache-type-k T`, `--cache-type-v T` - KV cache types: `f32`, `f16`,
-      `bf16`, `q8_0`, `q4_0`, `q4_1`, `q5_0`, `q5_1`, `iq4_nl`. Default `f16`.
-    * `--no-kv-offload` - keep the KV cache in RAM.
     * `--budget B` - `auto` (80% of RAM, each GPU's free memory), `unlimited`,
       one pool such as `48GiB`, or per device `ram=64GiB,vram=24GiB:24GiB`
       (`auto` and `unlimited` allowed per part, `vram=none` for no GPUs; a
@@ -86,7 +68,7 @@ defmodule Mix.Tasks.ModelBudget.Plan do
     * `--json` - print the report as JSON (see `ModelBudget.Plan.to_json/1`).
     * `--help`, `-h` - print this usage.
 
-  A `--ctx` beyond a model's trained context gets a warning (as llama.cpp
+  A `--ctx-size` beyond a model's trained context gets a warning (as llama.cpp
   gives one), and a "fits with `--ctx N`" suggestion never goes beyond the
   trained context.
 
@@ -149,8 +131,11 @@ defmodule Mix.Tasks.ModelBudget.Plan do
     end
   end
 
-  # What `mix help model_budget.plan` prints.
-  defp usage, do: "mix model_budget.plan\n\n" <> Mix.Task.moduledoc(__MODULE__)
+  # What `mix help model_budget.plan` prints, and the load options' table.
+  defp usage do
+    "mix model_budget.plan\n\n" <>
+      Mix.Task.moduledoc(__MODULE__) <> "\n## Load options\n\n" <> Plan.Args.options_help()
+  end
 
   defp report(args, colour) do
     with {:ok, %{plan: opts, json: json}} <- Plan.Args.parse(args),

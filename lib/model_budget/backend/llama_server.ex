@@ -77,7 +77,8 @@ defmodule ModelBudget.Backend.LlamaServer do
       which extra CPU buffers it uses here, AMX included, and the estimate
       takes that; `:none` starts the server with `--no-repack`; a named
       profile is taken as given. Defaults to `:auto`.
-    * `:repack` - the older name: `false` or `:none` is `cpu_buffers: :none`.
+    * `:repack` - the older name: `true` is `cpu_buffers: :x86_avx2`, `false`
+      is `:none`, a profile or `:auto` is that.
     * `:mmap` - `true` maps the model file, `false` reads it
       (`--load-mode`). Defaults to `true`.
 
@@ -214,7 +215,7 @@ defmodule ModelBudget.Backend.LlamaServer do
           checked.amx_retry and amx_crashed?(executable) ->
             Keyword.merge(Keyword.delete(opts, :repack), cpu_buffers: :none)
 
-          checked.cpu_buffers == :auto and checked.repack in [nil, true, :auto] ->
+          checked.cpu_buffers == :auto ->
             case Runtime.profile(executable) do
               {:ok, runtime} ->
                 Keyword.merge(Keyword.delete(opts, :repack), cpu_buffers: runtime.cpu_buffers)
@@ -260,7 +261,7 @@ defmodule ModelBudget.Backend.LlamaServer do
          {:ok, _} <- Application.ensure_all_started(:inets) do
       opts =
         if opts.amx_retry and amx_crashed?(executable),
-          do: %{opts | cpu_buffers: :none, repack: nil},
+          do: %{opts | cpu_buffers: :none},
           else: opts
 
       start(%{
@@ -339,7 +340,7 @@ defmodule ModelBudget.Backend.LlamaServer do
     )
 
     remember_amx_crash(load.executable)
-    start(%{load | opts: %{load.opts | cpu_buffers: :none, repack: nil}})
+    start(%{load | opts: %{load.opts | cpu_buffers: :none}})
   end
 
   # Remembered per executable (path, size and modification time) for the

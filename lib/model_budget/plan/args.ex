@@ -5,61 +5,11 @@ defmodule ModelBudget.Plan.Args do
   switches.
   """
 
-  @switches [
-    n_gpu_layers: :integer,
-    split_mode: :string,
-    tensor_split: :string,
-    main_gpu: :integer,
-    ctx: :integer,
-    parallel: :integer,
-    cache_type_k: :string,
-    cache_type_v: :string,
-    no_kv_offload: :boolean,
-    batch_size: :integer,
-    ubatch_size: :integer,
-    flash_attn: :string,
-    kv_unified: :boolean,
-    cache_ram: :integer,
-    repack: :boolean,
-    cpu_buffers: :string,
-    llama_server: :string,
-    mmap: :boolean,
-    budget: :string,
-    json: :boolean
-  ]
-
-  # llama.cpp's spellings, for people who type them from habit.
-  @llama_cpp %{
-    "-ngl" => "--n-gpu-layers",
-    "--gpu-layers" => "--n-gpu-layers",
-    "-sm" => "--split-mode",
-    "-ts" => "--tensor-split",
-    "-mg" => "--main-gpu",
-    "-c" => "--ctx",
-    "--ctx-size" => "--ctx",
-    "-np" => "--parallel",
-    "-ctk" => "--cache-type-k",
-    "-ctv" => "--cache-type-v",
-    "-nkvo" => "--no-kv-offload",
-    "-b" => "--batch-size",
-    "-ub" => "--ubatch-size",
-    "-fa" => "--flash-attn",
-    "-kvu" => "--kv-unified",
-    "-cram" => "--cache-ram"
-  }
+  # The plan's own switches; the load options' come from the core's table
+  # (ModelBudget.LoadOptions): its switch and llama.cpp's spellings for each.
+  @own_switches [llama_server: :string, budget: :string, json: :boolean]
 
   @flash_attn %{"on" => true, "off" => false, "auto" => true}
-
-  @cpu_buffers Map.new(
-                 ~w(auto none x86_avx2 x86_avx512 x86_amx arm_dotprod arm_kleidiai)a,
-                 &{Atom.to_string(&1), &1}
-               )
-
-  @split_modes %{"none" => :none, "layer" => :layer, "row" => :row}
-  @cache_types Map.new(
-                 ~w(f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 iq4_nl)a,
-                 &{Atom.to_string(&1), &1}
-               )
 
   @typedoc """
   What the command line asks for: options for `ModelBudget.Plan.run/1`,
@@ -95,15 +45,17 @@ defmodule ModelBudget.Plan.Args do
   """
   @spec parse([String.t()], keyword()) :: {:ok, t()} | {:error, String.t()}
   def parse(argv, extra \\ []) do
-    argv = Enum.map(argv, &Map.get(@llama_cpp, &1, &1))
-    switches = @switches ++ extra
+    table = load_switches()
+    aliases = for {_, o} <- table, {alias, switch} <- o.aliases, into: %{}, do: {alias, switch}
+    argv = Enum.map(argv, &Map.get(aliases, &1, &1))
+    switches = Enum.map(table, fn {key, o} -> {key, switch_type(o)} end) ++ @own_switches ++ extra
 
     case OptionParser.parse(argv, strict: switches) do
       {parsed, paths, []} ->
         {theirs, parsed} =
           Enum.split_with(parsed, fn {key, _} -> Keyword.has_key?(extra, key) end)
 
-        with {:ok, load} <- load_options(parsed),
+        with {:ok, load} <- load_options(parsed, Map.new(table)),
              {:ok, budget} <- budget(Keyword.get(parsed, :budget, "auto")) do
           plan = [models: paths, budget: budget, load: load]
 
@@ -124,23 +76,6 @@ defmodule ModelBudget.Plan.Args do
     end
   end
 
-  # Switches by the load option (or argument) they set.
-  @switch_of [
-    {"option :n_gpu_layers", "--n-gpu-layers"},
-    {"option :split_mode", "--split-mode"},
-    {"option :tensor_split", "--tensor-split"},
-    {"option :main_gpu", "--main-gpu"},
-    {"option :n_ctx", "--ctx"},
-    {"option :n_parallel", "--parallel"},
-    {"option :cache_type_k", "--cache-type-k"},
-    {"option :cache_type_v", "--cache-type-v"},
-    {"option :offload_kqv", "--no-kv-offload"},
-    {"option :n_batch", "--batch-size"},
-    {"option :n_ubatch", "--ubatch-size"},
-    {"option :cache_ram", "--cache-ram"},
-    {"memory budget", "--budget"}
-  ]
-
   @doc """
   The switch that sets each argument a bad-input error may name, for
   `ModelBudget.Plan.run/1`'s errors to speak of switches.
@@ -151,7 +86,67 @@ defmodule ModelBudget.Plan.Args do
       "--main-gpu"
   """
   @spec switch_names() :: %{String.t() => String.t()}
-  def switch_names, do: Map.new(@switch_of)
+  def switch_names do
+    for {_key, o} <- load_switches(),
+        into: %{"memory budget" => "--budget"},
+        do: {"option :#{o.name}", o.switch}
+  end
+
+  @doc """
+  The load options' switches, one line each: the switch, its value, its
+  other spellings, what it sets and its default.
+
+  ## Examples
+
+      iex> ModelBudget.Plan.Args.options_help() =~ "--ctx-size N (-c, --ctx)"
+      true
+  """
+  @spec options_help() :: String.t()
+  def options_help do
+    Enum.map_join(load_switches(), "\n", fn {_key, o} ->
+      spellings = Enum.map_join(o.aliases, ", ", &elem(&1, 0))
+      spellings = if spellings == "", do: "", else: " (#{spellings})"
+
+      "  #{o.switch}#{value_help(o)}#{spellings}\n      #{o.doc}; default: #{default_help(o)}"
+    end)
+  end
+
+  defp value_help(o) do
+    case switch_type(o) do
+      :boolean -> ", " <> String.replace(o.switch, "--", "--no-", global: false)
+      :integer -> if match?({:mib, _}, o.server), do: " MIB", else: " N"
+      :string when o.choices != [] -> " " <> Enum.map_join(o.choices, "|", &Atom.to_string/1)
+      :string when o.kind == :weights -> " W,W,..."
+      :string -> " on|off|auto"
+    end
+  end
+
+  defp default_help(%{default: nil}), do: "the model's trained context"
+  defp default_help(%{default: []}), do: "even"
+  defp default_help(%{server: {:mib, _}, default: bytes}), do: "#{div(bytes, 2 ** 20)}"
+
+  defp default_help(%{kind: :boolean, default: on} = o) when is_boolean(on),
+    do: if(on_off?(o), do: if(on, do: "on", else: "off"), else: to_string(on))
+
+  defp default_help(%{default: default}), do: to_string(default)
+
+  # The load options that have a switch, by OptionParser's key for it.
+  defp load_switches do
+    for %{switch: "--" <> name} = o <- ModelBudget.LoadOptions.all(),
+        do: {String.to_atom(String.replace(name, "-", "_")), o}
+  end
+
+  # A boolean llama-server takes as `--flash-attn on|off|auto`, under the
+  # plan's switch of the same name.
+  defp on_off?(%{switch: switch, server: {:switch, [switch, "on"], _}}), do: true
+  defp on_off?(_option), do: false
+
+  # OptionParser's type for a switch: llama-server's own form of the value.
+  defp switch_type(%{kind: :boolean} = o), do: if(on_off?(o), do: :string, else: :boolean)
+  defp switch_type(%{kind: :repack}), do: :boolean
+  defp switch_type(%{kind: kind}) when kind in [:count, :context, :layers, :index], do: :integer
+  defp switch_type(%{server: {:mib, _}}), do: :integer
+  defp switch_type(_option), do: :string
 
   defp expected(switch, switches) do
     name = switch |> String.trim_leading("-") |> String.replace("-", "_")
@@ -167,12 +162,17 @@ defmodule ModelBudget.Plan.Args do
 
   # In the order given (a repeated switch counts once, its last value), with
   # the names ModelBudget.distribute/3 takes.
-  defp load_options(parsed) do
+  defp load_options(parsed, table) do
     Enum.reduce_while(parsed, {:ok, []}, fn {key, value}, {:ok, acc} ->
-      case load_option(key, value) do
-        {:ok, nil} -> {:cont, {:ok, acc}}
-        {:ok, pair} -> {:cont, {:ok, [pair | acc]}}
-        {:error, _} = error -> {:halt, error}
+      case Map.fetch(table, key) do
+        {:ok, option} ->
+          case load_option(option, value) do
+            {:ok, pair} -> {:cont, {:ok, [pair | acc]}}
+            {:error, _} = error -> {:halt, error}
+          end
+
+        :error ->
+          {:cont, {:ok, acc}}
       end
     end)
     |> case do
@@ -181,62 +181,46 @@ defmodule ModelBudget.Plan.Args do
     end
   end
 
-  defp load_option(:n_gpu_layers, k), do: {:ok, {:n_gpu_layers, k}}
-  defp load_option(:main_gpu, i), do: {:ok, {:main_gpu, i}}
-  defp load_option(:ctx, n), do: {:ok, {:n_ctx, n}}
-  defp load_option(:parallel, n), do: {:ok, {:n_parallel, n}}
-  defp load_option(:no_kv_offload, true), do: {:ok, {:offload_kqv, false}}
-  defp load_option(:no_kv_offload, false), do: {:ok, nil}
-  defp load_option(:batch_size, n), do: {:ok, {:n_batch, n}}
-  defp load_option(:ubatch_size, n), do: {:ok, {:n_ubatch, n}}
-  defp load_option(:kv_unified, yes), do: {:ok, {:kv_unified, yes}}
-  defp load_option(:repack, yes), do: {:ok, {:repack, if(yes, do: :auto, else: false)}}
-  defp load_option(:mmap, yes), do: {:ok, {:mmap, yes}}
-
-  defp load_option(:cpu_buffers, name) do
-    choice(
-      "--cpu-buffers",
-      name,
-      @cpu_buffers,
-      Enum.join(Map.keys(@cpu_buffers), ", "),
-      :cpu_buffers
-    )
+  defp load_option(%{kind: :boolean} = o, value) do
+    if on_off?(o),
+      do: choice(o, value, @flash_attn, "on, off or auto"),
+      else: {:ok, {o.name, value}}
   end
 
-  # llama-server's --cache-ram is in MiB; -1 means no limit, which no plan can hold.
-  defp load_option(:cache_ram, mib) when mib >= 0, do: {:ok, {:cache_ram, mib * 2 ** 20}}
+  defp load_option(%{kind: :repack} = o, yes),
+    do: {:ok, {o.name, if(yes, do: :auto, else: false)}}
 
-  defp load_option(:cache_ram, mib),
-    do: {:error, "--cache-ram: expected a size in MiB (0 or more), got: #{mib}"}
+  # llama-server's MiB; its -1 (no limit) no plan can hold.
+  defp load_option(%{server: {:mib, _}} = o, mib) when mib >= 0,
+    do: {:ok, {o.name, mib * 2 ** 20}}
 
-  defp load_option(:flash_attn, value),
-    do: choice("--flash-attn", value, @flash_attn, "on, off or auto", :flash_attn)
+  defp load_option(%{server: {:mib, _}} = o, mib),
+    do: {:error, "#{o.switch}: expected a size in MiB (0 or more), got: #{mib}"}
 
-  defp load_option(:split_mode, mode),
-    do: choice("--split-mode", mode, @split_modes, "none, layer or row", :split_mode)
-
-  defp load_option(key, type) when key in [:cache_type_k, :cache_type_v] do
-    names = @cache_types |> Map.keys() |> Enum.sort()
-    switch = "--" <> String.replace(Atom.to_string(key), "_", "-")
-    choice(switch, type, @cache_types, Enum.join(names, ", "), key)
-  end
-
-  defp load_option(:tensor_split, text) do
+  defp load_option(%{kind: :weights} = o, text) do
     weights = text |> String.split(",") |> Enum.map(&weight/1)
 
     if Enum.all?(weights, &is_number/1),
-      do: {:ok, {:tensor_split, weights}},
-      else: {:error, "--tensor-split: expected non-negative numbers such as 3,1, got: #{text}"}
+      do: {:ok, {o.name, weights}},
+      else: {:error, "#{o.switch}: expected non-negative numbers such as 3,1, got: #{text}"}
   end
 
-  defp load_option(key, _value) when key in [:budget, :json, :llama_server], do: {:ok, nil}
+  defp load_option(%{choices: [_ | _] = choices} = o, text) do
+    names = Enum.map(choices, &Atom.to_string/1)
+    choice(o, text, Map.new(choices, &{Atom.to_string(&1), &1}), or_list(names))
+  end
 
-  defp choice(switch, value, choices, expected, key) do
+  defp load_option(o, value), do: {:ok, {o.name, value}}
+
+  defp choice(o, value, choices, expected) do
     case Map.fetch(choices, value) do
-      {:ok, atom} -> {:ok, {key, atom}}
-      :error -> {:error, "#{switch}: expected #{expected}, got: #{value}"}
+      {:ok, term} -> {:ok, {o.name, term}}
+      :error -> {:error, "#{o.switch}: expected #{expected}, got: #{value}"}
     end
   end
+
+  defp or_list([one]), do: one
+  defp or_list(names), do: Enum.join(Enum.drop(names, -1), ", ") <> " or " <> List.last(names)
 
   defp weight(text) do
     case {Integer.parse(text), Float.parse(text)} do

@@ -38,4 +38,5 @@ rustler::atoms! {
     probe,
     gpus,
     budget,
+    cache_ram,
 }

@@ -48,10 +48,7 @@ fn search_term<'a>(env: Env<'a>, s: Search) -> Term<'a> {
             cache_type().encode(env),
             s.cache_type.map(CacheTypeTerm).encode(env),
         ),
-        (
-            crate::distribute::cache_ram().encode(env),
-            s.cache_ram.encode(env),
-        ),
+        (atoms::cache_ram().encode(env), s.cache_ram.encode(env)),
     ];
     let (keys, values): (Vec<Term>, Vec<Term>) = pairs.into_iter().unzip();
     // The keys are distinct atoms, so building the map cannot fail.

@@ -12,7 +12,8 @@ use rustler::{Atom, Env, Term, TermType};
 
 use crate::budget::{decode_spec, read_gpus, Gpus};
 use crate::codec::{self, encode_per_device, encode_usage, read_budget};
-use crate::distribute::{gpu_count, read_options};
+use crate::distribute::gpu_count;
+use crate::load_options::read_options;
 use crate::{atoms, raw};
 
 #[rustler::nif]

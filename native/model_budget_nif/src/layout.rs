@@ -10,7 +10,8 @@ use rustler::{Encoder, Env, NifMap, Term};
 
 use crate::badarg::{bad, reply, Decoded};
 use crate::decode::{bytes, optional};
-use crate::distribute::{decode_options, gpu_count, positive};
+use crate::distribute::gpu_count;
+use crate::load_options::{decode_options, positive};
 use crate::matrix::{decode_class, decode_matrices, decode_runs};
 use crate::placement::Encoded;
 use model_budget_core::OptionSet;

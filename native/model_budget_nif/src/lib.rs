@@ -19,6 +19,7 @@ mod floor;
 mod gate;
 mod json;
 mod layout;
+mod load_options;
 mod matrix;
 mod model;
 mod placement;

@@ -144,8 +144,9 @@ defmodule Mix.Tasks.ModelBudget.PlanClusterTest do
            "llama-3.1-8b: a built-in model, which the members' backend (ModelBudget.Backend.LlamaServer) cannot size: give the model's file"},
           {[text],
            "#{text}: not a GGUF or safetensors file: it starts with \"hello wo\" at byte 0"},
-          {[gguf, "--ctx", "0"], "invalid --ctx: expected a positive integer below 2^64, got: 0"},
-          {[gguf, "--ctx", "many"], "--ctx: expected an integer, got: many"},
+          {[gguf, "--ctx", "0"],
+           "invalid --ctx-size: expected a positive integer below 2^64, got: 0"},
+          {[gguf, "--ctx", "many"], "--ctx-size: expected an integer, got: many"},
           {[gguf, "--budget", "8GiB"], "--budget: each member of a cluster has its own budget"},
           {[gguf, "--wait", "-1"], "--wait: expected milliseconds (0 or more), got: -1"},
           {["nope"], "nope: no such file, and not a built-in model" <> ""}

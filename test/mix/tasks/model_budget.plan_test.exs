@@ -646,8 +646,8 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
   describe "bad input" do
     for {args, message} <- [
           {["--frobnicate"], "unknown option --frobnicate"},
-          {["--ctx", "lots"], "--ctx: expected an integer, got: lots"},
-          {["--ctx", "0"], "invalid --ctx: expected a positive integer below 2^64, got: 0"},
+          {["--ctx", "lots"], "--ctx-size: expected an integer, got: lots"},
+          {["--ctx", "0"], "invalid --ctx-size: expected a positive integer below 2^64, got: 0"},
           {["--parallel", "0"],
            "invalid --parallel: expected a positive integer below 2^64, got: 0"},
           {["--n-gpu-layers", "all"], "--n-gpu-layers: expected an integer, got: all"},
@@ -663,7 +663,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
           {["--main-gpu", "1", "--budget", "ram=8GiB,vram=none"],
            "--main-gpu 1: --budget names 0 GPUs"},
           {["--cache-type-v", "q9_9"],
-           "--cache-type-v: expected bf16, f16, f32, iq4_nl, q4_0, q4_1, q5_0, q5_1, q8_0, got: q9_9"},
+           "--cache-type-v: expected f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1 or iq4_nl, got: q9_9"},
           {["--budget", "lots"],
            "--budget: invalid size: expected a byte count such as 24GiB, 1.5GB or 512 (units: KB, MB, GB, TB, KiB, MiB, GiB, TiB), got: \"lots\""},
           {["--budget", "0"], "--budget: expected a positive size for one pool, got: 0"},
@@ -679,7 +679,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
           {["--batch-size", "0"],
            "invalid --batch-size: expected a positive integer below 2^64, got: 0"},
           {["--cpu-buffers", "amx"],
-           "--cpu-buffers: expected arm_dotprod, arm_kleidiai, auto, none, x86_amx, x86_avx2, x86_avx512, got: amx"},
+           "--cpu-buffers: expected auto, none, x86_avx2, x86_avx512, x86_amx, arm_dotprod or arm_kleidiai, got: amx"},
           {["--llama-server", "/nonexistent/llama-server"],
            "--llama-server /nonexistent/llama-server: no system_info line from it (:enoent)"}
         ] do

@@ -101,7 +101,7 @@ defmodule ModelBudget.Plan.ArgsTest do
         end)
       end
 
-      assert {:error, "invalid --ctx: expected a positive integer below 2^64, got: 0"} =
+      assert {:error, "invalid --ctx-size: expected a positive integer below 2^64, got: 0"} =
                run.(n_ctx: 0)
 
       assert {:error, "invalid --parallel: expected a positive integer below 2^64, got: 0"} =

@@ -21,7 +21,10 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
 
   @log_verbosity 4
 
-  @schema [
+  # The backend's own options; the estimator's come from
+  # ModelBudget.LoadOptions, the core's table, with their defaults
+  # (llama-server's, build 11434).
+  @own [
     command: nil,
     port: nil,
     host: "127.0.0.1",
@@ -29,33 +32,9 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
     amx_retry: true,
     ready_timeout: 120_000,
     stop_timeout: 5_000,
-    extra_args: [],
-    n_ctx: nil,
-    n_gpu_layers: 99,
-    split_mode: :none,
-    tensor_split: [],
-    main_gpu: 0,
-    flash_attn: true,
-    cache_type_k: :f16,
-    cache_type_v: :f16,
-    n_parallel: 4,
-    kv_unified: true,
-    # The estimator's defaults, which are llama-server's (build 11434).
-    cache_ram: 8192 * 1024 * 1024,
-    n_batch: 2048,
-    n_ubatch: 512,
-    offload_kqv: true,
-    cpu_buffers: :auto,
-    repack: nil,
-    mmap: true
+    extra_args: []
   ]
 
-  @cache_types [:f32, :f16, :bf16, :q8_0, :q4_0, :q4_1, :q5_0, :q5_1, :iq4_nl]
-  # The estimator's runtime profiles (ModelBudget.cpu_buffers/0), and the
-  # older :repack's booleans.
-  @profiles [:none, :x86_avx2, :x86_avx512, :x86_amx, :arm_dotprod, :arm_kleidiai]
-  @repacks [nil, true, false, :auto | @profiles]
-  @split_modes [:none, :layer, :row]
   # Set by an option of ours, never by :extra_args.
   @reserved_args %{
     "--host" => :host,
@@ -63,9 +42,12 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
     "--api-key" => :api_key,
     "--api-key-file" => :api_key
   }
-  @mib 1024 * 1024
 
-  @typedoc "The checked options: every key of the schema, defaults filled in."
+  @typedoc """
+  The checked options: the backend's own and every option of the
+  estimator's model path (`ModelBudget.LoadOptions.read!/1`), defaults
+  filled in.
+  """
   @type t :: %{atom() => term()}
 
   @doc """
@@ -83,11 +65,15 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   """
   @spec validate!(keyword()) :: t()
   def validate!(opts) when is_list(opts) do
+    # The table's reader first: it refuses improper lists by name.
+    estimator = ModelBudget.LoadOptions.read!(opts)
+
     checked =
-      Map.new(@schema, fn {key, default} ->
+      Map.new(@own, fn {key, default} ->
         value = Keyword.get(opts, key, default)
         {key, check!(key, value)}
       end)
+      |> Map.merge(estimator)
 
     if checked.api_key == nil and not loopback?(checked.host) do
       raise ArgumentError,
@@ -168,57 +154,6 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
 
   defp check!(:extra_args, value), do: invalid!(:extra_args, "a list of strings", value)
 
-  defp check!(:n_ctx, nil), do: nil
-
-  defp check!(key, value) when key in [:n_ctx, :n_batch, :n_ubatch, :n_parallel] do
-    if is_integer(value) and value > 0,
-      do: value,
-      else: invalid!(key, "a positive integer", value)
-  end
-
-  defp check!(:n_gpu_layers, value) when is_integer(value), do: value
-  defp check!(:n_gpu_layers, value), do: invalid!(:n_gpu_layers, "an integer", value)
-
-  defp check!(:split_mode, value) when value in @split_modes, do: value
-  defp check!(:split_mode, value), do: invalid!(:split_mode, ":none, :layer or :row", value)
-
-  defp check!(:tensor_split, value) when is_list(value) do
-    if Enum.all?(value, &(is_number(&1) and &1 >= 0)),
-      do: value,
-      else: invalid!(:tensor_split, "a list of non-negative numbers", value)
-  end
-
-  defp check!(:tensor_split, value),
-    do: invalid!(:tensor_split, "a list of non-negative numbers", value)
-
-  defp check!(:main_gpu, value) when is_integer(value) and value >= 0, do: value
-  defp check!(:main_gpu, value), do: invalid!(:main_gpu, "a non-negative integer", value)
-
-  defp check!(key, value) when key in [:cache_type_k, :cache_type_v] do
-    if value in @cache_types,
-      do: value,
-      else: invalid!(key, "one of #{Enum.map_join(@cache_types, ", ", &inspect/1)}", value)
-  end
-
-  defp check!(:cache_ram, value) when is_integer(value) and value >= 0, do: value
-
-  defp check!(:cache_ram, value),
-    do: invalid!(:cache_ram, "a non-negative integer (bytes)", value)
-
-  defp check!(:cpu_buffers, value) when value == :auto or value in @profiles, do: value
-
-  defp check!(:cpu_buffers, value),
-    do: invalid!(:cpu_buffers, Enum.map_join([:auto | @profiles], ", ", &inspect/1), value)
-
-  defp check!(:repack, value) when value in @repacks, do: value
-
-  defp check!(:repack, value),
-    do: invalid!(:repack, Enum.map_join(tl(@repacks), ", ", &inspect/1), value)
-
-  defp check!(key, value) when key in [:flash_attn, :kv_unified, :offload_kqv, :mmap] do
-    if is_boolean(value), do: value, else: invalid!(key, "a boolean", value)
-  end
-
   # llama.cpp reads `--api_key` as `--api-key`; a later one may read
   # `--port=8080`.
   defp normalize_arg("--" <> _ = arg) do
@@ -289,20 +224,13 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
   def build(path, opts, port, n_ctx, gpus?) do
     List.flatten([
       ["--model", path, "--host", opts.host, "--port", to_string(port)],
-      ["--ctx-size", to_string(n_ctx), "--parallel", to_string(opts.n_parallel)],
-      if(opts.kv_unified, do: "--kv-unified", else: "--no-kv-unified"),
-      ["--cache-ram", to_string(div(opts.cache_ram + @mib - 1, @mib))],
+      # The estimator's options as llama-server takes them (the table's
+      # flags), the context the placement padded; the server uses the
+      # extra CPU buffers of its build whichever profile the estimate
+      # assumed, and :none turns them all off.
+      ModelBudget.LoadOptions.server_args(%{opts | n_ctx: n_ctx}, gpus?),
+      if(gpus?, do: [], else: ["--device", "none", "--n-gpu-layers", "0"]),
       ["--fit", "off"],
-      gpu_args(opts, gpus?),
-      ["--flash-attn", if(opts.flash_attn, do: "on", else: "off")],
-      ["--cache-type-k", to_string(opts.cache_type_k)],
-      ["--cache-type-v", to_string(opts.cache_type_v)],
-      if(opts.offload_kqv, do: "--kv-offload", else: "--no-kv-offload"),
-      ["--batch-size", to_string(opts.n_batch), "--ubatch-size", to_string(opts.n_ubatch)],
-      # The server uses the extra CPU buffers of its build on this CPU,
-      # whichever profile the estimate assumed; none turns them all off.
-      if(no_extra_buffers?(opts), do: "--no-repack", else: "--repack"),
-      ["--load-mode", if(opts.mmap, do: "mmap", else: "none")],
       # llama.cpp logs its buffer sizes (what `measured/1` reports) only at
       # trace verbosity.
       ["--verbosity", to_string(@log_verbosity)],
@@ -312,24 +240,8 @@ defmodule ModelBudget.Backend.LlamaServer.Args do
 
   @doc """
   Whether `opts` turn llama.cpp's extra CPU buffers off (`--no-repack`):
-  `cpu_buffers: :none`, or the older `repack: false` / `repack: :none`.
+  `cpu_buffers: :none` (or the older `repack: false`, read into it).
   """
   @spec no_extra_buffers?(t()) :: boolean()
-  def no_extra_buffers?(opts), do: opts.cpu_buffers == :none or opts.repack in [false, :none]
-
-  defp gpu_args(_opts, false), do: ["--device", "none", "--n-gpu-layers", "0"]
-
-  defp gpu_args(opts, true) do
-    # The estimator reads a negative count as "all layers"; llama.cpp's -1 is "auto".
-    layers = if opts.n_gpu_layers < 0, do: "all", else: to_string(opts.n_gpu_layers)
-
-    [
-      ["--n-gpu-layers", layers],
-      ["--split-mode", to_string(opts.split_mode), "--main-gpu", to_string(opts.main_gpu)],
-      if(opts.tensor_split == [],
-        do: [],
-        else: ["--tensor-split", Enum.map_join(opts.tensor_split, ",", &to_string/1)]
-      )
-    ]
-  end
+  def no_extra_buffers?(opts), do: opts.cpu_buffers == :none
 end

@@ -47,6 +47,11 @@ pub enum Mode {
     Direct,
 }
 
+impl Mode {
+    /// The options' names, in order.
+    pub const NAMES: [&'static str; 2] = ["server", "direct"];
+}
+
 /// How offloaded layers are spread over GPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitMode {
@@ -56,6 +61,11 @@ pub enum SplitMode {
     Layer,
     /// Each layer's matrices spread over GPUs, by `tensor_split`.
     Row,
+}
+
+impl SplitMode {
+    /// The options' names, in order.
+    pub const NAMES: [&'static str; 3] = ["none", "layer", "row"];
 }
 
 /// `:tensor_split` weights, inline up to `INLINE_GPUS` GPUs: options

@@ -7,6 +7,10 @@
 //! silently offload everything), so it is refused, naming the key it
 //! resembles.
 
+use crate::estimate::distribute::{DistributeOptions, Mode, SplitMode, TensorSplit};
+use crate::estimate::layout::cpu_buffers::CpuBuffers;
+use crate::estimate::layout::kv::CacheType;
+
 /// Which placement an option list feeds: the byte-count estimate or the
 /// layer-by-layer placement of a read model. Each reads its own set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,35 +19,437 @@ pub enum OptionSet {
     Model,
 }
 
-/// Options both paths read, with one meaning each.
-const COMMON: &[&str] = &[
-    "mode",
-    "n_gpu_layers",
-    "split_mode",
-    "tensor_split",
-    "main_gpu",
-    "offload_kqv",
-    "n_ctx",
-    "n_parallel",
+/// Which paths read an option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    Both,
+    Bytes,
+    Model,
+}
+
+/// The values an option takes, and the variant of [`OptionValue`] it sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `:server` or `:direct`.
+    Mode,
+    /// Any integer; a negative count means every layer.
+    Layers,
+    /// `:none`, `:layer` or `:row`.
+    SplitMode,
+    /// A list of non-negative numbers.
+    Weights,
+    /// A GPU index.
+    Index,
+    Bool,
+    /// A positive integer.
+    Count,
+    /// A positive integer, the model's trained length when left out.
+    Context,
+    /// A byte count.
+    Bytes,
+    /// A byte count, or `nil` for the estimator's own.
+    MaybeBytes,
+    /// One of [`CacheType::ALL`].
+    CacheType,
+    /// A runtime profile of [`crate::estimate::layout::cpu_buffers::PROFILES`],
+    /// or `:auto` for this machine's.
+    CpuBuffers,
+    /// `true`, `false` or a profile: the older name of `cpu_buffers`.
+    Repack,
+}
+
+impl Kind {
+    /// The names a choice takes, in order (empty for other kinds).
+    pub fn choices(self) -> Vec<&'static str> {
+        match self {
+            Kind::Mode => Mode::NAMES.to_vec(),
+            Kind::SplitMode => SplitMode::NAMES.to_vec(),
+            Kind::CacheType => CacheType::ALL.iter().map(|t| t.name()).collect(),
+            Kind::CpuBuffers => std::iter::once("auto")
+                .chain(crate::estimate::layout::cpu_buffers::PROFILES.map(CpuBuffers::name))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// An option's value, of the variant its [`Kind`] names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OptionValue {
+    Mode(Mode),
+    Int(i64),
+    SplitMode(SplitMode),
+    Weights(TensorSplit),
+    Index(u32),
+    Bool(bool),
+    Count(u64),
+    Context(Option<u64>),
+    Bytes(u64),
+    MaybeBytes(Option<u64>),
+    CacheType(CacheType),
+    /// `None` is `:auto`: this machine's profile.
+    CpuBuffers(Option<CpuBuffers>),
+}
+
+/// How llama-server takes an option on its command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerFlag {
+    /// The estimator's alone.
+    None,
+    /// `FLAG VALUE`; with `gpu`, only when the load has GPUs.
+    Value { flag: &'static str, gpu: bool },
+    /// One set of arguments when on, another when off (a profile is on
+    /// unless it is `:none`).
+    Switch {
+        on: &'static [&'static str],
+        off: &'static [&'static str],
+    },
+    /// `FLAG MIB`, bytes rounded up to whole MiB.
+    Mib(&'static str),
+}
+
+/// One load option: its name, which paths read it, its values, its
+/// llama-server flag, its `mix model_budget.plan` switch (`aliases`: other
+/// spellings, llama.cpp's, each with the switch it stands for), one line of documentation, and how it sits in
+/// [`DistributeOptions`], whose `Default` holds its default.
+pub struct LoadOption {
+    pub name: &'static str,
+    pub reads: Reads,
+    pub kind: Kind,
+    pub server: ServerFlag,
+    pub switch: Option<&'static str>,
+    pub aliases: &'static [(&'static str, &'static str)],
+    pub doc: &'static str,
+    pub set: fn(&mut DistributeOptions, OptionValue),
+    pub get: fn(&DistributeOptions) -> OptionValue,
+}
+
+impl LoadOption {
+    /// Whether the path `set` reads this option.
+    pub fn read_by(&self, set: OptionSet) -> bool {
+        matches!(
+            (self.reads, set),
+            (Reads::Both, _) | (Reads::Bytes, OptionSet::Bytes) | (Reads::Model, OptionSet::Model)
+        )
+    }
+
+    /// The option's default, as the estimator takes it when the option is
+    /// left out.
+    pub fn default_value(&self) -> OptionValue {
+        match self.kind {
+            // The default profile is the machine's: `:auto`.
+            Kind::CpuBuffers | Kind::Repack => OptionValue::CpuBuffers(None),
+            _ => (self.get)(&DistributeOptions::default()),
+        }
+    }
+}
+
+/// The option named `name`.
+pub fn option(name: &str) -> Option<&'static LoadOption> {
+    LOAD_OPTIONS.iter().find(|o| o.name == name)
+}
+
+/// Sets one field from a value of its kind; a value of another kind is
+/// a caller's bug, and leaves the field as it was.
+macro_rules! set {
+    ($field:ident, $variant:ident) => {
+        |o, v| {
+            if let OptionValue::$variant(x) = v {
+                o.$field = x;
+            }
+        }
+    };
+}
+
+/// Every load option, once: the NIF's keys, the llama-server backend's
+/// options and command line, and the plan's switches derive from it.
+/// Defaults are llama-server's (build 11434) unless said.
+pub const LOAD_OPTIONS: &[LoadOption] = &[
+    LoadOption {
+        name: "mode",
+        reads: Reads::Both,
+        kind: Kind::Mode,
+        server: ServerFlag::None,
+        switch: None,
+        aliases: &[],
+        doc: "`:server` adds a KV cache; `:direct` is weights only",
+        set: set!(mode, Mode),
+        get: |o| OptionValue::Mode(o.mode),
+    },
+    LoadOption {
+        name: "n_gpu_layers",
+        reads: Reads::Both,
+        kind: Kind::Layers,
+        server: ServerFlag::Value {
+            flag: "--n-gpu-layers",
+            gpu: true,
+        },
+        switch: Some("--n-gpu-layers"),
+        aliases: &[
+            ("-ngl", "--n-gpu-layers"),
+            ("--gpu-layers", "--n-gpu-layers"),
+        ],
+        doc: "layers offloaded to GPUs; 0 keeps all in RAM, a negative count offloads all",
+        set: set!(n_gpu_layers, Int),
+        get: |o| OptionValue::Int(o.n_gpu_layers),
+    },
+    LoadOption {
+        name: "split_mode",
+        reads: Reads::Both,
+        kind: Kind::SplitMode,
+        server: ServerFlag::Value {
+            flag: "--split-mode",
+            gpu: true,
+        },
+        switch: Some("--split-mode"),
+        aliases: &[("-sm", "--split-mode")],
+        doc: "`:none` (all on main_gpu), `:layer` or `:row` over tensor_split",
+        set: set!(split_mode, SplitMode),
+        get: |o| OptionValue::SplitMode(o.split_mode),
+    },
+    LoadOption {
+        name: "tensor_split",
+        reads: Reads::Both,
+        kind: Kind::Weights,
+        server: ServerFlag::Value {
+            flag: "--tensor-split",
+            gpu: true,
+        },
+        switch: Some("--tensor-split"),
+        aliases: &[("-ts", "--tensor-split")],
+        doc: "weights per GPU; empty splits equally",
+        set: set!(tensor_split, Weights),
+        get: |o| OptionValue::Weights(o.tensor_split.clone()),
+    },
+    LoadOption {
+        name: "main_gpu",
+        reads: Reads::Both,
+        kind: Kind::Index,
+        server: ServerFlag::Value {
+            flag: "--main-gpu",
+            gpu: true,
+        },
+        switch: Some("--main-gpu"),
+        aliases: &[("-mg", "--main-gpu")],
+        doc: "the GPU of split_mode :none",
+        set: set!(main_gpu, Index),
+        get: |o| OptionValue::Index(o.main_gpu),
+    },
+    LoadOption {
+        name: "offload_kqv",
+        reads: Reads::Both,
+        kind: Kind::Bool,
+        server: ServerFlag::Switch {
+            on: &["--kv-offload"],
+            off: &["--no-kv-offload"],
+        },
+        switch: Some("--kv-offload"),
+        aliases: &[("-nkvo", "--no-kv-offload")],
+        doc: "whether the KV cache sits on the GPUs",
+        set: set!(offload_kqv, Bool),
+        get: |o| OptionValue::Bool(o.offload_kqv),
+    },
+    LoadOption {
+        name: "n_ctx",
+        reads: Reads::Both,
+        kind: Kind::Context,
+        server: ServerFlag::Value {
+            flag: "--ctx-size",
+            gpu: false,
+        },
+        switch: Some("--ctx-size"),
+        aliases: &[("-c", "--ctx-size"), ("--ctx", "--ctx-size")],
+        doc: "context tokens, shared by the slots",
+        set: set!(n_ctx, Context),
+        get: |o| OptionValue::Context(o.n_ctx),
+    },
+    LoadOption {
+        name: "n_parallel",
+        reads: Reads::Both,
+        kind: Kind::Count,
+        server: ServerFlag::Value {
+            flag: "--parallel",
+            gpu: false,
+        },
+        switch: Some("--parallel"),
+        aliases: &[("-np", "--parallel")],
+        doc: "slots serving at once",
+        set: set!(n_parallel, Count),
+        get: |o| OptionValue::Count(o.n_parallel),
+    },
+    LoadOption {
+        name: "kv_bytes_per_token",
+        reads: Reads::Bytes,
+        kind: Kind::MaybeBytes,
+        server: ServerFlag::None,
+        switch: None,
+        aliases: &[],
+        doc: "the byte-count path's KV bytes per token (default 2048)",
+        set: set!(kv_bytes_per_token, MaybeBytes),
+        get: |o| OptionValue::MaybeBytes(o.kv_bytes_per_token),
+    },
+    LoadOption {
+        name: "cache_type_k",
+        reads: Reads::Model,
+        kind: Kind::CacheType,
+        server: ServerFlag::Value {
+            flag: "--cache-type-k",
+            gpu: false,
+        },
+        switch: Some("--cache-type-k"),
+        aliases: &[("-ctk", "--cache-type-k")],
+        doc: "the KV cache's K type",
+        set: set!(cache_type_k, CacheType),
+        get: |o| OptionValue::CacheType(o.cache_type_k),
+    },
+    LoadOption {
+        name: "cache_type_v",
+        reads: Reads::Model,
+        kind: Kind::CacheType,
+        server: ServerFlag::Value {
+            flag: "--cache-type-v",
+            gpu: false,
+        },
+        switch: Some("--cache-type-v"),
+        aliases: &[("-ctv", "--cache-type-v")],
+        doc: "the KV cache's V type",
+        set: set!(cache_type_v, CacheType),
+        get: |o| OptionValue::CacheType(o.cache_type_v),
+    },
+    LoadOption {
+        name: "n_ubatch",
+        reads: Reads::Model,
+        kind: Kind::Count,
+        server: ServerFlag::Value {
+            flag: "--ubatch-size",
+            gpu: false,
+        },
+        switch: Some("--ubatch-size"),
+        aliases: &[("-ub", "--ubatch-size")],
+        doc: "the micro-batch, which sizes the compute buffers",
+        set: set!(n_ubatch, Count),
+        get: |o| OptionValue::Count(o.n_ubatch),
+    },
+    LoadOption {
+        name: "flash_attn",
+        reads: Reads::Model,
+        kind: Kind::Bool,
+        server: ServerFlag::Switch {
+            on: &["--flash-attn", "on"],
+            off: &["--flash-attn", "off"],
+        },
+        switch: Some("--flash-attn"),
+        aliases: &[("-fa", "--flash-attn")],
+        doc: "flash attention",
+        set: set!(flash_attn, Bool),
+        get: |o| OptionValue::Bool(o.flash_attn),
+    },
+    LoadOption {
+        name: "gpu_overhead",
+        reads: Reads::Model,
+        kind: Kind::Bytes,
+        server: ServerFlag::None,
+        switch: None,
+        aliases: &[],
+        doc: "bytes each used GPU loses outside llama.cpp's buffers (CUDA context)",
+        set: set!(gpu_overhead, Bytes),
+        get: |o| OptionValue::Bytes(o.gpu_overhead),
+    },
+    LoadOption {
+        name: "n_batch",
+        reads: Reads::Model,
+        kind: Kind::Count,
+        server: ServerFlag::Value {
+            flag: "--batch-size",
+            gpu: false,
+        },
+        switch: Some("--batch-size"),
+        aliases: &[("-b", "--batch-size")],
+        doc: "the logical batch",
+        set: set!(n_batch, Count),
+        get: |o| OptionValue::Count(o.n_batch),
+    },
+    LoadOption {
+        name: "kv_unified",
+        reads: Reads::Model,
+        kind: Kind::Bool,
+        server: ServerFlag::Switch {
+            on: &["--kv-unified"],
+            off: &["--no-kv-unified"],
+        },
+        switch: Some("--kv-unified"),
+        aliases: &[("-kvu", "--kv-unified")],
+        doc: "whether the slots share one KV cache",
+        set: set!(kv_unified, Bool),
+        get: |o| OptionValue::Bool(o.kv_unified),
+    },
+    LoadOption {
+        name: "mmap",
+        reads: Reads::Model,
+        kind: Kind::Bool,
+        server: ServerFlag::Switch {
+            on: &["--load-mode", "mmap"],
+            off: &["--load-mode", "none"],
+        },
+        switch: Some("--mmap"),
+        aliases: &[],
+        doc: "whether the file is memory-mapped",
+        set: set!(mmap, Bool),
+        get: |o| OptionValue::Bool(o.mmap),
+    },
+    LoadOption {
+        name: "cpu_buffers",
+        reads: Reads::Model,
+        kind: Kind::CpuBuffers,
+        server: ServerFlag::Switch {
+            on: &["--repack"],
+            off: &["--no-repack"],
+        },
+        switch: Some("--cpu-buffers"),
+        aliases: &[],
+        doc: "the runtime profile: which extra CPU buffers llama.cpp copies weights into",
+        set: set_cpu_buffers,
+        get: |o| OptionValue::CpuBuffers(Some(o.cpu_buffers)),
+    },
+    LoadOption {
+        name: "repack",
+        reads: Reads::Model,
+        kind: Kind::Repack,
+        server: ServerFlag::None,
+        switch: Some("--repack"),
+        aliases: &[],
+        doc: "the older name of cpu_buffers: true is :x86_avx2, false is :none",
+        set: set_cpu_buffers,
+        get: |o| OptionValue::CpuBuffers(Some(o.cpu_buffers)),
+    },
+    LoadOption {
+        name: "cache_ram",
+        reads: Reads::Model,
+        kind: Kind::Bytes,
+        server: ServerFlag::Mib("--cache-ram"),
+        switch: Some("--cache-ram"),
+        aliases: &[("-cram", "--cache-ram")],
+        doc: "the server's prompt cache in RAM, in bytes (the switch takes MiB)",
+        set: set!(cache_ram, Bytes),
+        get: |o| OptionValue::Bytes(o.cache_ram),
+    },
 ];
 
-/// Only the byte-count estimate reads these.
-const BYTES_ONLY: &[&str] = &["kv_bytes_per_token"];
+fn set_cpu_buffers(o: &mut DistributeOptions, v: OptionValue) {
+    if let OptionValue::CpuBuffers(profile) = v {
+        o.cpu_buffers = profile.unwrap_or_else(CpuBuffers::detect);
+    }
+}
 
-/// Only the model path reads these.
-const MODEL_ONLY: &[&str] = &[
-    "cache_type_k",
-    "cache_type_v",
-    "n_ubatch",
-    "flash_attn",
-    "gpu_overhead",
-    "n_batch",
-    "kv_unified",
-    "mmap",
-    "cpu_buffers",
-    "repack",
-    "cache_ram",
-];
+/// `:repack`'s booleans as profiles: `true` is x86-64 with AVX2, `false`
+/// none.
+pub fn repack_profile(yes: bool) -> CpuBuffers {
+    if yes {
+        CpuBuffers::X86Avx2
+    } else {
+        CpuBuffers::None
+    }
+}
 
 /// Options of other programs that sit within a typo of ours and mean
 /// something else there: never refused.
@@ -61,11 +467,7 @@ pub const FOREIGN: &[&str] = &[
 impl OptionSet {
     /// Whether this path reads `key`.
     pub fn reads(self, key: &str) -> bool {
-        COMMON.contains(&key)
-            || match self {
-                OptionSet::Bytes => BYTES_ONLY.contains(&key),
-                OptionSet::Model => MODEL_ONLY.contains(&key),
-            }
+        option(key).is_some_and(|o| o.read_by(self))
     }
 }
 
@@ -76,7 +478,7 @@ impl OptionSet {
 /// known option of another program. Exact names of either path are never
 /// near misses.
 pub fn near_miss(key: &str) -> Option<&'static str> {
-    let ours = || COMMON.iter().chain(BYTES_ONLY).chain(MODEL_ONLY);
+    let ours = || LOAD_OPTIONS.iter().map(|o| &o.name);
     if ours().any(|k| *k == key) || FOREIGN.contains(&key) {
         return None;
     }
@@ -149,12 +551,7 @@ mod tests {
 
     #[test]
     fn options_and_other_programs_keys_are_not_typos() {
-        for key in COMMON
-            .iter()
-            .chain(BYTES_ONLY)
-            .chain(MODEL_ONLY)
-            .chain(FOREIGN)
-        {
+        for key in LOAD_OPTIONS.iter().map(|o| &o.name).chain(FOREIGN) {
             assert_eq!(near_miss(key), None, "{key}");
         }
         for key in [
@@ -176,6 +573,62 @@ mod tests {
         assert_eq!(near_miss("mo"), None);
         assert_eq!(near_miss("n_cx"), Some("n_ctx"));
         assert_eq!(near_miss("n_x"), None);
+    }
+
+    #[test]
+    fn names_switches_and_aliases_are_each_written_once() {
+        let mut seen = std::collections::HashSet::new();
+        for o in LOAD_OPTIONS {
+            assert!(seen.insert(o.name), "{}", o.name);
+            for s in o.switch.iter().chain(o.aliases.iter().map(|(a, _)| a)) {
+                assert!(seen.insert(s), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_default_is_the_estimators_and_sets_back_unchanged() {
+        let defaults = DistributeOptions::default();
+        for o in LOAD_OPTIONS {
+            let mut opts = DistributeOptions::default();
+            (o.set)(&mut opts, (o.get)(&defaults));
+            assert_eq!(opts, defaults, "{}", o.name);
+        }
+        assert_eq!(
+            option("n_ctx").unwrap().default_value(),
+            OptionValue::Context(None)
+        );
+        assert_eq!(
+            option("cache_ram").unwrap().default_value(),
+            OptionValue::Bytes(8192 << 20)
+        );
+        assert_eq!(
+            option("cpu_buffers").unwrap().default_value(),
+            OptionValue::CpuBuffers(None)
+        );
+    }
+
+    #[test]
+    fn a_value_sets_its_field_and_the_older_name_sets_the_newer() {
+        let mut opts = DistributeOptions::default();
+        (option("n_batch").unwrap().set)(&mut opts, OptionValue::Count(77));
+        assert_eq!(opts.n_batch, 77);
+        (option("repack").unwrap().set)(
+            &mut opts,
+            OptionValue::CpuBuffers(Some(repack_profile(false))),
+        );
+        assert_eq!(opts.cpu_buffers, CpuBuffers::None);
+        // A value of another kind leaves the field alone.
+        (option("n_batch").unwrap().set)(&mut opts, OptionValue::Bool(true));
+        assert_eq!(opts.n_batch, 77);
+    }
+
+    #[test]
+    fn choices_come_from_the_core_tables() {
+        assert_eq!(Kind::Mode.choices(), ["server", "direct"]);
+        assert_eq!(Kind::CacheType.choices().len(), CacheType::ALL.len());
+        assert_eq!(Kind::CpuBuffers.choices()[0], "auto");
+        assert!(Kind::Count.choices().is_empty());
     }
 
     #[test]

@@ -19,7 +19,8 @@ defmodule ModelBudget.Backend.LlamaServer.ArgsTest do
       assert {opts.cache_type_k, opts.cache_type_v} == {:f16, :f16}
       assert {opts.n_parallel, opts.kv_unified, opts.cache_ram} == {4, true, 8 * 2 ** 30}
       assert {opts.n_batch, opts.n_ubatch} == {2048, 512}
-      assert {opts.cpu_buffers, opts.repack, opts.mmap} == {:auto, nil, true}
+      assert {opts.cpu_buffers, opts.mmap} == {:auto, true}
+      refute Map.has_key?(opts, :repack)
       refute Map.has_key?(opts, :unknown_to_us)
     end
 

@@ -1011,6 +1011,88 @@ defmodule ModelBudget.ModelManagerTest do
     end
   end
 
+  describe "subscribe/1 and unsubscribe/1" do
+    # A call answered after every step before it: the usage messages of
+    # those steps are in the mailbox by the time it returns.
+    defp synced(manager), do: :ok = ModelManager.sweep(manager)
+
+    test "the subscriber is sent the usage after a load and after an unload, once each" do
+      manager = start_manager(memory_budget: 1_000, min_idle_ms: :infinity)
+      assert ModelManager.subscribe(manager) == {:ok, ModelBudget.empty_usage()}
+
+      assert {:ok, _} = load(manager, :a, {:test, 600})
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 600, vram: %{}}}, @wait
+
+      # A refused load and a sweep change nothing: no message.
+      assert {:error, {:insufficient_memory, _}} = load(manager, :b, {:test, 600})
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+
+      assert :ok = ModelManager.unload(manager, :a)
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 0, vram: %{}}}, @wait
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+    end
+
+    test "a reservation is sent when it is made, before the backend has loaded" do
+      manager = start_manager(memory_budget: 1_000)
+      {:ok, _} = ModelManager.subscribe(manager)
+      {caller, load_task} = stalled_load(manager, :a, 600)
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 600}}, @wait
+
+      send(load_task, :continue)
+      assert {:ok, %{status: :ready}} = Task.await(caller)
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+    end
+
+    test "subscribing twice sends each change once; unsubscribe ends the messages" do
+      manager = start_manager()
+      {:ok, _} = ModelManager.subscribe(manager)
+      assert ModelManager.subscribe(manager) == {:ok, ModelBudget.empty_usage()}
+
+      assert {:ok, _} = load(manager, :a, {:test, 10})
+      synced(manager)
+      assert_received {ModelManager, :usage, ^manager, %{ram: 10}}
+      refute_received {ModelManager, :usage, _, _}
+
+      assert ModelManager.unsubscribe(manager) == :ok
+      assert ModelManager.unsubscribe(manager) == :ok
+      assert {:ok, _} = load(manager, :b, {:test, 10})
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+    end
+
+    test "a subscriber that exits is dropped, quietly" do
+      manager = start_manager()
+      test = self()
+
+      subscriber =
+        spawn(fn ->
+          send(test, {:subscribed, ModelManager.subscribe(manager)})
+          Process.sleep(:infinity)
+        end)
+
+      assert_receive {:subscribed, {:ok, _}}, @wait
+      assert Map.keys(:sys.get_state(manager).subscribers.pids) == [subscriber]
+
+      log =
+        capture_log(fn ->
+          Process.exit(subscriber, :kill)
+
+          eventually("the subscriber dropped", fn ->
+            :sys.get_state(manager).subscribers.pids == %{}
+          end)
+        end)
+
+      refute log =~ "unexpected"
+      # The manager goes on, and tells its other subscribers.
+      {:ok, _} = ModelManager.subscribe(manager)
+      assert {:ok, _} = load(manager, :a, {:test, 10})
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 10}}, @wait
+    end
+  end
+
   describe "a model process that dies" do
     test "is logged, and its memory released" do
       manager = start_manager(memory_budget: 1_000)

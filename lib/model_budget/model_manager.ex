@@ -203,6 +203,7 @@ defmodule ModelBudget.ModelManager do
   require Logger
 
   alias ModelBudget.ModelManager.{
+    Directory,
     History,
     Lease,
     Leases,
@@ -396,13 +397,16 @@ defmodule ModelBudget.ModelManager do
       Defaults to `10_000`.
     * `:name` - any `GenServer` name (an atom, `{:global, term}`,
       `{:via, module, term}`). Defaults to no name.
-    * `:cluster` - a name (any term) of a `ModelBudget.Cluster` to join:
-      the manager is a member (a `:pg` group member) until it stops or its
-      node goes down, and publishes its budget and usage to every node.
-      Defaults to none.
+    * `:cluster` - the name (any term) of a cluster of managers to join
+      (see "Several machines" in the README): the manager announces itself
+      on its node with this name, its labels, budget and backend, and the
+      `:model_budget` application there makes it a member, which follows
+      its usage through `subscribe/1` and publishes it to every connected
+      node, until the manager stops or its node goes down. Needs the
+      application started on the node. Defaults to none.
     * `:labels` - a map of terms describing the manager in its cluster
-      (`%{gpu: "h100", zone: "a"}`), for `ModelBudget.Cluster.load/4`'s
-      `:where`. Defaults to `%{}`.
+      (`%{gpu: "h100", zone: "a"}`), which a cluster's loads can select
+      members by (their `:where` option). Defaults to `%{}`.
     * `:priority` - the manager process's priority, `:normal` or `:high`.
       Every load, unload and fence waits on this one process; at `:high`
       it runs ahead of normal processes whenever it has work, which admits
@@ -427,6 +431,12 @@ defmodule ModelBudget.ModelManager do
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     config = Options.start!(opts)
+
+    if config.cluster != nil and not Directory.running?() do
+      raise ArgumentError,
+            "invalid option :cluster: the :model_budget application is not started on " <>
+              "#{inspect(node())}, so #{inspect(config.cluster)} cannot be joined"
+    end
 
     gen_opts = if config.name, do: [name: config.name], else: []
     spawn_opt = [priority: config.priority] ++ @spawn_opt
@@ -526,8 +536,9 @@ defmodule ModelBudget.ModelManager do
   end
 
   @doc false
-  # load/4 past its checks, sizing and placement: Cluster.load/4 on a member
-  # of this node, which did them for its decision. The call exits after
+  # load/4 past its checks, sizing and placement, for a caller on this node
+  # that did them already (a cluster's load, which sized and placed it to
+  # choose this manager). The call exits after
   # `call_timeout` (the cluster then unloads what may still be admitted).
   @spec load_placed(
           manager(),
@@ -1140,9 +1151,9 @@ defmodule ModelBudget.ModelManager do
 
     publish_config(shared)
 
-    # Joins after the config is published: members are read like any manager.
-    if config.cluster != nil,
-      do: ModelBudget.Cluster.View.join(config.cluster, config.labels, shared)
+    # Announced after the config is published: whoever makes it a member of
+    # its cluster reads it like any manager.
+    if config.cluster != nil, do: announce(config, shared)
 
     if config.models != [] do
       manager = self()
@@ -1164,6 +1175,16 @@ defmodule ModelBudget.ModelManager do
        history: History.new(config.history_limit),
        subscribers: Subscribers.new(ModelBudget.empty_usage())
      }}
+  end
+
+  defp announce(config, shared) do
+    Directory.announce(%{
+      cluster: config.cluster,
+      labels: config.labels,
+      budget: shared.budget,
+      backend: shared.backend,
+      n_gpus: shared.n_gpus
+    })
   end
 
   # A watcher removes the persistent term when the manager dies, however it

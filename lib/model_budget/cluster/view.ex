@@ -95,7 +95,8 @@ defmodule ModelBudget.Cluster.View do
       {:ok, member} ->
         {:noreply, changed(put_member(state, manager, %{member | usage: usage}), manager)}
 
-      # Sent before an unsubscribe or a :DOWN this process has handled.
+      # From a manager this process does not hold: one whose subscribe
+      # exited as it died (its :DOWN cleans up).
       :error ->
         {:noreply, state}
     end

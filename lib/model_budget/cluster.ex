@@ -11,18 +11,22 @@ defmodule ModelBudget.Cluster do
        memory_budget: %{ram: 64 * 2**30, vram: [80 * 2**30]},
        cluster: :inference, labels: %{gpu: "h100", zone: "a"}}
 
-  It is then a member of an OTP `:pg` group (in the scope
-  `ModelBudget.Cluster`, which the `:model_budget` application starts on
-  every node) until it stops or its node goes down. Connect the nodes
-  (`Node.connect/1`, or any distribution setup) and every node sees every
-  member.
+  It announces itself on its node as it starts, and the `:model_budget`
+  application there (started on every node) makes it a member of an OTP
+  `:pg` group (in the scope `ModelBudget.Cluster`) until it stops or its
+  node goes down; shortly after it starts, as the joining runs apart from
+  the manager (it may not be a member yet when `start_link/1` returns).
+  Connect the nodes (`Node.connect/1`, or any distribution setup) and every
+  node sees every member.
 
   ## The view
 
   Placement reads a view of the members' ledgers that every node keeps
   (`ModelBudget.Cluster.View`, an ETS table): each member's node publishes
   its budget, labels and usage to every connected node when it joins and
-  whenever its usage changes (changes that come in a burst are sent once),
+  whenever its usage changes (it follows the usage with
+  `ModelBudget.ModelManager.subscribe/1`; changes that come in a burst are
+  sent once),
   and a node that connects later is sent every view. So `load/4` and
   `usage/1` send no message to decide: they read the local view, which may
   lag the managers by the time a message takes between nodes. The

@@ -202,7 +202,17 @@ defmodule ModelBudget.ModelManager do
   use GenServer
   require Logger
 
-  alias ModelBudget.ModelManager.{History, Lease, Leases, Ledger, Lifecycle, Options, Table}
+  alias ModelBudget.ModelManager.{
+    Directory,
+    History,
+    Lease,
+    Leases,
+    Ledger,
+    Lifecycle,
+    Options,
+    Subscribers,
+    Table
+  }
 
   @typedoc "A manager: a pid or any `GenServer` name."
   @type manager :: GenServer.server()
@@ -387,13 +397,16 @@ defmodule ModelBudget.ModelManager do
       Defaults to `10_000`.
     * `:name` - any `GenServer` name (an atom, `{:global, term}`,
       `{:via, module, term}`). Defaults to no name.
-    * `:cluster` - a name (any term) of a `ModelBudget.Cluster` to join:
-      the manager is a member (a `:pg` group member) until it stops or its
-      node goes down, and publishes its budget and usage to every node.
-      Defaults to none.
+    * `:cluster` - the name (any term) of a cluster of managers to join
+      (see "Several machines" in the README): the manager announces itself
+      on its node with this name, its labels, budget and backend, and the
+      `:model_budget` application there makes it a member, which follows
+      its usage through `subscribe/1` and publishes it to every connected
+      node, until the manager stops or its node goes down. Needs the
+      application started on the node. Defaults to none.
     * `:labels` - a map of terms describing the manager in its cluster
-      (`%{gpu: "h100", zone: "a"}`), for `ModelBudget.Cluster.load/4`'s
-      `:where`. Defaults to `%{}`.
+      (`%{gpu: "h100", zone: "a"}`), which a cluster's loads can select
+      members by (their `:where` option). Defaults to `%{}`.
     * `:priority` - the manager process's priority, `:normal` or `:high`.
       Every load, unload and fence waits on this one process; at `:high`
       it runs ahead of normal processes whenever it has work, which admits
@@ -418,6 +431,13 @@ defmodule ModelBudget.ModelManager do
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts) do
     config = Options.start!(opts)
+
+    if config.cluster != nil and not Directory.running?() do
+      raise ArgumentError,
+            "invalid option :cluster: the :model_budget application is not started on " <>
+              "#{inspect(node())}, so #{inspect(config.cluster)} cannot be joined"
+    end
+
     gen_opts = if config.name, do: [name: config.name], else: []
     spawn_opt = [priority: config.priority] ++ @spawn_opt
     GenServer.start_link(__MODULE__, config, [spawn_opt: spawn_opt] ++ gen_opts)
@@ -516,8 +536,9 @@ defmodule ModelBudget.ModelManager do
   end
 
   @doc false
-  # load/4 past its checks, sizing and placement: Cluster.load/4 on a member
-  # of this node, which did them for its decision. The call exits after
+  # load/4 past its checks, sizing and placement, for a caller on this node
+  # that did them already (a cluster's load, which sized and placed it to
+  # choose this manager). The call exits after
   # `call_timeout` (the cluster then unloads what may still be admitted).
   @spec load_placed(
           manager(),
@@ -983,6 +1004,53 @@ defmodule ModelBudget.ModelManager do
   @spec budget(manager()) :: ModelBudget.budget()
   def budget(manager), do: config!(manager, :budget, [manager]).budget
 
+  @doc """
+  Subscribes the calling process to the usage of `manager` (see `usage/1`):
+  returns the usage now, and from then on, after every step of the manager
+  that changes it (an admission, a load that fails, an unload, an eviction,
+  a raise to what a backend measured, ...), sends the caller
+
+      {ModelBudget.ModelManager, :usage, manager_pid, usage}
+
+  with the usage after that step, in the order of the changes. Steps that
+  leave the usage as it was send nothing. The subscription lasts until
+  `unsubscribe/1` or the caller's exit (the manager monitors it); a second
+  subscribe by the same process changes nothing. The subscriber may be on
+  any node; monitor the manager to hear when it stops, as no message says
+  so. Like `load/4`, it waits for the manager's answer without a timeout
+  (the manager answers between its steps, which never block).
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link([])
+      iex> ModelBudget.ModelManager.subscribe(manager)
+      {:ok, %{ram: 0, vram: %{}}}
+      iex> {:ok, _} = ModelBudget.ModelManager.load(manager, :a, {:bytes, 10}, mode: :direct, n_gpus: 0)
+      iex> receive do
+      ...>   {ModelBudget.ModelManager, :usage, ^manager, usage} -> usage
+      ...> end
+      %{ram: 10, vram: %{}}
+  """
+  @spec subscribe(manager()) :: {:ok, ModelBudget.placement()}
+  def subscribe(manager),
+    do: GenServer.call(manager, {__MODULE__, :subscribe, self()}, :infinity)
+
+  @doc """
+  Ends the calling process's subscription to `manager` (see `subscribe/1`);
+  returns `:ok`, subscribed or not. Messages sent before it stay in the
+  caller's mailbox.
+
+  ## Examples
+
+      iex> {:ok, manager} = ModelBudget.ModelManager.start_link([])
+      iex> {:ok, _usage} = ModelBudget.ModelManager.subscribe(manager)
+      iex> ModelBudget.ModelManager.unsubscribe(manager)
+      :ok
+  """
+  @spec unsubscribe(manager()) :: :ok
+  def unsubscribe(manager),
+    do: GenServer.call(manager, {__MODULE__, :unsubscribe, self()}, :infinity)
+
   ## Client helpers
 
   # The manager's fixed settings and tables live in a persistent term keyed
@@ -1083,9 +1151,9 @@ defmodule ModelBudget.ModelManager do
 
     publish_config(shared)
 
-    # Joins after the config is published: members are read like any manager.
-    if config.cluster != nil,
-      do: ModelBudget.Cluster.View.join(config.cluster, config.labels, shared)
+    # Announced after the config is published: whoever makes it a member of
+    # its cluster reads it like any manager.
+    if config.cluster != nil, do: announce(config, shared)
 
     if config.models != [] do
       manager = self()
@@ -1104,8 +1172,19 @@ defmodule ModelBudget.ModelManager do
        clock: config.clock,
        sweep_ms: config.sweep_ms,
        ledger: Ledger.new(config.budget, config.rules, config.min_idle_ms),
-       history: History.new(config.history_limit)
+       history: History.new(config.history_limit),
+       subscribers: Subscribers.new(ModelBudget.empty_usage())
      }}
+  end
+
+  defp announce(config, shared) do
+    Directory.announce(%{
+      cluster: config.cluster,
+      labels: config.labels,
+      budget: shared.budget,
+      backend: shared.backend,
+      n_gpus: shared.n_gpus
+    })
   end
 
   # A watcher removes the persistent term when the manager dies, however it
@@ -1150,16 +1229,24 @@ defmodule ModelBudget.ModelManager do
 
   @impl true
   def handle_call({__MODULE__, :load, request}, from, state),
-    do: {:noreply, Lifecycle.settle(Lifecycle.load(state, request, from))}
+    do: {:noreply, settled(Lifecycle.load(state, request, from))}
 
   def handle_call({__MODULE__, :unload, id, opts}, from, state),
-    do: {:noreply, Lifecycle.settle(Lifecycle.unload(state, id, opts, from))}
+    do: {:noreply, settled(Lifecycle.unload(state, id, opts, from))}
 
   def handle_call({__MODULE__, :fence, placement}, from, state),
-    do: {:noreply, Lifecycle.settle(Lifecycle.fence(state, placement, from))}
+    do: {:noreply, settled(Lifecycle.fence(state, placement, from))}
 
   def handle_call({__MODULE__, :sweep}, _from, state),
-    do: {:reply, :ok, Lifecycle.settle(Lifecycle.sweep(state))}
+    do: {:reply, :ok, settled(Lifecycle.sweep(state))}
+
+  def handle_call({__MODULE__, :subscribe, pid}, _from, state) do
+    subscribers = Subscribers.add(state.subscribers, pid)
+    {:reply, {:ok, state.ledger.usage}, %{state | subscribers: subscribers}}
+  end
+
+  def handle_call({__MODULE__, :unsubscribe, pid}, _from, state),
+    do: {:reply, :ok, %{state | subscribers: Subscribers.remove(state.subscribers, pid)}}
 
   def handle_call({__MODULE__, :config}, _from, state),
     do: {:reply, :persistent_term.get({__MODULE__, self()}), state}
@@ -1180,12 +1267,12 @@ defmodule ModelBudget.ModelManager do
       {{:load, id}, refs} ->
         Process.demonitor(ref, [:flush])
         state = %{state | refs: refs}
-        {:noreply, Lifecycle.settle(Lifecycle.finished_load(state, id, {:ok, result}))}
+        {:noreply, settled(Lifecycle.finished_load(state, id, {:ok, result}))}
 
       {{:unload, id}, refs} ->
         Process.demonitor(ref, [:flush])
         state = %{state | refs: refs}
-        {:noreply, Lifecycle.settle(Lifecycle.finished_unload(state, id, {:ok, result}))}
+        {:noreply, settled(Lifecycle.finished_unload(state, id, {:ok, result}))}
 
       {nil, _} ->
         unexpected(state, "reply", {ref, result})
@@ -1198,45 +1285,56 @@ defmodule ModelBudget.ModelManager do
 
     case watched do
       {:load, id} ->
-        {:noreply, Lifecycle.settle(Lifecycle.finished_load(state, id, {:exit, reason}))}
+        {:noreply, settled(Lifecycle.finished_load(state, id, {:exit, reason}))}
 
       {:unload, id} ->
-        {:noreply, Lifecycle.settle(Lifecycle.finished_unload(state, id, {:exit, reason}))}
+        {:noreply, settled(Lifecycle.finished_unload(state, id, {:exit, reason}))}
 
       {:caller, id} ->
         entry = Ledger.fetch!(state.ledger, id)
-        {:noreply, Lifecycle.settle(Lifecycle.cancel_load(state, %{entry | caller_ref: nil}, []))}
+        {:noreply, settled(Lifecycle.cancel_load(state, %{entry | caller_ref: nil}, []))}
 
       {:waiter, waiter} ->
-        {:noreply, Lifecycle.settle(Lifecycle.waiter_died(state, waiter))}
+        {:noreply, settled(Lifecycle.waiter_died(state, waiter))}
 
       {:handle, id} ->
-        {:noreply, Lifecycle.settle(Lifecycle.handle_died(state, id, reason))}
+        {:noreply, settled(Lifecycle.handle_died(state, id, reason))}
 
       nil ->
-        unexpected(state, "message", message)
+        case Subscribers.down(state.subscribers, ref) do
+          {:ok, subscribers} -> {:noreply, %{state | subscribers: subscribers}}
+          :error -> unexpected(state, "message", message)
+        end
     end
   end
 
   def handle_info({__MODULE__, :lease_ended, inc}, state),
-    do: {:noreply, Lifecycle.settle(Lifecycle.lease_ended(state, inc))}
+    do: {:noreply, settled(Lifecycle.lease_ended(state, inc))}
 
   def handle_info({__MODULE__, :sweep}, state) do
     schedule_sweep(state.sweep_ms)
-    {:noreply, Lifecycle.settle(Lifecycle.sweep(state))}
+    {:noreply, settled(Lifecycle.sweep(state))}
   end
 
   def handle_info({:timeout, timer, {__MODULE__, {:unload_timeout, id}}}, state),
-    do: {:noreply, Lifecycle.settle(Lifecycle.unload_timeout(state, id, timer))}
+    do: {:noreply, settled(Lifecycle.unload_timeout(state, id, timer))}
 
   def handle_info({:timeout, _timer, {__MODULE__, {:load_timeout, ref}}}, state),
-    do: {:noreply, Lifecycle.settle(Lifecycle.load_timeout(state, ref))}
+    do: {:noreply, settled(Lifecycle.load_timeout(state, ref))}
 
   # Its task supervisor is linked: without it no load or unload can run.
   def handle_info({:EXIT, pid, reason}, %Lifecycle{task_sup: pid} = state),
     do: {:stop, reason, state}
 
   def handle_info(message, state), do: unexpected(state, "message", message)
+
+  # The end of every step that may change the ledger: waiting loads admitted
+  # where they now fit, then the usage published to the subscribers if it
+  # changed.
+  defp settled(state) do
+    state = Lifecycle.settle(state)
+    %{state | subscribers: Subscribers.publish(state.subscribers, state.ledger.usage)}
+  end
 
   # A clean stop (or a crash) unloads what the manager holds, most recently
   # loaded first, so nothing it started outlives it unaccounted for. A

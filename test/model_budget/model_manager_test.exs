@@ -257,8 +257,9 @@ defmodule ModelBudget.ModelManagerTest do
 
   describe "load/4" do
     test "returns the ready model's info, its memory really held" do
-      manager = start_manager(memory_budget: 1_000_000)
-      before = System.monotonic_time(:millisecond)
+      {clock, advance} = TestClock.new()
+      manager = start_manager(memory_budget: 1_000_000, clock: clock)
+      advance.(7)
 
       assert {:ok, info} = load(manager, :a, {:test, 100_000}, pinned: true)
 
@@ -270,11 +271,10 @@ defmodule ModelBudget.ModelManagerTest do
                bytes: 100_000,
                pinned: true,
                handle: holder,
-               loaded_at: loaded_at,
-               last_used: last_used
+               loaded_at: 7,
+               last_used: 7
              } = info
 
-      assert loaded_at >= before and last_used >= loaded_at
       assert holds_binary?(holder, 100_000)
       assert ModelManager.info(manager, :a) == {:ok, info}
       assert ModelManager.usage(manager) == %{ram: 100_000, vram: %{}}
@@ -926,13 +926,13 @@ defmodule ModelBudget.ModelManagerTest do
   end
 
   describe "touch/2" do
-    test "moves last_used forward" do
-      manager = start_manager()
-      assert {:ok, %{last_used: first}} = load(manager, :a, {:test, 1})
-      Process.sleep(3)
+    test "moves last_used forward to the clock's time" do
+      {clock, advance} = TestClock.new()
+      manager = start_manager(clock: clock)
+      assert {:ok, %{last_used: 0}} = load(manager, :a, {:test, 1})
+      advance.(3)
       assert ModelManager.touch(manager, :a) == :ok
-      assert {:ok, %{last_used: second}} = ModelManager.info(manager, :a)
-      assert second > first
+      assert {:ok, %{last_used: 3, idle_ms: 0}} = ModelManager.info(manager, :a)
     end
 
     test "answers :not_loaded for an unknown id" do
@@ -1011,6 +1011,88 @@ defmodule ModelBudget.ModelManagerTest do
     end
   end
 
+  describe "subscribe/1 and unsubscribe/1" do
+    # A call answered after every step before it: the usage messages of
+    # those steps are in the mailbox by the time it returns.
+    defp synced(manager), do: :ok = ModelManager.sweep(manager)
+
+    test "the subscriber is sent the usage after a load and after an unload, once each" do
+      manager = start_manager(memory_budget: 1_000, min_idle_ms: :infinity)
+      assert ModelManager.subscribe(manager) == {:ok, ModelBudget.empty_usage()}
+
+      assert {:ok, _} = load(manager, :a, {:test, 600})
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 600, vram: %{}}}, @wait
+
+      # A refused load and a sweep change nothing: no message.
+      assert {:error, {:insufficient_memory, _}} = load(manager, :b, {:test, 600})
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+
+      assert :ok = ModelManager.unload(manager, :a)
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 0, vram: %{}}}, @wait
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+    end
+
+    test "a reservation is sent when it is made, before the backend has loaded" do
+      manager = start_manager(memory_budget: 1_000)
+      {:ok, _} = ModelManager.subscribe(manager)
+      {caller, load_task} = stalled_load(manager, :a, 600)
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 600}}, @wait
+
+      send(load_task, :continue)
+      assert {:ok, %{status: :ready}} = Task.await(caller)
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+    end
+
+    test "subscribing twice sends each change once; unsubscribe ends the messages" do
+      manager = start_manager()
+      {:ok, _} = ModelManager.subscribe(manager)
+      assert ModelManager.subscribe(manager) == {:ok, ModelBudget.empty_usage()}
+
+      assert {:ok, _} = load(manager, :a, {:test, 10})
+      synced(manager)
+      assert_received {ModelManager, :usage, ^manager, %{ram: 10}}
+      refute_received {ModelManager, :usage, _, _}
+
+      assert ModelManager.unsubscribe(manager) == :ok
+      assert ModelManager.unsubscribe(manager) == :ok
+      assert {:ok, _} = load(manager, :b, {:test, 10})
+      synced(manager)
+      refute_received {ModelManager, :usage, _, _}
+    end
+
+    test "a subscriber that exits is dropped, quietly" do
+      manager = start_manager()
+      test = self()
+
+      subscriber =
+        spawn(fn ->
+          send(test, {:subscribed, ModelManager.subscribe(manager)})
+          Process.sleep(:infinity)
+        end)
+
+      assert_receive {:subscribed, {:ok, _}}, @wait
+      assert Map.keys(:sys.get_state(manager).subscribers.pids) == [subscriber]
+
+      log =
+        capture_log(fn ->
+          Process.exit(subscriber, :kill)
+
+          eventually("the subscriber dropped", fn ->
+            :sys.get_state(manager).subscribers.pids == %{}
+          end)
+        end)
+
+      refute log =~ "unexpected"
+      # The manager goes on, and tells its other subscribers.
+      {:ok, _} = ModelManager.subscribe(manager)
+      assert {:ok, _} = load(manager, :a, {:test, 10})
+      assert_receive {ModelManager, :usage, ^manager, %{ram: 10}}, @wait
+    end
+  end
+
   describe "a model process that dies" do
     test "is logged, and its memory released" do
       manager = start_manager(memory_budget: 1_000)
@@ -1048,21 +1130,21 @@ defmodule ModelBudget.ModelManagerTest do
     @limit 4 * 2 ** 20
 
     # Loads that succeed, sleep, fail, crash or lose their caller, plus
-    # unloads, all at once; an observer samples usage/1 the whole time.
+    # unloads, all at once; each process samples usage/1 after each of its
+    # steps, and an observer samples it between them the whole time.
     test "1,000 concurrent loads never exceed the budget and leave nothing behind" do
       manager = start_manager(memory_budget: @limit, min_idle_ms: :infinity)
       counter = :counters.new(2, [:atomics])
-      observer = Task.async(fn -> observe(manager, 0, 0) end)
+      observer = Task.async(fn -> observe(manager, 0) end)
 
-      results =
+      {results, seen} =
         1..1_000
         |> Enum.map(fn i -> Task.async(fn -> load_and_maybe_unload(manager, i, counter) end) end)
         |> Task.await_many(20_000)
+        |> Enum.unzip()
 
       send(observer.pid, :stop)
-      {samples, max_total} = Task.await(observer)
-      assert max_total <= @limit
-      assert samples >= 100
+      assert Enum.max([Task.await(observer) | seen]) <= @limit
 
       counts = Enum.frequencies_by(results, &outcome/1)
       assert Map.keys(counts) -- [:ok, :refused, :failed, :crashed, :cancelled] == []
@@ -1090,15 +1172,24 @@ defmodule ModelBudget.ModelManagerTest do
       opts = [counter: counter] ++ @direct
 
       if rem(i, 10) == 9 do
-        # A caller that dies while its load may be running.
+        # A caller that dies while its load may be running: half of them
+        # at once, the other half once the manager has admitted the load
+        # (its backend load takes 5 ms) or answered it.
         caller = spawn(fn -> ModelManager.load(manager, i, {:test, bytes, {:sleep, 5}}, opts) end)
-        Process.sleep(Enum.random(0..5))
+
+        if rem(i, 20) == 19 do
+          eventually("the load of #{i} admitted or answered", 10_000, fn ->
+            match?({:ok, _}, ModelManager.info(manager, i)) or not Process.alive?(caller)
+          end)
+        end
+
         Process.exit(caller, :kill)
-        :cancelled
+        {:cancelled, total(ModelManager.usage(manager))}
       else
         result = load_retrying(manager, i, {:test, bytes, behaviour}, opts, 10)
+        seen = total(ModelManager.usage(manager))
         if match?({:ok, _}, result) and rem(i, 2) == 0, do: :ok = ModelManager.unload(manager, i)
-        result
+        {result, max(seen, total(ModelManager.usage(manager)))}
       end
     end
 
@@ -1114,11 +1205,11 @@ defmodule ModelBudget.ModelManagerTest do
       end
     end
 
-    defp observe(manager, samples, max_total) do
+    defp observe(manager, max_total) do
       receive do
-        :stop -> {samples, max_total}
+        :stop -> max_total
       after
-        0 -> observe(manager, samples + 1, max(max_total, total(ModelManager.usage(manager))))
+        0 -> observe(manager, max(max_total, total(ModelManager.usage(manager))))
       end
     end
 
@@ -1136,8 +1227,9 @@ defmodule ModelBudget.ModelManagerTest do
     @budget 4 * 2 ** 20
 
     # 100 processes load, touch, unload and fence at once while eviction
-    # runs, with the default rule and with none (tighter packing); an
-    # observer samples the ledger and the bytes the backend really holds.
+    # runs, with the default rule and with none (tighter packing); each
+    # samples the ledger and the bytes the backend really holds after each
+    # of its steps, and an observer between them.
     # Unloads take 0-2 ms, so a load that did not wait for its evicted
     # models, or a ledger that let go of their memory early, would show.
     test "the budget is never exceeded and no model is unloaded twice" do
@@ -1151,18 +1243,18 @@ defmodule ModelBudget.ModelManagerTest do
       collector = spawn_link(&TestBackend.collect_holders/0)
       observer = Task.async(fn -> TestBackend.observe(manager, counter, 0) end)
 
-      outcomes =
+      {outcomes, seen} =
         1..100
         |> Enum.map(fn w -> Task.async(fn -> work(manager, w, counter, collector) end) end)
         |> Task.await_many(30_000)
         |> List.flatten()
-        |> Enum.frequencies()
+        |> Enum.unzip()
 
+      outcomes = Enum.frequencies(outcomes)
       send(observer.pid, :stop)
-      {samples, max_usage, max_held} = Task.await(observer)
-      assert samples >= 100
-      assert max_usage <= @budget
-      assert max_held <= @budget
+      {_samples, max_usage, max_held} = Task.await(observer)
+      assert max_usage <= @budget and max_held <= @budget
+      assert Enum.all?(seen, fn {usage, held} -> usage <= @budget and held <= @budget end)
 
       expected =
         for(result <- [:ok, :refused, :failed, :already_loaded], do: {:load, result}) ++
@@ -1213,7 +1305,11 @@ defmodule ModelBudget.ModelManagerTest do
           10 ->
             {:fence, ModelManager.fence(manager, :total, Enum.random(16..256) * 1_024)}
         end
-        |> then(fn {op, result} -> {op, work_outcome(result)} end)
+        |> then(fn {op, result} ->
+          %{ram: ram, vram: vram} = ModelManager.usage(manager)
+          {_, held} = TestBackend.held(counter)
+          {{op, work_outcome(result)}, {ram + Enum.sum(Map.values(vram)), held}}
+        end)
       end
     end
 

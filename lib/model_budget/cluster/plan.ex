@@ -158,11 +158,12 @@ defmodule ModelBudget.Cluster.Plan do
     end
   end
 
-  # A made-up name on the first target's host, long or short like it.
+  # A made-up name on the first target's host, long or short like it;
+  # unique on this host (the OS pid), as two reports may run at once.
   defp start_like(target) do
     case String.split(Atom.to_string(target), "@", parts: 2) do
       [_, host] ->
-        name = :"model_budget_plan_#{System.unique_integer([:positive])}@#{host}"
+        name = :"model_budget_plan_#{System.unique_integer([:positive])}_#{System.pid()}@#{host}"
         start(name, if(String.contains?(host, "."), do: :longnames, else: :shortnames))
 
       _ ->

@@ -7,27 +7,34 @@ defmodule ModelBudget.Cluster.View do
   #
   # It plays two parts:
   #
-  #   * Publisher, for the managers on its node: a manager that joins tells
-  #     it (join/3, in the manager's init), and then, through its table's
-  #     watcher row, after every usage write. Changes are coalesced: the
-  #     first marks the manager dirty and sends this process :flush, which
-  #     arrives after the changes already queued; the flush reads each
-  #     dirty manager's usage once and sends the view to the view process
-  #     of every connected node (this one included).
-  #   * Subscriber: it keeps the views it receives, one row per manager,
-  #     and monitors their managers: a manager that stops, or whose node
-  #     goes down, is deleted from the table.
+  #   * Member keeper, for the managers on its node: a manager started with
+  #     `cluster:` announces itself in the node's directory of managers
+  #     (ModelManager.Directory, which this process watches) with its
+  #     cluster, labels, budget, backend and GPU count. This process joins
+  #     it to its cluster's :pg group and subscribes to its usage
+  #     (ModelManager.subscribe/1), keeping its own copy of the usage: it
+  #     reads nothing of the manager's. Changes are coalesced: the first
+  #     marks the manager dirty and sends this process :flush, which
+  #     arrives after the changes already queued; the flush sends the view
+  #     of each dirty manager to the view process of every connected node
+  #     (this one included).
+  #   * Subscriber to the other nodes: it keeps the views it receives, one
+  #     row per manager, and monitors their managers: a manager that stops,
+  #     or whose node goes down, is deleted from the table.
   #
-  # A node that connects later gets every local view when either side's
-  # view process sees the other: on :nodeup it sends the local views there,
-  # and a view process that starts asks every connected node for theirs
-  # ({:hello, node}), since its :nodeup may have come before it was started.
-  # Messages between two processes keep their order, so a newer view never
-  # arrives before an older one.
+  # A view process that restarts finds its node's managers in the directory
+  # again and subscribes anew (the old subscription went with the old
+  # process). A node that connects later gets every local view when either
+  # side's view process sees the other: on :nodeup it sends the local views
+  # there, and a view process that starts asks every connected node for
+  # theirs ({:hello, node}), since its :nodeup may have come before it was
+  # started. Messages between two processes keep their order, so a newer
+  # view never arrives before an older one.
 
   use GenServer
 
-  alias ModelBudget.ModelManager.Table
+  alias ModelBudget.ModelManager
+  alias ModelBudget.ModelManager.Directory
 
   @typedoc "One member's ledger as the view holds it."
   @type view :: %{
@@ -47,38 +54,6 @@ defmodule ModelBudget.Cluster.View do
   @doc "Starts the node's view process."
   @spec start_link() :: GenServer.on_start()
   def start_link, do: GenServer.start_link(__MODULE__, nil, name: __MODULE__)
-
-  @doc """
-  Joins the calling manager to `cluster` (its `:pg` group) and has its
-  ledger published from now on. Called from the manager's init/1 with its
-  shared config (table, budget, backend, n_gpus).
-  """
-  @spec join(term(), map(), map()) :: :ok
-  def join(cluster, labels, shared) do
-    unless Process.whereis(__MODULE__) do
-      raise ArgumentError,
-            "invalid option :cluster: the :model_budget application is not started on " <>
-              "#{inspect(node())}, so #{inspect(cluster)} cannot be joined"
-    end
-
-    manager = self()
-
-    member = %{
-      cluster: cluster,
-      labels: labels,
-      budget: shared.budget,
-      backend: shared.backend,
-      n_gpus: shared.n_gpus,
-      table: shared.table
-    }
-
-    # Kept apart from this process, so a view process that restarts finds
-    # its node's members again (init/1).
-    :persistent_term.put({__MODULE__, manager}, member)
-    :ok = :pg.join(ModelBudget.Cluster, {ModelBudget.Cluster, cluster}, manager)
-    Table.watch(shared.table, __MODULE__)
-    GenServer.cast(__MODULE__, {__MODULE__, :joined, manager, member})
-  end
 
   @doc "The views of `managers` that this node holds, in their order; unknown ones left out."
   @spec views([pid()]) :: [view()]
@@ -101,59 +76,41 @@ defmodule ModelBudget.Cluster.View do
     :ets.new(__MODULE__, [:named_table, :set, :protected, read_concurrency: true])
     :ok = :net_kernel.monitor_nodes(true)
     for node <- Node.list(), do: send({__MODULE__, node}, {__MODULE__, :hello, node()})
-    # local: manager => member; monitored: manager => monitor ref; dirty: managers to publish.
+    # local: manager => its card and usage; monitored: manager => monitor
+    # ref; dirty: local managers to publish.
     state = %{local: %{}, monitored: %{}, dirty: MapSet.new()}
 
     {:ok,
-     Enum.reduce(rejoin(), state, fn {manager, member}, state ->
-       joined(state, manager, member)
+     Enum.reduce(Directory.watch(), state, fn {manager, card}, state ->
+       adopt(state, manager, card)
      end)}
   end
 
-  # The members on this node when this process (re)starts: their :pg
-  # membership too, in case the scope restarted with it.
-  defp rejoin do
-    for {{__MODULE__, manager}, member} <- :persistent_term.get(),
-        is_pid(manager),
-        alive?(manager) do
-      group = {ModelBudget.Cluster, member.cluster}
+  @impl true
+  def handle_info({Directory, :announced, manager, card}, state),
+    do: {:noreply, adopt(state, manager, card)}
 
-      unless manager in :pg.get_local_members(ModelBudget.Cluster, group),
-        do: :pg.join(ModelBudget.Cluster, group, manager)
+  def handle_info({ModelManager, :usage, manager, usage}, state) do
+    case Map.fetch(state.local, manager) do
+      {:ok, member} ->
+        {:noreply, changed(put_member(state, manager, %{member | usage: usage}), manager)}
 
-      {manager, member}
+      # From a manager this process does not hold: one whose subscribe
+      # exited as it died (its :DOWN cleans up).
+      :error ->
+        {:noreply, state}
     end
   end
 
-  # A member that died while no view process was running leaves its term.
-  defp alive?(manager) do
-    Process.alive?(manager) or :persistent_term.erase({__MODULE__, manager}) == :never
-  end
-
-  @impl true
-  def handle_cast({__MODULE__, :joined, manager, member}, state),
-    do: {:noreply, joined(state, manager, member)}
-
-  @impl true
-  def handle_info({__MODULE__, :changed, manager}, state),
-    do: {:noreply, changed(state, manager)}
-
   def handle_info({__MODULE__, :flush}, state) do
-    views = for manager <- state.dirty, view = local_view(state, manager), do: view
+    views = for manager <- state.dirty, do: local_view(state, manager)
     for node <- [node() | Node.list()], do: send_views(node, views)
     {:noreply, %{state | dirty: MapSet.new()}}
   end
 
   def handle_info({__MODULE__, :view, view}, state) do
-    manager = view.manager
-    :ets.insert(__MODULE__, {manager, view})
-
-    if Map.has_key?(state.monitored, manager) do
-      {:noreply, state}
-    else
-      ref = Process.monitor(manager)
-      {:noreply, %{state | monitored: Map.put(state.monitored, manager, ref)}}
-    end
+    :ets.insert(__MODULE__, {view.manager, view})
+    {:noreply, monitor(state, view.manager)}
   end
 
   def handle_info({__MODULE__, :hello, node}, state) do
@@ -171,7 +128,6 @@ defmodule ModelBudget.Cluster.View do
 
   def handle_info({:DOWN, _ref, :process, manager, _reason}, state) do
     :ets.delete(__MODULE__, manager)
-    if Map.has_key?(state.local, manager), do: :persistent_term.erase({__MODULE__, manager})
 
     {:noreply,
      %{
@@ -182,8 +138,37 @@ defmodule ModelBudget.Cluster.View do
      }}
   end
 
-  defp joined(state, manager, member),
-    do: changed(%{state | local: Map.put(state.local, manager, member)}, manager)
+  # A manager of this node, announced or listed in the directory (once,
+  # though both may tell of it): monitored, joined to its cluster's group
+  # (unless it is a member already, the :pg scope having outlived an
+  # earlier view process), subscribed to. A manager answers between its
+  # steps, which never block, so the call is short; one that stopped
+  # meanwhile is left to its :DOWN.
+  defp adopt(state, manager, _card) when is_map_key(state.local, manager), do: state
+
+  defp adopt(state, manager, card) do
+    state = monitor(state, manager)
+    group = {ModelBudget.Cluster, card.cluster}
+
+    unless manager in :pg.get_local_members(ModelBudget.Cluster, group),
+      do: :ok = :pg.join(ModelBudget.Cluster, group, manager)
+
+    try do
+      {:ok, usage} = ModelManager.subscribe(manager)
+      changed(put_member(state, manager, Map.put(card, :usage, usage)), manager)
+    catch
+      :exit, _ -> state
+    end
+  end
+
+  defp put_member(state, manager, member),
+    do: %{state | local: Map.put(state.local, manager, member)}
+
+  defp monitor(state, manager) do
+    if Map.has_key?(state.monitored, manager),
+      do: state,
+      else: %{state | monitored: Map.put(state.monitored, manager, Process.monitor(manager))}
+  end
 
   # Only the flush sends views: a change marks its manager dirty, and the
   # first one since the last flush schedules the next.
@@ -192,29 +177,21 @@ defmodule ModelBudget.Cluster.View do
     %{state | dirty: MapSet.put(state.dirty, manager)}
   end
 
-  defp local_views(state),
-    do: for({manager, _} <- state.local, view = local_view(state, manager), do: view)
+  defp local_views(state), do: for({manager, _} <- state.local, do: local_view(state, manager))
 
-  # nil for a manager that has stopped (its table is gone, its :DOWN on the way).
   defp local_view(state, manager) do
-    case Map.fetch(state.local, manager) do
-      {:ok, member} ->
-        %{
-          cluster: member.cluster,
-          node: node(),
-          manager: manager,
-          labels: member.labels,
-          budget: member.budget,
-          backend: member.backend,
-          n_gpus: member.n_gpus,
-          usage: Table.usage(member.table)
-        }
+    member = Map.fetch!(state.local, manager)
 
-      :error ->
-        nil
-    end
-  rescue
-    ArgumentError -> nil
+    %{
+      cluster: member.cluster,
+      node: node(),
+      manager: manager,
+      labels: member.labels,
+      budget: member.budget,
+      backend: member.backend,
+      n_gpus: member.n_gpus,
+      usage: member.usage
+    }
   end
 
   defp send_views(node, views),

@@ -16,13 +16,15 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   alias ModelBudget.ModelManager.{Entry, Eviction, History, Leases, Ledger, Measured, Table}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
-  defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}]
+  defstruct @enforce_keys ++ [:name, :subscribers, refs: %{}, fences: %{}]
 
   @typedoc """
   The manager's state. `:refs` maps every monitor and task ref to what it
   watches: `{:load | :unload, id}` tasks, `{:caller, id}` callers of
   admitted loads, `{:waiter, ref}` callers of waiting loads, `{:handle, id}`
-  pid handles; `:fences` fences waiting for their evicted models.
+  pid handles; `:fences` fences waiting for their evicted models;
+  `:subscribers` the processes told of usage changes (ModelManager's
+  callbacks keep it, not these steps).
   """
   @type t :: %__MODULE__{
           name: term(),
@@ -35,7 +37,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
           ledger: Ledger.t(),
           history: History.t(),
           refs: %{reference() => term()},
-          fences: %{reference() => map()}
+          fences: %{reference() => map()},
+          subscribers: ModelBudget.ModelManager.Subscribers.t()
         }
 
   ## Loads

@@ -13,11 +13,6 @@ defmodule ModelBudget.ModelManager.Table do
   #   * {{:history, id}, loads, evictions}: per id, kept while it is loaded
   #     and for the :history_limit ids most recently gone (History).
 
-  # A manager in a cluster names a watcher, told of every usage write
-  # (ModelBudget.Cluster.View publishes it). Only the manager writes and
-  # notifies, so the name is in its process dictionary: no ETS read per
-  # write.
-
   require Record
 
   alias ModelBudget.ModelManager.Entry
@@ -59,14 +54,12 @@ defmodule ModelBudget.ModelManager.Table do
   def put(table, usage, entries) do
     rows = for %Entry{gate: gate} = entry <- entries, do: model_row(Entry.info(entry), gate)
     :ets.insert(table, [usage_row(placement: usage) | rows])
-    notify(table)
   end
 
   @doc "Writes one entry, its public fields `info` already made, and the usage in one insert."
   @spec put_info(:ets.tid(), ModelBudget.placement(), map(), term()) :: true
   def put_info(table, usage, info, gate) do
     :ets.insert(table, [usage_row(placement: usage), model_row(info, gate)])
-    notify(table)
   end
 
   defp model_row(%{id: id} = info, gate), do: {{:model, id}, info, gate}
@@ -79,29 +72,6 @@ defmodule ModelBudget.ModelManager.Table do
   def delete(table, usage, id, changed \\ []) do
     :ets.delete(table, {:model, id})
     put(table, usage, changed)
-  end
-
-  @doc """
-  Has the process registered as `name` told
-  `{ModelBudget.Cluster.View, :changed, manager}` after every usage write
-  to `table` from now on, whenever it is running (one watcher per table).
-  Called by the manager, the table's writer.
-  """
-  @spec watch(:ets.tid(), atom()) :: true
-  def watch(table, name) do
-    Process.put({__MODULE__, :watcher, table}, name)
-    true
-  end
-
-  # A message, not a call: the manager never waits on its watcher. By name,
-  # so a watcher that restarts is told again.
-  defp notify(table) do
-    with name when name != nil <- Process.get({__MODULE__, :watcher, table}),
-         pid when is_pid(pid) <- Process.whereis(name) do
-      send(pid, {ModelBudget.Cluster.View, :changed, self()})
-    end
-
-    true
   end
 
   @doc "Bumps a total of stats/1."

@@ -19,6 +19,11 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
   # verdicts are the same on any machine. Add --ctx where the context matters.
   @pinned ~w(--parallel 1 --cache-ram 0 --no-repack)
 
+  # No limit, and RAM only: `--budget unlimited` plans for this machine's
+  # GPUs (llama-server offloads every layer by default), so a test that
+  # reads the RAM device, or its only device, names no GPU.
+  @ram_only "ram=unlimited,vram=none"
+
   # {exit status, stdout, stderr}
   defp plan(args), do: ModelBudget.Test.MixTask.run(Mix.Tasks.ModelBudget.Plan, args)
 
@@ -426,7 +431,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
     test "--ctx beyond the trained context warns, and the suggested context stays within it",
          %{gguf: gguf} do
       # A RAM budget that holds the tiny model (trained on 4096) at 6000 tokens.
-      {0, report} = json([gguf.path, "--budget", "unlimited", "--ctx", "6000", "--no-kv-offload"])
+      {0, report} = json([gguf.path, "--budget", @ram_only, "--ctx", "6000", "--no-kv-offload"])
       [%{"devices" => devices}] = report["models"]
       ram = Enum.find(devices, &(&1["device"] == "ram"))["total"]
       args = [gguf.path, "--budget", "ram=#{ram},vram=none", "--ctx", "8192"]
@@ -462,7 +467,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       assert {1, _, _} = plan(args ++ ["--cache-ram", "#{mib + 1}"])
 
       # Room for the model and not one MiB of prompt cache: none.
-      {0, report} = json(~w(gemma-2-9b --budget unlimited --cache-ram 0) ++ pinned)
+      {0, report} = json(~w(gemma-2-9b --budget #{@ram_only} --cache-ram 0) ++ pinned)
       ram = hd(hd(report["models"])["devices"])["total"]
       args = ["gemma-2-9b", "--budget", "ram=#{ram + 2 ** 19},vram=none" | pinned]
       {1, out, ""} = plan(args)
@@ -520,7 +525,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
       flags = ~w(--cache-ram 0 --no-repack --kv-unified --batch-size 512 --ubatch-size 256
            --flash-attn off --no-mmap)
 
-      {0, report} = json(["llama-3.1-8b", "--budget", "unlimited" | flags])
+      {0, report} = json(["llama-3.1-8b", "--budget", @ram_only | flags])
 
       assert report["options"] == %{
                "cache_ram" => 0,
@@ -551,7 +556,7 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
 
       assert ram["total"] == ModelBudget.breakdown(model, opts, 0).ram.total
       # --cache-ram is in MiB, as llama-server's.
-      {0, report} = json(["llama-3.1-8b", "--budget", "unlimited", "--cache-ram", "1024"])
+      {0, report} = json(["llama-3.1-8b", "--budget", @ram_only, "--cache-ram", "1024"])
       assert report["options"] == %{"cache_ram" => 2 ** 30}
       assert hd(hd(report["models"])["devices"])["prompt_cache"] == 2 ** 30
     end
@@ -575,7 +580,9 @@ defmodule Mix.Tasks.ModelBudget.PlanTest do
     @mapped_mib 4274.33
 
     test "--cpu-buffers x86_amx: the AMX buffer within 1% of llama.cpp's, and the profile named" do
-      args = ~w(llama-3.1-8b --ctx 4096 --parallel 1 --no-kv-unified --cache-ram 0)
+      args =
+        ~w(llama-3.1-8b --ctx 4096 --parallel 1 --no-kv-unified --cache-ram 0 --budget #{@ram_only})
+
       {0, out, ""} = plan(args ++ ~w(--cpu-buffers x86_amx))
       assert out =~ "CPU buffers x86_amx (AMX, then CPU_REPACK; as asked)"
       assert out =~ ~r/\n  device\s+weights\s+AMX\s+repacked\s+KV cache/

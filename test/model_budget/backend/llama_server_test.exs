@@ -62,8 +62,8 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert base_url == "http://127.0.0.1:#{port}"
       assert Real.servers_for(path) == [os_pid]
 
-      # What llama.cpp allocated, beside what was reserved: the estimate errs
-      # on the safe side, so the reservation was not raised.
+      # What llama.cpp allocated, beside what is reserved now (raised to it
+      # where it was more: the next test holds the estimate to it).
       assert {:ok, %{measured: measured, placement: placement}} =
                ModelManager.info(manager, :tiny)
 
@@ -81,6 +81,36 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert Real.servers_for(path) == []
       assert Real.port_free?(port)
       assert ModelManager.usage(manager) == %{ram: 0, vram: %{}}
+    end
+
+    test "the estimate errs on the safe side: not below what llama.cpp allocated",
+         %{tmp_dir: dir} do
+      path = model!(dir)
+      manager = manager!()
+
+      # The estimate made before the load, as the manager makes it: the
+      # footprint placed with the options the backend refines (the
+      # binary's runtime profile). The manager reserves it, then raises the
+      # reservation to what llama.cpp measured where that is more: so the
+      # placement after the load cannot tell a low estimate, this can.
+      {:ok, model} = LlamaServer.footprint({:path, path}, opts())
+      estimate = ModelBudget.distribute(model, LlamaServer.estimate_options(opts()), 0)
+
+      {:ok, _info} = ModelManager.load(manager, :tiny, {:path, path}, opts())
+      {:ok, %{measured: %{ram: measured, vram: %{}}} = info} = ModelManager.info(manager, :tiny)
+
+      # The manager reserved this estimate: its error is measured minus
+      # what it reserved before any raise.
+      assert %{max_estimate_error: error, raised: raised} = ModelManager.stats(manager)
+      assert error == measured - estimate.ram
+
+      assert estimate.ram >= measured,
+             "llama.cpp allocated #{measured} bytes in RAM, #{measured - estimate.ram} more " <>
+               "than the #{estimate.ram} estimated before the load (#{inspect(info.measured.buffers)})"
+
+      # So the reservation was not raised.
+      assert raised == 0
+      assert info.placement == estimate
     end
 
     test "passes the estimator's options explicitly and starts on the port asked for",

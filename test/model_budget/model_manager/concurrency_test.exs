@@ -1,8 +1,11 @@
 defmodule ModelBudget.ModelManager.ConcurrencyTest do
   # 100 processes lease, load (some waiting for room), unload (some with a
   # timeout) and take leases in processes that get killed, at random, over
-  # shared ids, for a bounded time; an observer samples the ledger and the
-  # bytes the backend really holds the whole while.
+  # shared ids: each for @rounds operations, and on until every outcome the
+  # test asserts has happened at least once. After each operation a worker
+  # samples the ledger and the bytes the backend really holds, and an
+  # observer samples them between operations the whole while. Nothing is
+  # measured against the clock: it only ends a run that would hang.
   use ExUnit.Case, async: true
 
   import ModelBudget.Test.Eventually
@@ -15,8 +18,20 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
   @budget 4 * 2 ** 20
   @workers 100
   @ids 20
-  # How long the workers run: a bound on the test's length, not a measure.
-  @run_ms 2_500
+  # Operations each worker runs at least.
+  @rounds 100
+  # The outcomes a run must have seen before its workers stop.
+  @required [
+    {:lease, :ok},
+    {:load, :ok},
+    {:load, :refused},
+    {:unload, :ok},
+    {:unload, :busy}
+  ]
+  # A hang guard, not a measure: a run that has not seen every required
+  # outcome by then stops, and fails naming the ones missing (within
+  # ExUnit's 60 s per test, which would fail it less clearly).
+  @hang_guard_ms 40_000
 
   test "the budget is never exceeded, no model is unloaded while leased or twice, nothing is left" do
     manager =
@@ -26,28 +41,33 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
 
     counter = :counters.new(2, [:atomics])
     violations = :counters.new(1, [:atomics])
+    # How many times each required outcome happened, in @required's order.
+    seen = :counters.new(length(@required), [:atomics])
     collector = spawn_link(&TestBackend.collect_holders/0)
     observer = Task.async(fn -> TestBackend.observe(manager, counter, 1) end)
-    deadline = System.monotonic_time(:millisecond) + @run_ms
+    guard = System.monotonic_time(:millisecond) + @hang_guard_ms
     opts = [counter: counter, notify: collector, mode: :direct, n_gpus: 0]
+    run = %{manager: manager, opts: opts, violations: violations, seen: seen, guard: guard}
 
-    outcomes =
+    results =
       1..@workers
-      |> Enum.map(fn _ -> Task.async(fn -> work(manager, opts, violations, deadline, []) end) end)
-      |> Task.await_many(@run_ms + 30_000)
-      |> List.flatten()
-      |> Enum.frequencies()
+      |> Enum.map(fn _ -> Task.async(fn -> work(run, 0, [], {0, 0, 0}) end) end)
+      |> Task.await_many(@hang_guard_ms + 10_000)
 
     send(observer.pid, :stop)
-    {samples, max_usage, max_held} = Task.await(observer)
-    assert samples >= 100
-    assert max_usage <= @budget
-    assert max_held <= @budget
-    assert :counters.get(violations, 1) == 0
+    {_, observed_usage, observed_held} = Task.await(observer)
 
-    assert outcomes[{:lease, :ok}] > 0 and outcomes[{:load, :ok}] > 0
-    assert outcomes[{:unload, :ok}] > 0 and outcomes[{:unload, :busy}] > 0
-    assert outcomes[{:load, :refused}] > 0
+    outcomes = results |> Enum.flat_map(&elem(&1, 0)) |> Enum.frequencies()
+    {samples, max_usage, max_held} = results |> Enum.map(&elem(&1, 1)) |> merge_samples()
+
+    missing = for outcome <- @required, not Map.has_key?(outcomes, outcome), do: outcome
+    assert missing == [], "not seen before the hang guard: #{inspect(missing)}"
+    # Every operation was sampled, while the others ran.
+    assert samples == Enum.sum(Map.values(outcomes))
+    assert samples >= @workers * @rounds
+    assert max(max_usage, observed_usage) <= @budget
+    assert max(max_held, observed_held) <= @budget
+    assert :counters.get(violations, 1) == 0
 
     # Every lease ended (checked in, or with its killed holder: each unload
     # waits for the leases), every load was answered: nothing waits.
@@ -68,25 +88,59 @@ defmodule ModelBudget.ModelManager.ConcurrencyTest do
     assert Enum.sum(unloads) >= ModelManager.stats(manager).loads
   end
 
-  defp work(manager, opts, violations, deadline, outcomes) do
-    if System.monotonic_time(:millisecond) >= deadline do
-      outcomes
+  # A worker: its outcomes and its samples `{count, max usage, max held}`,
+  # once it has run @rounds operations and every required outcome has been
+  # seen (by any worker), or the hang guard has passed.
+  defp work(run, round, outcomes, samples) do
+    if done?(run, round) do
+      {outcomes, samples}
     else
-      id = :rand.uniform(@ids)
-
-      outcome =
-        case :rand.uniform(20) do
-          n when n <= 9 -> {:lease, lease(manager, id, violations)}
-          n when n <= 13 -> {:load, load(manager, id, opts)}
-          n when n <= 15 -> {:unload, unload(manager, id)}
-          n when n <= 17 -> {:killed_holder, killed_holder(manager, id)}
-          _ -> {:checkout, checkout_checkin(manager, id)}
-        end
-
+      outcome = operation(run)
+      count_required(run.seen, outcome)
+      samples = sample(run, samples)
       # Leave the manager some room to load what is missing.
       if elem(outcome, 1) in [:not_loaded, :already_loaded], do: Process.sleep(1)
-      work(manager, opts, violations, deadline, [outcome | outcomes])
+      work(run, round + 1, [outcome | outcomes], samples)
     end
+  end
+
+  defp done?(run, round) do
+    (round >= @rounds and all_seen?(run.seen)) or
+      System.monotonic_time(:millisecond) > run.guard
+  end
+
+  defp all_seen?(seen),
+    do: Enum.all?(1..length(@required), &(:counters.get(seen, &1) > 0))
+
+  for {outcome, i} <- Enum.with_index(@required, 1) do
+    defp count_required(seen, unquote(outcome)), do: :counters.add(seen, unquote(i), 1)
+  end
+
+  defp count_required(_seen, _outcome), do: :ok
+
+  defp operation(%{manager: manager} = run) do
+    id = :rand.uniform(@ids)
+
+    case :rand.uniform(20) do
+      n when n <= 9 -> {:lease, lease(manager, id, run.violations)}
+      n when n <= 13 -> {:load, load(manager, id, run.opts)}
+      n when n <= 15 -> {:unload, unload(manager, id)}
+      n when n <= 17 -> {:killed_holder, killed_holder(manager, id)}
+      _ -> {:checkout, checkout_checkin(manager, id)}
+    end
+  end
+
+  # The ledger (all devices summed) and the bytes the holders hold now.
+  defp sample(run, {count, max_usage, max_held}) do
+    %{ram: ram, vram: vram} = ModelManager.usage(run.manager)
+    {_, held} = TestBackend.held(run.opts[:counter])
+    {count + 1, max(max_usage, ram + Enum.sum(Map.values(vram))), max(max_held, held)}
+  end
+
+  defp merge_samples(samples) do
+    Enum.reduce(samples, {0, 0, 0}, fn {n, usage, held}, {n_acc, usage_acc, held_acc} ->
+      {n_acc + n, max(usage_acc, usage), max(held_acc, held)}
+    end)
   end
 
   # The model's backend holder must stay alive for the whole lease: an

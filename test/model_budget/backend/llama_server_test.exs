@@ -83,16 +83,18 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert ModelManager.usage(manager) == %{ram: 0, vram: %{}}
     end
 
-    test "the estimate errs on the safe side: not below what llama.cpp allocated",
+    # Compute buffers are held to -2.6%..+2.1% (bench/RESULTS.md), so the
+    # estimate may be a little low; the manager then raises the reservation
+    # to the measure. What must hold: the estimate made before the load,
+    # not the raised placement, is within the bounds the manager tolerates
+    # silently, and the reservation ends at least at the measure.
+    test "the estimate made before the load is within bounds of what llama.cpp allocated",
          %{tmp_dir: dir} do
       path = model!(dir)
       manager = manager!()
 
-      # The estimate made before the load, as the manager makes it: the
-      # footprint placed with the options the backend refines (the
-      # binary's runtime profile). The manager reserves it, then raises the
-      # reservation to what llama.cpp measured where that is more: so the
-      # placement after the load cannot tell a low estimate, this can.
+      # As the manager makes it: the footprint placed with the options the
+      # backend refines (the binary's runtime profile).
       {:ok, model} = LlamaServer.footprint({:path, path}, opts())
       estimate = ModelBudget.distribute(model, LlamaServer.estimate_options(opts()), 0)
 
@@ -104,13 +106,12 @@ defmodule ModelBudget.Backend.LlamaServerTest do
       assert %{max_estimate_error: error, raised: raised} = ModelManager.stats(manager)
       assert error == measured - estimate.ram
 
-      assert estimate.ram >= measured,
+      refute ModelManager.Measured.beyond_bounds?({:ram, measured, estimate.ram}),
              "llama.cpp allocated #{measured} bytes in RAM, #{measured - estimate.ram} more " <>
                "than the #{estimate.ram} estimated before the load (#{inspect(info.measured.buffers)})"
 
-      # So the reservation was not raised.
-      assert raised == 0
-      assert info.placement == estimate
+      assert info.placement.ram == max(estimate.ram, measured)
+      assert raised == if(measured > estimate.ram, do: 1, else: 0)
     end
 
     test "passes the estimator's options explicitly and starts on the port asked for",

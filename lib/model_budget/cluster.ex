@@ -21,7 +21,7 @@ defmodule ModelBudget.Cluster do
 
   ## The view
 
-  Placement reads a view of the members' ledgers that every node keeps
+  Ranking reads a view of the members' usage that every node keeps
   (`ModelBudget.Cluster.View`, an ETS table): each member's node publishes
   its budget, labels and usage to every connected node when it joins and
   whenever its usage changes (it follows the usage with
@@ -35,7 +35,7 @@ defmodule ModelBudget.Cluster do
   refused load goes on to the next candidate.
   """
 
-  alias ModelBudget.Cluster.{Placement, View}
+  alias ModelBudget.Cluster.{Ranking, View}
   alias ModelBudget.ModelManager
   alias ModelBudget.ModelManager.Options
 
@@ -114,7 +114,7 @@ defmodule ModelBudget.Cluster do
 
   @doc false
   # The placement decision of load/4 over given views (the benchmark's
-  # entry): `{:ok, {ranked, refused}}` (see Placement.rank/3), or the
+  # entry): `{:ok, {ranked, refused}}` (see Ranking.rank/3), or the
   # backend's sizing error.
   @spec decide([View.view()], term(), keyword(), :binpack | :spread, map()) ::
           {:ok, {[{View.view(), ModelBudget.placement()}], [member_reason()]}}
@@ -129,12 +129,12 @@ defmodule ModelBudget.Cluster do
   defp rank(views, source, load_opts, policy, where) do
     with {:ok, views} <- eligible(views, where),
          {:ok, placements, sizes} <- placements(views, source, load_opts) do
-      {:ok, Placement.rank(views, placements, policy), sizes}
+      {:ok, Ranking.rank(views, placements, policy), sizes}
     end
   end
 
   defp eligible(views, where) do
-    case Enum.filter(views, &Placement.where?(&1.labels, where)) do
+    case Enum.filter(views, &Ranking.where?(&1.labels, where)) do
       [] -> {:error, {:no_member, where}}
       views -> {:ok, views}
     end
@@ -261,7 +261,7 @@ defmodule ModelBudget.Cluster do
   end
 
   # The load sized once per backend among the members, placed once per
-  # {backend, GPU count} of theirs (Placement.rank's keys): the placements
+  # {backend, GPU count} of theirs (Ranking.rank's keys): the placements
   # and the sizes by backend.
   defp placements(views, source, opts) do
     views

@@ -1,4 +1,4 @@
-defmodule ModelBudget.Cluster.Placement do
+defmodule ModelBudget.Cluster.Ranking do
   @moduledoc false
 
   alias ModelBudget.Native

@@ -1,7 +1,7 @@
-defmodule ModelBudget.Cluster.PlacementTest do
+defmodule ModelBudget.Cluster.RankingTest do
   use ExUnit.Case, async: true
 
-  alias ModelBudget.Cluster.Placement
+  alias ModelBudget.Cluster.Ranking
 
   @backend ModelBudget.Backend.Reservation
 
@@ -24,17 +24,17 @@ defmodule ModelBudget.Cluster.PlacementTest do
       budget = ModelBudget.resolve(%{ram: 1_000, vram: [500, 800]})
       usage = %{ram: 100, vram: %{0 => 200}}
       # RAM unused by the placement: only GPU 0 and 1 count.
-      assert Placement.room(budget, usage, %{ram: 0, vram: %{0 => 100, 1 => 300}}) ==
+      assert Ranking.room(budget, usage, %{ram: 0, vram: %{0 => 100, 1 => 300}}) ==
                {:ok, 500 - 200 - 100 + (800 - 300)}
 
-      assert Placement.room(budget, usage, %{ram: 50, vram: %{}}) == {:ok, 1_000 - 100 - 50}
+      assert Ranking.room(budget, usage, %{ram: 50, vram: %{}}) == {:ok, 1_000 - 100 - 50}
     end
 
     test "a device without a limit, or an unlimited budget, has unbounded room" do
       budget = ModelBudget.resolve(%{ram: 1_000, vram: :infinity})
-      assert Placement.room(budget, @empty, %{ram: 0, vram: %{0 => 1}}) == {:ok, :infinity}
+      assert Ranking.room(budget, @empty, %{ram: 0, vram: %{0 => 1}}) == {:ok, :infinity}
 
-      assert Placement.room(ModelBudget.resolve(:infinity), @empty, %{ram: 1, vram: %{}}) ==
+      assert Ranking.room(ModelBudget.resolve(:infinity), @empty, %{ram: 1, vram: %{}}) ==
                {:ok, :infinity}
     end
 
@@ -42,7 +42,7 @@ defmodule ModelBudget.Cluster.PlacementTest do
       budget = ModelBudget.resolve(1_000)
       usage = %{ram: 100, vram: %{0 => 100}}
 
-      assert Placement.room(budget, usage, %{ram: 10, vram: %{1 => 20}}) ==
+      assert Ranking.room(budget, usage, %{ram: 10, vram: %{1 => 20}}) ==
                {:ok, 1_000 - 200 - 30}
     end
 
@@ -51,11 +51,11 @@ defmodule ModelBudget.Cluster.PlacementTest do
       usage = %{ram: 100, vram: %{0 => 200}}
       placement = %{ram: 0, vram: %{0 => 400}}
 
-      assert Placement.room(budget, usage, placement) ==
+      assert Ranking.room(budget, usage, placement) ==
                ModelBudget.check(budget, placement, usage)
 
       assert {:error, {:insufficient_memory, [device: {:gpu, 0}, required: 400, available: 300]}} =
-               Placement.room(budget, usage, placement)
+               Ranking.room(budget, usage, placement)
     end
   end
 
@@ -70,13 +70,13 @@ defmodule ModelBudget.Cluster.PlacementTest do
 
       placements = %{{@backend, 2} => %{ram: 200, vram: %{}}}
 
-      {ranked, refused} = Placement.rank(views, placements, :binpack)
+      {ranked, refused} = Ranking.rank(views, placements, :binpack)
       assert Enum.map(ranked, fn {v, _} -> v.node end) == [:c, :a, :b]
 
       assert [{:d, _, {:insufficient_memory, [device: :total, required: 200, available: 100]}}] =
                refused
 
-      {ranked, _} = Placement.rank(views, placements, :spread)
+      {ranked, _} = Ranking.rank(views, placements, :spread)
       assert Enum.map(ranked, fn {v, _} -> v.node end) == [:b, :a, :c]
     end
 
@@ -91,23 +91,23 @@ defmodule ModelBudget.Cluster.PlacementTest do
       placements = %{{@backend, 1} => one, {@backend, 2} => two}
 
       assert {[{%{node: :one}, ^one}, {%{node: :two}, ^two}], []} =
-               Placement.rank(views, placements, :binpack)
+               Ranking.rank(views, placements, :binpack)
     end
 
     test "ties go by node" do
       views = [view(:b, 1_000, @empty), view(:a, 1_000, @empty)]
       placements = %{{@backend, 2} => %{ram: 1, vram: %{}}}
-      {ranked, []} = Placement.rank(views, placements, :spread)
+      {ranked, []} = Ranking.rank(views, placements, :spread)
       assert Enum.map(ranked, fn {v, _} -> v.node end) == [:a, :b]
     end
   end
 
   describe "where?/2" do
     test "labels must contain every key and value" do
-      assert Placement.where?(%{gpu: "h100", zone: "a"}, %{})
-      assert Placement.where?(%{gpu: "h100", zone: "a"}, %{zone: "a"})
-      refute Placement.where?(%{gpu: "h100", zone: "a"}, %{zone: "b"})
-      refute Placement.where?(%{gpu: "h100"}, %{zone: nil})
+      assert Ranking.where?(%{gpu: "h100", zone: "a"}, %{})
+      assert Ranking.where?(%{gpu: "h100", zone: "a"}, %{zone: "a"})
+      refute Ranking.where?(%{gpu: "h100", zone: "a"}, %{zone: "b"})
+      refute Ranking.where?(%{gpu: "h100"}, %{zone: nil})
     end
   end
 end

@@ -32,21 +32,21 @@ fn room<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>)
 }
 
 /// A check's budget, placement and usage, decoded in place (the inline GPU
-/// maps are never moved); the slow decoders, which name the argument that
-/// is wrong, only when a fast one refuses.
+/// maps are never moved); the first one the codecs refuse is named.
 fn decode_args<'a>(
     [budget, placement, used]: [Term<'a>; 3],
     b: &mut Budget,
     added: &mut Placement,
     usage: &mut Placement,
 ) -> Decoded<'a, ()> {
-    let fast = read_budget(budget, b)
-        .and_then(|_| read_placement(placement, added))
-        .and_then(|_| read_placement(used, usage));
-    if fast.is_err() {
-        *added = placement::decode(placement, "placement")?;
-        *usage = placement::decode(used, "used")?;
-        *b = budget::decode(budget)?;
+    if read_budget(budget, b).is_err() {
+        return bad("budget", budget::BUDGET, budget);
+    }
+    if read_placement(placement, added).is_err() {
+        return bad("placement", placement::EXPECTED, placement);
+    }
+    if read_placement(used, usage).is_err() {
+        return bad("used", placement::EXPECTED, used);
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_budget, encode_per_device, BudgetTerm};
+use crate::codec::{encode_budget, BudgetTerm};
 use crate::decode::{atom, bytes, is_unbounded, optional};
 
 // The wording predates one-key maps; ModelManager's doctests (issue 14's
@@ -163,12 +163,11 @@ pub fn read_gpus<'a>(term: Term<'a>, out: &mut Gpus) -> Decoded<'a, ()> {
     Ok(())
 }
 
-/// Resolves a `:memory_budget` into a budget, answering a per-device one as
-/// a tuple (`codec::encode_per_device`) that `ModelBudget` makes a map. `gpus` and `ram_limit` may be `nil`: when the
-/// spec needs one that is missing and the answer is not already known
-/// without blocking (no NVML on this machine; the memory limit read
-/// before), the answer is `{:probe, :gpus | :ram}` and the Elixir side
-/// probes (on a dirty scheduler) and calls again.
+/// Resolves a `:memory_budget` into a budget. `gpus` and `ram_limit` may
+/// be `nil`: when the spec needs one that is missing and the answer is not
+/// already known without blocking (no NVML on this machine; the memory
+/// limit read before), the answer is `{:probe, :gpus | :ram}` and the
+/// Elixir side probes (on a dirty scheduler) and calls again.
 #[rustler::nif]
 fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>) -> Term<'a> {
     let result = (|| {
@@ -196,10 +195,7 @@ fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>
         }
         let mut resolved = Budget::Unlimited;
         spec::resolve_into(&spec, ram_limit.unwrap_or(0), &gpu_list, &mut resolved)?;
-        Ok(match &resolved {
-            Budget::PerDevice { ram, vram } => encode_per_device(env, *ram, vram),
-            other => encode_budget(env, other),
-        })
+        Ok(encode_budget(env, &resolved))
     })();
     reply(env, result)
 }

@@ -11,7 +11,7 @@ use rustler::{Atom, Env, Term, TermType};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, BadArg, Decoded};
-use crate::codec::{encode_usage, CacheTypeTerm, ModeTerm, SplitModeTerm};
+use crate::codec::{encode_placement, CacheTypeTerm, ModeTerm, SplitModeTerm};
 use crate::decode::{atom, bytes, index, optional};
 
 /// Reads the keys `set` knows of a load-option keyword list. Unknown keys
@@ -305,8 +305,7 @@ pub fn gpu_count(term: Term) -> Decoded<u32> {
     }
 }
 
-/// `{ram, vram}` of the placement (`ModelBudget` builds the map, as for
-/// `fold/2`).
+/// The placement of a model of `file_bytes`.
 #[rustler::nif]
 fn distribute<'a>(
     env: Env<'a>,
@@ -322,7 +321,7 @@ fn distribute<'a>(
         // Written in place: a placement's GPU map is inline, a move copies it.
         let mut placement = Placement::empty();
         distribute_into(file_bytes, &options, n_gpus, &mut placement)?;
-        Ok(encode_usage(env, &placement))
+        Ok(encode_placement(env, &placement))
     })();
     reply(env, result)
 }

@@ -1,20 +1,20 @@
 //! `placement()` terms: `%{ram: bytes, vram: %{gpu_index => bytes}}`, and
-//! the usage arithmetic over them, through the codec in `codec`.
+//! the usage arithmetic over them.
 
 use model_budget_core::Placement;
 use rustler::{Encoder, Env, Term};
 
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_placement, encode_usage, read_placement};
+use crate::codec::{encode_placement, PlacementTerm};
+use crate::raw::read_placement;
 
 pub const EXPECTED: &str = "a map %{ram: bytes, vram: %{gpu_index => bytes}}";
 
 /// A placement argument named `arg`; a term the codec refuses is named
 /// whole (a bad byte count reads best in context).
 pub fn decode<'a>(term: Term<'a>, arg: &str) -> Decoded<'a, Placement> {
-    let mut placement = Placement::empty();
-    match read_placement(term, &mut placement) {
-        Ok(()) => Ok(placement),
+    match term.decode::<PlacementTerm>() {
+        Ok(p) => Ok(p.0),
         Err(_) => bad(arg, EXPECTED, term),
     }
 }
@@ -33,8 +33,8 @@ fn empty_usage(env: Env) -> Term {
     encode_placement(env, &Placement::empty())
 }
 
-/// Applies `op` to the decoded usage in place and answers `{ram, vram}`
-/// (see `encode_usage`).
+/// `used` with `placement` applied by `op`, both read in place (the
+/// "fold/2" and "release/2" rows of bench/budget.exs: see `raw`).
 fn usage_op<'a>(
     env: Env<'a>,
     used: Term<'a>,
@@ -50,18 +50,18 @@ fn usage_op<'a>(
             return bad("placement", EXPECTED, placement);
         }
         op(&mut usage, &added)?;
-        Ok(encode_usage(env, &usage))
+        Ok(encode_placement(env, &usage))
     })();
     reply(env, result)
 }
 
-/// `{ram, vram}` of `used` with `placement` added (`ModelBudget.fold/2`).
+/// `used` with `placement` added (`ModelBudget.fold/2`).
 #[rustler::nif]
 fn fold<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
     usage_op(env, used, placement, Placement::fold_in)
 }
 
-/// `{ram, vram}` of `used` with `placement` taken out (`ModelBudget.release/2`).
+/// `used` with `placement` taken out (`ModelBudget.release/2`).
 #[rustler::nif]
 fn release<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> Term<'a> {
     usage_op(env, used, placement, Placement::release_from)

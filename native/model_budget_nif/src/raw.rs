@@ -3,16 +3,20 @@
 //! placements and budgets around them read in place and built the same
 //! way. Every other term goes through the derived codecs in `codec`.
 //!
-//! Kept for the rows of `bench/budget.exs`, measured side by side on this
-//! 2-core machine against the derived codecs (`NifMap` decoding by value
-//! into `Result`s, rustler's `MapIterator`, `Term::map_from_arrays` and
-//! derived encoders, which build from heap vectors): reading in place
-//! saves about 35 ns per placement or budget and the iterator about 60 ns
-//! per map of 8 GPUs ("check/3", all four rows, reads a budget and two
-//! placements, "fold/2" and "release/2" two placements); building from
-//! the stack saves 40 to 100 ns per placement or budget ("fold/2",
-//! "release/2", "distribute/3", and "resolve/2 on %{ram: bytes, vram:
-//! :auto}").
+//! Kept for the rows of `bench/budget.exs`, each measured against the
+//! derived alternative on this 2-core machine (whole runs, and the two
+//! side by side in one run):
+//! - reading in place: with derived `NifMap`/`NifUntaggedEnum` decoders,
+//!   which move budgets and placements through `Result`s, the "check/3"
+//!   rows took about 120 ns more per call (combined, 1 GPU: 417 to 431 ns
+//!   against 299 to 303);
+//! - the VM's iterator instead of rustler's double-ended `MapIterator`: 60
+//!   to 90 ns less per map of 8 GPUs ("check/3, per-device, 8 GPU(s)"
+//!   reads three, "fold/2" and "release/2, 8 GPU(s)" two);
+//! - maps built from stack arrays instead of derived `NifMap` encoders and
+//!   `Term::map_from_arrays` (heap vectors): 40 to 100 ns less per
+//!   placement or budget ("fold/2", "release/2", "distribute/3",
+//!   "resolve/2 on %{ram: bytes, vram: :auto}").
 
 use model_budget_core::budget::gpu_map::INLINE_GPUS;
 use model_budget_core::budget::spec::{Budget, Limit, VramLimits};

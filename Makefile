@@ -96,6 +96,8 @@ lint: setup
 	@cargo fmt --all --check
 	@echo "==> cargo clippy -D warnings"
 	@cargo clippy --workspace --all-targets --release -- -D warnings
+	@echo "==> cargo clippy -D warnings, the NIF crate with its test and benchmark NIFs"
+	@cargo clippy -p model_budget_nif --release --features bench -- -D warnings
 	@echo "==> mix format --check-formatted"
 	@mix format --check-formatted
 	@echo "==> mix compile --warnings-as-errors"

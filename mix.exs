@@ -20,7 +20,10 @@ defmodule ModelBudget.MixProject do
       build_embedded: true,
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: [],
-      docs: [main: "readme", extras: ["README.md", "CONTRIBUTING.md", "guides/leases.md", "guides/glossary.md"]]
+      docs: [
+        main: "readme",
+        extras: ["README.md", "CONTRIBUTING.md", "guides/leases.md", "guides/glossary.md"]
+      ]
     ]
   end
 

@@ -163,28 +163,9 @@ defmodule ModelBudget do
         resolve_with(option, gpus, Native.memory_limit())
 
       budget ->
-        budget(budget)
+        budget
     end
   end
-
-  # A per-device budget comes as a tuple (see placement/1). `mode` is bound
-  # from it, not written out: a map of literal keys and variable values is
-  # built in one step, a literal value makes it an update.
-  @compile {:inline, budget: 1}
-  defp budget({mode = :per_device, ram}), do: %{mode: mode, ram: ram, vram: %{}}
-
-  defp budget({mode = :per_device, ram, gpu, limit}),
-    do: %{mode: mode, ram: ram, vram: %{gpu => limit}}
-
-  defp budget({mode = :per_device, ram, vram}), do: %{mode: mode, ram: ram, vram: vram(vram)}
-  defp budget(budget) when is_map(budget), do: budget
-
-  # The conversions of the NIF's answers, for bench/budget.exs: it times
-  # the floors with the calls' result terms through them.
-  @doc false
-  def budget_from_native(answer), do: budget(answer)
-  @doc false
-  def placement_from_native(answer), do: placement(answer)
 
   @doc """
   The NVIDIA GPUs that CUDA programs started from this process would see,
@@ -409,7 +390,7 @@ defmodule ModelBudget do
     do: Errors.call(Native.distribute_model(model, opts, n_gpus))
 
   def distribute(file_bytes, opts, n_gpus) do
-    placement(Errors.call(Native.distribute(file_bytes, opts, n_gpus)))
+    Errors.call(Native.distribute(file_bytes, opts, n_gpus))
   end
 
   @doc """
@@ -635,9 +616,7 @@ defmodule ModelBudget do
       %{ram: 11, vram: %{0 => 5, 1 => 4}}
   """
   @spec fold(placement(), placement()) :: placement()
-  def fold(used, placement) do
-    placement(Errors.call(Native.fold(used, placement)))
-  end
+  def fold(used, placement), do: Errors.call(Native.fold(used, placement))
 
   @doc """
   Takes `placement` back out of `used`, the inverse of `fold/2`, for unloads.
@@ -653,33 +632,7 @@ defmodule ModelBudget do
       ** (ArgumentError) invalid placement: releases 2 bytes of RAM but only 1 are held
   """
   @spec release(placement(), placement()) :: placement()
-  def release(used, placement) do
-    placement(Errors.call(Native.release(used, placement)))
-  end
-
-  # The NIF answers a placement as {ram} with no GPU, {ram, gpu, bytes} with
-  # one, {ram, vram} with more: Elixir builds small maps in a few ns, where
-  # a NIF takes about 50 per map (the VM copies and sorts the keys).
-  @compile {:inline, placement: 1, vram: 1}
-  defp placement({ram}), do: %{ram: ram, vram: %{}}
-  defp placement({ram, gpu, bytes}), do: %{ram: ram, vram: %{gpu => bytes}}
-  defp placement({ram, vram}), do: %{ram: ram, vram: vram(vram)}
-
-  # A GPU map of up to @dense_gpus entries for GPUs 0, 1, ... comes from the
-  # NIF as the tuple of its values (codec::DENSE_GPUS, which must agree; the
-  # NIF sends maps of 0 or 1 entry otherwise, but every size has a clause):
-  # a map of literal keys is built from a key tuple made at compile time,
-  # without the copy and sort of the keys that a map built in the NIF pays
-  # (about 150 ns for 8 GPUs). Any other GPU map comes as the map itself,
-  # and a budget's unbounded VRAM as :infinity.
-  @dense_gpus 16
-  defp vram(vram) when is_map(vram) or is_atom(vram), do: vram
-
-  for size <- 0..@dense_gpus do
-    values = Macro.generate_unique_arguments(size, __MODULE__)
-    entries = Enum.with_index(values, fn value, gpu -> {gpu, value} end)
-    defp vram({unquote_splicing(values)}), do: %{unquote_splicing(entries)}
-  end
+  def release(used, placement), do: Errors.call(Native.release(used, placement))
 
   @doc """
   The usage of nothing: `%{ram: 0, vram: %{}}`.

@@ -14,6 +14,13 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
   `ModelBudget.Native` already loaded in this VM is loaded again, so that
   `mix test` and `recompile` in IEx run the library just built.
 
+  The NIFs that only tests and benchmarks call (the crate's `bench`
+  feature: echo and floor NIFs) are built, and their stubs in
+  `ModelBudget.Native` defined, only where `bench_nifs?/0` says so: for
+  ModelBudget itself in `:dev` and `:test`. A release, or a project that
+  depends on ModelBudget (Mix compiles dependencies in `:prod`), has
+  neither.
+
   Cargo decides what to rebuild, so editing Rust source triggers a rebuild
   on the next `mix compile`. The cargo target directory is
   `CARGO_TARGET_DIR` when set; else, for ModelBudget itself, the
@@ -32,7 +39,7 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
     root = File.cwd!()
 
     {_, status} =
-      System.cmd(cargo, ["build", "--release", "--quiet", "-p", @crate],
+      System.cmd(cargo, ["build", "--release", "--quiet", "-p", @crate] ++ features(),
         cd: root,
         env: [{"CARGO_TARGET_DIR", target_dir(root)}],
         stderr_to_stdout: true,
@@ -82,6 +89,41 @@ defmodule Mix.Tasks.Compile.ModelBudgetNative do
 
     :ok
   end
+
+  @doc """
+  Whether this build has the NIFs that only tests and benchmarks call:
+  `bench_nifs?/2` for the project being compiled. Read by this step (the
+  cargo feature) and by `ModelBudget.Native` as it compiles (the stubs), so
+  that the two always agree: the VM refuses a library with a NIF its
+  module lacks.
+  """
+  @spec bench_nifs?() :: boolean()
+  def bench_nifs?, do: bench_nifs?(Mix.env(), dependency?())
+
+  @doc """
+  Whether a build in `env`, of ModelBudget itself or as a `dependency`,
+  has the test and benchmark NIFs: only ModelBudget itself in `:dev` or
+  `:test`.
+
+  ## Examples
+
+      iex> Mix.Tasks.Compile.ModelBudgetNative.bench_nifs?(:test, false)
+      true
+
+      iex> Mix.Tasks.Compile.ModelBudgetNative.bench_nifs?(:prod, false)
+      false
+
+      iex> Mix.Tasks.Compile.ModelBudgetNative.bench_nifs?(:dev, true)
+      false
+  """
+  @spec bench_nifs?(atom(), boolean()) :: boolean()
+  def bench_nifs?(env, dependency), do: env in [:dev, :test] and not dependency
+
+  # Mix compiles a dependency with its parent's :app_path in the config
+  # (`_build/ENV/lib/APP` of the parent); a project of its own has none.
+  defp dependency?, do: Mix.Project.config()[:app_path] != nil
+
+  defp features, do: if(bench_nifs?(), do: ["--features", "bench"], else: [])
 
   @doc """
   The file name cargo gives the crate's `cdylib` on an OS, as `:os.type/0`

@@ -24,26 +24,40 @@ defmodule ModelBudget.Native do
     end
   end
 
-  def noop, do: not_loaded()
-  # One echo per codec (native/model_budget_nif/src/echo.rs), for tests.
-  def echo_mode(_term), do: not_loaded()
-  def echo_split_mode(_term), do: not_loaded()
-  def echo_cache_type(_term), do: not_loaded()
-  def echo_device(_term), do: not_loaded()
-  def echo_limit(_term), do: not_loaded()
-  def echo_gpu_bytes(_term), do: not_loaded()
-  def echo_gpu_limits(_term), do: not_loaded()
-  def echo_placement(_term), do: not_loaded()
-  def echo_budget(_term), do: not_loaded()
-  def echo_insufficient(_term), do: not_loaded()
-  # Benchmark floors (native/model_budget_nif/src/floor.rs).
-  def floor_check(_budget, _placement, _used), do: not_loaded()
-  def floor_usage(_used, _placement), do: not_loaded()
-  def floor_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
-  def floor_resolve(_spec, _gpus, _ram_limit), do: not_loaded()
-  def floor_result_usage(_used, _placement), do: not_loaded()
-  def floor_result_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
-  def floor_result_resolve(_spec, _gpus), do: not_loaded()
+  # The NIFs that only tests and benchmarks call: built (the crate's
+  # `bench` feature) and stubbed only for ModelBudget itself in :dev and
+  # :test, as Mix.Tasks.Compile.ModelBudgetNative.bench_nifs?/0 decides for
+  # both. A release, or ModelBudget as a dependency, has none of them.
+  if Mix.Tasks.Compile.ModelBudgetNative.bench_nifs?() do
+    def noop, do: not_loaded()
+    # One echo per codec (native/model_budget_nif/src/echo.rs), for tests.
+    def echo_mode(_term), do: not_loaded()
+    def echo_split_mode(_term), do: not_loaded()
+    def echo_cache_type(_term), do: not_loaded()
+    def echo_device(_term), do: not_loaded()
+    def echo_limit(_term), do: not_loaded()
+    def echo_gpu_bytes(_term), do: not_loaded()
+    def echo_gpu_limits(_term), do: not_loaded()
+    def echo_placement(_term), do: not_loaded()
+    def echo_budget(_term), do: not_loaded()
+    def echo_insufficient(_term), do: not_loaded()
+    # Benchmark floors (native/model_budget_nif/src/floor.rs).
+    def floor_check(_budget, _placement, _used), do: not_loaded()
+    def floor_usage(_used, _placement), do: not_loaded()
+    def floor_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
+    def floor_resolve(_spec, _gpus, _ram_limit), do: not_loaded()
+    def floor_result_usage(_used, _placement), do: not_loaded()
+    def floor_result_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
+    def floor_result_resolve(_spec, _gpus), do: not_loaded()
+    def decode_only_check(_budget, _placement, _used), do: not_loaded()
+    def decode_only_usage(_used, _placement), do: not_loaded()
+    def decode_only_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
+    def decode_only_resolve(_spec, _gpus), do: not_loaded()
+    def compute_only_usage(_used, _placement, _release), do: not_loaded()
+    def compute_only_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
+    def compute_only_resolve(_spec, _gpus), do: not_loaded()
+  end
+
   # Lease gates and leases (native/model_budget_nif/src/gate.rs).
   def gate_waiting_new, do: not_loaded()
   def gate_waiting_arm(_waiting, _on), do: not_loaded()
@@ -61,13 +75,6 @@ defmodule ModelBudget.Native do
   def gate_touch(_gate, _now), do: not_loaded()
   def gate_last_use(_gate), do: not_loaded()
   def gate_claim(_gates), do: not_loaded()
-  def decode_only_check(_budget, _placement, _used), do: not_loaded()
-  def decode_only_usage(_used, _placement), do: not_loaded()
-  def decode_only_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
-  def decode_only_resolve(_spec, _gpus), do: not_loaded()
-  def compute_only_usage(_used, _placement, _release), do: not_loaded()
-  def compute_only_distribute(_bytes, _opts, _n_gpus), do: not_loaded()
-  def compute_only_resolve(_spec, _gpus), do: not_loaded()
   def empty_usage, do: not_loaded()
   def fold(_used, _placement), do: not_loaded()
   def release(_used, _placement), do: not_loaded()

@@ -100,14 +100,17 @@ defmodule ModelBudget.DevicesTest do
       {gpus, limit} = ModelBudget.Native.probe_machine(System.get_env("CUDA_VISIBLE_DEVICES"))
       ram = div(limit * 80, 100)
       assert %{ram: ^ram} = ModelBudget.resolve(%{ram: :auto, vram: :infinity})
-      # The NIF answers a per-device budget as a tuple, ModelBudget makes it a map.
+      # The NIF answers the budget map itself.
       assert ModelBudget.Native.resolve(%{ram: :auto, vram: :infinity}, nil, nil) ==
-               {:per_device, ram, :infinity}
+               %{mode: :per_device, ram: ram, vram: :infinity}
 
       case ModelBudget.gpu_status() do
         {:unavailable, _} ->
           assert gpus == []
-          assert ModelBudget.Native.resolve(:auto, nil, nil) == {:per_device, ram}
+
+          assert ModelBudget.Native.resolve(:auto, nil, nil) ==
+                   %{mode: :per_device, ram: ram, vram: %{}}
+
           assert ModelBudget.resolve(:auto) == %{mode: :per_device, ram: ram, vram: %{}}
 
         {:ok, _, _} ->

@@ -1,9 +1,9 @@
 //! Budget terms: the `:memory_budget` option as written (decoded into a
-//! `BudgetSpec`), and resolved budgets in and out (`budget()`). The derived
-//! codecs in `codec` are the fast path; the decoders here explain bad input.
+//! `BudgetSpec`), and resolved budgets in and out (`budget()`), through the
+//! codecs in `codec`.
 
 use model_budget_core::budget::spec::{
-    self, Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramLimits, VramSpec,
+    self, Budget, BudgetSpec, GpuFree, Limit, RamSpec, VramSpec,
 };
 use model_budget_core::machine::{devices, system};
 use model_budget_core::GpuMap;
@@ -13,8 +13,8 @@ use smallvec::SmallVec;
 
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_budget, encode_per_device, BudgetTerm};
-use crate::decode::{atom, bytes, exact_map, index, is_unbounded, optional};
+use crate::codec::{encode_budget, BudgetTerm};
+use crate::decode::{atom, bytes, is_unbounded, optional};
 
 // The wording predates one-key maps; ModelManager's doctests (issue 14's
 // files) quote it, so it stays until they change together.
@@ -22,7 +22,7 @@ const SPEC: &str = ":infinity, nil, :auto, a positive integer, or a map with :ra
 const RAM: &str = "a byte count, :infinity, nil or :auto";
 const VRAM: &str =
     ":infinity, nil, :auto, a list of byte counts, or a map of GPU index => byte count or :infinity";
-const BUDGET: &str = "a budget: %{mode: :unlimited}, %{mode: :combined, limit: pos_integer}, or %{mode: :per_device, ram: limit, vram: :infinity | %{gpu_index => limit}}";
+pub const BUDGET: &str = "a budget: %{mode: :unlimited}, %{mode: :combined, limit: pos_integer}, or %{mode: :per_device, ram: limit, vram: :infinity | %{gpu_index => limit}}";
 
 /// Decodes the `:memory_budget` option as a user writes it. A map may give
 /// only `:ram` or only `:vram`; the missing one is `:infinity` (as in
@@ -116,60 +116,12 @@ fn decode_limit<'a>(
     bad(arg, expected, whole)
 }
 
-/// Decodes a resolved `budget()`, as `check/3` receives it: the codec, or
-/// on failure the explanation.
+/// A resolved `budget()`, as `check/3` receives it; a term the codec
+/// refuses is named whole.
 pub fn decode(term: Term) -> Decoded<Budget> {
     match term.decode::<BudgetTerm>() {
         Ok(b) => Ok(b.0),
-        Err(_) => explain(term),
-    }
-}
-
-/// Re-reads a budget the codec refused, to say what is wrong with it.
-fn explain(term: Term) -> Decoded<Budget> {
-    const ARG: &str = "budget";
-    let mode = match term.map_get(atoms::mode()) {
-        Ok(mode) => atom(mode),
-        Err(_) => return bad(ARG, BUDGET, term),
-    };
-    match mode {
-        Some(m) if m == atoms::unlimited() => {
-            exact_map(term, [atoms::mode()], ARG, BUDGET)?;
-            Ok(Budget::Unlimited)
-        }
-        Some(m) if m == atoms::combined() => {
-            let [_, limit] = exact_map(term, [atoms::mode(), atoms::limit()], ARG, BUDGET)?;
-            match limit.decode::<u64>() {
-                Ok(limit) if limit > 0 => Ok(Budget::Combined { limit }),
-                _ => bad(ARG, BUDGET, term),
-            }
-        }
-        Some(m) if m == atoms::per_device() => {
-            let [_, ram, vram] = exact_map(
-                term,
-                [atoms::mode(), atoms::ram(), atoms::vram()],
-                ARG,
-                BUDGET,
-            )?;
-            let ram = decode_limit(ram, ARG, BUDGET, term)?;
-            let vram = if atom(vram) == Some(atoms::infinity()) {
-                VramLimits::Infinity
-            } else {
-                let Some(entries) = MapIterator::new(vram) else {
-                    return bad(ARG, BUDGET, term);
-                };
-                let mut map = GpuMap::new();
-                for (gpu, limit) in entries {
-                    let Ok(gpu) = gpu.decode::<u32>() else {
-                        return bad(ARG, BUDGET, term);
-                    };
-                    map.insert(gpu, decode_limit(limit, ARG, BUDGET, term)?);
-                }
-                VramLimits::PerGpu(map)
-            };
-            Ok(Budget::PerDevice { ram, vram })
-        }
-        _ => bad(ARG, BUDGET, term),
+        Err(_) => bad("budget", BUDGET, term),
     }
 }
 
@@ -185,54 +137,37 @@ pub type Gpus = SmallVec<[GpuFree; 8]>;
 /// GPU entries as `LlamaCppEx.devices/0` and `ModelBudget.devices/0` give
 /// them (maps with at least `:gpu_index` and `:memory_free`), appended to
 /// `out` in place (see `spec::resolve_into`: the list is inline, and
-/// each move copies it).
+/// each move copies it). A bad entry is named alone.
 pub fn read_gpus<'a>(term: Term<'a>, out: &mut Gpus) -> Decoded<'a, ()> {
-    let fast = crate::decode::list(term).and_then(|list| {
-        for gpu in list {
-            let GpuFreeFields {
-                gpu_index,
-                memory_free,
-            } = gpu.decode()?;
-            out.push(GpuFree {
-                gpu_index,
-                memory_free,
-            });
-        }
-        Ok(())
-    });
-    if fast.is_err() {
-        *out = explain_gpus(term)?;
+    const ARG: &str = "gpu_devices";
+    let Ok(list) = crate::decode::list(term) else {
+        return bad(ARG, "a list of maps with :gpu_index and :memory_free", term);
+    };
+    for gpu in list {
+        let Ok(GpuFreeFields {
+            gpu_index,
+            memory_free,
+        }) = gpu.decode()
+        else {
+            return bad(
+                ARG,
+                "maps with :gpu_index (an integer below 2^32) and :memory_free (an integer below 2^64)",
+                gpu,
+            );
+        };
+        out.push(GpuFree {
+            gpu_index,
+            memory_free,
+        });
     }
     Ok(())
 }
 
-fn explain_gpus(term: Term) -> Decoded<Gpus> {
-    const ARG: &str = "gpu_devices";
-    const EXPECTED: &str = "a list of maps with :gpu_index and :memory_free";
-    let Ok(list) = crate::decode::list(term) else {
-        return bad(ARG, EXPECTED, term);
-    };
-    list.map(|gpu| {
-        let (Ok(gpu_index), Ok(memory_free)) = (
-            gpu.map_get(atoms::gpu_index()),
-            gpu.map_get(atoms::memory_free()),
-        ) else {
-            return bad(ARG, EXPECTED, gpu);
-        };
-        Ok(GpuFree {
-            gpu_index: index(gpu_index, "gpu_devices :gpu_index")?,
-            memory_free: bytes(memory_free, "gpu_devices :memory_free")?,
-        })
-    })
-    .collect()
-}
-
-/// Resolves a `:memory_budget` into a budget, answering a per-device one as
-/// a tuple (`codec::encode_per_device`) that `ModelBudget` makes a map. `gpus` and `ram_limit` may be `nil`: when the
-/// spec needs one that is missing and the answer is not already known
-/// without blocking (no NVML on this machine; the memory limit read
-/// before), the answer is `{:probe, :gpus | :ram}` and the Elixir side
-/// probes (on a dirty scheduler) and calls again.
+/// Resolves a `:memory_budget` into a budget. `gpus` and `ram_limit` may
+/// be `nil`: when the spec needs one that is missing and the answer is not
+/// already known without blocking (no NVML on this machine; the memory
+/// limit read before), the answer is `{:probe, :gpus | :ram}` and the
+/// Elixir side probes (on a dirty scheduler) and calls again.
 #[rustler::nif]
 fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>) -> Term<'a> {
     let result = (|| {
@@ -260,10 +195,7 @@ fn resolve<'a>(env: Env<'a>, spec: Term<'a>, gpus: Term<'a>, ram_limit: Term<'a>
         }
         let mut resolved = Budget::Unlimited;
         spec::resolve_into(&spec, ram_limit.unwrap_or(0), &gpu_list, &mut resolved)?;
-        Ok(match &resolved {
-            Budget::PerDevice { ram, vram } => encode_per_device(env, *ram, vram),
-            other => encode_budget(env, other),
-        })
+        Ok(encode_budget(env, &resolved))
     })();
     reply(env, result)
 }

@@ -3,14 +3,15 @@
 use rustler::{Encoder, Env, Term};
 
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_check, read_budget, read_placement, DeviceTerm};
+use crate::codec::{encode_check, DeviceTerm};
+use crate::raw::{read_budget, read_placement};
 use crate::{atoms, budget, placement};
 use model_budget_core::{Budget, Placement};
 
 #[rustler::nif]
 fn check<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>) -> Term<'a> {
     let (mut b, mut added, mut usage) = (Budget::Unlimited, Placement::empty(), Placement::empty());
-    match decode_args([budget, placement, used], &mut b, &mut added, &mut usage) {
+    match read_args([budget, placement, used], &mut b, &mut added, &mut usage) {
         Ok(()) => encode_check(env, model_budget_core::check(&b, &added, &usage)),
         Err(bad) => reply::<Term>(env, Err(bad)),
     }
@@ -21,7 +22,7 @@ fn check<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>
 #[rustler::nif]
 fn room<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>) -> Term<'a> {
     let (mut b, mut added, mut usage) = (Budget::Unlimited, Placement::empty(), Placement::empty());
-    if let Err(bad) = decode_args([budget, placement, used], &mut b, &mut added, &mut usage) {
+    if let Err(bad) = read_args([budget, placement, used], &mut b, &mut added, &mut usage) {
         return reply::<Term>(env, Err(bad));
     }
     match model_budget_core::room(&b, &added, &usage) {
@@ -31,22 +32,22 @@ fn room<'a>(env: Env<'a>, budget: Term<'a>, placement: Term<'a>, used: Term<'a>)
     }
 }
 
-/// A check's budget, placement and usage, decoded in place (the inline GPU
-/// maps are never moved); the slow decoders, which name the argument that
-/// is wrong, only when a fast one refuses.
-fn decode_args<'a>(
+/// A check's budget, placement and usage, read in place (the "check/3"
+/// rows of bench/budget.exs: see `raw`); the first one refused is named.
+fn read_args<'a>(
     [budget, placement, used]: [Term<'a>; 3],
     b: &mut Budget,
     added: &mut Placement,
     usage: &mut Placement,
 ) -> Decoded<'a, ()> {
-    let fast = read_budget(budget, b)
-        .and_then(|_| read_placement(placement, added))
-        .and_then(|_| read_placement(used, usage));
-    if fast.is_err() {
-        *added = placement::decode(placement, "placement")?;
-        *usage = placement::decode(used, "used")?;
-        *b = budget::decode(budget)?;
+    if read_budget(budget, b).is_err() {
+        return bad("budget", budget::BUDGET, budget);
+    }
+    if read_placement(placement, added).is_err() {
+        return bad("placement", placement::EXPECTED, placement);
+    }
+    if read_placement(used, usage).is_err() {
+        return bad("used", placement::EXPECTED, used);
     }
     Ok(())
 }

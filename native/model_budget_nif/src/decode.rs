@@ -39,26 +39,6 @@ pub fn is_unbounded(term: Term) -> bool {
     atom(term).is_some_and(|a| a == atoms::infinity() || a == atoms::nil())
 }
 
-/// Fetches required `keys` of a map that may hold nothing else.
-pub fn exact_map<'a, const N: usize>(
-    term: Term<'a>,
-    keys: [Atom; N],
-    arg: &str,
-    expected: &str,
-) -> Decoded<'a, [Term<'a>; N]> {
-    if term.map_size().ok() != Some(N) {
-        return bad(arg, expected, term);
-    }
-    let mut values = [term; N];
-    for (slot, key) in values.iter_mut().zip(keys) {
-        *slot = match term.map_get(key) {
-            Ok(value) => value,
-            Err(_) => return bad(arg, expected, term),
-        };
-    }
-    Ok(values)
-}
-
 /// A proper list's iterator. Rustler's iterator panics at an improper tail
 /// (`[a | b]`), so an improper list is refused here like any other
 /// non-list, and the caller names the argument.

@@ -6,7 +6,7 @@ use model_budget_core::{DistributeOptions, OptionSet, Placement};
 use rustler::{Env, Term};
 
 use crate::badarg::{bad, reply, Decoded};
-use crate::codec::encode_usage;
+use crate::codec::encode_placement;
 use crate::decode::bytes;
 use crate::load_options::read_options;
 
@@ -18,8 +18,7 @@ pub fn gpu_count(term: Term) -> Decoded<u32> {
     }
 }
 
-/// `{ram, vram}` of the placement (`ModelBudget` builds the map, as for
-/// `fold/2`).
+/// The placement of a model of `file_bytes`.
 #[rustler::nif]
 fn distribute<'a>(
     env: Env<'a>,
@@ -35,7 +34,7 @@ fn distribute<'a>(
         // Written in place: a placement's GPU map is inline, a move copies it.
         let mut placement = Placement::empty();
         distribute_into(file_bytes, &options, n_gpus, &mut placement)?;
-        Ok(encode_usage(env, &placement))
+        Ok(encode_placement(env, &placement))
     })();
     reply(env, result)
 }

@@ -10,11 +10,12 @@ use model_budget_core::{Budget, DistributeOptions, GpuMap, OptionSet, Placement}
 use rustler::types::tuple::get_tuple;
 use rustler::{Atom, Env, Term, TermType};
 
+use crate::atoms;
 use crate::budget::{decode_spec, read_gpus, Gpus};
-use crate::codec::{self, encode_per_device, encode_usage, read_budget};
+use crate::codec::encode_placement;
 use crate::distribute::gpu_count;
 use crate::load_options::read_options;
-use crate::{atoms, raw};
+use crate::raw::{self, encode_per_device, read_budget, read_placement as read_in_place};
 
 #[rustler::nif]
 fn noop() -> Atom {
@@ -131,8 +132,8 @@ fn floor_resolve(spec: Term, gpus: Term, ram_limit: Term) -> Atom {
 fn decode_only_check(budget: Term, placement: Term, used: Term) -> Atom {
     let (mut b, mut p, mut u) = (Budget::Unlimited, Placement::empty(), Placement::empty());
     let read = read_budget(budget, &mut b)
-        .and_then(|_| codec::read_placement(placement, &mut p))
-        .and_then(|_| codec::read_placement(used, &mut u));
+        .and_then(|_| read_in_place(placement, &mut p))
+        .and_then(|_| read_in_place(used, &mut u));
     std::hint::black_box((read.is_ok(), &b, &p, &u));
     atoms::ok()
 }
@@ -141,8 +142,7 @@ fn decode_only_check(budget: Term, placement: Term, used: Term) -> Atom {
 #[rustler::nif]
 fn decode_only_usage(used: Term, placement: Term) -> Atom {
     let (mut u, mut p) = (Placement::empty(), Placement::empty());
-    let read =
-        codec::read_placement(used, &mut u).and_then(|_| codec::read_placement(placement, &mut p));
+    let read = read_in_place(used, &mut u).and_then(|_| read_in_place(placement, &mut p));
     std::hint::black_box((read.is_ok(), &u, &p));
     atoms::ok()
 }
@@ -173,8 +173,7 @@ fn decode_only_resolve(spec: Term, gpus: Term) -> Atom {
 #[rustler::nif]
 fn compute_only_usage(used: Term, placement: Term, release: bool) -> Atom {
     let (mut u, mut p) = (Placement::empty(), Placement::empty());
-    let read =
-        codec::read_placement(used, &mut u).and_then(|_| codec::read_placement(placement, &mut p));
+    let read = read_in_place(used, &mut u).and_then(|_| read_in_place(placement, &mut p));
     let done = read.is_ok()
         && if release {
             u.release_from(&p).is_ok()
@@ -245,7 +244,7 @@ fn floor_result_usage<'a>(env: Env<'a>, used: Term<'a>, placement: Term<'a>) -> 
     gather_placement(used, &mut u);
     gather_placement(placement, &mut p);
     std::hint::black_box(&p);
-    encode_usage(env, &u)
+    encode_placement(env, &u)
 }
 
 /// `distribute/3`'s floor with its result: `bytes / n_gpus` on each GPU.
@@ -269,7 +268,7 @@ fn floor_result_distribute<'a>(
     for gpu in 0..n {
         placement.vram.insert(gpu, bytes / u64::from(n));
     }
-    encode_usage(env, &placement)
+    encode_placement(env, &placement)
 }
 
 /// `resolve/2`'s floor on `%{ram: bytes, vram: :auto}` with its result:

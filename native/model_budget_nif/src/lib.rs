@@ -11,10 +11,12 @@ mod constraint;
 mod decode;
 mod devices;
 mod distribute;
+#[cfg(feature = "bench")]
 mod echo;
 mod evict;
 mod evict_steps;
 mod fit;
+#[cfg(feature = "bench")]
 mod floor;
 mod gate;
 mod json;

@@ -60,8 +60,8 @@ defmodule ModelBudget.LoadOptionsTest do
         cond do
           o.choices != [] -> [Atom.to_string(hd(o.choices))]
           o.kind == :weights -> ["1,1"]
-          o.kind == :boolean and match?({:switch, [^switch, "on"], _}, o.server) -> ["off"]
-          o.kind in [:boolean, :repack] -> []
+          o.kind == :bool and match?({:switch, [^switch, "on"], _}, o.server) -> ["off"]
+          o.kind in [:bool, :repack] -> []
           true -> ["1"]
         end
 

@@ -125,7 +125,7 @@ defmodule ModelBudget.Plan.Args do
   defp default_help(%{default: []}), do: "even"
   defp default_help(%{server: {:mib, _}, default: bytes}), do: "#{div(bytes, 2 ** 20)}"
 
-  defp default_help(%{kind: :boolean, default: on} = o) when is_boolean(on),
+  defp default_help(%{kind: :bool, default: on} = o) when is_boolean(on),
     do: if(on_off?(o), do: if(on, do: "on", else: "off"), else: to_string(on))
 
   defp default_help(%{default: default}), do: to_string(default)
@@ -142,7 +142,7 @@ defmodule ModelBudget.Plan.Args do
   defp on_off?(_option), do: false
 
   # OptionParser's type for a switch: llama-server's own form of the value.
-  defp switch_type(%{kind: :boolean} = o), do: if(on_off?(o), do: :string, else: :boolean)
+  defp switch_type(%{kind: :bool} = o), do: if(on_off?(o), do: :string, else: :boolean)
   defp switch_type(%{kind: :repack}), do: :boolean
   defp switch_type(%{kind: kind}) when kind in [:count, :context, :layers, :index], do: :integer
   defp switch_type(%{server: {:mib, _}}), do: :integer
@@ -181,7 +181,7 @@ defmodule ModelBudget.Plan.Args do
     end
   end
 
-  defp load_option(%{kind: :boolean} = o, value) do
+  defp load_option(%{kind: :bool} = o, value) do
     if on_off?(o),
       do: choice(o, value, @flash_attn, "on, off or auto"),
       else: {:ok, {o.name, value}}

@@ -10,7 +10,7 @@ use model_budget_core::estimate::options::{
     near_miss, repack_profile, Kind, LoadOption, OptionValue, ServerFlag, LOAD_OPTIONS,
 };
 use model_budget_core::{DistributeOptions, OptionSet};
-use rustler::{Atom, Encoder, Env, Term, TermType};
+use rustler::{Atom, Encoder, Env, NifMap, Term, TermType};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, BadArg, Decoded};
@@ -252,65 +252,59 @@ fn encode_value<'a>(env: Env<'a>, value: &OptionValue) -> Term<'a> {
     }
 }
 
-/// The whole table, one map per option: `name`, `reads` (`:both`,
-/// `:bytes`, `:model`), `kind`, `choices`, `default`, `server`
-/// (`nil`, `{:value, flag, gpu_only?}`, `{:switch, on_args, off_args}`,
-/// `{:mib, flag}`), `switch`, `aliases`, `doc`.
+/// One option of the table, as `ModelBudget.LoadOptions` reads it.
+#[derive(NifMap)]
+struct OptionTerm<'a> {
+    name: Atom,
+    /// `:both`, `:bytes` or `:model`.
+    reads: Atom,
+    kind: Atom,
+    choices: Vec<Atom>,
+    default: Term<'a>,
+    /// `nil`, `{:value, flag, gpu_only?}`, `{:switch, on_args, off_args}`
+    /// or `{:mib, flag}`.
+    server: Term<'a>,
+    switch: Option<&'a str>,
+    aliases: Vec<(&'a str, &'a str)>,
+    doc: &'a str,
+}
+
+/// The whole table, one map per option.
 #[rustler::nif]
-fn load_options(env: Env) -> Term {
-    let maps: Vec<Term> = LOAD_OPTIONS
+fn load_options(env: Env) -> Vec<OptionTerm> {
+    // The table's words are fixed identifiers: always valid atoms.
+    let atom = |n: &str| Atom::from_str(env, n).unwrap_or_else(|_| atoms::nil());
+    LOAD_OPTIONS
         .iter()
-        .map(|o| {
-            let atom = |n: &str| Atom::from_str(env, n).expect("the table's words are atoms");
-            let reads = match o.reads {
-                model_budget_core::estimate::options::Reads::Both => "both",
-                model_budget_core::estimate::options::Reads::Bytes => "bytes",
-                model_budget_core::estimate::options::Reads::Model => "model",
-            };
-            let server = match o.server {
+        .map(|o| OptionTerm {
+            name: atom(o.name),
+            reads: atom(&snake_case(&format!("{:?}", o.reads))),
+            kind: atom(&snake_case(&format!("{:?}", o.kind))),
+            choices: o.kind.choices().into_iter().map(atom).collect(),
+            default: encode_value(env, &o.default_value()),
+            server: match o.server {
                 ServerFlag::None => atoms::nil().encode(env),
                 ServerFlag::Value { flag, gpu } => (atom("value"), flag, gpu).encode(env),
                 ServerFlag::Switch { on, off } => (atom("switch"), on, off).encode(env),
                 ServerFlag::Mib(flag) => (atom("mib"), flag).encode(env),
-            };
-            let choices: Vec<Atom> = o.kind.choices().into_iter().map(atom).collect();
-            let pairs = [
-                ("name", atom(o.name).encode(env)),
-                ("reads", atom(reads).encode(env)),
-                ("kind", atom(kind_name(o.kind)).encode(env)),
-                ("choices", choices.encode(env)),
-                ("default", encode_value(env, &o.default_value())),
-                ("server", server),
-                ("switch", o.switch.encode(env)),
-                ("aliases", o.aliases.encode(env)),
-                ("doc", o.doc.encode(env)),
-            ];
-            let (keys, values): (Vec<Term>, Vec<Term>) = pairs
-                .into_iter()
-                .map(|(k, v)| (atom(k).encode(env), v))
-                .unzip();
-            Term::map_from_term_arrays(env, &keys, &values).expect("distinct keys")
+            },
+            switch: o.switch,
+            aliases: o.aliases.to_vec(),
+            doc: o.doc,
         })
-        .collect();
-    maps.encode(env)
+        .collect()
 }
 
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Mode => "mode",
-        Kind::Layers => "layers",
-        Kind::SplitMode => "split_mode",
-        Kind::Weights => "weights",
-        Kind::Index => "index",
-        Kind::Bool => "boolean",
-        Kind::Count => "count",
-        Kind::Context => "context",
-        Kind::Bytes => "bytes",
-        Kind::MaybeBytes => "maybe_bytes",
-        Kind::CacheType => "cache_type",
-        Kind::CpuBuffers => "cpu_buffers",
-        Kind::Repack => "repack",
+/// `SplitMode` as `split_mode`: the core's variant names as Elixir atoms.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    for (i, c) in name.char_indices() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
     }
+    out
 }
 
 /// The model path's options in `opts`, checked as every estimate checks

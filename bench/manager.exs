@@ -315,7 +315,7 @@ manager_step = fn ->
   receive do: ({_, :ok} -> :ok)
 end
 
-rules = ModelManager.Eviction.compile!(ModelManager.Eviction.default_rules())
+rules = ModelBudget.Eviction.compile!(ModelBudget.Eviction.default_rules())
 budget = ModelManager.budget(manager)
 
 pieces = [

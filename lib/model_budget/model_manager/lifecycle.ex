@@ -13,7 +13,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   alias ModelBudget.Backend.Reservation
   alias ModelBudget.ModelManager
-  alias ModelBudget.ModelManager.{Entry, Eviction, History, Leases, Ledger, Measured, Table}
+  alias ModelBudget.Eviction
+  alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Measured, Table}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
   defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}]
@@ -50,9 +51,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       # One clock reading for the whole step.
       now = state.clock.()
 
-      case admit(state, placement, Ledger.ahead(state.ledger, nil), now) do
-        {:ok, evictions, state} ->
-          start_load(state, from, request, evictions, now)
+      case admit(state, placement, Ledger.ahead(state.ledger, nil), now, :load) do
+        {:ok, admission, state} ->
+          start_load(state, from, request, admission, now)
 
         {:error, _} = refused ->
           timeout = Keyword.get(request.opts, :timeout, 0)
@@ -64,9 +65,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
-  # The plan, then a claim of the models it evicts: one taken by a lease
-  # since is excluded and the plan made again.
-  defp admit(state, placement, ahead, now, exclude \\ MapSet.new()) do
+  # The admission, then a claim of the models it evicts: one taken by a
+  # lease since is excluded and the admission made again.
+  defp admit(state, placement, ahead, now, intent, exclude \\ MapSet.new()) do
     ledger = state.ledger
 
     probe = %{
@@ -77,20 +78,20 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       exclude: exclude
     }
 
-    case Ledger.admit(ledger, placement, ahead, probe) do
-      {:ok, []} ->
-        {:ok, [], state}
+    case Ledger.admit(ledger, placement, ahead, probe, intent) do
+      {:ok, %{evictions: []} = admission} ->
+        {:ok, admission, state}
 
-      {:ok, evictions} ->
+      {:ok, %{evictions: evictions} = admission} ->
         gates = Enum.map(evictions, &Ledger.fetch!(ledger, &1.id).gate)
 
         case Leases.claim(gates) do
           :ok ->
-            {:ok, evictions, state}
+            {:ok, admission, state}
 
           {:leased, indexes} ->
-            leased = Enum.map(indexes, &Enum.at(evictions, &1).id)
-            admit(state, placement, ahead, now, MapSet.union(exclude, MapSet.new(leased)))
+            leased = MapSet.new(indexes, &Enum.at(evictions, &1).id)
+            admit(state, placement, ahead, now, intent, MapSet.union(exclude, leased))
         end
 
       {:error, _} = refused ->
@@ -112,7 +113,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   # The evicted models (already claimed) start unloading; the load waits for
   # them, then its backend load runs.
-  defp start_load(state, from, request, evictions, now) do
+  defp start_load(state, from, request, admission, now) do
+    evictions = admission.evictions
+
     gate =
       if request.manager == self(),
         do: request.gate,
@@ -125,7 +128,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     # history counted then.
     history = if within_step?, do: {0, 0}, else: Table.history_of(state.table, request.id)
     entry = Entry.new(request, gate, history, from)
-    {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
+    {ledger, evicted} = Ledger.hand_over(state.ledger, entry, admission, {:load, entry.id})
     state = %{state | ledger: ledger}
 
     if within_step? do
@@ -541,18 +544,18 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   @doc "fence/3: makes room, answered once the evicted models are unloaded."
   @spec fence(t(), ModelBudget.placement(), GenServer.from()) :: t()
   def fence(state, placement, from) do
-    case admit(state, placement, [], state.clock.()) do
-      {:ok, [], state} ->
+    case admit(state, placement, [], state.clock.(), :fence) do
+      {:ok, %{evictions: []}, state} ->
         Table.bump(state.table, :fences)
         reply(from, {:ok, []})
         state
 
-      {:ok, evictions, state} ->
+      {:ok, %{evictions: evictions} = admission, state} ->
         Table.bump(state.table, :fences)
         ref = make_ref()
         # Nothing takes the evicted models' memory over: they count in full
         # until their unloads return, and the fence answers then.
-        {ledger, evicted} = Ledger.hand_over(state.ledger, nil, evictions, {:fence, ref})
+        {ledger, evicted} = Ledger.hand_over(state.ledger, nil, admission, {:fence, ref})
         ids = Enum.map(evictions, & &1.id)
         fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
         state = %{state | ledger: ledger, fences: Map.put(state.fences, ref, fence)}
@@ -604,8 +607,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       Enum.reduce(state.ledger.queue, state, fn waiter, state ->
         ahead = Ledger.ahead(state.ledger, waiter.ref)
 
-        case admit(state, waiter.placement, ahead, now) do
-          {:ok, evictions, state} -> admit_waiter(state, waiter, evictions, now)
+        case admit(state, waiter.placement, ahead, now, :load) do
+          {:ok, admission, state} -> admit_waiter(state, waiter, admission, now)
           {:error, _} -> state
         end
       end)
@@ -614,11 +617,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     state
   end
 
-  defp admit_waiter(state, waiter, evictions, now) do
+  defp admit_waiter(state, waiter, admission, now) do
     {_, ledger} = Ledger.dequeue(state.ledger, waiter.ref)
     cancel_timer(waiter.timer)
     state = demonitor(%{state | ledger: ledger}, waiter.caller_ref)
-    start_load(state, waiter.from, waiter.request, evictions, now)
+    start_load(state, waiter.from, waiter.request, admission, now)
   end
 
   @doc "A waiting load's deadline: one last try, else the usual refusal."
@@ -633,9 +636,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       waiter ->
         now = state.clock.()
 
-        case admit(state, waiter.placement, ahead, now) do
-          {:ok, evictions, state} ->
-            admit_waiter(state, %{waiter | timer: nil}, evictions, now)
+        case admit(state, waiter.placement, ahead, now, :load) do
+          {:ok, admission, state} ->
+            admit_waiter(state, %{waiter | timer: nil}, admission, now)
 
           {:error, _} = refused ->
             {_, ledger} = Ledger.dequeue(state.ledger, ref)

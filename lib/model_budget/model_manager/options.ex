@@ -6,7 +6,7 @@ defmodule ModelBudget.ModelManager.Options do
   # each option lives with the public function that takes it.
 
   alias ModelBudget.Backend.Reservation
-  alias ModelBudget.ModelManager.Eviction
+  alias ModelBudget.Eviction
 
   @start_schema [
     :name,

@@ -1,69 +1,152 @@
-//! The admission ledger as a NIF resource: the budget and the usage stay on
-//! the Rust side, and only each new placement crosses the boundary. A mutex
-//! makes each admission one step, whichever process calls.
+//! `evict_admit`: a manager's whole admission in one call (the core's
+//! `budget::admission::admit`): the snapshot, the placement and the
+//! candidates cross once; the evictions, the residuals and the new usage
+//! come back.
 
-use model_budget_core::budget::admission::Admissions;
-use parking_lot::Mutex;
-use rustler::{Encoder, Env, NifResult, ResourceArc, Term};
+use model_budget_core::budget::admission::{self, Admission, Answer, Intent};
+use model_budget_core::Placement;
+use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
-use crate::badarg::{bad, reply, Decoded};
-use crate::codec::{encode_check, encode_placement, PlacementTerm};
-use crate::{budget, placement};
+use crate::badarg::{bad, reply, BadArg, Decoded};
+use crate::codec::{encode_placement, DeviceTerm, InsufficientTerm};
+use crate::decode;
+use crate::evict::{decode_placements, decode_snapshot, ReasonTerm};
+use crate::placement;
+use crate::raw;
 
-struct Ledger(Mutex<Admissions>);
-
-#[rustler::resource_impl]
-impl rustler::Resource for Ledger {}
-
-fn ledger<'a>(term: Term<'a>) -> Decoded<'a, ResourceArc<Ledger>> {
-    term.decode()
-        .or_else(|_| bad("ledger", "a ledger from ModelBudget.Ledger.new/1", term))
+rustler::atoms! {
+    ahead,
+    candidates,
+    id,
+    placement,
+    reason,
+    fence,
+    load,
 }
 
-#[rustler::nif]
-fn ledger_new<'a>(env: Env<'a>, budget_term: Term<'a>) -> Term<'a> {
-    let result = budget::decode(budget_term)
-        .map(|b| ResourceArc::new(Ledger(Mutex::new(Admissions::new(b)))).encode(env));
-    reply(env, result)
+const CANDIDATES: &str = "nil or a list of {id, placement}";
+
+/// `:load` or `:fence`.
+fn intent(term: Term) -> Decoded<Intent> {
+    match decode::atom(term) {
+        Some(a) if a == load() => Ok(Intent::Load),
+        Some(a) if a == fence() => Ok(Intent::Fence),
+        _ => bad("intent", ":load or :fence", term),
+    }
 }
 
-/// `:ok` (and the usage grows), or check's error (and nothing changes).
-#[rustler::nif]
-fn ledger_admit<'a>(env: Env<'a>, ledger_term: Term<'a>, placement_term: Term<'a>) -> Term<'a> {
-    let fast = || -> NifResult<_> {
-        Ok((
-            ledger_term.decode::<ResourceArc<Ledger>>()?,
-            placement_term.decode::<PlacementTerm>()?.0,
-        ))
+/// The snapshot's optional `:ahead`: placements of the loads waiting
+/// ahead (none when the key is absent or `nil`).
+fn decode_ahead(snapshot: Term) -> Decoded<Vec<Placement>> {
+    match snapshot.map_get(ahead()) {
+        Ok(term) if decode::atom(term) != Some(atoms::nil()) => {
+            decode_placements(term, "snapshot :ahead")
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// `{id, placement}`: the id's term, and the placement decoded.
+fn candidate<'a>(term: Term<'a>) -> Decoded<'a, (Term<'a>, Term<'a>, Placement)> {
+    let Ok((id, held)) = term.decode::<(Term, Term)>() else {
+        return bad("candidates", CANDIDATES, term);
     };
-    let result = (|| {
-        let (ledger, placement) = match fast() {
-            Ok(args) => args,
-            Err(_) => (
-                ledger(ledger_term)?,
-                placement::decode(placement_term, "placement")?,
-            ),
-        };
-        let admitted = ledger.0.lock().admit(&placement)?;
-        Ok(encode_check(env, admitted))
-    })();
-    reply(env, result)
+    Ok((id, held, placement::decode(held, "candidates")?))
 }
 
+/// `:candidates` (list them and call again), `{:ok, evictions, residuals,
+/// usage}` with each eviction `%{id, placement, device, reason}`, or
+/// check's `{:error, {:insufficient_memory, details}}`.
 #[rustler::nif]
-fn ledger_release<'a>(env: Env<'a>, ledger_term: Term<'a>, placement_term: Term<'a>) -> Term<'a> {
+fn evict_admit<'a>(
+    env: Env<'a>,
+    snapshot_term: Term<'a>,
+    placement_term: Term<'a>,
+    candidates_term: Term<'a>,
+    intent_term: Term<'a>,
+) -> Term<'a> {
     let result = (|| {
-        let ledger = ledger(ledger_term)?;
+        let (snapshot, rules) = decode_snapshot(snapshot_term)?;
+        let ahead = decode_ahead(snapshot_term)?;
         let placement = placement::decode(placement_term, "placement")?;
-        ledger.0.lock().release(&placement)?;
-        Ok(atoms::ok().encode(env))
+        let intent = intent(intent_term)?;
+        let list = match decode::atom(candidates_term) {
+            Some(a) if a == atoms::nil() => None,
+            _ => match decode::list(candidates_term) {
+                Ok(list) => Some(list),
+                Err(_) => return bad("candidates", CANDIDATES, candidates_term),
+            },
+        };
+        // Each candidate is decoded when the walk reaches it; its terms are
+        // kept to name it in the answer. A bad one stops the walk, and its
+        // own error is raised.
+        let mut pulled: Vec<(Term, Term)> = Vec::new();
+        let mut refused: Option<Box<BadArg>> = None;
+        let walked = list.map(|list| {
+            list.map(|term| match candidate(term) {
+                Ok((id, held, decoded)) => {
+                    pulled.push((id, held));
+                    Ok(decoded)
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    Err(model_budget_core::Error::InvalidArgument {
+                        arg: "candidates",
+                        message: CANDIDATES.to_owned(),
+                    })
+                }
+            })
+        });
+        let rules = rules.as_ref().map(|r| &r.constraint);
+        let answer = admission::admit(&snapshot, &ahead, rules, &placement, walked, intent);
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        Ok(match answer? {
+            Answer::Unlisted => candidates().encode(env),
+            Answer::Short(short) => (
+                atoms::error(),
+                (atoms::insufficient_memory(), InsufficientTerm(short)),
+            )
+                .encode(env),
+            Answer::Admitted(admitted) => encode_admission(env, &admitted, &pulled),
+        })
     })();
     reply(env, result)
 }
 
-#[rustler::nif]
-fn ledger_usage<'a>(env: Env<'a>, ledger_term: Term<'a>) -> Term<'a> {
-    let result = ledger(ledger_term).map(|l| encode_placement(env, &l.0.lock().usage));
-    reply(env, result)
+fn encode_admission<'a>(env: Env<'a>, a: &Admission, pulled: &[(Term<'a>, Term<'a>)]) -> Term<'a> {
+    let keys = [
+        raw::raw(atoms::device().encode(env)),
+        raw::raw(id().encode(env)),
+        raw::raw(placement().encode(env)),
+        raw::raw(reason().encode(env)),
+    ];
+    let evictions: Vec<Term> = a
+        .evictions
+        .iter()
+        .map(|e| {
+            let (id, held) = pulled[e.candidate];
+            let values = [
+                raw::raw(DeviceTerm::from(e.device).encode(env)),
+                raw::raw(id),
+                raw::raw(held),
+                raw::raw(ReasonTerm::from(e.reason).encode(env)),
+            ];
+            raw::map_from_arrays(env, &keys, &values)
+        })
+        .collect();
+    let residuals: Vec<Term> = a
+        .residuals
+        .iter()
+        .map(|r| encode_placement(env, r))
+        .collect();
+    (
+        atoms::ok(),
+        evictions,
+        residuals,
+        encode_placement(env, &a.usage),
+    )
+        .encode(env)
 }

@@ -156,7 +156,8 @@ defmodule ModelBudget.Eviction do
   `candidates` are the models that may be evicted, `{id, placement}`,
   least recently used first: a list, or a function returning one, called
   only when the placement needs room (listing them may cost more than the
-  admission). The core reads the list only as far as its walk reaches.
+  admission). The core reads the list only as far as its walk reaches: a
+  malformed candidate beyond that is not seen.
 
   The residuals: a load takes the evicted models' memory over, and its
   backend load starts only once their unloads have returned, so what
@@ -222,10 +223,21 @@ defmodule ModelBudget.Eviction do
     end
   end
 
-  defp admitted({:ok, evictions, residuals, usage}),
-    do: {:ok, %{evictions: evictions, residuals: residuals, usage: usage}}
+  # The NIF answers placements as ModelBudget.fold/2's do (the maps are
+  # cheaper made here).
+  defp admitted({:ok, evictions, residuals, usage}) do
+    {:ok,
+     %{
+       evictions: evictions,
+       residuals: placements(residuals),
+       usage: ModelBudget.placement_from_native(usage)
+     }}
+  end
 
   defp admitted({:error, _} = refused), do: refused
+
+  defp placements([]), do: []
+  defp placements(answers), do: Enum.map(answers, &ModelBudget.placement_from_native/1)
 
   @doc """
   Chooses evictions for `placement` from `candidates`, a list of `{id,

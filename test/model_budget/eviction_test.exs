@@ -389,6 +389,11 @@ defmodule ModelBudget.EvictionTest do
                      Eviction.admit(raw(%{mode: :combined, limit: 1}, ram(1)), ram(1), [:x])
                    end
 
+      # An improper list is refused where the walk reaches its tail.
+      assert_raise ArgumentError, ~r/invalid candidates: expected nil or a list/, fn ->
+        Eviction.admit(full(), ram(300), [{:a, ram(250)} | :tail])
+      end
+
       assert_raise ArgumentError,
                    ~r/invalid candidates: expected a list of {id, placement} or a function/,
                    fn ->

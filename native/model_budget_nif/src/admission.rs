@@ -9,7 +9,7 @@ use rustler::{Encoder, Env, Term};
 
 use crate::atoms;
 use crate::badarg::{bad, reply, BadArg, Decoded};
-use crate::codec::{encode_placement, DeviceTerm, InsufficientTerm};
+use crate::codec::{encode_usage, DeviceTerm, InsufficientTerm};
 use crate::decode;
 use crate::evict::{decode_placements, decode_snapshot, ReasonTerm};
 use crate::placement;
@@ -37,13 +37,35 @@ fn intent(term: Term) -> Decoded<Intent> {
 }
 
 /// The snapshot's optional `:ahead`: placements of the loads waiting
-/// ahead (none when the key is absent or `nil`).
+/// ahead (none when the key is absent, `nil` or `[]`).
 fn decode_ahead(snapshot: Term) -> Decoded<Vec<Placement>> {
     match snapshot.map_get(ahead()) {
-        Ok(term) if decode::atom(term) != Some(atoms::nil()) => {
+        Ok(term) if !term.is_empty_list() && decode::atom(term) != Some(atoms::nil()) => {
             decode_placements(term, "snapshot :ahead")
         }
         _ => Ok(Vec::new()),
+    }
+}
+
+/// A list's elements, one cell at a time: unlike rustler's iterator, it
+/// does not walk the whole list first (to refuse an improper one), so the
+/// walk reads only as far as it gets. `Err` at an improper tail.
+struct Cells<'a>(Term<'a>);
+
+impl<'a> Iterator for Cells<'a> {
+    type Item = Result<Term<'a>, Term<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty_list() {
+            return None;
+        }
+        match self.0.list_get_cell() {
+            Ok((head, tail)) => {
+                self.0 = tail;
+                Some(Ok(head))
+            }
+            Err(_) => Some(Err(self.0)),
+        }
     }
 }
 
@@ -56,8 +78,9 @@ fn candidate<'a>(term: Term<'a>) -> Decoded<'a, (Term<'a>, Term<'a>, Placement)>
 }
 
 /// `:candidates` (list them and call again), `{:ok, evictions, residuals,
-/// usage}` with each eviction `%{id, placement, device, reason}`, or
-/// check's `{:error, {:insufficient_memory, details}}`.
+/// usage}` with each eviction `%{id, placement, device, reason}` and the
+/// placements as `encode_usage` answers them (`ModelBudget` makes the
+/// maps), or check's `{:error, {:insufficient_memory, details}}`.
 #[rustler::nif]
 fn evict_admit<'a>(
     env: Env<'a>,
@@ -71,30 +94,36 @@ fn evict_admit<'a>(
         let ahead = decode_ahead(snapshot_term)?;
         let placement = placement::decode(placement_term, "placement")?;
         let intent = intent(intent_term)?;
-        let list = match decode::atom(candidates_term) {
-            Some(a) if a == atoms::nil() => None,
-            _ => match decode::list(candidates_term) {
-                Ok(list) => Some(list),
-                Err(_) => return bad("candidates", CANDIDATES, candidates_term),
-            },
+        let list = if decode::atom(candidates_term) == Some(atoms::nil()) {
+            None
+        } else if candidates_term.is_list() {
+            Some(Cells(candidates_term))
+        } else {
+            return bad("candidates", CANDIDATES, candidates_term);
         };
         // Each candidate is decoded when the walk reaches it; its terms are
-        // kept to name it in the answer. A bad one stops the walk, and its
-        // own error is raised.
+        // kept to name it in the answer. A bad one (or an improper tail)
+        // stops the walk, and its own error is raised.
         let mut pulled: Vec<(Term, Term)> = Vec::new();
         let mut refused: Option<Box<BadArg>> = None;
-        let walked = list.map(|list| {
-            list.map(|term| match candidate(term) {
-                Ok((id, held, decoded)) => {
-                    pulled.push((id, held));
-                    Ok(decoded)
-                }
-                Err(e) => {
-                    refused = Some(e);
-                    Err(model_budget_core::Error::InvalidArgument {
-                        arg: "candidates",
-                        message: CANDIDATES.to_owned(),
-                    })
+        let walked = list.map(|cells| {
+            cells.map(|cell| {
+                let decoded = match cell {
+                    Ok(term) => candidate(term),
+                    Err(_) => bad("candidates", CANDIDATES, candidates_term),
+                };
+                match decoded {
+                    Ok((id, held, decoded)) => {
+                        pulled.push((id, held));
+                        Ok(decoded)
+                    }
+                    Err(e) => {
+                        refused = Some(e);
+                        Err(model_budget_core::Error::InvalidArgument {
+                            arg: "candidates",
+                            message: CANDIDATES.to_owned(),
+                        })
+                    }
                 }
             })
         });
@@ -137,16 +166,12 @@ fn encode_admission<'a>(env: Env<'a>, a: &Admission, pulled: &[(Term<'a>, Term<'
             raw::map_from_arrays(env, &keys, &values)
         })
         .collect();
-    let residuals: Vec<Term> = a
-        .residuals
-        .iter()
-        .map(|r| encode_placement(env, r))
-        .collect();
+    let residuals: Vec<Term> = a.residuals.iter().map(|r| encode_usage(env, r)).collect();
     (
         atoms::ok(),
         evictions,
         residuals,
-        encode_placement(env, &a.usage),
+        encode_usage(env, &a.usage),
     )
         .encode(env)
 }

@@ -100,11 +100,23 @@ where
         Some(Choice::Short(short)) => return Ok(Answer::Short(short)),
         Some(Choice::Room { evictions, .. }) => evictions,
     };
+    let mut usage = snapshot.usage.clone();
+    if evictions.is_empty() {
+        // Nothing to hand over: the usage and the load, or the usage as it
+        // stands for a fence.
+        if intent == Intent::Load {
+            usage.fold_in(placement)?;
+        }
+        return Ok(Answer::Admitted(Admission {
+            evictions,
+            residuals: Vec::new(),
+            usage,
+        }));
+    }
     let evicted: Vec<Placement> = evictions
         .iter()
         .map(|e| pulled.seen()[e.candidate].clone())
         .collect();
-    let mut usage = snapshot.usage.clone();
     let residuals = match intent {
         Intent::Fence => evicted,
         Intent::Load => {

@@ -13,6 +13,7 @@ use crate::budget::gpu_map::GpuMap;
 use crate::budget::placement::Placement;
 use crate::budget::spec::{Budget, Limit};
 use crate::error::{invalid, Result};
+use std::borrow::Cow;
 
 /// The variables `:evict_when` rules may read, in the order a rules
 /// constraint must declare them.
@@ -306,9 +307,11 @@ pub(crate) fn walk<I: Iterator<Item = Result<Placement>>>(
         check_rules(rules)?;
     }
     let needs_free = rules.is_some_and(|r| r.used_variables().any(|i| i == FREE));
-    let mut sim = ledger.clone();
-    if !needs_free {
-        sim.free = None;
+    // The simulation is copied from the snapshot at its first release: most
+    // admissions release nothing.
+    let mut sim = Cow::Borrowed(ledger);
+    if !needs_free && ledger.free.is_some() {
+        sim.to_mut().free = None;
     }
     let mut evicted: Vec<bool> = Vec::new();
     let mut evictions = Vec::new();
@@ -323,9 +326,10 @@ pub(crate) fn walk<I: Iterator<Item = Result<Placement>>>(
                 evicted.resize(i + 1, false);
             }
             if !evicted[i] && share(held, device) > 0 {
-                sim.usage.release_from(held)?;
-                sim.resident_count = sim.resident_count.saturating_sub(1);
-                if let Some(free) = sim.free.as_mut() {
+                let released = sim.to_mut();
+                released.usage.release_from(held)?;
+                released.resident_count = released.resident_count.saturating_sub(1);
+                if let Some(free) = released.free.as_mut() {
                     free.add(held);
                 }
                 evicted[i] = true;
@@ -358,7 +362,7 @@ pub(crate) fn walk<I: Iterator<Item = Result<Placement>>>(
     }
     Ok(Some(Choice::Room {
         evictions,
-        usage: sim.usage,
+        usage: sim.into_owned().usage,
     }))
 }
 

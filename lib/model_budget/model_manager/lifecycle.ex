@@ -11,9 +11,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   require Logger
 
-  alias ModelBudget.Backend.Reservation
+  alias ModelBudget.{Backend, Eviction}
   alias ModelBudget.ModelManager
-  alias ModelBudget.Eviction
   alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Measured, Table}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
@@ -146,20 +145,29 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
+  # The backend load receives the whole decision (Entry.decision/1) where
+  # it takes one (c:ModelBudget.Backend.load/4).
   defp run_load(state, id, now) do
-    %Entry{source: source, placement: placement, opts: opts} = Ledger.fetch!(state.ledger, id)
+    %Entry{source: source, placement: placement, opts: opts} =
+      entry = Ledger.fetch!(state.ledger, id)
+
+    backend = state.backend
+    decision = Entry.decision(entry)
 
     if inline?(state) do
-      outcome = run_inline(fn -> state.backend.load(source, placement, opts) end)
+      outcome =
+        run_inline(fn -> Backend.call_load(backend, source, placement, opts, decision) end)
+
       finished_load(state, id, outcome, now)
     else
-      # The task also asks what the model really holds (Measured.load/4).
+      # The task also asks what the model really holds (Measured.load/5).
       task =
         Task.Supervisor.async_nolink(state.task_sup, Measured, :load, [
-          state.backend,
+          backend,
           source,
           placement,
-          opts
+          opts,
+          decision
         ])
 
       state = %{state | refs: Map.put(state.refs, task.ref, {:load, id})}
@@ -167,10 +175,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
-  # The reservation backend does nothing in a load or an unload: the manager
-  # calls it in its own step instead of a task (admissions at a fraction of
-  # the cost); any other backend may block, so it runs in a task.
-  defp inline?(state), do: state.backend == Reservation
+  # A backend that does nothing in a load or an unload says so
+  # (c:ModelBudget.Backend.inline?/0): the manager calls it in its own step
+  # instead of a task (admissions at a fraction of the cost); any other may
+  # block, so it runs in a task.
+  defp inline?(state), do: Backend.loads_inline?(state.backend)
 
   defp run_inline(fun) do
     {:ok, fun.()}

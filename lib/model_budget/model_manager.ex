@@ -1127,6 +1127,7 @@ defmodule ModelBudget.ModelManager do
        flags: flags,
        task_sup: task_sup,
        backend: config.backend,
+       inline: ModelBudget.Backend.loads_inline?(config.backend),
        clock: config.clock,
        sweep_ms: config.sweep_ms,
        ledger: Ledger.new(config.budget, config.rules, config.min_idle_ms),

@@ -16,13 +16,15 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Measured, Table}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
-  defstruct @enforce_keys ++ [:name, refs: %{}, fences: %{}]
+  defstruct @enforce_keys ++ [:name, inline: false, refs: %{}, fences: %{}]
 
   @typedoc """
   The manager's state. `:refs` maps every monitor and task ref to what it
   watches: `{:load | :unload, id}` tasks, `{:caller, id}` callers of
   admitted loads, `{:waiter, ref}` callers of waiting loads, `{:handle, id}`
-  pid handles; `:fences` fences waiting for their evicted models.
+  pid handles; `:fences` fences waiting for their evicted models;
+  `:inline` whether the backend loads and unloads in the manager's step
+  (`c:ModelBudget.Backend.inline?/0`, asked once).
   """
   @type t :: %__MODULE__{
           name: term(),
@@ -30,6 +32,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
           flags: reference(),
           task_sup: pid(),
           backend: module(),
+          inline: boolean(),
           clock: (() -> integer()),
           sweep_ms: pos_integer(),
           ledger: Ledger.t(),
@@ -179,7 +182,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # (c:ModelBudget.Backend.inline?/0): the manager calls it in its own step
   # instead of a task (admissions at a fraction of the cost); any other may
   # block, so it runs in a task.
-  defp inline?(state), do: Backend.loads_inline?(state.backend)
+  defp inline?(state), do: state.inline
 
   defp run_inline(fun) do
     {:ok, fun.()}

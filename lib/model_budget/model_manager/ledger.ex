@@ -56,8 +56,8 @@ defmodule ModelBudget.ModelManager.Ledger do
     * `:last_use` - an entry's `{lru, used_at}`: its position in the LRU
       order (any term; greater is more recent) and the clock at its last
       use.
-    * `:leased?` - whether an entry holds leases; asked of the idle
-      entries when the candidates are listed.
+    * `:leased?` - whether an entry holds leases; asked of the models
+      an admission chooses.
     * `:free` - the live free bytes per device, for rules that read `free`
       (`ModelBudget.Eviction.probe_free/3`), else `nil`.
     * `:exclude` - ids not to evict (found leased by a claim).
@@ -138,21 +138,38 @@ defmodule ModelBudget.ModelManager.Ledger do
     # only when it says the load needs room.
     listed = if ledger.min_idle_ms == :infinity, do: [], else: fn -> candidates(ledger, probe) end
 
-    Eviction.admit(snapshot, placement, listed, intent: intent)
+    case Eviction.admit(snapshot, placement, listed, intent: intent) do
+      {:ok, %{evictions: []}} = admitted ->
+        admitted
+
+      # The leases are asked of the models chosen, not of every one listed
+      # (a read of each gate): one found leased is excluded, and the
+      # admission made again.
+      {:ok, %{evictions: evictions}} = admitted ->
+        case for(%{id: id} <- evictions, probe.leased?.(fetch!(ledger, id)), do: id) do
+          [] ->
+            admitted
+
+          leased ->
+            exclude = MapSet.union(probe.exclude, MapSet.new(leased))
+            admit(ledger, placement, ahead, %{probe | exclude: exclude}, intent)
+        end
+
+      refused ->
+        refused
+    end
   end
 
   @doc """
   The models an admission may evict, least recently used first, as
-  `{id, placement}`: the idle entries (see `admit/5`), their order read
-  from the probe.
+  `{id, placement}`: the idle entries (see `admit/5`; the leases are asked
+  of the ones it chooses), their order read from the probe.
   """
   @spec candidates(t(), probe()) :: [{term(), ModelBudget.placement()}]
   def candidates(%__MODULE__{min_idle_ms: :infinity}, _probe), do: []
 
   def candidates(ledger, probe) do
-    for {_lru, entry} <- idle(ledger, probe),
-        not probe.leased?.(entry),
-        do: {entry.id, entry.placement}
+    for {_lru, entry} <- idle(ledger, probe), do: {entry.id, entry.placement}
   end
 
   # One pass over the entries and a key sort: the order comes from the

@@ -200,7 +200,7 @@ defmodule ModelBudget.Eviction do
   @spec admit(snapshot(), ModelBudget.placement(), candidates() | (() -> candidates()), keyword()) ::
           {:ok, admission()} | {:error, ModelBudget.insufficient()}
   def admit(snapshot, placement, candidates, opts \\ []) do
-    intent = Keyword.get(opts, :intent, :load)
+    intent = if opts == [], do: :load, else: Keyword.get(opts, :intent, :load)
 
     cond do
       is_list(candidates) ->

@@ -138,7 +138,9 @@ defmodule ModelBudget.ModelManager.Ledger do
     # only when it says the load needs room.
     listed = if ledger.min_idle_ms == :infinity, do: [], else: fn -> candidates(ledger, probe) end
 
-    case Eviction.admit(snapshot, placement, listed, intent: intent) do
+    opts = if intent == :load, do: [], else: [intent: intent]
+
+    case Eviction.admit(snapshot, placement, listed, opts) do
       {:ok, %{evictions: []}} = admitted ->
         admitted
 

@@ -112,35 +112,8 @@ for n <- [1, 8] do
   )
 end
 
-# The manager's admission path: the budget and the usage stay in the NIF
-# (ModelBudget.Ledger) and only the new placement crosses, against the
-# pure-Elixir check/3 plus fold/2 on the same ledger. The budget is large
-# enough that every admission in the run fits.
-for n <- [1, 8] do
-  huge = 2 ** 62
-  budget = %{mode: :per_device, ram: huge, vram: Map.new(0..(n - 1), &{&1, huge})}
-  opts = [split_mode: :layer, tensor_split: Enum.to_list(1..n), n_ctx: 4096]
-  placement = ModelBudget.distribute(6 * gib, opts, n)
-  used = ModelBudget.fold(placement, placement)
-  ledger = ModelBudget.Ledger.new(budget)
-  :ok = ModelBudget.Ledger.admit(ledger, used)
-
-  [pure, ours] =
-    Timing.per_call_interleaved([
-      fn ->
-        :ok = PureBudget.check(budget, placement, used)
-        PureBudget.fold(used, placement)
-      end,
-      fn -> ModelBudget.Ledger.admit(ledger, placement) end
-    ])
-
-  IO.puts("-- admission (check + fold), #{n} GPU(s)")
-  IO.puts(Timing.line("  pure Elixir check/3 + fold/2", pure))
-
-  IO.puts(
-    Timing.line("  ModelBudget.Ledger.admit/2", ours) <> "  #{Timing.ratio(ours, pure)}x pure"
-  )
-end
+# The manager's admission path (ModelBudget.Eviction.admit/4 against a
+# pure-Elixir check/3 + fold/2) is timed in bench/eviction.exs.
 
 # :auto probes this machine: GPUs through NVML on a dirty scheduler, unless
 # NVML is known to be missing, and the cached memory limit. The pure-Elixir

@@ -13,8 +13,8 @@ run = fn label, batch, fun ->
 end
 
 # The variables and default rule of the ModelManager's :evict_when.
-variables = ModelBudget.ModelManager.Eviction.variables()
-default = ModelBudget.ModelManager.Eviction.default_rules()
+variables = ModelBudget.Eviction.variables()
+default = ModelBudget.Eviction.default_rules()
 
 # Twenty rules, none met by `values` below, so that met?/2 evaluates them all.
 twenty = [

@@ -1,18 +1,21 @@
 # Eviction in ModelManager, with the reservation-only backend: the latency
-# of a load/4 that evicts 10 models out of 1,000 resident (plan, 10 backend
-# unloads, then the load), against one that evicts nothing next to the same
-# 1,000, and the cost of the plan alone (ModelManager.Eviction.plan/3 over
-# 1,000 candidates, with the default rule evaluated at each step). The
-# manager runs with `evict_when: []` so that refilling it between rounds
-# evicts nothing (the default rule holds whenever a filler takes over 70% of
-# what is left); the cost of compiling and evaluating rules is in
-# bench/constraint.exs.
+# of a load/4 that evicts 10 models out of 1,000 resident (the admission,
+# 10 backend unloads, then the load), against one that evicts nothing next
+# to the same 1,000; the cost of the admission alone
+# (ModelBudget.Eviction.admit/4, one NIF call, over 1,000 candidates, with
+# the default rule evaluated at each step); and the admission path against
+# a pure-Elixir check/3 + fold/2 (what an admission that evicts nothing must
+# not exceed). The manager runs with `evict_when: []` so that refilling it
+# between rounds evicts nothing (the default rule holds whenever a filler
+# takes over 70% of what is left); the cost of compiling and evaluating
+# rules is in bench/constraint.exs.
 #
 #     mix run bench/eviction.exs
 Code.require_file("support/timing.exs", __DIR__)
-alias Bench.Timing
+Code.require_file("support/pure_budget.exs", __DIR__)
+alias Bench.{PureBudget, Timing}
+alias ModelBudget.Eviction
 alias ModelBudget.ModelManager
-alias ModelBudget.ModelManager.Eviction
 
 Logger.configure(level: :warning)
 
@@ -53,8 +56,8 @@ defmodule Bench.Eviction do
     end
   end
 
-  # The ledger of the full manager, as the planner sees it.
-  def ledger do
+  # The snapshot of the full manager, as its admission sends it.
+  def snapshot do
     %{
       budget: %{mode: :combined, limit: @resident * @model},
       rules: Eviction.compile!(Eviction.default_rules()),
@@ -81,33 +84,86 @@ Bench.Eviction.loads(spare, 1_000, 0, 20)
 without = Timing.summary(Bench.Eviction.loads(spare, 1_000, 0, rounds))
 
 IO.puts("load/4 with 1,000 resident (#{rounds} loads each, after 20 warm-up loads)")
-IO.puts(Timing.line("  evicting 10 (plan, 10 unloads, load)", with_evictions))
+IO.puts(Timing.line("  evicting 10 (admission, 10 unloads, load)", with_evictions))
 IO.puts(Timing.line("  evicting none", without))
 
 # 7,000 bytes with the default rule: 7,000 > 0.7 * 9,000 after 9 evictions,
 # 7,000 <= 0.7 * 10,000 after 10.
-ledger = Bench.Eviction.ledger()
+snapshot = Bench.Eviction.snapshot()
 candidates = Bench.Eviction.candidates()
 placement = %{ram: 7_000, vram: %{}}
-{:ok, planned, _} = Eviction.plan(ledger, placement, candidates)
+{:ok, %{evictions: planned}} = Eviction.admit(snapshot, placement, candidates)
 10 = length(planned)
 
-IO.puts("Eviction.plan/3 alone, 1,000 candidates")
+IO.puts("Eviction.admit/4 alone, 1,000 candidates (one NIF call)")
 
 IO.puts(
   Timing.line(
-    "  planning 10 evictions",
-    Timing.per_call(fn -> Eviction.plan(ledger, placement, candidates) end, 31, 200)
+    "  evicting 10",
+    Timing.per_call(fn -> Eviction.admit(snapshot, placement, candidates) end, 31, 200)
   )
 )
 
 IO.puts(
   Timing.line(
-    "  planning none (the rule evaluated once)",
+    "  evicting none (the rule evaluated once)",
     Timing.per_call(
-      fn -> Eviction.plan(%{ledger | usage: %{ram: 0, vram: %{}}}, placement, candidates) end,
+      fn ->
+        Eviction.admit(%{snapshot | usage: %{ram: 0, vram: %{}}}, placement, candidates)
+      end,
       31,
       2_000
     )
   )
 )
+
+# The admission path of a load that evicts nothing, as the manager makes
+# it (the candidates a function it does not call), against the pure-Elixir
+# check/3 + fold/2 on the same usage: without rules, and with the default
+# rule (which the pure path does not evaluate). The budget is large enough
+# that every admission fits. Timed in turns, so the shared machine's load
+# falls on each alike.
+gib = 2 ** 30
+default = Eviction.compile!(Eviction.default_rules())
+
+for n <- [1, 8] do
+  huge = 2 ** 62
+  budget = %{mode: :per_device, ram: huge, vram: Map.new(0..(n - 1), &{&1, huge})}
+  opts = [split_mode: :layer, tensor_split: Enum.to_list(1..n), n_ctx: 4096]
+  placement = ModelBudget.distribute(6 * gib, opts, n)
+  used = ModelBudget.fold(placement, placement)
+
+  snapshot = %{
+    budget: budget,
+    rules: nil,
+    usage: used,
+    ahead: [],
+    resident_count: 2,
+    free: nil
+  }
+
+  with_rule = %{snapshot | rules: default}
+  unlisted = fn -> raise "listed" end
+
+  [pure, ours, ours_rule] =
+    Timing.per_call_interleaved([
+      fn ->
+        :ok = PureBudget.check(budget, placement, used)
+        PureBudget.fold(used, placement)
+      end,
+      fn -> {:ok, _} = Eviction.admit(snapshot, placement, unlisted) end,
+      fn -> {:ok, _} = Eviction.admit(with_rule, placement, unlisted) end
+    ])
+
+  IO.puts("-- admission that evicts nothing, #{n} GPU(s)")
+  IO.puts(Timing.line("  pure Elixir check/3 + fold/2", pure))
+
+  IO.puts(
+    Timing.line("  Eviction.admit/4, no rules", ours) <> "  #{Timing.ratio(ours, pure)}x pure"
+  )
+
+  IO.puts(
+    Timing.line("  Eviction.admit/4, default rule", ours_rule) <>
+      "  #{Timing.ratio(ours_rule, pure)}x pure"
+  )
+end

@@ -315,7 +315,7 @@ manager_step = fn ->
   receive do: ({_, :ok} -> :ok)
 end
 
-rules = ModelManager.Eviction.compile!(ModelManager.Eviction.default_rules())
+rules = ModelBudget.Eviction.compile!(ModelBudget.Eviction.default_rules())
 budget = ModelManager.budget(manager)
 
 pieces = [
@@ -326,6 +326,21 @@ pieces = [
    fn -> ModelBudget.distribute(1_000, [mode: :direct], 0) end},
   {"ModelBudget.check/3", fn -> ModelBudget.check(budget, placement, placement) end},
   {"ModelBudget.fold/2", fn -> ModelBudget.fold(placement, placement) end},
+  {"ModelBudget.Eviction.admit/4 (the step's one admission call, default rule)",
+   fn ->
+     ModelBudget.Eviction.admit(
+       %{
+         budget: budget,
+         rules: rules,
+         usage: placement,
+         ahead: [],
+         resident_count: 1,
+         free: nil
+       },
+       placement,
+       fn -> [] end
+     )
+   end},
   {"ModelBudget.release/2", fn -> ModelBudget.release(placement, placement) end},
   {"Constraint.met?/2 (default rule)",
    fn ->

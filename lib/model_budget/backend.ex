@@ -8,14 +8,22 @@ defmodule ModelBudget.Backend do
 
     1. `c:footprint/2`, in the process that called `ModelBudget.ModelManager.load/4`,
        to learn how many bytes the model needs. The manager places those bytes
-       with `ModelBudget.distribute/3` and admits or refuses the placement.
-    2. `c:load/3`, in a task the manager supervises, once the placement has
-       been admitted and reserved. The task may be killed at any time (its
+       with `ModelBudget.distribute/3` (a model read from its header with
+       `ModelBudget.breakdown/3`, every buffer named) and admits or refuses
+       the placement: its decision (`t:decision/0`).
+    2. `c:load/3`, or `c:load/4` with the decision where the backend has it,
+       in a task the manager supervises, once the placement has been
+       admitted and reserved. The task may be killed at any time (its
        caller died, or the model was unloaded while loading): a backend that
        starts processes should link them to the calling process so they die
        with it, and keep them alive when the task returns normally.
     3. `c:unload/1`, in a task the manager supervises, when the model is
        unloaded. The model's memory stays reserved until it returns.
+
+  A backend whose load and unload return at once, starting and waiting for
+  nothing (`ModelBudget.Backend.Reservation`), says so with the optional
+  `c:inline?/0`: the manager then calls them in its own step, without a
+  task.
 
   When a handle is a pid, or a map or struct whose `:pid` is one, the
   manager monitors that process: if it dies, the model's memory is released
@@ -30,6 +38,27 @@ defmodule ModelBudget.Backend do
 
   @typedoc "What a backend returns from a load and gets back to unload it."
   @type handle :: term()
+
+  @typedoc """
+  What the manager decided for a load, as `c:load/4` receives it:
+
+    * `:placement` - the bytes reserved in RAM and on each GPU (the
+      placement `c:load/3` receives).
+    * `:breakdown` - `ModelBudget.breakdown/3` of the model as it was
+      placed, every buffer named, with the `:n_ctx` its KV cache was sized
+      for (padded as llama.cpp pads it) and the `:cpu_buffers` profile;
+      `nil` when the footprint was a byte count, or when the load was
+      placed elsewhere (`ModelBudget.Cluster.load/4` sends its size and
+      placement only).
+    * `:opts` - the options the placement was made from: the load's, as
+      `c:estimate_options/1` refined them (the options `c:load/3`
+      receives).
+  """
+  @type decision :: %{
+          placement: ModelBudget.placement(),
+          breakdown: ModelBudget.breakdown() | nil,
+          opts: keyword()
+        }
 
   @doc """
   What `source` needs, before any placement: its bytes (weights plus whatever
@@ -58,9 +87,30 @@ defmodule ModelBudget.Backend do
               {:ok, handle()} | {:error, term()}
 
   @doc """
+  `c:load/3` with the manager's `decision` (`t:decision/0`), so that the
+  backend need not size or place the model again: a backend that has it is
+  called with it instead of `c:load/3`. Optional. Defining both with one
+  clause keeps `c:load/3` for callers without a decision:
+
+      @impl true
+      def load(source, placement, opts, decision \\\\ nil)
+  """
+  @callback load(source(), ModelBudget.placement(), opts :: keyword(), decision() | nil) ::
+              {:ok, handle()} | {:error, term()}
+
+  @doc """
   Frees everything `handle` holds. Called once per successful load.
   """
   @callback unload(handle()) :: :ok
+
+  @doc """
+  Whether `c:load/3` and `c:unload/1` return at once, starting and waiting
+  for nothing: the manager then calls them in its own step instead of a
+  supervised task, so an admission costs a fraction of what a task does. A
+  backend that may block must not say so: the manager serves nothing else
+  while it waits. Optional: without it, `false`.
+  """
+  @callback inline?() :: boolean()
 
   @doc """
   What the loaded model really holds: a map with at least `:ram` and `:vram`
@@ -81,5 +131,38 @@ defmodule ModelBudget.Backend do
   """
   @callback estimate_options(opts :: keyword()) :: keyword()
 
-  @optional_callbacks measured: 1, estimate_options: 1
+  @optional_callbacks measured: 1, estimate_options: 1, load: 4, inline?: 0
+
+  @doc """
+  The backend a `ModelBudget.ModelManager` uses unless told otherwise:
+  `ModelBudget.Backend.Reservation`, admission control only.
+
+  ## Examples
+
+      iex> ModelBudget.Backend.default()
+      ModelBudget.Backend.Reservation
+  """
+  @spec default() :: module()
+  def default, do: ModelBudget.Backend.Reservation
+
+  # An optional callback is asked of a loaded module (function_exported?/3
+  # knows nothing of one not loaded yet).
+  defp has?(backend, fun, arity),
+    do: Code.ensure_loaded?(backend) and function_exported?(backend, fun, arity)
+
+  @doc false
+  # c:inline?/0 of `backend`, false where it has none.
+  @spec loads_inline?(module()) :: boolean()
+  def loads_inline?(backend), do: has?(backend, :inline?, 0) and backend.inline?() == true
+
+  @doc false
+  # The backend's load: c:load/4 with the decision where it has one, else
+  # c:load/3.
+  @spec call_load(module(), source(), ModelBudget.placement(), keyword(), decision() | nil) ::
+          term()
+  def call_load(backend, source, placement, opts, decision) do
+    if has?(backend, :load, 4),
+      do: backend.load(source, placement, opts, decision),
+      else: backend.load(source, placement, opts)
+  end
 end

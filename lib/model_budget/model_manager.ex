@@ -61,9 +61,13 @@ defmodule ModelBudget.ModelManager do
     3. In a task the manager supervises, once the models evicted for it have
        been unloaded: the backend's `c:ModelBudget.Backend.load/3` does the
        slow work while the manager goes on serving other loads and unloads.
-       Success makes the model `:ready` (and open to leases); a failure or
-       crash releases the reservation. (`ModelBudget.Backend.Reservation`
-       has no work to do: the manager calls its load and unload in its own
+       The backend receives the whole decision: the placement, the
+       model's breakdown where its header was read, and the options as
+       placed (`c:ModelBudget.Backend.load/4`). Success makes the model
+       `:ready` (and open to leases); a failure or crash releases the
+       reservation. (A backend whose load and unload start and wait for
+       nothing, such as the default one, says so with
+       `c:ModelBudget.Backend.inline?/0`: the manager calls them in its own
        step, without a task.)
 
   The caller is monitored while its load runs: if it dies, the load is
@@ -204,6 +208,7 @@ defmodule ModelBudget.ModelManager do
 
   alias ModelBudget.ModelManager.{
     Directory,
+    Entry,
     History,
     Lease,
     Leases,
@@ -369,7 +374,7 @@ defmodule ModelBudget.ModelManager do
     * `:memory_budget` - the budget, in any shape `ModelBudget.resolve/1`
       accepts; `:auto` is resolved once, here. Defaults to `:infinity`.
     * `:backend` - a module implementing `ModelBudget.Backend`. Defaults to
-      `ModelBudget.Backend.Reservation`.
+      `ModelBudget.Backend.default/0`, admission control only.
     * `:models` - `[{id, source}]` or `[{id, source, opts}]`, loaded one after
       another with `load/4` once the manager is running, so a slow load does
       not hold up the supervisor. Failures are logged and do not stop the
@@ -529,8 +534,8 @@ defmodule ModelBudget.ModelManager do
       with {:ok, size} <- footprint(config.backend, source, opts) do
         opts = if config.estimate?, do: config.backend.estimate_options(opts), else: opts
         n_gpus = Options.n_gpus!(config, opts)
-        placement = ModelBudget.distribute(size, Options.placement(opts), n_gpus)
-        {:ok, load_request(config, id, source, opts, {size, placement})}
+        {placement, breakdown} = Entry.place(size, Options.placement(opts), n_gpus)
+        {:ok, load_request(config, id, source, opts, {size, placement, breakdown})}
       end
     end
   end
@@ -561,14 +566,27 @@ defmodule ModelBudget.ModelManager do
   # which admits one load at a time, does not; a refused load's gate is
   # garbage. `:manager` says whose gate it is: a manager that restarted
   # since makes its own.
-  @spec load_request(map(), id(), term(), keyword(), {term(), ModelBudget.placement()}) :: map()
-  def load_request(config, id, source, opts, {size, placement}) do
+  # `sized` is the footprint and its placement, and the model's breakdown
+  # where the caller made one (the decision the backend load receives).
+  @spec load_request(
+          map(),
+          id(),
+          term(),
+          keyword(),
+          {term(), ModelBudget.placement()}
+          | {term(), ModelBudget.placement(), ModelBudget.breakdown() | nil}
+        ) :: map()
+  def load_request(config, id, source, opts, {size, placement}),
+    do: load_request(config, id, source, opts, {size, placement, nil})
+
+  def load_request(config, id, source, opts, {size, placement, breakdown}) do
     %{
       id: id,
       source: source,
       opts: opts,
       bytes: if(is_integer(size), do: size, else: size.weight_bytes),
       placement: placement,
+      breakdown: breakdown,
       manager: config.manager,
       gate: Leases.new_gate(config.flags, config.manager, config.clock.())
     }
@@ -1169,6 +1187,7 @@ defmodule ModelBudget.ModelManager do
        flags: flags,
        task_sup: task_sup,
        backend: config.backend,
+       inline: ModelBudget.Backend.loads_inline?(config.backend),
        clock: config.clock,
        sweep_ms: config.sweep_ms,
        ledger: Ledger.new(config.budget, config.rules, config.min_idle_ms),

@@ -1233,7 +1233,7 @@ defmodule ModelBudget.ModelManagerTest do
     # Unloads take 0-2 ms, so a load that did not wait for its evicted
     # models, or a ledger that let go of their memory early, would show.
     test "the budget is never exceeded and no model is unloaded twice" do
-      for rules <- [ModelManager.Eviction.default_rules(), []] do
+      for rules <- [ModelBudget.Eviction.default_rules(), []] do
         eviction_round(start_manager(memory_budget: @budget, evict_when: rules))
       end
     end

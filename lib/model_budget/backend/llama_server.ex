@@ -239,6 +239,13 @@ defmodule ModelBudget.Backend.LlamaServer do
   `placement` puts bytes on one. See "Errors" above for what can fail; on
   failure nothing is left running.
 
+  The context the server gets is `:n_ctx`, else the one the estimate sized
+  the KV cache for: the manager's `decision` (`t:ModelBudget.Backend.decision/0`)
+  carries it in its breakdown, so the model file is not read again; without
+  a decision (`load/3` called directly, or a load placed by
+  `ModelBudget.Cluster`), the GGUF header is read and
+  `ModelBudget.breakdown/3` asked.
+
   The server's process (`handle.pid`) is owned by the manager: the first
   of the calling process's `$callers` (the manager, for its load task),
   else the caller itself. When the owner dies, so does the server. It is
@@ -249,14 +256,18 @@ defmodule ModelBudget.Backend.LlamaServer do
   server unless it traps exits.
   """
   @impl true
-  @spec load({:path, Path.t()}, ModelBudget.placement(), keyword()) ::
-          {:ok, t()} | {:error, term()}
-  def load(source, placement, opts) do
+  @spec load(
+          {:path, Path.t()},
+          ModelBudget.placement(),
+          keyword(),
+          ModelBudget.Backend.decision() | nil
+        ) :: {:ok, t()} | {:error, term()}
+  def load(source, placement, opts, decision \\ nil) do
     path = path!(source)
     opts = Args.validate!(opts)
 
     with {:ok, executable} <- executable(opts.command),
-         {:ok, n_ctx} <- n_ctx(path, opts),
+         {:ok, n_ctx} <- n_ctx(path, opts, decision),
          {:ok, port} <- listen_port(opts),
          {:ok, _} <- Application.ensure_all_started(:inets) do
       opts =
@@ -443,10 +454,14 @@ defmodule ModelBudget.Backend.LlamaServer do
   end
 
   # The context the estimator sized the KV cache for: the option, else the
-  # model's default as ModelBudget.breakdown/3 pads it for these slots.
-  defp n_ctx(_path, %{n_ctx: n_ctx}) when is_integer(n_ctx), do: {:ok, n_ctx}
+  # model's default as ModelBudget.breakdown/3 pads it for these slots: the
+  # manager's decision, else the file read again.
+  defp n_ctx(_path, %{n_ctx: n_ctx}, _decision) when is_integer(n_ctx), do: {:ok, n_ctx}
 
-  defp n_ctx(path, opts) do
+  defp n_ctx(_path, _opts, %{breakdown: %{n_ctx: n_ctx}}) when is_integer(n_ctx),
+    do: {:ok, n_ctx}
+
+  defp n_ctx(path, opts, _decision) do
     slots = [n_parallel: opts.n_parallel, kv_unified: opts.kv_unified]
     with {:ok, model} <- read_gguf(path), do: {:ok, ModelBudget.breakdown(model, slots, 0).n_ctx}
   end

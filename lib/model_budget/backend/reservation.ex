@@ -98,6 +98,19 @@ defmodule ModelBudget.Backend.Reservation do
   def load(_source, _placement, _opts), do: {:ok, :reserved}
 
   @doc """
+  `true`: a load and an unload here start and wait for nothing, so the
+  manager calls them in its own step, without a task.
+
+  ## Examples
+
+      iex> ModelBudget.Backend.Reservation.inline?()
+      true
+  """
+  @impl true
+  @spec inline?() :: true
+  def inline?, do: true
+
+  @doc """
   Nothing to free: returns `:ok`.
 
   ## Examples

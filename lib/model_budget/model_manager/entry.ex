@@ -15,6 +15,7 @@ defmodule ModelBudget.ModelManager.Entry do
     :placement,
     :bytes,
     :gate,
+    breakdown: nil,
     status: :loading,
     held: nil,
     pinned: false,
@@ -43,7 +44,10 @@ defmodule ModelBudget.ModelManager.Entry do
   @type unload_waiter :: {GenServer.from(), reference() | nil}
 
   @typedoc """
-  An entry. `:held` is what it counts in the ledger: its placement, or less
+  An entry. `:opts` are the load's options as the backend refined them,
+  `:placement` what was admitted and `:breakdown` the model's parts where
+  it was read (`place/3`): the decision its backend load receives
+  (`decision/1`). `:held` is what it counts in the ledger: its placement, or less
   while a load that evicted it takes its memory over (the hand-over).
   `:awaiting` are the ids evicted for this load whose unloads have not
   returned; its backend load starts when it is empty. `:draining` is an
@@ -57,6 +61,7 @@ defmodule ModelBudget.ModelManager.Entry do
           opts: keyword(),
           placement: ModelBudget.placement(),
           held: ModelBudget.placement(),
+          breakdown: ModelBudget.breakdown() | nil,
           bytes: non_neg_integer(),
           pinned: boolean(),
           keep_alive: non_neg_integer() | :infinity,
@@ -88,6 +93,7 @@ defmodule ModelBudget.ModelManager.Entry do
       opts: request.opts,
       placement: request.placement,
       held: request.placement,
+      breakdown: Map.get(request, :breakdown),
       bytes: request.bytes,
       pinned: Keyword.get(request.opts, :pinned, false),
       keep_alive: Keyword.get(request.opts, :keep_alive, :infinity),
@@ -97,6 +103,29 @@ defmodule ModelBudget.ModelManager.Entry do
       caller: caller
     }
   end
+
+  @doc """
+  Places a load in its caller: `size` (a byte count, or a model read from
+  its header) with the placement options `opts` on `n_gpus` GPUs. Returns
+  `{placement, breakdown}`: a model's breakdown (`ModelBudget.breakdown/3`,
+  one estimate) and the placement its totals make, exactly
+  `ModelBudget.distribute/3`'s; `distribute/3`'s placement and `nil` for a
+  byte count.
+  """
+  @spec place(non_neg_integer() | ModelBudget.Model.t(), keyword(), non_neg_integer()) ::
+          {ModelBudget.placement(), ModelBudget.breakdown() | nil}
+  def place(%ModelBudget.Model{} = model, opts, n_gpus) do
+    breakdown = ModelBudget.breakdown(model, opts, n_gpus)
+    vram = for {gpu, %{total: total}} <- breakdown.vram, total > 0, into: %{}, do: {gpu, total}
+    {%{ram: breakdown.ram.total, vram: vram}, breakdown}
+  end
+
+  def place(bytes, opts, n_gpus), do: {ModelBudget.distribute(bytes, opts, n_gpus), nil}
+
+  @doc "What the manager decided for the load of `entry` (`t:ModelBudget.Backend.decision/0`)."
+  @spec decision(t()) :: ModelBudget.Backend.decision()
+  def decision(%__MODULE__{} = e),
+    do: %{placement: e.placement, breakdown: e.breakdown, opts: e.opts}
 
   @doc "The fields `info/2` shows that the manager keeps (see `t:ModelBudget.ModelManager.info/0`)."
   @spec info(t()) :: map()

@@ -8,20 +8,23 @@ defmodule ModelBudget.ModelManager.Ledger do
 
   What it decides:
 
-    * **Admission** (`admit/4`): the eviction plan (`ModelBudget.ModelManager.Eviction.plan/3`,
-      the core's chooser) over the idle models, least recently used first,
-      listed only when the load needs room; the loads waiting ahead count
-      as if they were held.
+    * **Admission** (`admit/5`): one call to the core
+      (`ModelBudget.Eviction.admit/4`) with the books' snapshot, the
+      placement and the idle models, least recently used first (listed
+      only when the load needs room), answering the evictions, what each
+      evicted model still counts until its unload returns, and the usage
+      afterwards; the loads waiting ahead count as if they were held.
     * **Possible at all** (`possible?/2`): whether a load would fit with
       every unpinned model gone; a waiting load must be.
-    * **The hand-over** (`hand_over/4`): what models evicted for a load
-      still count until their unloads return (`Eviction.residuals/3`), so
-      the usage never exceeds the budget nor undercounts what backends hold;
-      and a load cancelled while it waits for them (`cancel/2`), in one step.
+    * **The hand-over** (`hand_over/4`): the admission applied to the
+      books, so the usage never exceeds the budget nor undercounts what
+      backends hold; and a load cancelled while it waits for its evicted
+      models (`cancel/2`), in one step.
     * **Keep-alive** (`expired/2`): the models whose keep-alive ran out.
   """
 
-  alias ModelBudget.ModelManager.{Entry, Eviction}
+  alias ModelBudget.Eviction
+  alias ModelBudget.ModelManager.Entry
 
   defstruct [:budget, :rules, :min_idle_ms, entries: %{}, usage: nil, queue: []]
 
@@ -53,10 +56,10 @@ defmodule ModelBudget.ModelManager.Ledger do
     * `:last_use` - an entry's `{lru, used_at}`: its position in the LRU
       order (any term; greater is more recent) and the clock at its last
       use.
-    * `:leased?` - whether an entry holds leases; asked lazily, of the
-      candidates a plan reaches.
+    * `:leased?` - whether an entry holds leases; asked of the models
+      an admission chooses.
     * `:free` - the live free bytes per device, for rules that read `free`
-      (`Eviction.probe_free/3`), else `nil`.
+      (`ModelBudget.Eviction.probe_free/3`), else `nil`.
     * `:exclude` - ids not to evict (found leased by a claim).
   """
   @type probe :: %{
@@ -108,52 +111,67 @@ defmodule ModelBudget.ModelManager.Ledger do
   end
 
   @doc """
-  Plans room for `placement`, counting the `ahead` placements (loads
-  waiting before it) as held: `{:ok, evictions}` (see
-  `ModelBudget.ModelManager.Eviction.plan/3`), or check's
-  `{:error, {:insufficient_memory, ...}}` against that usage, when even
-  evicting every idle model would not make room. A model is idle when it is
-  ready, not pinned, not used within `:min_idle_ms`, not excluded and not
-  leased.
+  Admits `placement`, counting the `ahead` placements (loads waiting
+  before it) as held: `{:ok, admission}` (`ModelBudget.Eviction.admit/4`:
+  the evictions, their residuals and the usage afterwards, the loads ahead
+  not included; `hand_over/4` applies it), or check's `{:error,
+  {:insufficient_memory, ...}}` against the usage and the loads ahead, when
+  even evicting every idle model would not make room. A model is idle
+  when it is ready, not pinned, not used within `:min_idle_ms`, not
+  excluded and not leased. `intent` is `:load`, or `:fence` for room that
+  nothing takes over.
   """
-  @spec admit(t(), ModelBudget.placement(), [ModelBudget.placement()], probe()) ::
-          {:ok, [Eviction.eviction()]} | {:error, ModelBudget.insufficient()}
-  def admit(ledger, placement, ahead, probe) do
-    usage = Enum.reduce(ahead, ledger.usage, &ModelBudget.fold(&2, &1))
-
-    plan_ledger = %{
+  @spec admit(t(), ModelBudget.placement(), [ModelBudget.placement()], probe(), :load | :fence) ::
+          {:ok, Eviction.admission()} | {:error, ModelBudget.insufficient()}
+  def admit(ledger, placement, ahead, probe, intent \\ :load) do
+    snapshot = %{
       budget: ledger.budget,
       rules: ledger.rules,
-      usage: usage,
+      usage: ledger.usage,
+      ahead: ahead,
       resident_count: map_size(ledger.entries),
       free: probe.free
     }
 
-    # The core's plan leaves room for the placement (its proptests hold it
-    # to `check/3`): no second check.
-    with {:ok, evictions, _after_evictions} <-
-           Eviction.plan(plan_ledger, placement, candidates(ledger, probe)) do
-      {:ok, evictions}
+    # The core's admission leaves room for the placement (its proptests
+    # hold it to `check/3`): no second check. The idle models are listed
+    # only when it says the load needs room.
+    listed = if ledger.min_idle_ms == :infinity, do: [], else: fn -> candidates(ledger, probe) end
+
+    opts = if intent == :load, do: [], else: [intent: intent]
+
+    case Eviction.admit(snapshot, placement, listed, opts) do
+      {:ok, %{evictions: []}} = admitted ->
+        admitted
+
+      # The leases are asked of the models chosen, not of every one listed
+      # (a read of each gate): one found leased is excluded, and the
+      # admission made again.
+      {:ok, %{evictions: evictions}} = admitted ->
+        case for(%{id: id} <- evictions, probe.leased?.(fetch!(ledger, id)), do: id) do
+          [] ->
+            admitted
+
+          leased ->
+            exclude = MapSet.union(probe.exclude, MapSet.new(leased))
+            admit(ledger, placement, ahead, %{probe | exclude: exclude}, intent)
+        end
+
+      refused ->
+        refused
     end
   end
 
   @doc """
-  The models a plan may evict, least recently used first, as
-  `{id, placement}`: a stream that computes the order only when a plan
-  pulls it (only when the load needs room), and asks the leases of each
-  candidate as it is pulled.
+  The models an admission may evict, least recently used first, as
+  `{id, placement}`: the idle entries (see `admit/5`; the leases are asked
+  of the ones it chooses), their order read from the probe.
   """
-  @spec candidates(t(), probe()) :: Enumerable.t()
+  @spec candidates(t(), probe()) :: [{term(), ModelBudget.placement()}]
   def candidates(%__MODULE__{min_idle_ms: :infinity}, _probe), do: []
 
   def candidates(ledger, probe) do
-    # The leases are asked of the candidates a plan pulls, one at a time.
-    Stream.flat_map([ledger], fn ledger ->
-      ledger
-      |> idle(probe)
-      |> Stream.reject(fn {_lru, entry} -> probe.leased?.(entry) end)
-      |> Stream.map(fn {_lru, entry} -> {entry.id, entry.placement} end)
-    end)
+    for {_lru, entry} <- idle(ledger, probe), do: {entry.id, entry.placement}
   end
 
   # One pass over the entries and a key sort: the order comes from the
@@ -200,45 +218,41 @@ defmodule ModelBudget.ModelManager.Ledger do
   end
 
   @doc """
-  Admits `entry` after `evictions`: the evicted entries now count only
-  what they hold beyond the new placement (`Eviction.residuals/3`), are
-  marked as evicted for `for`, and the new entry awaits their unloads.
-  Returns the ledger and the evicted entries, in order.
+  Applies `admission` (`admit/5`'s, on these same books) for `entry`, or
+  for a fence when `entry` is `nil`: the usage becomes the admission's;
+  each evicted entry now counts its residual (what it holds beyond the new
+  placement; its whole placement for a fence), is marked as evicted for
+  `for`, and the new entry awaits their unloads. Returns the ledger and
+  the evicted entries, in order.
   """
-  @spec hand_over(t(), Entry.t() | nil, [Eviction.eviction()], Entry.evicted_for()) ::
+  @spec hand_over(t(), Entry.t() | nil, Eviction.admission(), Entry.evicted_for()) ::
           {t(), [Entry.t()]}
-  def hand_over(ledger, entry, [], _for),
-    do: {if(entry, do: add(ledger, entry), else: ledger), []}
+  def hand_over(ledger, entry, %{evictions: [], usage: usage}, _for) do
+    ledger = %{ledger | usage: usage}
+    {if(entry, do: put(ledger, entry), else: ledger), []}
+  end
 
-  def hand_over(ledger, entry, evictions, for) do
-    placements = Enum.map(evictions, & &1.placement)
+  def hand_over(ledger, entry, admission, for) do
+    %{evictions: evictions, residuals: residuals, usage: usage} = admission
 
-    # A fence takes nothing over: its evicted models count in full until
-    # their unloads return.
-    held =
-      if entry,
-        do: Eviction.residuals(ledger.budget, placements, entry.placement),
-        else: placements
-
-    {evicted, ledger} =
+    {evicted, entries} =
       evictions
-      |> Enum.zip(held)
-      |> Enum.map_reduce(ledger, fn {%{id: id}, held}, ledger ->
-        old = fetch!(ledger, id)
-        usage = ledger.usage |> ModelBudget.release(old.held) |> ModelBudget.fold(held)
+      |> Enum.zip(residuals)
+      |> Enum.map_reduce(ledger.entries, fn {%{id: id}, held}, entries ->
+        old = Map.fetch!(entries, id)
         evicted = %{old | held: held, evicted_for: for, evictions: old.evictions + 1}
-        {evicted, put(%{ledger | usage: usage}, evicted)}
+        {evicted, Map.put(entries, id, evicted)}
       end)
 
+    ledger = %{ledger | usage: usage, entries: entries}
+
     ledger =
-      if entry,
-        do:
-          add(ledger, %{
-            entry
-            | evicted: Enum.map(evictions, & &1.id),
-              awaiting: MapSet.new(evictions, & &1.id)
-          }),
-        else: ledger
+      if entry do
+        ids = Enum.map(evictions, & &1.id)
+        put(ledger, %{entry | evicted: ids, awaiting: MapSet.new(ids)})
+      else
+        ledger
+      end
 
     {ledger, evicted}
   end

@@ -11,12 +11,12 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   require Logger
 
-  alias ModelBudget.Backend.Reservation
+  alias ModelBudget.{Backend, Eviction}
   alias ModelBudget.ModelManager
-  alias ModelBudget.ModelManager.{Entry, Eviction, History, Leases, Ledger, Measured, Table}
+  alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Measured, Table}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
-  defstruct @enforce_keys ++ [:name, :subscribers, refs: %{}, fences: %{}]
+  defstruct @enforce_keys ++ [:name, :subscribers, inline: false, refs: %{}, fences: %{}]
 
   @typedoc """
   The manager's state. `:refs` maps every monitor and task ref to what it
@@ -24,7 +24,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   admitted loads, `{:waiter, ref}` callers of waiting loads, `{:handle, id}`
   pid handles; `:fences` fences waiting for their evicted models;
   `:subscribers` the processes told of usage changes (ModelManager's
-  callbacks keep it, not these steps).
+  callbacks keep it, not these steps); `:inline` whether the backend loads
+  and unloads in the manager's step (`c:ModelBudget.Backend.inline?/0`,
+  asked once).
   """
   @type t :: %__MODULE__{
           name: term(),
@@ -32,6 +34,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
           flags: reference(),
           task_sup: pid(),
           backend: module(),
+          inline: boolean(),
           clock: (() -> integer()),
           sweep_ms: pos_integer(),
           ledger: Ledger.t(),
@@ -53,9 +56,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       # One clock reading for the whole step.
       now = state.clock.()
 
-      case admit(state, placement, Ledger.ahead(state.ledger, nil), now) do
-        {:ok, evictions, state} ->
-          start_load(state, from, request, evictions, now)
+      case admit(state, placement, Ledger.ahead(state.ledger, nil), now, :load) do
+        {:ok, admission, state} ->
+          start_load(state, from, request, admission, now)
 
         {:error, _} = refused ->
           timeout = Keyword.get(request.opts, :timeout, 0)
@@ -67,9 +70,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
-  # The plan, then a claim of the models it evicts: one taken by a lease
-  # since is excluded and the plan made again.
-  defp admit(state, placement, ahead, now, exclude \\ MapSet.new()) do
+  # The admission, then a claim of the models it evicts: one taken by a
+  # lease since is excluded and the admission made again.
+  defp admit(state, placement, ahead, now, intent, exclude \\ MapSet.new()) do
     ledger = state.ledger
 
     probe = %{
@@ -80,20 +83,20 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       exclude: exclude
     }
 
-    case Ledger.admit(ledger, placement, ahead, probe) do
-      {:ok, []} ->
-        {:ok, [], state}
+    case Ledger.admit(ledger, placement, ahead, probe, intent) do
+      {:ok, %{evictions: []} = admission} ->
+        {:ok, admission, state}
 
-      {:ok, evictions} ->
+      {:ok, %{evictions: evictions} = admission} ->
         gates = Enum.map(evictions, &Ledger.fetch!(ledger, &1.id).gate)
 
         case Leases.claim(gates) do
           :ok ->
-            {:ok, evictions, state}
+            {:ok, admission, state}
 
           {:leased, indexes} ->
-            leased = Enum.map(indexes, &Enum.at(evictions, &1).id)
-            admit(state, placement, ahead, now, MapSet.union(exclude, MapSet.new(leased)))
+            leased = MapSet.new(indexes, &Enum.at(evictions, &1).id)
+            admit(state, placement, ahead, now, intent, MapSet.union(exclude, leased))
         end
 
       {:error, _} = refused ->
@@ -115,7 +118,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   # The evicted models (already claimed) start unloading; the load waits for
   # them, then its backend load runs.
-  defp start_load(state, from, request, evictions, now) do
+  defp start_load(state, from, request, admission, now) do
+    evictions = admission.evictions
+
     gate =
       if request.manager == self(),
         do: request.gate,
@@ -128,7 +133,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     # history counted then.
     history = if within_step?, do: {0, 0}, else: Table.history_of(state.table, request.id)
     entry = Entry.new(request, gate, history, from)
-    {ledger, evicted} = Ledger.hand_over(state.ledger, entry, evictions, {:load, entry.id})
+    {ledger, evicted} = Ledger.hand_over(state.ledger, entry, admission, {:load, entry.id})
     state = %{state | ledger: ledger}
 
     if within_step? do
@@ -146,20 +151,29 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
+  # The backend load receives the whole decision (Entry.decision/1) where
+  # it takes one (c:ModelBudget.Backend.load/4).
   defp run_load(state, id, now) do
-    %Entry{source: source, placement: placement, opts: opts} = Ledger.fetch!(state.ledger, id)
+    %Entry{source: source, placement: placement, opts: opts} =
+      entry = Ledger.fetch!(state.ledger, id)
+
+    backend = state.backend
+    decision = Entry.decision(entry)
 
     if inline?(state) do
-      outcome = run_inline(fn -> state.backend.load(source, placement, opts) end)
+      outcome =
+        run_inline(fn -> Backend.call_load(backend, source, placement, opts, decision) end)
+
       finished_load(state, id, outcome, now)
     else
-      # The task also asks what the model really holds (Measured.load/4).
+      # The task also asks what the model really holds (Measured.load/5).
       task =
         Task.Supervisor.async_nolink(state.task_sup, Measured, :load, [
-          state.backend,
+          backend,
           source,
           placement,
-          opts
+          opts,
+          decision
         ])
 
       state = %{state | refs: Map.put(state.refs, task.ref, {:load, id})}
@@ -167,10 +181,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     end
   end
 
-  # The reservation backend does nothing in a load or an unload: the manager
-  # calls it in its own step instead of a task (admissions at a fraction of
-  # the cost); any other backend may block, so it runs in a task.
-  defp inline?(state), do: state.backend == Reservation
+  # A backend that does nothing in a load or an unload says so
+  # (c:ModelBudget.Backend.inline?/0): the manager calls it in its own step
+  # instead of a task (admissions at a fraction of the cost); any other may
+  # block, so it runs in a task.
+  defp inline?(state), do: state.inline
 
   defp run_inline(fun) do
     {:ok, fun.()}
@@ -544,18 +559,18 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   @doc "fence/3: makes room, answered once the evicted models are unloaded."
   @spec fence(t(), ModelBudget.placement(), GenServer.from()) :: t()
   def fence(state, placement, from) do
-    case admit(state, placement, [], state.clock.()) do
-      {:ok, [], state} ->
+    case admit(state, placement, [], state.clock.(), :fence) do
+      {:ok, %{evictions: []}, state} ->
         Table.bump(state.table, :fences)
         reply(from, {:ok, []})
         state
 
-      {:ok, evictions, state} ->
+      {:ok, %{evictions: evictions} = admission, state} ->
         Table.bump(state.table, :fences)
         ref = make_ref()
         # Nothing takes the evicted models' memory over: they count in full
         # until their unloads return, and the fence answers then.
-        {ledger, evicted} = Ledger.hand_over(state.ledger, nil, evictions, {:fence, ref})
+        {ledger, evicted} = Ledger.hand_over(state.ledger, nil, admission, {:fence, ref})
         ids = Enum.map(evictions, & &1.id)
         fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
         state = %{state | ledger: ledger, fences: Map.put(state.fences, ref, fence)}
@@ -607,8 +622,8 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       Enum.reduce(state.ledger.queue, state, fn waiter, state ->
         ahead = Ledger.ahead(state.ledger, waiter.ref)
 
-        case admit(state, waiter.placement, ahead, now) do
-          {:ok, evictions, state} -> admit_waiter(state, waiter, evictions, now)
+        case admit(state, waiter.placement, ahead, now, :load) do
+          {:ok, admission, state} -> admit_waiter(state, waiter, admission, now)
           {:error, _} -> state
         end
       end)
@@ -617,11 +632,11 @@ defmodule ModelBudget.ModelManager.Lifecycle do
     state
   end
 
-  defp admit_waiter(state, waiter, evictions, now) do
+  defp admit_waiter(state, waiter, admission, now) do
     {_, ledger} = Ledger.dequeue(state.ledger, waiter.ref)
     cancel_timer(waiter.timer)
     state = demonitor(%{state | ledger: ledger}, waiter.caller_ref)
-    start_load(state, waiter.from, waiter.request, evictions, now)
+    start_load(state, waiter.from, waiter.request, admission, now)
   end
 
   @doc "A waiting load's deadline: one last try, else the usual refusal."
@@ -636,9 +651,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
       waiter ->
         now = state.clock.()
 
-        case admit(state, waiter.placement, ahead, now) do
-          {:ok, evictions, state} ->
-            admit_waiter(state, %{waiter | timer: nil}, evictions, now)
+        case admit(state, waiter.placement, ahead, now, :load) do
+          {:ok, admission, state} ->
+            admit_waiter(state, %{waiter | timer: nil}, admission, now)
 
           {:error, _} = refused ->
             {_, ledger} = Ledger.dequeue(state.ledger, ref)

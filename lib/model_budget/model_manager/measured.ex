@@ -6,14 +6,15 @@ defmodule ModelBudget.ModelManager.Measured do
   # never waits on a backend; compared in the manager.
 
   @doc """
-  Runs in the load task: the backend's load, then what the model holds if
-  the backend reports it. Returns `{:measured, measured_or_nil, result}`
-  with `result` what the backend's load returned.
+  Runs in the load task: the backend's load (with the manager's `decision`
+  where it takes one), then what the model holds if the backend reports
+  it. Returns `{:measured, measured_or_nil, result}` with `result` what the
+  backend's load returned.
   """
-  @spec load(module(), term(), ModelBudget.placement(), keyword()) ::
+  @spec load(module(), term(), ModelBudget.placement(), keyword(), map() | nil) ::
           {:measured, map() | nil, term()}
-  def load(backend, source, placement, opts) do
-    result = backend.load(source, placement, opts)
+  def load(backend, source, placement, opts, decision \\ nil) do
+    result = ModelBudget.Backend.call_load(backend, source, placement, opts, decision)
 
     measured =
       with {:ok, handle} <- result,

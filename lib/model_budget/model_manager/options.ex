@@ -5,13 +5,12 @@ defmodule ModelBudget.ModelManager.Options do
   # bad value raises (naming the option and the value). The documentation of
   # each option lives with the public function that takes it.
 
-  alias ModelBudget.Backend.Reservation
-  alias ModelBudget.ModelManager.Eviction
+  alias ModelBudget.Eviction
 
   @start_schema [
     :name,
     memory_budget: :infinity,
-    backend: Reservation,
+    backend: ModelBudget.Backend.default(),
     models: [],
     catalog: [],
     evict_when: Eviction.default_rules(),

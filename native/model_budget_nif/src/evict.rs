@@ -1,6 +1,7 @@
-//! `evict_choose`: the core's eviction chooser over a ledger term.
+//! `evict_choose`: the core's eviction chooser over a snapshot term, and
+//! the snapshot's decoding for every eviction NIF.
 
-use model_budget_core::budget::evict::{self, Choice, Free, Ledger, Reason};
+use model_budget_core::budget::evict::{self, Choice, Free, Reason, Snapshot};
 use model_budget_core::Placement;
 use rustler::{Encoder, Env, NifTaggedEnum, ResourceArc, Term};
 
@@ -15,6 +16,8 @@ rustler::atoms! {
     resident_count,
     free,
     rules,
+    constraint,
+    constraint_ref = "ref",
 }
 
 /// `:constraint | {:does_not_fit, required, available}`.
@@ -36,12 +39,12 @@ impl From<Reason> for ReasonTerm {
     }
 }
 
-const LEDGER: &str = "a map with :budget, :usage, :resident_count, :free (nil or %{device => bytes}) and :rules (nil or a compiled constraint reference)";
+const SNAPSHOT: &str = "a map with :budget, :usage, :resident_count, :free (nil or %{device => bytes}) and :rules (nil, or compiled rules: %{constraint: %ModelBudget.Constraint{}} or its reference)";
 
-fn field<'a>(ledger: Term<'a>, key: rustler::Atom) -> Decoded<'a, Term<'a>> {
-    ledger
+fn field<'a>(snapshot: Term<'a>, key: rustler::Atom) -> Decoded<'a, Term<'a>> {
+    snapshot
         .map_get(key)
-        .or_else(|_| bad("ledger", LEDGER, ledger))
+        .or_else(|_| bad("snapshot", SNAPSHOT, snapshot))
 }
 
 fn decode_free(term: Term) -> Decoded<Option<Free>> {
@@ -63,37 +66,48 @@ fn decode_free(term: Term) -> Decoded<Option<Free>> {
     match read {
         Some(Ok(())) => Ok(Some(free)),
         _ => bad(
-            "ledger :free",
+            "snapshot :free",
             "nil or a map of devices (:total, :ram, {:gpu, i}) to bytes",
             term,
         ),
     }
 }
 
+/// `nil`, a compiled constraint's reference, or the manager's compiled
+/// rules (`%{constraint: %ModelBudget.Constraint{ref: ref}}`), read where
+/// they are.
 fn decode_rules(term: Term) -> Decoded<Option<ResourceArc<Compiled>>> {
     if term.decode::<rustler::Atom>().ok() == Some(atoms::nil()) {
         return Ok(None);
     }
-    term.decode().map(Some).or_else(|_| {
+    let reference = if term.is_map() {
+        term.map_get(constraint())
+            .and_then(|c| c.map_get(constraint_ref()))
+    } else {
+        Ok(term)
+    };
+    reference.and_then(|r| r.decode()).map(Some).or_else(|_| {
         bad(
-            "ledger :rules",
-            "nil or a compiled constraint reference",
+            "snapshot :rules",
+            "nil or %{constraint: %ModelBudget.Constraint{}}",
             term,
         )
     })
 }
 
-/// A ledger term, and its rules.
-pub(crate) fn decode_ledger(ledger: Term) -> Decoded<(Ledger, Option<ResourceArc<Compiled>>)> {
-    let rules = decode_rules(field(ledger, rules())?)?;
-    let decoded = Ledger {
-        budget: budget::decode(field(ledger, atoms::budget())?)?,
-        usage: placement::decode(field(ledger, usage())?, "ledger :usage")?,
+/// A snapshot term, and its rules.
+pub(crate) fn decode_snapshot(
+    snapshot: Term,
+) -> Decoded<(Snapshot, Option<ResourceArc<Compiled>>)> {
+    let rules = decode_rules(field(snapshot, rules())?)?;
+    let decoded = Snapshot {
+        budget: budget::decode(field(snapshot, atoms::budget())?)?,
+        usage: placement::decode(field(snapshot, usage())?, "snapshot :usage")?,
         resident_count: crate::decode::bytes(
-            field(ledger, resident_count())?,
-            "ledger :resident_count",
+            field(snapshot, resident_count())?,
+            "snapshot :resident_count",
         )?,
-        free: decode_free(field(ledger, free())?)?,
+        free: decode_free(field(snapshot, free())?)?,
     };
     Ok((decoded, rules))
 }
@@ -135,16 +149,16 @@ pub(crate) fn encode_choice(env: Env, choice: Choice) -> Term {
 #[rustler::nif]
 fn evict_choose<'a>(
     env: Env<'a>,
-    ledger: Term<'a>,
+    snapshot: Term<'a>,
     placement_term: Term<'a>,
     candidates: Term<'a>,
 ) -> Term<'a> {
     let result = (|| {
-        let (ledger, rules) = decode_ledger(ledger)?;
+        let (snapshot, rules) = decode_snapshot(snapshot)?;
         let placement = placement::decode(placement_term, "placement")?;
         let candidates = decode_placements(candidates, "candidates")?;
         let choice = evict::choose(
-            &ledger,
+            &snapshot,
             rules.as_ref().map(|r| &r.constraint),
             &placement,
             &candidates,

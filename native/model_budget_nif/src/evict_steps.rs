@@ -1,6 +1,7 @@
-//! The core's eviction steps around the chooser (`evict_choose`), for a
-//! manager: whether an admission needs room at all, the chooser over the
-//! candidates a few at a time, the rule variables' values, the hand-over's
+//! The core's eviction steps around the chooser (`evict_choose`): whether a
+//! placement needs room at all, the chooser over the candidates a few at a
+//! time (`ModelBudget.Eviction.choose_from/4`, deprecated: a manager admits
+//! in one call, `evict_admit`), the rule variables' values, the hand-over's
 //! residuals, and a probe's free bytes by device.
 
 use model_budget_core::budget::evict::{self, Free};
@@ -11,7 +12,7 @@ use rustler::{Encoder, Env, Term};
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
 use crate::codec::{DeviceTerm, GpuMapTerm};
-use crate::evict::{decode_ledger, decode_placements, encode_choice, ReasonTerm};
+use crate::evict::{decode_placements, decode_snapshot, encode_choice, ReasonTerm};
 use crate::placement::{self, Encoded};
 use crate::{budget, decode};
 
@@ -28,11 +29,11 @@ fn device(term: Term) -> Decoded<Device> {
 /// `nil` when `placement` fits and the rules hold nowhere (nothing to
 /// evict), else `{device, reason}` for the first device that needs room.
 #[rustler::nif]
-fn evict_needs<'a>(env: Env<'a>, ledger: Term<'a>, placement_term: Term<'a>) -> Term<'a> {
+fn evict_needs<'a>(env: Env<'a>, snapshot: Term<'a>, placement_term: Term<'a>) -> Term<'a> {
     let result = (|| {
-        let (ledger, rules) = decode_ledger(ledger)?;
+        let (snapshot, rules) = decode_snapshot(snapshot)?;
         let placement = placement::decode(placement_term, "placement")?;
-        let need = evict::needs(&ledger, rules.as_ref().map(|r| &r.constraint), &placement)?;
+        let need = evict::needs(&snapshot, rules.as_ref().map(|r| &r.constraint), &placement)?;
         Ok(match need {
             None => atoms::nil().encode(env),
             Some((device, why)) => (DeviceTerm::from(device), ReasonTerm::from(why)).encode(env),
@@ -47,18 +48,18 @@ fn evict_needs<'a>(env: Env<'a>, ledger: Term<'a>, placement_term: Term<'a>) -> 
 #[rustler::nif]
 fn evict_choose_from<'a>(
     env: Env<'a>,
-    ledger: Term<'a>,
+    snapshot: Term<'a>,
     placement_term: Term<'a>,
     candidates: Term<'a>,
     follow: bool,
 ) -> Term<'a> {
     let result = (|| {
-        let (ledger, rules) = decode_ledger(ledger)?;
+        let (snapshot, rules) = decode_snapshot(snapshot)?;
         let placement = placement::decode(placement_term, "placement")?;
         let candidates = decode_placements(candidates, "candidates")?;
         let rules = rules.as_ref().map(|r| &r.constraint);
         Ok(
-            match evict::choose_from(&ledger, rules, &placement, &candidates, follow)? {
+            match evict::choose_from(&snapshot, rules, &placement, &candidates, follow)? {
                 Some(choice) => encode_choice(env, choice),
                 None => more().encode(env),
             },
@@ -71,14 +72,14 @@ fn evict_choose_from<'a>(
 #[rustler::nif]
 fn evict_values<'a>(
     env: Env<'a>,
-    ledger: Term<'a>,
+    snapshot: Term<'a>,
     placement_term: Term<'a>,
     device_term: Term<'a>,
 ) -> Term<'a> {
     let result = (|| {
-        let (ledger, _rules) = decode_ledger(ledger)?;
+        let (snapshot, _rules) = decode_snapshot(snapshot)?;
         let placement = placement::decode(placement_term, "placement")?;
-        let values = evict::values(&ledger, &placement, device(device_term)?);
+        let values = evict::values(&snapshot, &placement, device(device_term)?);
         Ok(values.to_vec())
     })();
     reply(env, result)

@@ -3,7 +3,8 @@ defmodule ModelBudget.ModelManager.LedgerTest do
   # from the probe, leases, pinning, the hand-over, keep-alive and the queue.
   use ExUnit.Case, async: true
 
-  alias ModelBudget.ModelManager.{Entry, Eviction, Ledger}
+  alias ModelBudget.Eviction
+  alias ModelBudget.ModelManager.{Entry, Ledger}
 
   defp ram(bytes), do: %{ram: bytes, vram: %{}}
 
@@ -40,8 +41,10 @@ defmodule ModelBudget.ModelManager.LedgerTest do
           entry(:c, 300, use: {2, 0})
         ])
 
-      assert {:ok, [%{id: :b}]} = Ledger.admit(books, ram(300), [], probe())
-      assert {:ok, [%{id: :b}, %{id: :c}]} = Ledger.admit(books, ram(600), [], probe())
+      assert {:ok, %{evictions: [%{id: :b}]}} = Ledger.admit(books, ram(300), [], probe())
+
+      assert {:ok, %{evictions: [%{id: :b}, %{id: :c}]}} =
+               Ledger.admit(books, ram(600), [], probe())
     end
 
     test "leased, pinned, excluded, loading and recently used models are not candidates" do
@@ -57,7 +60,7 @@ defmodule ModelBudget.ModelManager.LedgerTest do
         ])
 
       probe = probe(now: 100, leased: [:leased], exclude: [:excluded])
-      assert {:ok, [%{id: :idle}]} = Ledger.admit(books, ram(150), [], probe)
+      assert {:ok, %{evictions: [%{id: :idle}]}} = Ledger.admit(books, ram(150), [], probe)
 
       assert Ledger.admit(books, ram(250), [], probe) ==
                {:error, {:insufficient_memory, [device: :total, required: 250, available: 100]}}
@@ -65,7 +68,9 @@ defmodule ModelBudget.ModelManager.LedgerTest do
 
     test "loads waiting ahead count as held" do
       books = with_entries(ledger(1_000), [entry(:a, 500)])
-      assert {:ok, []} = Ledger.admit(books, ram(500), [], probe(leased: [:a]))
+
+      assert {:ok, %{evictions: [], usage: %{ram: 1_000}}} =
+               Ledger.admit(books, ram(500), [], probe(leased: [:a]))
 
       assert Ledger.admit(books, ram(500), [ram(200)], probe(leased: [:a])) ==
                {:error, {:insufficient_memory, [device: :total, required: 500, available: 300]}}
@@ -93,10 +98,10 @@ defmodule ModelBudget.ModelManager.LedgerTest do
         with_entries(ledger(1_000), [entry(:a, 400, use: {1, 0}), entry(:b, 400, use: {2, 0})])
 
       new = entry(:new, 700)
-      {:ok, evictions} = Ledger.admit(books, ram(700), [], probe())
-      assert Enum.map(evictions, & &1.id) == [:a, :b]
+      {:ok, admission} = Ledger.admit(books, ram(700), [], probe())
+      assert Enum.map(admission.evictions, & &1.id) == [:a, :b]
 
-      {books, evicted} = Ledger.hand_over(books, new, evictions, {:load, :new})
+      {books, evicted} = Ledger.hand_over(books, new, admission, {:load, :new})
       assert [%{held: %{ram: 100}, evictions: 1}, %{held: %{ram: 0}}] = evicted
       assert books.usage == ram(800)
       assert %{awaiting: awaiting, evicted: [:a, :b]} = Ledger.fetch!(books, :new)
@@ -108,10 +113,10 @@ defmodule ModelBudget.ModelManager.LedgerTest do
 
     test "a fence takes nothing over: its evicted models count in full" do
       books = with_entries(ledger(1_000), [entry(:a, 400)])
-      {:ok, evictions} = Ledger.admit(books, ram(800), [], probe())
+      {:ok, admission} = Ledger.admit(books, ram(800), [], probe(), :fence)
 
-      {books, [%{held: %{ram: 400}}]} =
-        Ledger.hand_over(books, nil, evictions, {:fence, make_ref()})
+      {books, [%{held: %{ram: 400}, evicted_for: {:fence, _}}]} =
+        Ledger.hand_over(books, nil, admission, {:fence, make_ref()})
 
       assert books.usage == ram(400)
     end
@@ -123,10 +128,10 @@ defmodule ModelBudget.ModelManager.LedgerTest do
     # still counted its own, and readers saw that usage (1,600 of 1,000).
     test "the load leaves and its evicted models count in full, never both" do
       books = with_entries(ledger(1_000), [entry(:a, 600)])
-      {:ok, [%{id: :a}] = evictions} = Ledger.admit(books, ram(700), [], probe())
+      {:ok, %{evictions: [%{id: :a}]} = admission} = Ledger.admit(books, ram(700), [], probe())
 
       {books, [%{held: %{ram: 0}}]} =
-        Ledger.hand_over(books, entry(:new, 700), evictions, {:load, :new})
+        Ledger.hand_over(books, entry(:new, 700), admission, {:load, :new})
 
       books = Ledger.add(books, entry(:c, 300))
       assert books.usage == ram(1_000)
@@ -141,8 +146,8 @@ defmodule ModelBudget.ModelManager.LedgerTest do
       books =
         with_entries(ledger(1_000), [entry(:a, 400, use: {1, 0}), entry(:b, 400, use: {2, 0})])
 
-      {:ok, evictions} = Ledger.admit(books, ram(700), [], probe())
-      {books, _} = Ledger.hand_over(books, entry(:new, 700), evictions, {:load, :new})
+      {:ok, admission} = Ledger.admit(books, ram(700), [], probe())
+      {books, _} = Ledger.hand_over(books, entry(:new, 700), admission, {:load, :new})
       {_a, books} = Ledger.release(books, :a)
       books = Ledger.put(books, %{Ledger.fetch!(books, :new) | awaiting: MapSet.new([:b])})
 

@@ -1,6 +1,8 @@
 //! Choosing evictions: which resident models a manager unloads, least
 //! recently used first, to make room for a placement under a budget and the
-//! `:evict_when` rules. Pure: it simulates releases on a copy of the ledger.
+//! `:evict_when` rules. Pure: it simulates releases on a copy of the
+//! snapshot. A manager's admission (the walk, the hand-over and the new
+//! usage in one step) is [`crate::budget::admission`].
 //!
 //! (The what-if search of the CLI is `fit`; the CLI's report lives in
 //! Elixir. This is the third of the things once all called "plan".)
@@ -11,6 +13,7 @@ use crate::budget::gpu_map::GpuMap;
 use crate::budget::placement::Placement;
 use crate::budget::spec::{Budget, Limit};
 use crate::error::{invalid, Result};
+use std::borrow::Cow;
 
 /// The variables `:evict_when` rules may read, in the order a rules
 /// constraint must declare them.
@@ -64,9 +67,10 @@ impl Free {
     }
 }
 
-/// What the manager holds, as the chooser reads it.
+/// What a manager holds at one instant, as the chooser reads it: the
+/// budget and the usage, the resident count and the probe's free bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ledger {
+pub struct Snapshot {
     pub budget: Budget,
     /// What is held or reserved, folded.
     pub usage: Placement,
@@ -75,6 +79,10 @@ pub struct Ledger {
     /// Live free bytes per device, when rules read `free`.
     pub free: Option<Free>,
 }
+
+/// The former name of [`Snapshot`].
+#[deprecated(note = "renamed Snapshot")]
+pub type Ledger = Snapshot;
 
 /// Why a model is evicted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +104,8 @@ pub struct Eviction {
 
 /// The answer: room (the evictions in order, and the usage once they are
 /// released, the new placement not added), or the device that stays short
-/// even with every candidate evicted, as `check` names it against the ledger
-/// as it stands.
+/// even with every candidate evicted, as `check` names it against the
+/// snapshot as it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Choice {
     Room {
@@ -137,8 +145,8 @@ fn clamp(n: u128) -> u64 {
 /// The variables' values (in [`VARIABLES`] order) on `device` for a load of
 /// `placement`. Each is an integer from 0 to 2^64 - 1: an unbounded device's
 /// `total` is 2^64 - 1, the rule language's "unbounded"; `free` is 0 when
-/// the ledger carries none.
-pub fn values(ledger: &Ledger, placement: &Placement, device: Device) -> [u64; 9] {
+/// the snapshot carries none.
+pub fn values(ledger: &Snapshot, placement: &Placement, device: Device) -> [u64; 9] {
     let used = share(&ledger.usage, device);
     let total = match limit(&ledger.budget, device) {
         Limit::Bytes(b) => b,
@@ -163,8 +171,8 @@ pub fn values(ledger: &Ledger, placement: &Placement, device: Device) -> [u64; 9
 }
 
 /// Why `device` still needs room, or `None`.
-fn need(
-    ledger: &Ledger,
+pub(crate) fn need(
+    ledger: &Snapshot,
     rules: Option<&Constraint>,
     placement: &Placement,
     device: Device,
@@ -203,7 +211,7 @@ pub fn check_rules(rules: &Constraint) -> Result<()> {
 /// would evict nothing whatever the candidates, and a manager need not list
 /// them.
 pub fn needs(
-    ledger: &Ledger,
+    ledger: &Snapshot,
     rules: Option<&Constraint>,
     placement: &Placement,
 ) -> Result<Option<(Device, Reason)>> {
@@ -228,7 +236,7 @@ pub fn needs(
 /// Each candidate must be held in `ledger.usage` (their placements folded
 /// are at most the usage); releasing one that is not is an error.
 pub fn choose(
-    ledger: &Ledger,
+    ledger: &Snapshot,
     rules: Option<&Constraint>,
     placement: &Placement,
     candidates: &[Placement],
@@ -242,41 +250,97 @@ pub fn choose(
 /// a device still needs room once these are walked (the answer needs more
 /// of them); otherwise the answer [`choose`] gives over the whole list.
 pub fn choose_from(
-    ledger: &Ledger,
+    ledger: &Snapshot,
     rules: Option<&Constraint>,
     placement: &Placement,
     candidates: &[Placement],
+    more: bool,
+) -> Result<Option<Choice>> {
+    let mut pulled = Pulled::new(candidates.iter().cloned().map(Ok));
+    walk(ledger, rules, placement, &mut pulled, more)
+}
+
+/// Candidates pulled from an iterator as a walk reaches them: each is taken
+/// (decoded, for a NIF) once, when the walk first needs it, and kept; what
+/// the walk never reaches is never taken.
+pub(crate) struct Pulled<I> {
+    iter: I,
+    seen: Vec<Placement>,
+    done: bool,
+}
+
+impl<I: Iterator<Item = Result<Placement>>> Pulled<I> {
+    pub(crate) fn new(iter: I) -> Self {
+        Pulled {
+            iter,
+            seen: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The candidate at `i`, pulling up to it; `None` past the last.
+    fn get(&mut self, i: usize) -> Result<Option<&Placement>> {
+        while self.seen.len() <= i && !self.done {
+            match self.iter.next() {
+                Some(held) => self.seen.push(held?),
+                None => self.done = true,
+            }
+        }
+        Ok(self.seen.get(i))
+    }
+
+    /// The candidates pulled so far, in order.
+    pub(crate) fn seen(&self) -> &[Placement] {
+        &self.seen
+    }
+}
+
+/// The walk behind [`choose_from`], over candidates pulled as it needs them.
+pub(crate) fn walk<I: Iterator<Item = Result<Placement>>>(
+    ledger: &Snapshot,
+    rules: Option<&Constraint>,
+    placement: &Placement,
+    candidates: &mut Pulled<I>,
     more: bool,
 ) -> Result<Option<Choice>> {
     if let Some(rules) = rules {
         check_rules(rules)?;
     }
     let needs_free = rules.is_some_and(|r| r.used_variables().any(|i| i == FREE));
-    let mut sim = ledger.clone();
-    if !needs_free {
-        sim.free = None;
+    // The simulation is copied from the snapshot at its first release: most
+    // admissions release nothing.
+    let mut sim = Cow::Borrowed(ledger);
+    if !needs_free && ledger.free.is_some() {
+        sim.to_mut().free = None;
     }
-    let mut evicted = vec![false; candidates.len()];
+    let mut evicted: Vec<bool> = Vec::new();
     let mut evictions = Vec::new();
     for device in devices(&ledger.budget, placement) {
         let mut reason = need(&sim, rules, placement, device)?;
-        for (i, held) in candidates.iter().enumerate() {
-            let Some(why) = reason else { break };
-            if evicted[i] || share(held, device) == 0 {
-                continue;
+        let mut i = 0;
+        while let Some(why) = reason {
+            let Some(held) = candidates.get(i)? else {
+                break;
+            };
+            if evicted.len() <= i {
+                evicted.resize(i + 1, false);
             }
-            sim.usage = sim.usage.release(held)?;
-            sim.resident_count = sim.resident_count.saturating_sub(1);
-            if let Some(free) = sim.free.as_mut() {
-                free.add(held);
+            if !evicted[i] && share(held, device) > 0 {
+                let released = sim.to_mut();
+                released.usage.release_from(held)?;
+                released.resident_count = released.resident_count.saturating_sub(1);
+                if let Some(free) = released.free.as_mut() {
+                    free.add(held);
+                }
+                evicted[i] = true;
+                evictions.push(Eviction {
+                    candidate: i,
+                    device,
+                    reason: why,
+                });
+                reason = need(&sim, rules, placement, device)?;
             }
-            evicted[i] = true;
-            evictions.push(Eviction {
-                candidate: i,
-                device,
-                reason: why,
-            });
-            reason = need(&sim, rules, placement, device)?;
+            i += 1;
         }
         if reason.is_some() && more {
             return Ok(None);
@@ -298,7 +362,7 @@ pub fn choose_from(
     }
     Ok(Some(Choice::Room {
         evictions,
-        usage: sim.usage,
+        usage: sim.into_owned().usage,
     }))
 }
 
@@ -308,8 +372,8 @@ mod tests {
     use crate::budget::spec::VramLimits;
     use proptest::prelude::*;
 
-    fn ledger(budget: Budget, usage: Placement) -> Ledger {
-        Ledger {
+    fn ledger(budget: Budget, usage: Placement) -> Snapshot {
+        Snapshot {
             budget,
             usage,
             resident_count: 3,

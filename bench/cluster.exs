@@ -12,7 +12,9 @@
 Code.require_file("support/timing.exs", __DIR__)
 # ClusterPeers waits with Test.Eventually.
 Code.require_file("../test/support/eventually.ex", __DIR__)
-Code.require_file("../test/support/cluster_peers.ex", __DIR__)
+# Compiled here, not required: its bytecode is loaded on the peers too, where
+# ClusterPeers.start_manager/2 starts each manager.
+peer_modules = Code.compile_file("../test/support/cluster_peers.ex", __DIR__)
 alias Bench.Timing
 alias ModelBudget.{Cluster, ModelManager}
 alias ModelBudget.Test.ClusterPeers
@@ -85,17 +87,20 @@ peers = ClusterPeers.start("mb_bench_#{System.pid()}_", 3)
 cluster = :bench
 opts = [mode: :direct, n_gpus: 0]
 
-# Started by a process spawned there, which then exits normally: its link
-# to the manager does not stop it (an :erpc call's process would).
+for {_peer, node} <- peers, {module, binary} <- peer_modules do
+  {:module, ^module} =
+    :erpc.call(node, :code, :load_binary, [module, ~c"cluster_peers.ex", binary])
+end
+
+# Started unlinked (start_manager_here/1): the manager traps exits, so the
+# exit of the process that started it would stop it.
 for {{_peer, node}, i} <- Enum.with_index(peers) do
-  Node.spawn(node, ModelManager, :start_link, [
-    [
-      memory_budget: 2 ** 40 + i,
-      cluster: cluster,
-      labels: %{remote: true},
-      min_idle_ms: :infinity
-    ]
-  ])
+  ClusterPeers.start_manager(node,
+    memory_budget: 2 ** 40 + i,
+    cluster: cluster,
+    labels: %{remote: true},
+    min_idle_ms: :infinity
+  )
 end
 
 # The smallest budget: binpack picks it when :where allows it.

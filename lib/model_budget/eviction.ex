@@ -266,43 +266,6 @@ defmodule ModelBudget.Eviction do
     evictions(Errors.call(Native.evict_choose(snapshot, placement, held)), candidates)
   end
 
-  @doc """
-  `choose/3` over the first candidates of a longer list, so that a caller
-  can list them a few at a time: `:more` when `more?` (more candidates
-  follow) and a device still needs room once these are walked; otherwise
-  the answer `choose/3` gives over the whole list.
-
-  Deprecated: `admit/4` takes the whole list once (or a function that
-  lists it only when room is needed) and reads only as far as it needs.
-
-  ## Examples
-
-      iex> snapshot = %{
-      ...>   budget: %{mode: :combined, limit: 1_000},
-      ...>   rules: nil,
-      ...>   usage: %{ram: 900, vram: %{}},
-      ...>   resident_count: 3,
-      ...>   free: nil
-      ...> }
-      iex> first = [a: %{ram: 50, vram: %{}}]
-      iex> apply(ModelBudget.Eviction, :choose_from, [snapshot, %{ram: 200, vram: %{}}, first, true])
-      :more
-  """
-  @deprecated "Use ModelBudget.Eviction.admit/4, which takes the whole list once"
-  @spec choose_from(snapshot(), ModelBudget.placement(), candidates(), boolean()) ::
-          :more
-          | {:ok, [eviction()], ModelBudget.placement()}
-          | {:error, ModelBudget.insufficient()}
-  def choose_from(snapshot, placement, candidates, more?) do
-    candidates!(candidates)
-    held = Enum.map(candidates, &elem(&1, 1))
-
-    case Errors.call(Native.evict_choose_from(snapshot, placement, held, more? == true)) do
-      :more -> :more
-      answer -> evictions(answer, candidates)
-    end
-  end
-
   defp candidates!(candidates) do
     unless is_list(candidates) and Enum.all?(candidates, &match?({_, _}, &1)) do
       raise ArgumentError,

@@ -104,7 +104,6 @@ defmodule ModelBudget.Native do
   def evict_admit(_snapshot, _placement, _candidates, _intent), do: not_loaded()
   def evict_choose(_snapshot, _placement, _candidates), do: not_loaded()
   def evict_needs(_snapshot, _placement), do: not_loaded()
-  def evict_choose_from(_snapshot, _placement, _candidates, _more), do: not_loaded()
   def evict_values(_snapshot, _placement, _device), do: not_loaded()
   def evict_residuals(_budget, _evicted, _placement), do: not_loaded()
   def evict_free(_budget, _placement, _ram, _gpus), do: not_loaded()

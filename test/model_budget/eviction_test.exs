@@ -412,7 +412,7 @@ defmodule ModelBudget.EvictionTest do
     end
   end
 
-  describe "needs/2, choose_from/4, values/3, residuals/3 and free/4" do
+  describe "needs/2, values/3, residuals/3 and free/4" do
     test "bad input raises ArgumentError naming the argument" do
       l = raw(%{mode: :unlimited}, %{ram: 0, vram: %{}})
 
@@ -443,23 +443,12 @@ defmodule ModelBudget.EvictionTest do
       assert_raise ArgumentError,
                    ~r/invalid candidates: expected a list of {id, placement}/,
                    fn ->
-                     # Deprecated, still answering.
-                     apply(Eviction, :choose_from, [l, %{ram: 1, vram: %{}}, [:x], true])
+                     Eviction.choose(l, %{ram: 1, vram: %{}}, [:x])
                    end
 
       assert_raise ArgumentError, ~r/invalid gpus: expected a map of GPU indices to bytes/, fn ->
         Eviction.free(%{mode: :unlimited}, %{ram: 1, vram: %{}}, 1, [1])
       end
-    end
-
-    test "choose_from/4, deprecated, answers :more or choose/3's answer over the whole list" do
-      l = raw(%{mode: :combined, limit: 1_000}, ram(900))
-      first = [a: ram(50)]
-      assert apply(Eviction, :choose_from, [l, ram(200), first, true]) == :more
-      whole = first ++ [b: ram(300)]
-
-      assert apply(Eviction, :choose_from, [l, ram(200), whole, true]) ==
-               Eviction.choose(l, ram(200), whole)
     end
   end
 

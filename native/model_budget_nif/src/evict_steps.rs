@@ -1,8 +1,7 @@
 //! The core's eviction steps around the chooser (`evict_choose`): whether a
-//! placement needs room at all, the chooser over the candidates a few at a
-//! time (`ModelBudget.Eviction.choose_from/4`, deprecated: a manager admits
-//! in one call, `evict_admit`), the rule variables' values, the hand-over's
-//! residuals, and a probe's free bytes by device.
+//! placement needs room at all, the rule variables' values, the hand-over's
+//! residuals, and a probe's free bytes by device. A manager admits in one
+//! call (`evict_admit`).
 
 use model_budget_core::budget::evict::{self, Free};
 use model_budget_core::budget::handover;
@@ -12,13 +11,9 @@ use rustler::{Encoder, Env, Term};
 use crate::atoms;
 use crate::badarg::{bad, reply, Decoded};
 use crate::codec::{DeviceTerm, GpuMapTerm};
-use crate::evict::{decode_placements, decode_snapshot, encode_choice, ReasonTerm};
+use crate::evict::{decode_placements, decode_snapshot, ReasonTerm};
 use crate::placement::{self, Encoded};
 use crate::{budget, decode};
-
-rustler::atoms! {
-    more,
-}
 
 fn device(term: Term) -> Decoded<Device> {
     term.decode::<DeviceTerm>()
@@ -38,32 +33,6 @@ fn evict_needs<'a>(env: Env<'a>, snapshot: Term<'a>, placement_term: Term<'a>) -
             None => atoms::nil().encode(env),
             Some((device, why)) => (DeviceTerm::from(device), ReasonTerm::from(why)).encode(env),
         })
-    })();
-    reply(env, result)
-}
-
-/// The chooser over the first candidates of a longer list: `:more` when
-/// `more` candidates follow and the answer needs them, else what
-/// `evict_choose` answers over the whole list.
-#[rustler::nif]
-fn evict_choose_from<'a>(
-    env: Env<'a>,
-    snapshot: Term<'a>,
-    placement_term: Term<'a>,
-    candidates: Term<'a>,
-    follow: bool,
-) -> Term<'a> {
-    let result = (|| {
-        let (snapshot, rules) = decode_snapshot(snapshot)?;
-        let placement = placement::decode(placement_term, "placement")?;
-        let candidates = decode_placements(candidates, "candidates")?;
-        let rules = rules.as_ref().map(|r| &r.constraint);
-        Ok(
-            match evict::choose_from(&snapshot, rules, &placement, &candidates, follow)? {
-                Some(choice) => encode_choice(env, choice),
-                None => more().encode(env),
-            },
-        )
     })();
     reply(env, result)
 }

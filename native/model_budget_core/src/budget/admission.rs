@@ -141,7 +141,8 @@ mod tests {
     use super::*;
     use crate::budget::check::{check, share, Device};
     use crate::budget::evict::{choose, needs, Reason, VARIABLES};
-    use crate::budget::spec::{Budget, Limit, VramLimits};
+    use crate::budget::spec::Budget;
+    use crate::budget::strategies::{budget, small};
     use proptest::prelude::*;
     use std::cell::Cell;
 
@@ -277,39 +278,6 @@ mod tests {
         assert!(admit(&s, &[], None, &p, Some(broken), Intent::Load).is_err());
     }
 
-    fn small() -> impl Strategy<Value = Placement> {
-        (
-            0..1000u64,
-            proptest::collection::btree_map(0u32..3, 0..1000u64, 0..3),
-        )
-            .prop_map(|(ram, vram)| {
-                Placement {
-                    ram,
-                    vram: vram.into_iter().collect(),
-                }
-                .canonical()
-            })
-    }
-
-    fn limit() -> impl Strategy<Value = Limit> {
-        prop_oneof![Just(Limit::Infinity), (0..4000u64).prop_map(Limit::Bytes)]
-    }
-
-    fn budget() -> impl Strategy<Value = Budget> {
-        prop_oneof![
-            Just(Budget::Unlimited),
-            (1..8000u64).prop_map(|limit| Budget::Combined { limit }),
-            (
-                limit(),
-                proptest::collection::btree_map(0u32..3, limit(), 0..3)
-            )
-                .prop_map(|(ram, vram)| Budget::PerDevice {
-                    ram,
-                    vram: VramLimits::PerGpu(vram.into_iter().collect()),
-                }),
-        ]
-    }
-
     /// The measures a budget compares: the total for a combined budget,
     /// else RAM and each GPU.
     fn measures(combined: bool, p: &Placement) -> Vec<u128> {
@@ -341,7 +309,7 @@ mod tests {
         /// says the placement needs room.
         #[test]
         fn admission_is_walk_then_hand_over(
-            b in budget(),
+            b in budget(4000),
             held in proptest::collection::vec(small(), 0..6),
             extra in small(),
             ahead in proptest::collection::vec(small(), 0..2),

@@ -370,6 +370,7 @@ pub(crate) fn walk<I: Iterator<Item = Result<Placement>>>(
 mod tests {
     use super::*;
     use crate::budget::spec::VramLimits;
+    use crate::budget::strategies::{budget, small};
     use proptest::prelude::*;
 
     fn ledger(budget: Budget, usage: Placement) -> Snapshot {
@@ -496,46 +497,13 @@ mod tests {
         assert_eq!((v[1], v[2], v[3]), (u64::MAX - 5, u64::MAX, 5));
     }
 
-    fn small() -> impl Strategy<Value = Placement> {
-        (
-            0..1000u64,
-            proptest::collection::btree_map(0u32..3, 0..1000u64, 0..3),
-        )
-            .prop_map(|(ram, vram)| {
-                Placement {
-                    ram,
-                    vram: vram.into_iter().collect(),
-                }
-                .canonical()
-            })
-    }
-
-    fn limit() -> impl Strategy<Value = Limit> {
-        prop_oneof![Just(Limit::Infinity), (0..3000u64).prop_map(Limit::Bytes)]
-    }
-
-    fn budget() -> impl Strategy<Value = Budget> {
-        prop_oneof![
-            Just(Budget::Unlimited),
-            (1..6000u64).prop_map(|limit| Budget::Combined { limit }),
-            (
-                limit(),
-                proptest::collection::btree_map(0u32..3, limit(), 0..3)
-            )
-                .prop_map(|(ram, vram)| Budget::PerDevice {
-                    ram,
-                    vram: VramLimits::PerGpu(vram.into_iter().collect()),
-                }),
-        ]
-    }
-
     proptest! {
         /// With rules, `needs` is `None` exactly when the chooser, given
         /// every candidate, has nothing to do: no eviction, the usage as it
         /// stands.
         #[test]
         fn needs_none_means_nothing_to_evict(
-            b in budget(),
+            b in budget(3000),
             held in proptest::collection::vec(small(), 0..5),
             extra in small(),
             p in small(),
@@ -565,7 +533,7 @@ mod tests {
         /// asks for more, gives the answer over the whole list.
         #[test]
         fn a_prefix_answers_as_the_whole_list(
-            b in budget(),
+            b in budget(3000),
             held in proptest::collection::vec(small(), 0..6),
             extra in small(),
             p in small(),
@@ -595,7 +563,7 @@ mod tests {
         /// eviction happens when the placement already fits.
         #[test]
         fn choose_and_check_agree(
-            b in budget(),
+            b in budget(3000),
             held in proptest::collection::vec(small(), 0..5),
             extra in small(),
             p in small(),

@@ -11,3 +11,5 @@ pub mod gpu_map;
 pub mod handover;
 pub mod placement;
 pub mod spec;
+#[cfg(test)]
+mod strategies;

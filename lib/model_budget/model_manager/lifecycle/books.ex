@@ -1,0 +1,130 @@
+defmodule ModelBudget.ModelManager.Lifecycle.Books do
+  @moduledoc false
+  # What every concern of the lifecycle shares: the admission with its
+  # claim of the evicted models, the writes of the books to the readers'
+  # table, the release of an entry, and the answers, monitors and timers.
+
+  alias ModelBudget.Eviction
+  alias ModelBudget.ModelManager
+  alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Table}
+
+  def admit(state, placement, ahead, now, intent, exclude \\ MapSet.new()) do
+    ledger = state.ledger
+
+    probe = %{
+      now: now,
+      last_use: &lru_order/1,
+      leased?: &Leases.leased?(&1.gate),
+      free: Eviction.probe_free(ledger.rules, ledger.budget, placement),
+      exclude: exclude
+    }
+
+    case Ledger.admit(ledger, placement, ahead, probe, intent) do
+      {:ok, %{evictions: []} = admission} ->
+        {:ok, admission, state}
+
+      {:ok, %{evictions: evictions} = admission} ->
+        gates = Enum.map(evictions, &Ledger.fetch!(ledger, &1.id).gate)
+
+        case Leases.claim(gates) do
+          :ok ->
+            {:ok, admission, state}
+
+          {:leased, indexes} ->
+            leased = MapSet.new(indexes, &Enum.at(evictions, &1).id)
+            admit(state, placement, ahead, now, intent, MapSet.union(exclude, leased))
+        end
+
+      {:error, _} = refused ->
+        refused
+    end
+  end
+
+  # The LRU position, ties (a coarse clock) broken by admission order.
+  def lru_order(%Entry{gate: {inc, _} = gate}) do
+    {lru, used_at} = Leases.last_use(gate)
+    {{lru, inc}, used_at}
+  end
+
+  def refuse(state, from, refused) do
+    Table.bump(state.table, :refused)
+    reply(from, refused)
+    state
+  end
+
+  # The evicted models (already claimed) start unloading; the load waits for
+
+  # instead of a task (admissions at a fraction of the cost); any other may
+  # block, so it runs in a task.
+  def inline?(state), do: state.inline
+
+  def run_inline(fun) do
+    {:ok, fun.()}
+  catch
+    kind, reason -> {:exit, if(kind == :exit, do: reason, else: {reason, __STACKTRACE__})}
+  end
+
+  def put(state, entry), do: save(%{state | ledger: Ledger.put(state.ledger, entry)}, [entry.id])
+
+  def update(state, id, fun), do: put(state, fun.(Ledger.fetch!(state.ledger, id)))
+
+  # The entries `ids` and the usage, to the readers' table in one insert.
+  def save(state, ids) do
+    Table.put(state.table, state.ledger.usage, Enum.map(ids, &Ledger.fetch!(state.ledger, &1)))
+    state
+  end
+
+  # `entry` as it is now: the ledger's, or one not written back yet.
+  def release(state, entry) do
+    {_, ledger} = Ledger.release(state.ledger, entry.id)
+    forget(%{state | ledger: ledger}, entry, [])
+  end
+
+  # An entry gone from the ledger leaves the readers' table, in the write
+  # that also carries the usage and the `changed` entries.
+  def forget(state, entry, changed) do
+    Table.delete(state.table, state.ledger.usage, entry.id, changed)
+    Leases.drop(entry.gate)
+    {history, dropped} = History.forgotten(state.history, entry.id)
+    Enum.each(dropped, &Table.drop_history(state.table, &1))
+    demonitor(%{state | history: history}, entry.handle_ref)
+  end
+
+  def drop(state, id) do
+    entry = Ledger.fetch!(state.ledger, id)
+    state = release(state, entry)
+    reply_waiters(entry, :ok)
+    state
+  end
+
+  def reply_waiters(entry, answer) do
+    for {from, timer} <- entry.unload_waiters do
+      cancel_timer(timer)
+      reply(from, answer)
+    end
+
+    :ok
+  end
+
+  def demonitor(state, nil), do: state
+
+  def demonitor(state, ref) do
+    Process.demonitor(ref, [:flush])
+    %{state | refs: Map.delete(state.refs, ref)}
+  end
+
+  def timer(:infinity, _message), do: nil
+  def timer(ms, message), do: :erlang.start_timer(ms, self(), {ModelManager, message})
+
+  def cancel_timer(nil), do: nil
+
+  def cancel_timer(timer) do
+    :erlang.cancel_timer(timer, async: true, info: false)
+    nil
+  end
+
+  def reply(nil, _answer), do: :ok
+  def reply(from, answer), do: GenServer.reply(from, answer)
+
+  def prefix(state), do: "#{inspect(ModelManager)} #{inspect(state.name || self())}"
+end

@@ -11,16 +11,29 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # blocks. The books are kept by Ledger (pure), the readers' view by Table,
   # the request path by Leases.
 
-  alias ModelBudget.ModelManager.{History, Leases, Ledger, Table}
+  alias ModelBudget.ModelManager.{Effects, History, Leases, Ledger, Table}
+  alias __MODULE__.{Expiry, Queue}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
-  defstruct @enforce_keys ++ [:name, :subscribers, inline: false, refs: %{}, fences: %{}]
+  defstruct @enforce_keys ++
+              [
+                :name,
+                :subscribers,
+                inline: false,
+                refs: %{},
+                monitors: %{},
+                tasks: %{},
+                timers: %{},
+                fences: %{}
+              ]
 
   @typedoc """
   The manager's state. `:refs` maps every monitor and task ref to what it
   watches: `{:load | :unload, id}` tasks, `{:caller, id}` callers of
   admitted loads, `{:waiter, ref}` callers of waiting loads, `{:handle, id}`
-  pid handles; `:fences` fences waiting for their evicted models;
+  pid handles; `:monitors`, `:tasks` and `:timers` the monitor refs, tasks
+  and timer refs that ModelManager.Effects made, by the tag (or timer
+  message) a step gave them; `:fences` fences waiting for their evicted models;
   `:subscribers` the processes told of usage changes (ModelManager's
   callbacks keep it, not these steps); `:inline` whether the backend loads
   and unloads in the manager's step (`c:ModelBudget.Backend.inline?/0`,
@@ -38,6 +51,9 @@ defmodule ModelBudget.ModelManager.Lifecycle do
           ledger: Ledger.t(),
           history: History.t(),
           refs: %{reference() => term()},
+          monitors: %{term() => reference()},
+          tasks: %{term() => Task.t()},
+          timers: %{term() => reference()},
           fences: %{reference() => map()},
           subscribers: ModelBudget.ModelManager.Subscribers.t()
         }
@@ -52,11 +68,13 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   defdelegate lease_ended(state, inc), to: __MODULE__.Unload
   defdelegate unload_timeout(state, id, timer), to: __MODULE__.Unload
   defdelegate finished_unload(state, id, outcome), to: __MODULE__.Unload
-  defdelegate fence(state, placement, from), to: __MODULE__.Queue
   defdelegate settle(state), to: __MODULE__.Queue
-  defdelegate load_timeout(state, ref), to: __MODULE__.Queue
-  defdelegate waiter_died(state, ref), to: __MODULE__.Queue
-  defdelegate sweep(state), to: __MODULE__.Expiry
+
+  # The steps that return effects, performed here.
+  def fence(state, placement, from), do: Effects.run(Queue.fence(state, placement, from))
+  def load_timeout(state, ref), do: Effects.run(Queue.load_timeout(state, ref))
+  def waiter_died(state, ref), do: Effects.run(Queue.waiter_died(state, ref))
+  def sweep(state), do: Effects.run(Expiry.sweep(state))
 
   ## The public view
 

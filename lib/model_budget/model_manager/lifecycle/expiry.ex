@@ -1,14 +1,9 @@
 defmodule ModelBudget.ModelManager.Lifecycle.Expiry do
   @moduledoc false
-  # Keep-alive: models whose keep-alive ran out unload.
+  # Keep-alive: models whose keep-alive ran out unload. sweep/1 returns
+  # `{state, effects}` (ModelManager.Effects performs them).
 
-  require Logger
-
-  import ModelBudget.ModelManager.Lifecycle.Books
-
-  alias ModelBudget.ModelManager.Lifecycle
-  alias ModelBudget.ModelManager.Lifecycle.Unload
-  alias ModelBudget.ModelManager.{Leases, Ledger, Table}
+  alias ModelBudget.ModelManager.{Effects, Leases, Ledger, Lifecycle}
 
   @type t :: Lifecycle.t()
 
@@ -17,32 +12,28 @@ defmodule ModelBudget.ModelManager.Lifecycle.Expiry do
   @doc """
   Housekeeping, every `:sweep_ms` and on `sweep/1`: models whose keep-alive
   ran out unload. (Leases of dead holders end with their holders' heaps.)
+  Reads each model's last use from its gate, and claims the expired ones
+  (a claim closes an unleased gate, in this step); the rest is effects.
   """
-  @spec sweep(t()) :: t()
+  @spec sweep(t()) :: {t(), [Effects.t()]}
   def sweep(state) do
     now = state.clock.()
-
     probe = %{now: now, last_use: &Leases.last_use(&1.gate)}
 
-    state.ledger
-    |> Ledger.expired(probe)
-    |> Enum.reduce(state, fn entry, state ->
-      case Leases.claim([entry.gate]) do
-        :ok -> expire(state, entry, now)
-        {:leased, _} -> state
-      end
-    end)
+    effects =
+      for entry <- Ledger.expired(state.ledger, probe),
+          Leases.claim([entry.gate]) == :ok,
+          effect <- expire(entry, probe.last_use.(entry), now),
+          do: effect
+
+    {state, effects}
   end
 
-  defp expire(state, entry, now) do
-    {_lru, used_at} = Leases.last_use(entry.gate)
-
-    Logger.info(
-      "#{prefix(state)}: unloading #{inspect(entry.id)}: its keep-alive of " <>
+  defp expire(entry, {_lru, used_at}, now) do
+    message =
+      "unloading #{inspect(entry.id)}: its keep-alive of " <>
         "#{entry.keep_alive} ms ran out (no lease for #{now - used_at} ms)"
-    )
 
-    Table.bump(state.table, :expired)
-    Unload.begin_unload(state, entry)
+    [{:log, :info, message}, {:bump, :expired}, {:unload, entry}]
   end
 end

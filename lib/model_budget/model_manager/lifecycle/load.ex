@@ -10,7 +10,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
   alias ModelBudget.Backend
   alias ModelBudget.ModelManager.Lifecycle
   alias ModelBudget.ModelManager.Lifecycle.{Queue, Unload}
-  alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Measured, Table}
+  alias ModelBudget.ModelManager.{Effects, Entry, History, Leases, Ledger, Measured, Table}
 
   @type t :: Lifecycle.t()
 
@@ -33,7 +33,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
 
           if timeout == 0 or not Ledger.possible?(state.ledger, placement),
             do: refuse(state, from, refused),
-            else: Queue.enqueue(state, from, request, timeout)
+            else: Effects.run(Queue.enqueue(state, from, request, timeout))
       end
     end
   end

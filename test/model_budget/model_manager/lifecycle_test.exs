@@ -1,0 +1,182 @@
+defmodule ModelBudget.ModelManager.LifecycleTest do
+  # The manager's steps without a manager: a state built by hand (a fake
+  # clock, real lease gates made by this process), a step called directly,
+  # and its effects and books asserted on. Nothing here starts a process.
+  use ExUnit.Case, async: true
+
+  alias ModelBudget.Eviction
+  alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Lifecycle}
+  alias ModelBudget.ModelManager.Lifecycle.{Expiry, Queue}
+
+  defp ram(bytes), do: %{ram: bytes, vram: %{}}
+
+  defp state(limit, now, entries \\ []) do
+    flags = Leases.new_flags()
+    ledger = Ledger.new(%{mode: :combined, limit: limit}, Eviction.compile!([]), 0)
+
+    ledger =
+      Enum.reduce(entries, ledger, fn {id, bytes, opts}, ledger ->
+        Ledger.add(ledger, entry(flags, id, bytes, opts))
+      end)
+
+    %Lifecycle{
+      table: nil,
+      flags: flags,
+      task_sup: nil,
+      backend: nil,
+      clock: fn -> now end,
+      sweep_ms: 1_000,
+      ledger: ledger,
+      history: History.new(10)
+    }
+  end
+
+  # A ready model, last used at `opts[:used]`, its gate open.
+  defp entry(flags, id, bytes, opts) do
+    request = %{id: id, source: {:bytes, bytes}, opts: opts, bytes: bytes, placement: ram(bytes)}
+    gate = Leases.new_gate(flags, self(), Keyword.get(opts, :used, 0))
+    Leases.open(gate)
+    %{Entry.new(request, gate, {0, 0}) | status: :ready}
+  end
+
+  defp request(id, bytes),
+    do: %{id: id, source: {:bytes, bytes}, opts: [], bytes: bytes, placement: ram(bytes)}
+
+  defp from, do: {self(), make_ref()}
+
+  describe "Expiry.sweep/1" do
+    test "a model whose keep-alive ran out is logged, counted and unloaded" do
+      state = state(1_000, 150, [{:a, 100, keep_alive: 100, used: 20}, {:b, 100, []}])
+
+      assert {^state, [{:log, :info, message}, {:bump, :expired}, {:unload, %Entry{id: :a}}]} =
+               Expiry.sweep(state)
+
+      assert message =~ ":a: its keep-alive of 100 ms ran out (no lease for 130 ms)"
+      # Claimed: no checkout can take it any more.
+      gate = Ledger.fetch!(state.ledger, :a).gate
+      assert Leases.reserve(%{lease_clock: nil}, :a, gate) == {:error, :not_loaded}
+    end
+
+    test "nothing while the keep-alive runs" do
+      state = state(1_000, 50, [{:a, 100, keep_alive: 100, used: 0}])
+      assert Expiry.sweep(state) == {state, []}
+    end
+
+    test "a leased model does not expire" do
+      state = state(1_000, 500, [{:a, 100, keep_alive: 100, used: 0}])
+      gate = Ledger.fetch!(state.ledger, :a).gate
+      assert {:ok, _lease} = Leases.reserve(%{lease_clock: nil}, :a, gate)
+      assert Expiry.sweep(state) == {state, []}
+    end
+  end
+
+  describe "Queue" do
+    test "enqueue/4 watches the caller and sets the deadline" do
+      {caller, _} = from = from()
+      {state, effects} = Queue.enqueue(state(100, 0), from, request(:w, 200), 5_000)
+
+      assert [%{ref: ref, id: :w, from: ^from}] = state.ledger.queue
+
+      assert effects == [
+               {:monitor, caller, {:waiter, ref}},
+               {:timer, 5_000, {:load_timeout, ref}}
+             ]
+    end
+
+    test "enqueue/4 without a deadline sets no timer" do
+      {caller, _} = from = from()
+      {state, effects} = Queue.enqueue(state(100, 0), from, request(:w, 200), :infinity)
+      assert [%{ref: ref}] = state.ledger.queue
+      assert effects == [{:monitor, caller, {:waiter, ref}}]
+    end
+
+    test "load_timeout/2 refuses a load that still does not fit" do
+      from = from()
+
+      {state, _} =
+        Queue.enqueue(state(100, 0, [{:a, 80, pinned: true}]), from, request(:w, 50), 10)
+
+      [%{ref: ref}] = state.ledger.queue
+
+      assert {state,
+              [
+                {:cancel_timer, {:load_timeout, ^ref}},
+                {:demonitor, {:waiter, ^ref}},
+                {:bump, :refused},
+                {:reply, ^from, {:error, _}}
+              ]} = Queue.load_timeout(state, ref)
+
+      assert state.ledger.queue == []
+      assert Map.keys(state.ledger.entries) == [:a]
+    end
+
+    test "load_timeout/2 admits a load that fits by then" do
+      from = from()
+      request = request(:w, 50)
+      {state, _} = Queue.enqueue(state(100, 7), from, request, 10)
+      [%{ref: ref}] = state.ledger.queue
+
+      assert {state,
+              [
+                {:cancel_timer, {:load_timeout, ^ref}},
+                {:demonitor, {:waiter, ^ref}},
+                {:start_load, ^from, ^request, %{evictions: []}, 7}
+              ]} = Queue.load_timeout(state, ref)
+
+      assert state.ledger.queue == []
+    end
+
+    test "load_timeout/2 of a load no longer waiting does nothing" do
+      state = state(100, 0)
+      assert Queue.load_timeout(state, make_ref()) == {state, []}
+    end
+
+    test "admit_waiting/3 counts the loads ahead as held, first come first served" do
+      state = state(100, 0)
+      {state, _} = Queue.enqueue(state, from(), request(:first, 60), :infinity)
+      {state, _} = Queue.enqueue(state, from(), request(:second, 60), :infinity)
+      [first, second] = state.ledger.queue
+
+      assert Queue.admit_waiting(state, second, 0) == {state, []}
+
+      assert {%{ledger: %{queue: [^second]}}, [_, _, {:start_load, _, %{id: :first}, _, 0}]} =
+               Queue.admit_waiting(state, first, 0)
+    end
+
+    test "waiter_died/2 takes the load out of the queue and cancels its deadline" do
+      {state, _} = Queue.enqueue(state(100, 0), from(), request(:w, 200), 10)
+      [%{ref: ref}] = state.ledger.queue
+
+      assert {%{ledger: %{queue: []}}, [{:cancel_timer, {:load_timeout, ^ref}}]} =
+               Queue.waiter_died(state, ref)
+
+      assert Queue.waiter_died(state, make_ref()) == {state, []}
+    end
+
+    test "fence/3 answers at once when nothing needs to go" do
+      from = from()
+      state = state(100, 0)
+
+      assert Queue.fence(state, ram(50), from) ==
+               {state, [{:bump, :fences}, {:reply, from, {:ok, []}}]}
+    end
+
+    test "fence/3 evicts the idle models in the way and waits for them" do
+      from = from()
+      state = state(100, 0, [{:a, 80, used: 0}])
+
+      assert {state, [{:bump, :fences}, {:evict, [%{id: :a}], [%Entry{id: :a}], {:fence, ref}}]} =
+               Queue.fence(state, ram(50), from)
+
+      assert %{^ref => %{from: ^from, evicted: [:a]}} = state.fences
+    end
+
+    test "fence/3 refuses what cannot fit" do
+      from = from()
+      state = state(100, 0, [{:a, 80, pinned: true}])
+
+      assert {^state, [{:bump, :refused}, {:reply, ^from, {:error, _}}]} =
+               Queue.fence(state, ram(50), from)
+    end
+  end
+end

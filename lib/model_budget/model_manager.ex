@@ -1333,8 +1333,8 @@ defmodule ModelBudget.ModelManager do
     {:noreply, settled(Lifecycle.sweep(state))}
   end
 
-  def handle_info({:timeout, timer, {__MODULE__, {:unload_timeout, id}}}, state),
-    do: {:noreply, settled(Lifecycle.unload_timeout(state, id, timer))}
+  def handle_info({:timeout, _timer, {__MODULE__, {:unload_timeout, _, _} = timer}}, state),
+    do: {:noreply, settled(Lifecycle.unload_timeout(state, timer))}
 
   def handle_info({:timeout, _timer, {__MODULE__, {:load_timeout, ref}}}, state),
     do: {:noreply, settled(Lifecycle.load_timeout(state, ref))}

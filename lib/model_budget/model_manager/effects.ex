@@ -18,22 +18,27 @@ defmodule ModelBudget.ModelManager.Effects do
   #     sends the manager `{:timeout, ref, {ModelManager, message}}`; the
   #     message names it (one timer per message at a time).
   #   * `{:log, level, message}` - Logger, the manager's name before it.
-  #   * `{:bump, counter}` - a counter of the readers' table (Table.bump/2).
-  #   * `{:unload, entry}` - the unload of `entry` begins
-  #     (Lifecycle.Unload.begin_unload/2).
-  #   * `{:evict, evictions, evicted, for}` - claimed models start unloading
-  #     (Lifecycle.Unload.evict/4).
-  #   * `{:start_load, from, request, admission, now}` - an admitted load
-  #     starts (Lifecycle.Load.start_load/5).
-  #
-  # The last three are steps that still act on the world themselves (they
-  # take and return the state); they run here, in their turn.
+  #   * `{:call, {:unload, id}, {m, f, a}}` - an inline backend's unload,
+  #     called here; its outcome goes to Lifecycle.Unload.finished_unload/3
+  #     and that step's effects run at once (a task whose reply comes now).
+  #   * The readers' view: `{:bump, counter}` (Table.bump/2),
+  #     `{:table_put, usage, entries}`, `{:table_delete, usage, id,
+  #     changed}`, `{:drop_history, id}`, `{:count_eviction, id}`; the
+  #     lease gates: `{:drop_gate, gate}`, `{:open_gate, gate}`.
+  #   * Steps expanded here: `{:unload, entry}` (Unload.begin_unload/2) and
+  #     `{:evict, evictions, evicted, for}` (Unload.evict/4), pure steps
+  #     whose effects run in their turn.
+  #   * Steps that still act on the world themselves (they take and return
+  #     the state), run in their turn: `{:start_load, from, request,
+  #     admission, now}` (Load.start_load/5), `{:run_load, id, now}`
+  #     (Load.run_load/3), `{:cancel_load, entry, waiters}`
+  #     (Load.cancel_load/3).
 
   require Logger
 
   alias ModelBudget.ModelManager
-  alias ModelBudget.ModelManager.Lifecycle.{Load, Unload}
-  alias ModelBudget.ModelManager.Table
+  alias ModelBudget.ModelManager.Lifecycle.{Books, Load, Unload}
+  alias ModelBudget.ModelManager.{Leases, Table}
 
   @type tag :: term()
 
@@ -47,7 +52,16 @@ defmodule ModelBudget.ModelManager.Effects do
           | {:cancel_timer, term()}
           | {:log, Logger.level(), String.t()}
           | {:bump, atom()}
+          | {:call, tag(), {module(), atom(), [term()]}}
+          | {:table_put, ModelBudget.placement(), [ModelManager.Entry.t()]}
+          | {:table_delete, ModelBudget.placement(), term(), [ModelManager.Entry.t()]}
+          | {:drop_history, term()}
+          | {:count_eviction, term()}
+          | {:drop_gate, Leases.gate()}
+          | {:open_gate, Leases.gate()}
           | {:unload, ModelManager.Entry.t()}
+          | {:run_load, term(), integer()}
+          | {:cancel_load, ModelManager.Entry.t(), [ModelManager.Entry.unload_waiter()]}
           | {:evict, [map()], [ModelManager.Entry.t()], term()}
           | {:start_load, GenServer.from(), map(), map(), integer()}
 
@@ -143,10 +157,49 @@ defmodule ModelBudget.ModelManager.Effects do
     state
   end
 
-  defp perform(state, {:unload, entry}), do: Unload.begin_unload(state, entry)
+  defp perform(state, {:call, {:unload, id}, {m, f, a}}) do
+    outcome = Books.run_inline(fn -> apply(m, f, a) end)
+    run(Unload.finished_unload(state, id, outcome))
+  end
+
+  defp perform(state, {:table_put, usage, entries}) do
+    Table.put(state.table, usage, entries)
+    state
+  end
+
+  defp perform(state, {:table_delete, usage, id, changed}) do
+    Table.delete(state.table, usage, id, changed)
+    state
+  end
+
+  defp perform(state, {:drop_history, id}) do
+    Table.drop_history(state.table, id)
+    state
+  end
+
+  defp perform(state, {:count_eviction, id}) do
+    Table.count_eviction(state.table, id)
+    state
+  end
+
+  defp perform(state, {:drop_gate, gate}) do
+    Leases.drop(gate)
+    state
+  end
+
+  defp perform(state, {:open_gate, gate}) do
+    Leases.open(gate)
+    state
+  end
+
+  defp perform(state, {:unload, entry}), do: run(Unload.begin_unload(state, entry))
 
   defp perform(state, {:evict, evictions, evicted, for}),
-    do: Unload.evict(state, evictions, evicted, for)
+    do: run(Unload.evict(state, evictions, evicted, for))
+
+  defp perform(state, {:run_load, id, now}), do: Load.run_load(state, id, now)
+
+  defp perform(state, {:cancel_load, entry, waiters}), do: Load.cancel_load(state, entry, waiters)
 
   defp perform(state, {:start_load, from, request, admission, now}),
     do: Load.start_load(state, from, request, admission, now)

@@ -31,7 +31,6 @@ defmodule ModelBudget.ModelManager.Entry do
     caller: nil,
     caller_ref: nil,
     task: nil,
-    handle_ref: nil,
     unload_waiters: [],
     draining: false,
     cancelled: false
@@ -40,8 +39,11 @@ defmodule ModelBudget.ModelManager.Entry do
   @typedoc "What an evicted model's unload lets go on: a load (by id) or a fence (by ref)."
   @type evicted_for :: nil | {:load, term()} | {:fence, reference()}
 
-  @typedoc "A caller of unload/3 waiting for the model to go, and its timeout timer."
-  @type unload_waiter :: {GenServer.from(), reference() | nil}
+  @typedoc """
+  A caller of unload/3 waiting for the model to go, and its timeout
+  timer's message (ModelManager.Effects keeps the timer by it), or nil.
+  """
+  @type unload_waiter :: {GenServer.from(), {:unload_timeout, term(), reference()} | nil}
 
   @typedoc """
   An entry. `:opts` are the load's options as the backend refined them,
@@ -77,7 +79,6 @@ defmodule ModelBudget.ModelManager.Entry do
           caller: GenServer.from() | nil,
           caller_ref: reference() | nil,
           task: Task.t() | nil,
-          handle_ref: reference() | nil,
           unload_waiters: [unload_waiter()],
           draining: boolean(),
           cancelled: boolean()

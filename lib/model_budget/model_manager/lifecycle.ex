@@ -12,7 +12,7 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   # the request path by Leases.
 
   alias ModelBudget.ModelManager.{Effects, History, Leases, Ledger, Table}
-  alias __MODULE__.{Expiry, Queue}
+  alias __MODULE__.{Expiry, Queue, Unload}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
   defstruct @enforce_keys ++
@@ -64,10 +64,6 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   defdelegate finished_load(state, id, outcome), to: __MODULE__.Load
   defdelegate handle_died(state, id, reason), to: __MODULE__.Load
   defdelegate cancel_load(state, entry, waiters), to: __MODULE__.Load
-  defdelegate unload(state, id, opts, from), to: __MODULE__.Unload
-  defdelegate lease_ended(state, inc), to: __MODULE__.Unload
-  defdelegate unload_timeout(state, id, timer), to: __MODULE__.Unload
-  defdelegate finished_unload(state, id, outcome), to: __MODULE__.Unload
   defdelegate settle(state), to: __MODULE__.Queue
 
   # The steps that return effects, performed here.
@@ -75,6 +71,12 @@ defmodule ModelBudget.ModelManager.Lifecycle do
   def load_timeout(state, ref), do: Effects.run(Queue.load_timeout(state, ref))
   def waiter_died(state, ref), do: Effects.run(Queue.waiter_died(state, ref))
   def sweep(state), do: Effects.run(Expiry.sweep(state))
+  def unload(state, id, opts, from), do: Effects.run(Unload.unload(state, id, opts, from))
+  def lease_ended(state, inc), do: Effects.run(Unload.lease_ended(state, inc))
+  def unload_timeout(state, timer), do: Effects.run(Unload.unload_timeout(state, timer))
+
+  def finished_unload(state, id, outcome),
+    do: Effects.run(Unload.finished_unload(state, id, outcome))
 
   ## The public view
 

@@ -6,7 +6,7 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
 
   alias ModelBudget.Eviction
   alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Lifecycle}
-  alias ModelBudget.ModelManager.Lifecycle.{Expiry, Queue}
+  alias ModelBudget.ModelManager.Lifecycle.{Expiry, Queue, Unload}
 
   defp ram(bytes), do: %{ram: bytes, vram: %{}}
 
@@ -23,8 +23,8 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
       table: nil,
       flags: flags,
       task_sup: nil,
-      backend: nil,
       clock: fn -> now end,
+      backend: ModelBudget.Backend.Reservation,
       sweep_ms: 1_000,
       ledger: ledger,
       history: History.new(10)
@@ -36,7 +36,7 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
     request = %{id: id, source: {:bytes, bytes}, opts: opts, bytes: bytes, placement: ram(bytes)}
     gate = Leases.new_gate(flags, self(), Keyword.get(opts, :used, 0))
     Leases.open(gate)
-    %{Entry.new(request, gate, {0, 0}) | status: :ready}
+    %{Entry.new(request, gate, {0, 0}) | status: :ready, handle: {:handle, id}}
   end
 
   defp request(id, bytes),
@@ -177,6 +177,98 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
 
       assert {^state, [{:bump, :refused}, {:reply, ^from, {:error, _}}]} =
                Queue.fence(state, ram(50), from)
+    end
+  end
+
+  describe "Unload" do
+    @opts %{timeout: :infinity, force: false}
+
+    test "unload/4 of a model not loaded answers at once" do
+      from = from()
+      state = state(100, 0)
+
+      assert Unload.unload(state, :x, @opts, from) ==
+               {state, [{:reply, from, {:error, :not_loaded}}]}
+    end
+
+    test "unload/4 of an unleased model starts its unload task" do
+      from = from()
+      state = state(100, 0, [{:a, 60, []}])
+      backend = state.backend
+
+      assert {state,
+              [
+                {:demonitor, {:handle, :a}},
+                {:start_task, {:unload, :a}, {^backend, :unload, [{:handle, :a}]}},
+                {:table_put, _usage, [%Entry{id: :a, status: :unloading}]}
+              ]} = Unload.unload(state, :a, @opts, from)
+
+      assert %Entry{status: :unloading, unload_waiters: [{^from, nil}]} =
+               Ledger.fetch!(state.ledger, :a)
+    end
+
+    test "an inline backend's unload is called in the step, and nobody sees it unloading" do
+      state = %{state(100, 0, [{:a, 60, []}]) | inline: true}
+
+      assert {state, [{:demonitor, {:handle, :a}}, {:call, {:unload, :a}, {_, :unload, _}}]} =
+               Unload.unload(state, :a, %{@opts | force: true}, from())
+               |> then(fn {state, [{:drop_gate, _} | effects]} -> {state, effects} end)
+
+      assert Ledger.fetch!(state.ledger, :a).status == :unloading
+    end
+
+    test "a leased model drains; its timeout gives up and the model serves again" do
+      from = from()
+      state = state(100, 0, [{:a, 60, []}])
+      gate = Ledger.fetch!(state.ledger, :a).gate
+      assert {:ok, _lease} = Leases.reserve(%{lease_clock: nil}, :a, gate)
+
+      assert {state, [{:timer, 50, {:unload_timeout, :a, _} = timer}, {:table_put, _, _}]} =
+               Unload.unload(state, :a, %{@opts | timeout: 50}, from)
+
+      assert %Entry{draining: true, unload_waiters: [{^from, ^timer}]} =
+               Ledger.fetch!(state.ledger, :a)
+
+      # The lease has not ended: a lease_ended for its gate changes nothing.
+      assert Unload.lease_ended(state, elem(gate, 0)) == {state, []}
+
+      assert {state,
+              [
+                {:cancel_timer, ^timer},
+                {:reply, ^from, {:error, :busy}},
+                {:table_put, _, [%Entry{id: :a, status: :ready}]},
+                {:open_gate, ^gate}
+              ]} = Unload.unload_timeout(state, timer)
+
+      assert %Entry{status: :ready, draining: false, unload_waiters: []} =
+               Ledger.fetch!(state.ledger, :a)
+    end
+
+    test "finished_unload/3 releases the memory, answers the waiters and the fence" do
+      fence_from = from()
+      state = state(100, 0, [{:a, 80, []}])
+      {state, [_, {:evict, evictions, evicted, for}]} = Queue.fence(state, ram(50), fence_from)
+
+      assert {state, [{:log, :info, message}, {:bump, :evictions}, {:count_eviction, :a} | _]} =
+               Unload.evict(state, evictions, evicted, for)
+
+      assert message =~ "evicting :a (idle 0 ms)"
+      waiter = from()
+      {state, _} = Unload.unload(state, :a, @opts, waiter)
+
+      assert {state,
+              [
+                {:log, :error, crashed},
+                {:table_delete, usage, :a, []},
+                {:drop_gate, _},
+                {:demonitor, {:handle, :a}},
+                {:reply, ^waiter, :ok},
+                {:reply, ^fence_from, {:ok, [:a]}}
+              ]} = Unload.finished_unload(state, :a, {:exit, :boom})
+
+      assert crashed =~ "unloading :a crashed (:boom)"
+      assert usage == ModelBudget.empty_usage()
+      assert state.ledger.entries == %{} and state.fences == %{}
     end
   end
 end

@@ -64,14 +64,17 @@ defmodule ModelBudget.ModelManager.Lifecycle.Books do
     kind, reason -> {:exit, if(kind == :exit, do: reason, else: {reason, __STACKTRACE__})}
   end
 
+  # The helpers below are pure: each answers `{state, effects}` (or the
+  # effects alone), ModelManager.Effects performs them.
+
   def put(state, entry), do: save(%{state | ledger: Ledger.put(state.ledger, entry)}, [entry.id])
 
   def update(state, id, fun), do: put(state, fun.(Ledger.fetch!(state.ledger, id)))
 
   # The entries `ids` and the usage, to the readers' table in one insert.
   def save(state, ids) do
-    Table.put(state.table, state.ledger.usage, Enum.map(ids, &Ledger.fetch!(state.ledger, &1)))
-    state
+    entries = Enum.map(ids, &Ledger.fetch!(state.ledger, &1))
+    {state, [{:table_put, state.ledger.usage, entries}]}
   end
 
   # `entry` as it is now: the ledger's, or one not written back yet.
@@ -83,44 +86,41 @@ defmodule ModelBudget.ModelManager.Lifecycle.Books do
   # An entry gone from the ledger leaves the readers' table, in the write
   # that also carries the usage and the `changed` entries.
   def forget(state, entry, changed) do
-    Table.delete(state.table, state.ledger.usage, entry.id, changed)
-    Leases.drop(entry.gate)
     {history, dropped} = History.forgotten(state.history, entry.id)
-    Enum.each(dropped, &Table.drop_history(state.table, &1))
-    demonitor(%{state | history: history}, entry.handle_ref)
+
+    effects =
+      [{:table_delete, state.ledger.usage, entry.id, changed}, {:drop_gate, entry.gate}] ++
+        Enum.map(dropped, &{:drop_history, &1}) ++ [{:demonitor, {:handle, entry.id}}]
+
+    {%{state | history: history}, effects}
   end
 
   def drop(state, id) do
     entry = Ledger.fetch!(state.ledger, id)
-    state = release(state, entry)
-    reply_waiters(entry, :ok)
-    state
+    {state, effects} = release(state, entry)
+    {state, effects ++ reply_waiters(entry, :ok)}
   end
 
+  # The unload/3 callers waiting on `entry`: their timers cancelled, answered.
   def reply_waiters(entry, answer) do
-    for {from, timer} <- entry.unload_waiters do
-      cancel_timer(timer)
-      reply(from, answer)
-    end
-
-    :ok
+    for {from, timer} <- entry.unload_waiters,
+        effect <- cancel_timer(timer) ++ [{:reply, from, answer}],
+        do: effect
   end
+
+  def timer(:infinity, _message), do: []
+  def timer(ms, message), do: [{:timer, ms, message}]
+
+  def cancel_timer(nil), do: []
+  def cancel_timer(message), do: [{:cancel_timer, message}]
+
+  ## Effects in place (the steps that still act on the world: Load)
 
   def demonitor(state, nil), do: state
 
   def demonitor(state, ref) do
     Process.demonitor(ref, [:flush])
     %{state | refs: Map.delete(state.refs, ref)}
-  end
-
-  def timer(:infinity, _message), do: nil
-  def timer(ms, message), do: :erlang.start_timer(ms, self(), {ModelManager, message})
-
-  def cancel_timer(nil), do: nil
-
-  def cancel_timer(timer) do
-    :erlang.cancel_timer(timer, async: true, info: false)
-    nil
   end
 
   def reply(nil, _answer), do: :ok

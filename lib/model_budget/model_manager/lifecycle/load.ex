@@ -68,9 +68,9 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
       {caller, _} = from
       caller_ref = Process.monitor(caller)
       state = %{state | refs: Map.put(state.refs, caller_ref, {:caller, entry.id})}
-      state = update(state, entry.id, &%{&1 | caller_ref: caller_ref})
-      state = save(state, Enum.map(evicted, & &1.id))
-      state = Unload.evict(state, evictions, evicted, {:load, entry.id})
+      state = Effects.run(update(state, entry.id, &%{&1 | caller_ref: caller_ref}))
+      state = Effects.run(save(state, Enum.map(evicted, & &1.id)))
+      state = Effects.run(Unload.evict(state, evictions, evicted, {:load, entry.id}))
       if evictions == [], do: run_load(state, entry.id, now), else: state
     end
   end
@@ -101,7 +101,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
         ])
 
       state = %{state | refs: Map.put(state.refs, task.ref, {:load, id})}
-      update(state, id, &%{&1 | task: task})
+      Effects.run(update(state, id, &%{&1 | task: task}))
     end
   end
 
@@ -122,10 +122,12 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
       # Its caller was answered when it was cancelled; a handle it returned
       # just before is unloaded, so nothing is lost.
       {true, {:ok, {:ok, handle}}} ->
-        Unload.begin_unload(state, %{entry | task: nil, caller_ref: nil, handle: handle})
+        Effects.run(
+          Unload.begin_unload(state, %{entry | task: nil, caller_ref: nil, handle: handle})
+        )
 
       {true, _failed} ->
-        drop(state, id)
+        Effects.run(drop(state, id))
 
       {false, {:ok, {:ok, handle}}} ->
         {loads, evictions} = Table.count_load(state.table, id)
@@ -176,7 +178,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
             {:exit, reason} -> {:load_crashed, reason}
           end
 
-        state = drop(state, id)
+        state = Effects.run(drop(state, id))
         reply(entry.caller, {:error, reason})
         state
     end
@@ -222,10 +224,8 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
     end
   end
 
-  defp monitor_handle(state, %Entry{id: id} = entry, pid) do
-    ref = Process.monitor(pid)
-    {%{state | refs: Map.put(state.refs, ref, {:handle, id})}, %{entry | handle_ref: ref}}
-  end
+  defp monitor_handle(state, %Entry{id: id} = entry, pid),
+    do: {Effects.run(state, [{:monitor, pid, {:handle, id}}]), entry}
 
   @doc "A model's pid handle exited: its memory is released without an unload."
   @spec handle_died(t(), term(), term()) :: t()
@@ -235,7 +235,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
         "releasing its memory"
     )
 
-    drop(state, id)
+    Effects.run(drop(state, id))
   end
 
   @doc """
@@ -252,9 +252,9 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
     # models' placements alone beside the load's would exceed the budget.
     {cancelled, ledger} = Ledger.cancel(state.ledger, entry.id)
     restored = Enum.map(entry.awaiting, &Ledger.fetch!(ledger, &1))
-    state = forget(%{state | ledger: ledger}, cancelled, restored)
-    reply_waiters(cancelled, :ok)
-    reply_waiters(%{entry | unload_waiters: waiters}, :ok)
+    state = Effects.run(forget(%{state | ledger: ledger}, cancelled, restored))
+    state = Effects.run(state, reply_waiters(cancelled, :ok))
+    state = Effects.run(state, reply_waiters(%{entry | unload_waiters: waiters}, :ok))
     reply(entry.caller, {:error, {:load_failed, :cancelled}})
     state
   end
@@ -266,7 +266,8 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
     state = demonitor(state, entry.caller_ref)
     reply(entry.caller, {:error, {:load_failed, :cancelled}})
 
-    update(state, entry.id, fn entry ->
+    state
+    |> update(entry.id, fn entry ->
       %{
         entry
         | status: :unloading,
@@ -276,5 +277,6 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
           unload_waiters: waiters ++ entry.unload_waiters
       }
     end)
+    |> Effects.run()
   end
 end

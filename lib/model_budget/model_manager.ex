@@ -1309,7 +1309,7 @@ defmodule ModelBudget.ModelManager do
 
       {:caller, id} ->
         entry = Ledger.fetch!(state.ledger, id)
-        {:noreply, settled(Lifecycle.cancel_load(state, %{entry | caller_ref: nil}, []))}
+        {:noreply, settled(Lifecycle.cancel_load(state, entry, []))}
 
       {:waiter, waiter} ->
         {:noreply, settled(Lifecycle.waiter_died(state, waiter))}

@@ -18,21 +18,16 @@ defmodule ModelBudget.ModelManager.Effects do
   #     sends the manager `{:timeout, ref, {ModelManager, message}}`; the
   #     message names it (one timer per message at a time).
   #   * `{:log, level, message}` - Logger, the manager's name before it.
-  #   * `{:call, {:unload, id}, {m, f, a}}` - an inline backend's unload,
-  #     called here; its outcome goes to Lifecycle.Unload.finished_unload/3
+  #   * `{:call, {:load, id, now} | {:unload, id}, {m, f, a}}` - an inline
+  #     backend's load or unload, called here; its outcome goes to
+  #     Lifecycle.Load.finished_load/4 or Lifecycle.Unload.finished_unload/3
   #     and that step's effects run at once (a task whose reply comes now).
   #   * The readers' view: `{:bump, counter}` (Table.bump/2),
-  #     `{:table_put, usage, entries}`, `{:table_delete, usage, id,
-  #     changed}`, `{:drop_history, id}`, `{:count_eviction, id}`; the
-  #     lease gates: `{:drop_gate, gate}`, `{:open_gate, gate}`.
-  #   * Steps expanded here: `{:unload, entry}` (Unload.begin_unload/2) and
-  #     `{:evict, evictions, evicted, for}` (Unload.evict/4), pure steps
-  #     whose effects run in their turn.
-  #   * Steps that still act on the world themselves (they take and return
-  #     the state), run in their turn: `{:start_load, from, request,
-  #     admission, now}` (Load.start_load/5), `{:run_load, id, now}`
-  #     (Load.run_load/3), `{:cancel_load, entry, waiters}`
-  #     (Load.cancel_load/3).
+  #     `{:table_put, usage, entries}`, `{:table_put_info, usage, info,
+  #     gate}`, `{:table_delete, usage, id, changed}`, `{:drop_history,
+  #     id}`, `{:count_eviction, id}`, `{:estimate_error, error}`; the lease
+  #     gates: `{:drop_gate, gate}`, `{:open_gate, gate}`, `{:gate_used,
+  #     gate, now}`.
 
   require Logger
 
@@ -54,16 +49,14 @@ defmodule ModelBudget.ModelManager.Effects do
           | {:bump, atom()}
           | {:call, tag(), {module(), atom(), [term()]}}
           | {:table_put, ModelBudget.placement(), [ModelManager.Entry.t()]}
+          | {:table_put_info, ModelBudget.placement(), map(), Leases.gate()}
+          | {:estimate_error, term()}
+          | {:gate_used, Leases.gate(), integer()}
           | {:table_delete, ModelBudget.placement(), term(), [ModelManager.Entry.t()]}
           | {:drop_history, term()}
           | {:count_eviction, term()}
           | {:drop_gate, Leases.gate()}
           | {:open_gate, Leases.gate()}
-          | {:unload, ModelManager.Entry.t()}
-          | {:run_load, term(), integer()}
-          | {:cancel_load, ModelManager.Entry.t(), [ModelManager.Entry.unload_waiter()]}
-          | {:evict, [map()], [ModelManager.Entry.t()], term()}
-          | {:start_load, GenServer.from(), map(), map(), integer()}
 
   @doc "Performs `effects` in order; answers the state they leave."
   @spec run(state, [t()]) :: state when state: map()
@@ -157,6 +150,11 @@ defmodule ModelBudget.ModelManager.Effects do
     state
   end
 
+  defp perform(state, {:call, {:load, id, now}, {m, f, a}}) do
+    outcome = Books.run_inline(fn -> apply(m, f, a) end)
+    run(Load.finished_load(state, id, outcome, now))
+  end
+
   defp perform(state, {:call, {:unload, id}, {m, f, a}}) do
     outcome = Books.run_inline(fn -> apply(m, f, a) end)
     run(Unload.finished_unload(state, id, outcome))
@@ -164,6 +162,21 @@ defmodule ModelBudget.ModelManager.Effects do
 
   defp perform(state, {:table_put, usage, entries}) do
     Table.put(state.table, usage, entries)
+    state
+  end
+
+  defp perform(state, {:table_put_info, usage, info, gate}) do
+    Table.put_info(state.table, usage, info, gate)
+    state
+  end
+
+  defp perform(state, {:estimate_error, error}) do
+    Table.estimate_error(state.table, error)
+    state
+  end
+
+  defp perform(state, {:gate_used, gate, now}) do
+    Leases.used(gate, now)
     state
   end
 
@@ -191,16 +204,4 @@ defmodule ModelBudget.ModelManager.Effects do
     Leases.open(gate)
     state
   end
-
-  defp perform(state, {:unload, entry}), do: run(Unload.begin_unload(state, entry))
-
-  defp perform(state, {:evict, evictions, evicted, for}),
-    do: run(Unload.evict(state, evictions, evicted, for))
-
-  defp perform(state, {:run_load, id, now}), do: Load.run_load(state, id, now)
-
-  defp perform(state, {:cancel_load, entry, waiters}), do: Load.cancel_load(state, entry, waiters)
-
-  defp perform(state, {:start_load, from, request, admission, now}),
-    do: Load.start_load(state, from, request, admission, now)
 end

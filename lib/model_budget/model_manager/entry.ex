@@ -29,8 +29,7 @@ defmodule ModelBudget.ModelManager.Entry do
     loads: 0,
     evictions: 0,
     caller: nil,
-    caller_ref: nil,
-    task: nil,
+    running: false,
     unload_waiters: [],
     draining: false,
     cancelled: false
@@ -77,8 +76,7 @@ defmodule ModelBudget.ModelManager.Entry do
           loads: non_neg_integer(),
           evictions: non_neg_integer(),
           caller: GenServer.from() | nil,
-          caller_ref: reference() | nil,
-          task: Task.t() | nil,
+          running: boolean(),
           unload_waiters: [unload_waiter()],
           draining: boolean(),
           cancelled: boolean()

@@ -1,18 +1,21 @@
 defmodule ModelBudget.ModelManager.Lifecycle do
   @moduledoc false
-  # The manager's state, and the steps its callbacks take, one model's life
-  # at a time, by concern: Load, Unload, Queue (waiting loads and fences),
-  # Expiry (keep-alive); Books holds what they share. The steps:
-  # admit (claiming the models a plan evicts), load in a supervised task,
-  # drain leases, unload in a task, cancel, hand memory over to the loads
-  # and fences that wait for evicted models, admit waiting loads as room
-  # frees, expire keep-alives. Every function takes and returns the
-  # manager's state and answers callers itself (GenServer.reply/2); none
-  # blocks. The books are kept by Ledger (pure), the readers' view by Table,
-  # the request path by Leases.
+  # The manager's state, and the entry points its callbacks call. The steps
+  # themselves live by concern: Load (admit, start, finish, cancel, a
+  # handle's death), Unload (unload/3, drains, timeouts, evictions, what
+  # waited for an evicted model), Queue (waiting loads, fences), Expiry
+  # (keep-alive); Books holds what they share. Each step is a function of
+  # the state that answers `{state, effects}` and performs nothing itself
+  # but the few reads and writes whose answer decides it (the admission's
+  # claim of gates, a drain's close, a new gate, the ETS history counters;
+  # see each module); the entry points below hand the effects to
+  # ModelManager.Effects, the one interpreter. settle/1 drives
+  # Queue.admit_waiting/3, one waiting load at a time. The books are kept
+  # by Ledger (pure), the readers' view by Table, the request path by
+  # Leases.
 
   alias ModelBudget.ModelManager.{Effects, History, Leases, Ledger, Table}
-  alias __MODULE__.{Expiry, Queue, Unload}
+  alias __MODULE__.{Expiry, Load, Queue, Unload}
 
   @enforce_keys [:table, :flags, :task_sup, :backend, :clock, :sweep_ms, :ledger, :history]
   defstruct @enforce_keys ++
@@ -60,13 +63,13 @@ defmodule ModelBudget.ModelManager.Lifecycle do
 
   ## Steps, by concern
 
-  defdelegate load(state, request, from), to: __MODULE__.Load
-  defdelegate finished_load(state, id, outcome), to: __MODULE__.Load
-  defdelegate handle_died(state, id, reason), to: __MODULE__.Load
-  defdelegate cancel_load(state, entry, waiters), to: __MODULE__.Load
   defdelegate settle(state), to: __MODULE__.Queue
 
-  # The steps that return effects, performed here.
+  # Each step's effects, performed in order.
+  def load(state, request, from), do: Effects.run(Load.load(state, request, from))
+  def finished_load(state, id, outcome), do: Effects.run(Load.finished_load(state, id, outcome))
+  def handle_died(state, id, reason), do: Effects.run(Load.handle_died(state, id, reason))
+  def cancel_load(state, entry, waiters), do: Effects.run(Load.cancel_load(state, entry, waiters))
   def fence(state, placement, from), do: Effects.run(Queue.fence(state, placement, from))
   def load_timeout(state, ref), do: Effects.run(Queue.load_timeout(state, ref))
   def waiter_died(state, ref), do: Effects.run(Queue.waiter_died(state, ref))

@@ -1,12 +1,14 @@
 defmodule ModelBudget.ModelManager.LifecycleTest do
   # The manager's steps without a manager: a state built by hand (a fake
-  # clock, real lease gates made by this process), a step called directly,
+  # clock, real lease gates and an ETS table made by this process: a few
+  # steps read the table or a gate), a step called directly,
   # and its effects and books asserted on. Nothing here starts a process.
   use ExUnit.Case, async: true
 
   alias ModelBudget.Eviction
   alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Lifecycle}
-  alias ModelBudget.ModelManager.Lifecycle.{Expiry, Queue, Unload}
+  alias ModelBudget.ModelManager.Lifecycle.{Expiry, Load, Queue, Unload}
+  alias ModelBudget.ModelManager.Table
 
   defp ram(bytes), do: %{ram: bytes, vram: %{}}
 
@@ -20,7 +22,7 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
       end)
 
     %Lifecycle{
-      table: nil,
+      table: Table.new(),
       flags: flags,
       task_sup: nil,
       clock: fn -> now end,
@@ -39,8 +41,16 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
     %{Entry.new(request, gate, {0, 0}) | status: :ready, handle: {:handle, id}}
   end
 
-  defp request(id, bytes),
-    do: %{id: id, source: {:bytes, bytes}, opts: [], bytes: bytes, placement: ram(bytes)}
+  defp request(id, bytes, opts \\ []),
+    do: %{
+      id: id,
+      source: {:bytes, bytes},
+      opts: opts,
+      bytes: bytes,
+      placement: ram(bytes),
+      manager: nil,
+      gate: nil
+    }
 
   defp from, do: {self(), make_ref()}
 
@@ -48,8 +58,18 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
     test "a model whose keep-alive ran out is logged, counted and unloaded" do
       state = state(1_000, 150, [{:a, 100, keep_alive: 100, used: 20}, {:b, 100, []}])
 
-      assert {^state, [{:log, :info, message}, {:bump, :expired}, {:unload, %Entry{id: :a}}]} =
-               Expiry.sweep(state)
+      backend = state.backend
+
+      assert {state,
+              [
+                {:log, :info, message},
+                {:bump, :expired},
+                {:demonitor, {:handle, :a}},
+                {:start_task, {:unload, :a}, {^backend, :unload, [{:handle, :a}]}},
+                {:table_put, _usage, [%Entry{id: :a, status: :unloading}]}
+              ]} = Expiry.sweep(state)
+
+      assert Ledger.fetch!(state.ledger, :b).status == :ready
 
       assert message =~ ":a: its keep-alive of 100 ms ran out (no lease for 130 ms)"
       # Claimed: no checkout can take it any more.
@@ -111,7 +131,7 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
     end
 
     test "load_timeout/2 admits a load that fits by then" do
-      from = from()
+      {caller, _} = from = from()
       request = request(:w, 50)
       {state, _} = Queue.enqueue(state(100, 7), from, request, 10)
       [%{ref: ref}] = state.ledger.queue
@@ -120,7 +140,10 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
               [
                 {:cancel_timer, {:load_timeout, ^ref}},
                 {:demonitor, {:waiter, ^ref}},
-                {:start_load, ^from, ^request, %{evictions: []}, 7}
+                {:monitor, ^caller, {:caller, :w}},
+                {:table_put, _, [%Entry{id: :w, status: :loading}]},
+                {:start_task, {:load, :w}, _},
+                {:table_put, _, [%Entry{id: :w, running: true}]}
               ]} = Queue.load_timeout(state, ref)
 
       assert state.ledger.queue == []
@@ -139,7 +162,7 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
 
       assert Queue.admit_waiting(state, second, 0) == {state, []}
 
-      assert {%{ledger: %{queue: [^second]}}, [_, _, {:start_load, _, %{id: :first}, _, 0}]} =
+      assert {%{ledger: %{queue: [^second]}}, [_, _, {:monitor, _, {:caller, :first}} | _]} =
                Queue.admit_waiting(state, first, 0)
     end
 
@@ -165,10 +188,18 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
       from = from()
       state = state(100, 0, [{:a, 80, used: 0}])
 
-      assert {state, [{:bump, :fences}, {:evict, [%{id: :a}], [%Entry{id: :a}], {:fence, ref}}]} =
-               Queue.fence(state, ram(50), from)
+      assert {state,
+              [
+                {:bump, :fences},
+                {:log, :info, "evicting :a (idle 0 ms) to make room on :total for a fence" <> _},
+                {:bump, :evictions},
+                {:count_eviction, :a},
+                {:demonitor, {:handle, :a}},
+                {:start_task, {:unload, :a}, _},
+                {:table_put, _, [%Entry{id: :a, status: :unloading}]}
+              ]} = Queue.fence(state, ram(50), from)
 
-      assert %{^ref => %{from: ^from, evicted: [:a]}} = state.fences
+      assert [%{from: ^from, evicted: [:a]}] = Map.values(state.fences)
     end
 
     test "fence/3 refuses what cannot fit" do
@@ -247,12 +278,7 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
     test "finished_unload/3 releases the memory, answers the waiters and the fence" do
       fence_from = from()
       state = state(100, 0, [{:a, 80, []}])
-      {state, [_, {:evict, evictions, evicted, for}]} = Queue.fence(state, ram(50), fence_from)
-
-      assert {state, [{:log, :info, message}, {:bump, :evictions}, {:count_eviction, :a} | _]} =
-               Unload.evict(state, evictions, evicted, for)
-
-      assert message =~ "evicting :a (idle 0 ms)"
+      {state, _} = Queue.fence(state, ram(50), fence_from)
       waiter = from()
       {state, _} = Unload.unload(state, :a, @opts, waiter)
 
@@ -269,6 +295,118 @@ defmodule ModelBudget.ModelManager.LifecycleTest do
       assert crashed =~ "unloading :a crashed (:boom)"
       assert usage == ModelBudget.empty_usage()
       assert state.ledger.entries == %{} and state.fences == %{}
+    end
+  end
+
+  describe "Load" do
+    test "load/3 of an id already taken answers at once" do
+      from = from()
+      state = state(100, 0, [{:a, 10, []}])
+
+      assert Load.load(state, request(:a, 10), from) ==
+               {state, [{:reply, from, {:error, :already_loaded}}]}
+    end
+
+    test "load/3 of what cannot fit, without a timeout, is refused" do
+      from = from()
+      state = state(100, 0, [{:a, 80, pinned: true}])
+
+      assert {^state, [{:bump, :refused}, {:reply, ^from, {:error, {:insufficient_memory, _}}}]} =
+               Load.load(state, request(:b, 50), from)
+    end
+
+    test "load/3 with a timeout waits for room" do
+      {caller, _} = from = from()
+      state = state(100, 0, [{:a, 80, []}])
+      gate = Ledger.fetch!(state.ledger, :a).gate
+      assert {:ok, _lease} = Leases.reserve(%{lease_clock: nil}, :a, gate)
+      {state, effects} = Load.load(state, request(:b, 50, timeout: 100), from)
+      assert [%{ref: ref, id: :b}] = state.ledger.queue
+      assert effects == [{:monitor, caller, {:waiter, ref}}, {:timer, 100, {:load_timeout, ref}}]
+    end
+
+    test "an inline load is called in the step and finishes ready" do
+      from = from()
+      state = %{state(100, 5) | inline: true}
+      backend = state.backend
+
+      assert {state, [{:call, {:load, :b, 5}, {ModelBudget.Backend, :call_load, [^backend | _]}}]} =
+               Load.load(state, request(:b, 50), from)
+
+      assert %Entry{status: :loading} = Ledger.fetch!(state.ledger, :b)
+      gate = Ledger.fetch!(state.ledger, :b).gate
+
+      assert {state,
+              [
+                {:demonitor, {:caller, :b}},
+                {:gate_used, ^gate, 5},
+                {:table_put_info, %{ram: 50}, %{id: :b, status: :ready}, ^gate},
+                {:open_gate, ^gate},
+                {:bump, :loads},
+                {:reply, ^from, {:ok, %{id: :b, status: :ready, handle: :h, leases: 0}}}
+              ]} = Load.finished_load(state, :b, {:ok, {:ok, :h}}, 5)
+
+      assert %Entry{status: :ready, handle: :h, loaded_at: 5, loads: 1} =
+               Ledger.fetch!(state.ledger, :b)
+    end
+
+    test "a load that evicts watches its caller, evicts, and waits for the unloads" do
+      {caller, _} = from = from()
+      state = state(100, 0, [{:a, 80, []}])
+
+      assert {state,
+              [
+                {:monitor, ^caller, {:caller, :b}},
+                {:table_put, _usage, [%Entry{id: :b}, %Entry{id: :a}]},
+                {:log, :info, "evicting :a" <> _},
+                {:bump, :evictions},
+                {:count_eviction, :a},
+                {:demonitor, {:handle, :a}},
+                {:start_task, {:unload, :a}, _},
+                {:table_put, _, [%Entry{id: :a, status: :unloading}]}
+              ]} = Load.load(state, request(:b, 50), from)
+
+      assert %Entry{status: :loading, awaiting: awaiting} = Ledger.fetch!(state.ledger, :b)
+      assert MapSet.to_list(awaiting) == [:a]
+
+      # The unload returns: the load's task starts.
+      assert {_state, effects} = Unload.finished_unload(state, :a, {:ok, :ok})
+
+      assert [{:start_task, {:load, :b}, {_, :load, _}}, {:table_put, _, [%Entry{running: true}]}] =
+               Enum.take(effects, -2)
+    end
+
+    test "cancel_load/3 of a running load kills its task and answers its caller" do
+      from = from()
+      state = state(100, 0)
+      {state, _} = Load.load(state, request(:b, 50), from)
+      entry = Ledger.fetch!(state.ledger, :b)
+      waiter = from()
+
+      assert {state,
+              [
+                {:kill_task, {:load, :b}},
+                {:demonitor, {:caller, :b}},
+                {:reply, ^from, {:error, {:load_failed, :cancelled}}},
+                {:table_put, _, [%Entry{status: :unloading, cancelled: true}]}
+              ]} = Load.cancel_load(state, entry, [{waiter, nil}])
+
+      # Its task's :DOWN: the memory is released and the waiter answered.
+      assert {state, [{:demonitor, {:caller, :b}}, {:table_delete, _, :b, []} | rest]} =
+               Load.finished_load(state, :b, {:exit, :killed})
+
+      assert {:reply, waiter, :ok} in rest
+      assert state.ledger.entries == %{}
+    end
+
+    test "a failed load releases its memory and answers why" do
+      from = from()
+      state = state(100, 0)
+      {state, _} = Load.load(state, request(:b, 50), from)
+
+      assert {state, effects} = Load.finished_load(state, :b, {:ok, {:error, :enoent}})
+      assert List.last(effects) == {:reply, from, {:error, {:load_failed, :enoent}}}
+      assert state.ledger.usage == ModelBudget.empty_usage()
     end
   end
 end

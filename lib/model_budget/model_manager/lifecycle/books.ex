@@ -1,12 +1,14 @@
 defmodule ModelBudget.ModelManager.Lifecycle.Books do
   @moduledoc false
   # What every concern of the lifecycle shares: the admission with its
-  # claim of the evicted models, the writes of the books to the readers'
-  # table, the release of an entry, and the answers, monitors and timers.
+  # claim of the evicted models (the one write a step makes itself: the
+  # claim's answer decides the admission), the refusal, the writes of the
+  # books to the readers' table, the release of an entry, the answers to
+  # unload/3 callers, timers. All pure but admit/6 and run_inline/1 (which
+  # ModelManager.Effects calls).
 
   alias ModelBudget.Eviction
-  alias ModelBudget.ModelManager
-  alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger, Table}
+  alias ModelBudget.ModelManager.{Entry, History, Leases, Ledger}
 
   def admit(state, placement, ahead, now, intent, exclude \\ MapSet.new()) do
     ledger = state.ledger
@@ -46,11 +48,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Books do
     {{lru, inc}, used_at}
   end
 
-  def refuse(state, from, refused) do
-    Table.bump(state.table, :refused)
-    reply(from, refused)
-    state
-  end
+  def refuse(from, refused), do: [{:bump, :refused}, {:reply, from, refused}]
 
   # The evicted models (already claimed) start unloading; the load waits for
 
@@ -113,18 +111,4 @@ defmodule ModelBudget.ModelManager.Lifecycle.Books do
 
   def cancel_timer(nil), do: []
   def cancel_timer(message), do: [{:cancel_timer, message}]
-
-  ## Effects in place (the steps that still act on the world: Load)
-
-  def demonitor(state, nil), do: state
-
-  def demonitor(state, ref) do
-    Process.demonitor(ref, [:flush])
-    %{state | refs: Map.delete(state.refs, ref)}
-  end
-
-  def reply(nil, _answer), do: :ok
-  def reply(from, answer), do: GenServer.reply(from, answer)
-
-  def prefix(state), do: "#{inspect(ModelManager)} #{inspect(state.name || self())}"
 end

@@ -4,6 +4,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Expiry do
   # `{state, effects}` (ModelManager.Effects performs them).
 
   alias ModelBudget.ModelManager.{Effects, Leases, Ledger, Lifecycle}
+  alias ModelBudget.ModelManager.Lifecycle.Unload
 
   @type t :: Lifecycle.t()
 
@@ -20,13 +21,14 @@ defmodule ModelBudget.ModelManager.Lifecycle.Expiry do
     now = state.clock.()
     probe = %{now: now, last_use: &Leases.last_use(&1.gate)}
 
-    effects =
-      for entry <- Ledger.expired(state.ledger, probe),
-          Leases.claim([entry.gate]) == :ok,
-          effect <- expire(entry, probe.last_use.(entry), now),
-          do: effect
-
-    {state, effects}
+    state.ledger
+    |> Ledger.expired(probe)
+    |> Enum.filter(&(Leases.claim([&1.gate]) == :ok))
+    |> Enum.reduce({state, []}, fn entry, {state, effects} ->
+      {state, unload} = Unload.begin_unload(state, entry)
+      {state, [unload, expire(entry, probe.last_use.(entry), now) | effects]}
+    end)
+    |> then(fn {state, effects} -> {state, effects |> Enum.reverse() |> Enum.concat()} end)
   end
 
   defp expire(entry, {_lru, used_at}, now) do
@@ -34,6 +36,6 @@ defmodule ModelBudget.ModelManager.Lifecycle.Expiry do
       "unloading #{inspect(entry.id)}: its keep-alive of " <>
         "#{entry.keep_alive} ms ran out (no lease for #{now - used_at} ms)"
 
-    [{:log, :info, message}, {:bump, :expired}, {:unload, entry}]
+    [{:log, :info, message}, {:bump, :expired}]
   end
 end

@@ -1,25 +1,29 @@
 defmodule ModelBudget.ModelManager.Lifecycle.Load do
   @moduledoc false
   # Loads: admitted (claiming the models the admission evicts), run in a
-  # supervised task (or inline), finished, cancelled; a pid handle's death.
-
-  require Logger
+  # supervised task (`{:load, id}`) or called in the step where the backend
+  # is inline, finished, cancelled; a pid handle's death. Each step returns
+  # `{state, effects}` (ModelManager.Effects performs them). What a step
+  # still does itself: the admission's claim of the models it evicts (their
+  # gates), a new load's gate (Leases.new_gate/3), and a finished load's
+  # history count (Table.count_load/2, an ETS counter whose value the entry
+  # keeps).
 
   import ModelBudget.ModelManager.Lifecycle.Books
 
   alias ModelBudget.Backend
-  alias ModelBudget.ModelManager.Lifecycle
   alias ModelBudget.ModelManager.Lifecycle.{Queue, Unload}
-  alias ModelBudget.ModelManager.{Effects, Entry, History, Leases, Ledger, Measured, Table}
+  alias ModelBudget.ModelManager.{Effects, Entry, History, Leases, Ledger, Lifecycle}
+  alias ModelBudget.ModelManager.{Measured, Table}
 
   @type t :: Lifecycle.t()
+  @type step :: {t(), [Effects.t()]}
 
   @doc "A load request: admitted, queued or refused."
-  @spec load(t(), map(), GenServer.from()) :: t()
+  @spec load(t(), map(), GenServer.from()) :: step()
   def load(state, %{id: id, placement: placement} = request, from) do
     if Ledger.taken?(state.ledger, id) do
-      reply(from, {:error, :already_loaded})
-      state
+      {state, [{:reply, from, {:error, :already_loaded}}]}
     else
       # One clock reading for the whole step.
       now = state.clock.()
@@ -32,16 +36,17 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
           timeout = Keyword.get(request.opts, :timeout, 0)
 
           if timeout == 0 or not Ledger.possible?(state.ledger, placement),
-            do: refuse(state, from, refused),
-            else: Effects.run(Queue.enqueue(state, from, request, timeout))
+            do: {state, refuse(from, refused)},
+            else: Queue.enqueue(state, from, request, timeout)
       end
     end
   end
 
-  # The admission, then a claim of the models it evicts: one taken by a
-  # lease since is excluded and the admission made again.
-
-  # them, then its backend load runs.
+  @doc """
+  An admitted load starts: the evicted models (already claimed) start
+  unloading; the load waits for them, then its backend load runs.
+  """
+  @spec start_load(t(), GenServer.from(), map(), map(), integer()) :: step()
   def start_load(state, from, request, admission, now) do
     evictions = admission.evictions
 
@@ -66,17 +71,25 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
     else
       # The caller is watched while it waits: its death cancels the load.
       {caller, _} = from
-      caller_ref = Process.monitor(caller)
-      state = %{state | refs: Map.put(state.refs, caller_ref, {:caller, entry.id})}
-      state = Effects.run(update(state, entry.id, &%{&1 | caller_ref: caller_ref}))
-      state = Effects.run(save(state, Enum.map(evicted, & &1.id)))
-      state = Effects.run(Unload.evict(state, evictions, evicted, {:load, entry.id}))
-      if evictions == [], do: run_load(state, entry.id, now), else: state
+      {state, saved} = save(state, [entry.id | Enum.map(evicted, & &1.id)])
+      {state, evicting} = Unload.evict(state, evictions, evicted, {:load, entry.id})
+      effects = [{:monitor, caller, {:caller, entry.id}} | saved] ++ evicting
+
+      if evictions == [] do
+        {state, running} = run_load(state, entry.id, now)
+        {state, effects ++ running}
+      else
+        {state, effects}
+      end
     end
   end
 
-  # The backend load receives the whole decision (Entry.decision/1) where
-  # it takes one (c:ModelBudget.Backend.load/4).
+  @doc """
+  The backend load starts, in a task, or called in the step where the
+  backend is inline. It receives the whole decision (Entry.decision/1)
+  where it takes one (c:ModelBudget.Backend.load/4).
+  """
+  @spec run_load(t(), term(), integer()) :: step()
   def run_load(state, id, now) do
     %Entry{source: source, placement: placement, opts: opts} =
       entry = Ledger.fetch!(state.ledger, id)
@@ -85,49 +98,36 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
     decision = Entry.decision(entry)
 
     if inline?(state) do
-      outcome =
-        run_inline(fn -> Backend.call_load(backend, source, placement, opts, decision) end)
-
-      finished_load(state, id, outcome, now)
+      call = {Backend, :call_load, [backend, source, placement, opts, decision]}
+      {state, [{:call, {:load, id, now}, call}]}
     else
       # The task also asks what the model really holds (Measured.load/5).
-      task =
-        Task.Supervisor.async_nolink(state.task_sup, Measured, :load, [
-          backend,
-          source,
-          placement,
-          opts,
-          decision
-        ])
-
-      state = %{state | refs: Map.put(state.refs, task.ref, {:load, id})}
-      Effects.run(update(state, id, &%{&1 | task: task}))
+      task = {Measured, :load, [backend, source, placement, opts, decision]}
+      {state, effects} = put(state, %{entry | running: true})
+      {state, [{:start_task, {:load, id}, task} | effects]}
     end
   end
-
-  # A backend that does nothing in a load or an unload says so
-  # (c:ModelBudget.Backend.inline?/0): the manager calls it in its own step
 
   @doc """
   A load's outcome: `{:ok, result}` from its backend, or `{:exit, reason}`;
   `now` is the clock, when the step read it already.
   """
-  @spec finished_load(t(), term(), {:ok, term()} | {:exit, term()}, integer() | nil) :: t()
+  @spec finished_load(t(), term(), {:ok, term()} | {:exit, term()}, integer() | nil) :: step()
   def finished_load(state, id, outcome, now \\ nil) do
     {measured, outcome} = Measured.unwrap(outcome)
     entry = Ledger.fetch!(state.ledger, id)
-    state = demonitor(state, entry.caller_ref)
+    demonitor = {:demonitor, {:caller, id}}
 
     case {entry.cancelled, outcome} do
       # Its caller was answered when it was cancelled; a handle it returned
       # just before is unloaded, so nothing is lost.
       {true, {:ok, {:ok, handle}}} ->
-        Effects.run(
-          Unload.begin_unload(state, %{entry | task: nil, caller_ref: nil, handle: handle})
-        )
+        {state, effects} = Unload.begin_unload(state, %{entry | running: false, handle: handle})
+        {state, [demonitor | effects]}
 
       {true, _failed} ->
-        Effects.run(drop(state, id))
+        {state, effects} = drop(state, id)
+        {state, [demonitor | effects]}
 
       {false, {:ok, {:ok, handle}}} ->
         {loads, evictions} = Table.count_load(state.table, id)
@@ -142,23 +142,15 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
             loads: loads,
             evictions: evictions,
             caller: nil,
-            task: nil,
-            caller_ref: nil
+            running: false
         }
 
-        {state, ready} = reserve_measured(state, ready)
-        {state, ready} = monitor_handle(state, ready)
-        Leases.used(ready.gate, now)
-        # The row first, then the gate: a checkout that sees the gate open
-        # must find the ready row (with_model/3 reads it).
+        {state, ready, raised} = reserve_measured(state, ready)
         info = Entry.info(ready)
         ledger = Ledger.put(state.ledger, ready)
-        Table.put_info(state.table, ledger.usage, info, ready.gate)
-        Leases.open(ready.gate)
-        Table.bump(state.table, :loads)
-        # No lease can have been taken yet: the gate opened in this step.
-        reply(
-          entry.caller,
+
+        # No lease can have been taken yet: the gate opens in this step.
+        answer =
           {:ok,
            Map.merge(info, %{
              leases: 0,
@@ -166,9 +158,21 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
              idle_ms: 0,
              expires_in_ms: ready.keep_alive
            })}
-        )
 
-        %{state | ledger: ledger}
+        # The row first, then the gate: a checkout that sees the gate open
+        # must find the ready row (with_model/3 reads it).
+        effects =
+          [demonitor | raised] ++
+            monitor_handle(ready) ++
+            [
+              {:gate_used, ready.gate, now},
+              {:table_put_info, ledger.usage, info, ready.gate},
+              {:open_gate, ready.gate},
+              {:bump, :loads},
+              {:reply, entry.caller, answer}
+            ]
+
+        {%{state | ledger: ledger}, effects}
 
       {false, failed} ->
         reason =
@@ -178,64 +182,60 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
             {:exit, reason} -> {:load_crashed, reason}
           end
 
-        state = Effects.run(drop(state, id))
-        reply(entry.caller, {:error, reason})
-        state
+        {state, effects} = drop(state, id)
+        {state, [demonitor | effects] ++ [{:reply, entry.caller, {:error, reason}}]}
     end
   end
 
   # More measured than reserved on a device: the reservation grows to it, so
   # the ledger covers what the backend really holds.
-  defp reserve_measured(state, %Entry{measured: nil} = entry), do: {state, entry}
+  defp reserve_measured(state, %Entry{measured: nil} = entry), do: {state, entry, []}
 
   defp reserve_measured(state, entry) do
     {placement, raised, error} = Measured.compare(entry.placement, entry.measured)
-    Table.estimate_error(state.table, error)
+    counted = {:estimate_error, error}
 
     if raised == [] do
-      {state, entry}
+      {state, entry, [counted]}
     else
-      Table.bump(state.table, :raised)
-
       # Within the estimate's bounds (rounding, a few KiB of compute) the
       # raise is routine; beyond them someone should know.
-      case Enum.filter(raised, &Measured.beyond_bounds?/1) do
-        [] ->
-          :ok
+      logged =
+        case Enum.filter(raised, &Measured.beyond_bounds?/1) do
+          [] ->
+            []
 
-        beyond ->
-          Logger.warning(
-            "#{prefix(state)}: model #{inspect(entry.id)} holds more than was reserved: " <>
-              Measured.describe(beyond) <> "; the reservation is raised to the measured bytes"
-          )
-      end
+          beyond ->
+            [
+              {:log, :warning,
+               "model #{inspect(entry.id)} holds more than was reserved: " <>
+                 Measured.describe(beyond) <>
+                 "; the reservation is raised to the measured bytes"}
+            ]
+        end
 
       {_, ledger} = Ledger.release(state.ledger, entry.id)
       entry = %{entry | placement: placement, held: placement}
-      {%{state | ledger: Ledger.add(ledger, entry)}, entry}
+      {%{state | ledger: Ledger.add(ledger, entry)}, entry, [counted, {:bump, :raised} | logged]}
     end
   end
 
-  defp monitor_handle(state, %Entry{handle: handle} = entry) do
+  defp monitor_handle(%Entry{id: id, handle: handle}) do
     case handle do
-      pid when is_pid(pid) -> monitor_handle(state, entry, pid)
-      %{pid: pid} when is_pid(pid) -> monitor_handle(state, entry, pid)
-      _ -> {state, entry}
+      pid when is_pid(pid) -> [{:monitor, pid, {:handle, id}}]
+      %{pid: pid} when is_pid(pid) -> [{:monitor, pid, {:handle, id}}]
+      _ -> []
     end
   end
-
-  defp monitor_handle(state, %Entry{id: id} = entry, pid),
-    do: {Effects.run(state, [{:monitor, pid, {:handle, id}}]), entry}
 
   @doc "A model's pid handle exited: its memory is released without an unload."
-  @spec handle_died(t(), term(), term()) :: t()
+  @spec handle_died(t(), term(), term()) :: step()
   def handle_died(state, id, reason) do
-    Logger.warning(
-      "#{prefix(state)}: the process of model #{inspect(id)} exited (#{inspect(reason)}); " <>
-        "releasing its memory"
-    )
+    message =
+      "the process of model #{inspect(id)} exited (#{inspect(reason)}); releasing its memory"
 
-    Effects.run(drop(state, id))
+    {state, effects} = drop(state, id)
+    {state, [{:log, :warning, message} | effects]}
   end
 
   @doc """
@@ -243,40 +243,41 @@ defmodule ModelBudget.ModelManager.Lifecycle.Load do
   `{:error, {:load_failed, :cancelled}}`; `waiters` are answered once its
   memory is released.
   """
-  @spec cancel_load(t(), Entry.t(), [Entry.unload_waiter()]) :: t()
+  @spec cancel_load(t(), Entry.t(), [Entry.unload_waiter()]) :: step()
   # Still waiting for its evicted models: they hold their memory until their
   # unloads return, so they count in full again.
-  def cancel_load(state, %Entry{task: nil} = entry, waiters) do
-    state = demonitor(state, entry.caller_ref)
+  def cancel_load(state, %Entry{running: false} = entry, waiters) do
     # The books change in one step and readers see them once: the evicted
     # models' placements alone beside the load's would exceed the budget.
     {cancelled, ledger} = Ledger.cancel(state.ledger, entry.id)
     restored = Enum.map(entry.awaiting, &Ledger.fetch!(ledger, &1))
-    state = Effects.run(forget(%{state | ledger: ledger}, cancelled, restored))
-    state = Effects.run(state, reply_waiters(cancelled, :ok))
-    state = Effects.run(state, reply_waiters(%{entry | unload_waiters: waiters}, :ok))
-    reply(entry.caller, {:error, {:load_failed, :cancelled}})
-    state
+    {state, forgotten} = forget(%{state | ledger: ledger}, cancelled, restored)
+
+    {state,
+     [{:demonitor, {:caller, entry.id}} | forgotten] ++
+       reply_waiters(cancelled, :ok) ++
+       reply_waiters(%{entry | unload_waiters: waiters}, :ok) ++
+       [{:reply, entry.caller, {:error, {:load_failed, :cancelled}}}]}
   end
 
   # Its task is killed; its outcome (a handle returned just before, or the
   # :DOWN) finishes the cancellation in finished_load/3: no waiting here.
-  def cancel_load(state, %Entry{task: %Task{pid: pid}} = entry, waiters) do
-    Process.exit(pid, :kill)
-    state = demonitor(state, entry.caller_ref)
-    reply(entry.caller, {:error, {:load_failed, :cancelled}})
+  def cancel_load(state, %Entry{running: true} = entry, waiters) do
+    cancelled = %{
+      entry
+      | status: :unloading,
+        cancelled: true,
+        caller: nil,
+        unload_waiters: waiters ++ entry.unload_waiters
+    }
 
-    state
-    |> update(entry.id, fn entry ->
-      %{
-        entry
-        | status: :unloading,
-          cancelled: true,
-          caller: nil,
-          caller_ref: nil,
-          unload_waiters: waiters ++ entry.unload_waiters
-      }
-    end)
-    |> Effects.run()
+    {state, effects} = put(state, cancelled)
+
+    {state,
+     [
+       {:kill_task, {:load, entry.id}},
+       {:demonitor, {:caller, entry.id}},
+       {:reply, entry.caller, {:error, {:load_failed, :cancelled}}} | effects
+     ]}
   end
 end

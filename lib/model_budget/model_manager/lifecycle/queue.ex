@@ -3,11 +3,13 @@ defmodule ModelBudget.ModelManager.Lifecycle.Queue do
   # Loads waiting for room (admitted as it frees, refused at their
   # deadline, gone with their callers) and fences. Each step returns
   # `{state, effects}` (ModelManager.Effects performs them), settle/1
-  # excepted: it drives admit_waiting/3.
+  # excepted: it drives admit_waiting/3, arming the lease flag first (a
+  # write that must come before the admissions read the leases).
 
   import ModelBudget.ModelManager.Lifecycle.Books
 
   alias ModelBudget.ModelManager.{Effects, Leases, Ledger, Lifecycle}
+  alias ModelBudget.ModelManager.Lifecycle.{Load, Unload}
 
   @type t :: Lifecycle.t()
 
@@ -32,10 +34,11 @@ defmodule ModelBudget.ModelManager.Lifecycle.Queue do
         ids = Enum.map(evictions, & &1.id)
         fence = %{from: from, pending: MapSet.new(ids), evicted: ids}
         state = %{state | ledger: ledger, fences: Map.put(state.fences, ref, fence)}
-        {state, [{:bump, :fences}, {:evict, evictions, evicted, {:fence, ref}}]}
+        {state, evicting} = Unload.evict(state, evictions, evicted, {:fence, ref})
+        {state, [{:bump, :fences} | evicting]}
 
       {:error, _} = refused ->
-        {state, refused(from, refused)}
+        {state, refuse(from, refused)}
     end
   end
 
@@ -113,12 +116,11 @@ defmodule ModelBudget.ModelManager.Lifecycle.Queue do
   defp admit_waiter(state, waiter, admission, now) do
     {_, ledger} = Ledger.dequeue(state.ledger, waiter.ref)
 
-    {%{state | ledger: ledger},
-     [
-       {:cancel_timer, {:load_timeout, waiter.ref}},
-       {:demonitor, {:waiter, waiter.ref}},
-       {:start_load, waiter.from, waiter.request, admission, now}
-     ]}
+    {state, started} =
+      Load.start_load(%{state | ledger: ledger}, waiter.from, waiter.request, admission, now)
+
+    {state,
+     [{:cancel_timer, {:load_timeout, waiter.ref}}, {:demonitor, {:waiter, waiter.ref}} | started]}
   end
 
   @doc "A waiting load's deadline: one last try, else the usual refusal."
@@ -142,7 +144,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Queue do
             {%{state | ledger: ledger},
              [
                {:cancel_timer, {:load_timeout, ref}},
-               {:demonitor, {:waiter, ref}} | refused(waiter.from, refused)
+               {:demonitor, {:waiter, ref}} | refuse(waiter.from, refused)
              ]}
         end
     end
@@ -156,6 +158,4 @@ defmodule ModelBudget.ModelManager.Lifecycle.Queue do
       {_waiter, ledger} -> {%{state | ledger: ledger}, [{:cancel_timer, {:load_timeout, ref}}]}
     end
   end
-
-  defp refused(from, refused), do: [{:bump, :refused}, {:reply, from, refused}]
 end

@@ -10,6 +10,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Unload do
   import ModelBudget.ModelManager.Lifecycle.Books
 
   alias ModelBudget.ModelManager.{Effects, Entry, Leases, Ledger, Lifecycle}
+  alias ModelBudget.ModelManager.Lifecycle.Load
 
   @type t :: Lifecycle.t()
   @type step :: {t(), [Effects.t()]}
@@ -22,7 +23,7 @@ defmodule ModelBudget.ModelManager.Lifecycle.Unload do
         {state, [{:reply, from, {:error, :not_loaded}}]}
 
       {:ok, %Entry{status: :loading} = entry} ->
-        {state, [{:cancel_load, entry, [{from, nil}]}]}
+        Load.cancel_load(state, entry, [{from, nil}])
 
       {:ok, %Entry{status: :ready} = entry} ->
         if opts.force do
@@ -178,9 +179,12 @@ defmodule ModelBudget.ModelManager.Lifecycle.Unload do
     awaiting = MapSet.delete(entry.awaiting, id)
     {state, effects} = put(state, %{entry | awaiting: awaiting})
 
-    if MapSet.size(awaiting) == 0,
-      do: {state, effects ++ [{:run_load, load_id, state.clock.()}]},
-      else: {state, effects}
+    if MapSet.size(awaiting) == 0 do
+      {state, running} = Load.run_load(state, load_id, state.clock.())
+      {state, effects ++ running}
+    else
+      {state, effects}
+    end
   end
 
   defp evicted(state, %Entry{evicted_for: {:fence, ref}, id: id}) do

@@ -67,8 +67,6 @@ defmodule ModelBudget.ModelManager.Lifecycle.Books do
 
   def put(state, entry), do: save(%{state | ledger: Ledger.put(state.ledger, entry)}, [entry.id])
 
-  def update(state, id, fun), do: put(state, fun.(Ledger.fetch!(state.ledger, id)))
-
   # The entries `ids` and the usage, to the readers' table in one insert.
   def save(state, ids) do
     entries = Enum.map(ids, &Ledger.fetch!(state.ledger, &1))

@@ -75,7 +75,9 @@ defmodule ModelBudget.ModelManager.MeasuredTest do
             )
         end)
 
-      assert log == ""
+      # Not `log == ""`: the capture holds what every process logs meanwhile
+      # (the async tests' managers log their evictions).
+      refute log =~ "holds more than was reserved"
       assert {:ok, %{placement: %{ram: 1_010_000}}} = ModelManager.info(manager, :a)
       assert %{raised: 1, max_estimate_error: 10_000} = ModelManager.stats(manager)
     end

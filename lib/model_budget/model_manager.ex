@@ -208,6 +208,7 @@ defmodule ModelBudget.ModelManager do
 
   alias ModelBudget.ModelManager.{
     Directory,
+    Effects,
     Entry,
     History,
     Lease,
@@ -1282,15 +1283,13 @@ defmodule ModelBudget.ModelManager do
   @impl true
   # Task replies (loads and unloads): {task_ref, result}.
   def handle_info({ref, result}, state) when is_reference(ref) do
-    case Map.pop(state.refs, ref) do
-      {{:load, id}, refs} ->
+    case Effects.down(state, ref) do
+      {{:load, id}, state} ->
         Process.demonitor(ref, [:flush])
-        state = %{state | refs: refs}
         {:noreply, settled(Lifecycle.finished_load(state, id, {:ok, result}))}
 
-      {{:unload, id}, refs} ->
+      {{:unload, id}, state} ->
         Process.demonitor(ref, [:flush])
-        state = %{state | refs: refs}
         {:noreply, settled(Lifecycle.finished_unload(state, id, {:ok, result}))}
 
       {nil, _} ->
@@ -1299,8 +1298,7 @@ defmodule ModelBudget.ModelManager do
   end
 
   def handle_info({:DOWN, ref, :process, _pid, reason} = message, state) do
-    {watched, refs} = Map.pop(state.refs, ref)
-    state = %{state | refs: refs}
+    {watched, state} = Effects.down(state, ref)
 
     case watched do
       {:load, id} ->
@@ -1311,7 +1309,7 @@ defmodule ModelBudget.ModelManager do
 
       {:caller, id} ->
         entry = Ledger.fetch!(state.ledger, id)
-        {:noreply, settled(Lifecycle.cancel_load(state, %{entry | caller_ref: nil}, []))}
+        {:noreply, settled(Lifecycle.cancel_load(state, entry, []))}
 
       {:waiter, waiter} ->
         {:noreply, settled(Lifecycle.waiter_died(state, waiter))}
@@ -1335,8 +1333,8 @@ defmodule ModelBudget.ModelManager do
     {:noreply, settled(Lifecycle.sweep(state))}
   end
 
-  def handle_info({:timeout, timer, {__MODULE__, {:unload_timeout, id}}}, state),
-    do: {:noreply, settled(Lifecycle.unload_timeout(state, id, timer))}
+  def handle_info({:timeout, _timer, {__MODULE__, {:unload_timeout, _, _} = timer}}, state),
+    do: {:noreply, settled(Lifecycle.unload_timeout(state, timer))}
 
   def handle_info({:timeout, _timer, {__MODULE__, {:load_timeout, ref}}}, state),
     do: {:noreply, settled(Lifecycle.load_timeout(state, ref))}

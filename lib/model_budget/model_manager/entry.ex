@@ -29,9 +29,7 @@ defmodule ModelBudget.ModelManager.Entry do
     loads: 0,
     evictions: 0,
     caller: nil,
-    caller_ref: nil,
-    task: nil,
-    handle_ref: nil,
+    running: false,
     unload_waiters: [],
     draining: false,
     cancelled: false
@@ -40,8 +38,11 @@ defmodule ModelBudget.ModelManager.Entry do
   @typedoc "What an evicted model's unload lets go on: a load (by id) or a fence (by ref)."
   @type evicted_for :: nil | {:load, term()} | {:fence, reference()}
 
-  @typedoc "A caller of unload/3 waiting for the model to go, and its timeout timer."
-  @type unload_waiter :: {GenServer.from(), reference() | nil}
+  @typedoc """
+  A caller of unload/3 waiting for the model to go, and its timeout
+  timer's message (ModelManager.Effects keeps the timer by it), or nil.
+  """
+  @type unload_waiter :: {GenServer.from(), {:unload_timeout, term(), reference()} | nil}
 
   @typedoc """
   An entry. `:opts` are the load's options as the backend refined them,
@@ -75,9 +76,7 @@ defmodule ModelBudget.ModelManager.Entry do
           loads: non_neg_integer(),
           evictions: non_neg_integer(),
           caller: GenServer.from() | nil,
-          caller_ref: reference() | nil,
-          task: Task.t() | nil,
-          handle_ref: reference() | nil,
+          running: boolean(),
           unload_waiters: [unload_waiter()],
           draining: boolean(),
           cancelled: boolean()

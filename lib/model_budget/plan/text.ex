@@ -104,9 +104,14 @@ defmodule ModelBudget.Plan.Text do
     "CPU buffers #{r.cpu_buffers} (#{buffers}; #{r.from})"
   end
 
-  defp options([]),
-    do:
-      "llama-server's defaults (n_gpu_layers 99, split_mode none, the trained context, 4 slots sharing an f16 KV cache, an 8192 MiB prompt cache)"
+  # The defaults as the core's option table has them.
+  defp options([]) do
+    d = Map.new(ModelBudget.LoadOptions.all(), &{&1.name, &1.default})
+
+    "llama-server's defaults (n_gpu_layers #{d.n_gpu_layers}, split_mode #{d.split_mode}, " <>
+      "the trained context, #{d.n_parallel} slots sharing an #{d.cache_type_k} KV cache, " <>
+      "an #{div(d.cache_ram, 2 ** 20)} MiB prompt cache)"
+  end
 
   defp options(load) do
     Enum.map_join(load, ", ", fn

@@ -146,9 +146,12 @@ defmodule ModelBudget.Backend do
   def default, do: ModelBudget.Backend.Reservation
 
   # An optional callback is asked of a loaded module (function_exported?/3
-  # knows nothing of one not loaded yet).
-  defp has?(backend, fun, arity),
-    do: Code.ensure_loaded?(backend) and function_exported?(backend, fun, arity)
+  # knows nothing of one not loaded yet). Asked at every load: a module
+  # already loaded is not asked of the code server again.
+  defp has?(backend, fun, arity) do
+    (:erlang.module_loaded(backend) or Code.ensure_loaded?(backend)) and
+      function_exported?(backend, fun, arity)
+  end
 
   @doc false
   # c:inline?/0 of `backend`, false where it has none.

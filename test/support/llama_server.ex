@@ -101,4 +101,62 @@ defmodule ModelBudget.Test.LlamaServer do
 
     {status, response}
   end
+
+  @doc """
+  A stand-in llama-server (no llama.cpp): writes `health.py` into `dir`
+  and returns its path. It answers /health with 200 on the --port asked
+  for; flags before llama-server's arguments: --ignore-term ignores
+  SIGTERM, --pidfile FILE records its pid, --argv FILE records the
+  arguments it was started with.
+  """
+  def health_py!(dir) do
+    path = Path.join(dir, "health.py")
+
+    File.write!(path, """
+    import http.server, os, signal, sys
+    args = sys.argv[1:]
+    while args and args[0] in ("--ignore-term", "--pidfile", "--argv"):
+        if args[0] == "--ignore-term":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            args = args[1:]
+        elif args[0] == "--pidfile":
+            with open(args[1], "w") as f:
+                f.write(str(os.getpid()))
+            args = args[2:]
+        else:
+            with open(args[1], "w") as f:
+                f.write("\\n".join(args[2:]))
+            args = args[2:]
+    port = int(args[args.index("--port") + 1])
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"status":"ok"}')
+
+        def log_message(self, *args):
+            pass
+
+    http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+    """)
+
+    path
+  end
+
+  @doc """
+  An executable `name` in `dir` that runs the stand-in (`health_py!/1`)
+  with `flags` before the arguments it is given, as its own process.
+  """
+  def stand_in!(dir, name, flags \\ []) do
+    health = health_py!(dir)
+    script = Path.join(dir, name)
+    words = Enum.map_join([health | flags], " ", &sh_quote/1)
+    File.write!(script, "#!/bin/sh\nexec python3 #{words} \"$@\"\n")
+    File.chmod!(script, 0o755)
+    script
+  end
+
+  # A tmp_dir carries the test's name, quotes included.
+  defp sh_quote(word), do: "'" <> String.replace(word, "'", "'\\''") <> "'"
 end

@@ -87,39 +87,6 @@ defmodule ModelBudget.Backend.LlamaServerOwnershipTest do
     """)
   end
 
-  # What a fake server needs: /health answering 200, on the --port asked
-  # for; --ignore-term first makes it ignore SIGTERM; --pidfile FILE
-  # records its pid.
-  defp health_py!(dir) do
-    path = Path.join(dir, "health.py")
-
-    File.write!(path, """
-    import http.server, os, signal, sys
-    args = sys.argv[1:]
-    if args and args[0] == "--ignore-term":
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        args = args[1:]
-    if args and args[0] == "--pidfile":
-        with open(args[1], "w") as f:
-            f.write(str(os.getpid()))
-        args = args[2:]
-    port = int(args[args.index("--port") + 1])
-
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b'{"status":"ok"}')
-
-        def log_message(self, *args):
-            pass
-
-    http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
-    """)
-
-    path
-  end
-
   # The pids a script writes to `file`; whatever it names is killed when
   # the test ends, pass or fail.
   defp pid_file(dir, name) do
@@ -285,7 +252,7 @@ defmodule ModelBudget.Backend.LlamaServerOwnershipTest do
     test "unload of a wrapper whose child ignores SIGTERM: SIGKILL to the group after :stop_timeout",
          %{tmp_dir: dir, template: template} do
       path = model!(dir, template)
-      health = health_py!(dir)
+      health = Real.health_py!(dir)
 
       script =
         script!(dir, "stubborn-wrapper", """
@@ -469,7 +436,7 @@ defmodule ModelBudget.Backend.LlamaServerOwnershipTest do
   # AMX buffer (unless `amx?` is false) and dies by SIGSEGV; with
   # --no-repack it serves. Each run's arguments go to `runs`.
   defp amx_fake!(dir, amx? \\ true) do
-    health = health_py!(dir)
+    health = Real.health_py!(dir)
 
     script!(dir, "llama-server", """
     #!/bin/sh

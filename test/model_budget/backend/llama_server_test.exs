@@ -451,27 +451,7 @@ defmodule ModelBudget.Backend.LlamaServerTest do
   end
 
   # A stand-in that answers /health but ignores SIGTERM.
-  defp stubborn!(dir) do
-    script = Path.join(dir, "stubborn-server")
-
-    File.write!(script, """
-    #!/usr/bin/env python3
-    import http.server, signal, sys
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    port = int(sys.argv[sys.argv.index("--port") + 1])
-
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b'{"status":"ok"}')
-
-    http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
-    """)
-
-    File.chmod!(script, 0o755)
-    script
-  end
+  defp stubborn!(dir), do: Real.stand_in!(dir, "stubborn-server", ["--ignore-term"])
 
   describe "unload/1" do
     test "a server that ignores SIGTERM is killed after :stop_timeout", %{tmp_dir: dir} do

@@ -7,34 +7,14 @@ defmodule ModelBudget.Backend.LlamaServer.DecisionTest do
   import ModelBudget.Test.Eventually
 
   alias ModelBudget.Backend.LlamaServer
+  alias ModelBudget.Test.LlamaServer, as: Real
 
   @moduletag :tmp_dir
 
+  # The stand-in writes its command line to `argv`.
   defp stand_in!(dir) do
-    script = Path.join(dir, "stand-in-server")
     argv = Path.join(dir, "argv")
-
-    File.write!(script, """
-    #!/usr/bin/env python3
-    import http.server, sys
-    with open(#{inspect(argv)}, "w") as f:
-        f.write("\\n".join(sys.argv[1:]))
-    port = int(sys.argv[sys.argv.index("--port") + 1])
-
-    class Health(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b'{"status":"ok"}')
-
-        def log_message(self, *args):
-            pass
-
-    http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
-    """)
-
-    File.chmod!(script, 0o755)
-    {script, argv}
+    {Real.stand_in!(dir, "stand-in-server", ["--argv", argv]), argv}
   end
 
   defp opts(script), do: [command: script, cpu_buffers: :none, cache_ram: 0, amx_retry: false]

@@ -142,7 +142,7 @@ mod tests {
     use crate::budget::check::{check, share, Device};
     use crate::budget::evict::{choose, needs, Reason, VARIABLES};
     use crate::budget::spec::Budget;
-    use crate::budget::strategies::{budget, small};
+    use crate::budget::strategies::{budget, measures, small};
     use proptest::prelude::*;
     use std::cell::Cell;
 
@@ -276,18 +276,6 @@ mod tests {
         assert!(admit(&s, &[], None, &p, Some(listed(&not_held)), Intent::Load).is_err());
         let broken = std::iter::once(Err(crate::error::invalid("candidates", "broken")));
         assert!(admit(&s, &[], None, &p, Some(broken), Intent::Load).is_err());
-    }
-
-    /// The measures a budget compares: the total for a combined budget,
-    /// else RAM and each GPU.
-    fn measures(combined: bool, p: &Placement) -> Vec<u128> {
-        if combined {
-            vec![p.total()]
-        } else {
-            std::iter::once(u128::from(p.ram))
-                .chain((0..3).map(|g| u128::from(p.gpu(g))))
-                .collect()
-        }
     }
 
     fn folded(placements: &[Placement]) -> Placement {

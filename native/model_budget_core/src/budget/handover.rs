@@ -82,6 +82,7 @@ fn excess(a: &Placement, b: &Placement) -> Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::strategies::measures;
     use proptest::prelude::*;
 
     #[test]
@@ -110,18 +111,6 @@ mod tests {
                 ram,
                 vram: vram.into_iter().collect(),
             })
-    }
-
-    /// The measures a budget compares: the total for a combined budget,
-    /// else each device.
-    fn measures(combined: bool, p: &Placement) -> Vec<u128> {
-        if combined {
-            vec![p.total()]
-        } else {
-            std::iter::once(u128::from(p.ram))
-                .chain((0..3).map(|g| u128::from(p.gpu(g))))
-                .collect()
-        }
     }
 
     proptest! {

@@ -1,5 +1,6 @@
-//! Proptest strategies for budgets and placements over three GPUs, shared
-//! by the eviction and admission invariants.
+//! Proptest strategies for budgets and placements over three GPUs, and
+//! the measures a budget compares, shared by the eviction, admission and
+//! hand-over invariants.
 
 use proptest::prelude::*;
 
@@ -41,4 +42,16 @@ pub fn budget(max: u64) -> impl Strategy<Value = Budget> {
                 vram: VramLimits::PerGpu(vram.into_iter().collect()),
             }),
     ]
+}
+
+/// The measures a budget compares: the total for a combined budget, else
+/// RAM and each of the three GPUs.
+pub fn measures(combined: bool, p: &Placement) -> Vec<u128> {
+    if combined {
+        vec![p.total()]
+    } else {
+        std::iter::once(u128::from(p.ram))
+            .chain((0..3).map(|g| u128::from(p.gpu(g))))
+            .collect()
+    }
 }

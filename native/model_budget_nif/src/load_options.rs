@@ -38,14 +38,15 @@ pub fn read_options<'a>(
     set: OptionSet,
     opts: &mut DistributeOptions,
 ) -> Decoded<'a, ()> {
-    each_option(term, set, |option, value| (option.set)(opts, value))
+    each_option(term, set, |at, value| (LOAD_OPTIONS[at].set)(opts, value))
 }
 
-/// Calls `f` with each option of `set` given in `term`, decoded.
+/// Calls `f` with the table position and the decoded value of each option
+/// of `set` given in `term`.
 fn each_option<'a>(
     term: Term<'a>,
     set: OptionSet,
-    mut f: impl FnMut(&'static LoadOption, OptionValue),
+    mut f: impl FnMut(usize, OptionValue),
 ) -> Decoded<'a, ()> {
     let Ok(list) = crate::decode::list(term) else {
         return bad("opts", "a keyword list", term);
@@ -66,7 +67,7 @@ fn each_option<'a>(
         }
         seen |= 1 << bit;
         let option = &LOAD_OPTIONS[bit];
-        f(option, decode_value(option, &arg_names()[bit], value)?);
+        f(bit, decode_value(option, &arg_names()[bit], value)?);
     }
     Ok(())
 }
@@ -315,25 +316,20 @@ fn snake_case(name: &str) -> String {
 fn load_options_read<'a>(env: Env<'a>, opts: Term<'a>) -> Term<'a> {
     let result = (|| {
         let mut given: [Option<OptionValue>; MAX_OPTIONS] = std::array::from_fn(|_| None);
-        each_option(opts, OptionSet::Model, |option, value| {
-            let at = LOAD_OPTIONS
-                .iter()
-                .position(|o| std::ptr::eq(o, option))
-                .unwrap_or(0);
-            given[at] = Some(value);
-        })?;
+        each_option(opts, OptionSet::Model, |at, value| given[at] = Some(value))?;
         let at = |name: &str| LOAD_OPTIONS.iter().position(|o| o.name == name);
         if let (Some(cpu), Some(repack)) = (at("cpu_buffers"), at("repack")) {
             if given[cpu].is_none() {
                 given[cpu] = given[repack].take();
             }
         }
+        let (names, _) = key_table(env, OptionSet::Model);
         let (keys, values): (Vec<Term>, Vec<Term>) = LOAD_OPTIONS
             .iter()
+            .zip(names)
             .zip(given)
-            .filter(|(o, _)| o.read_by(OptionSet::Model) && o.kind != Kind::Repack)
-            .map(|(o, v)| {
-                let key = Atom::from_str(env, o.name).expect("option names are atoms");
+            .filter(|((o, _), _)| o.read_by(OptionSet::Model) && o.kind != Kind::Repack)
+            .map(|((o, key), v)| {
                 let value = v.unwrap_or_else(|| o.default_value());
                 (key.encode(env), encode_value(env, &value))
             })
